@@ -1,0 +1,2 @@
+//! The `pglive` command (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The pgoutput logical decoding format (being written).

@@ -1,0 +1,2 @@
+//! Throwaway PostgreSQL clusters (being written).
+#![deny(missing_docs)]

@@ -98,7 +98,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_text() {
-        for bad in ["", "/", "1/", "/1", "1", "G/0", "1/2/3", "123456789/0", "-1/0", "+1/0"] {
+        for bad in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "1",
+            "G/0",
+            "1/2/3",
+            "123456789/0",
+            "-1/0",
+            "+1/0",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} was accepted");
         }
     }

@@ -46,7 +46,10 @@ mod tests {
     #[test]
     fn epoch_is_2000() {
         let t = PgTimestamp(0).to_system_time();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), PG_EPOCH_UNIX_SECS);
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            PG_EPOCH_UNIX_SECS
+        );
         assert_eq!(PgTimestamp::from(t), PgTimestamp(0));
         let before = PgTimestamp(-1_500_000);
         assert_eq!(PgTimestamp::from(before.to_system_time()), before);

@@ -1,0 +1,745 @@
+//! Connection strings with libpq's meaning.
+//!
+//! [`ConnectConfig::parse`] accepts what users already give `psql`: a
+//! `key=value` string (`host=db1 port=5432 user=app sslmode=verify-full`) or a
+//! URI (`postgresql://app@db1:5432/shop?sslmode=require`). What the string does
+//! not say comes from libpq's `PG*` environment variables, then from libpq's
+//! defaults; a missing password is looked up in `~/.pgpass` (or `passfile`,
+//! `PGPASSFILE`) as libpq does. The parsed configuration serves both kinds of
+//! session: the replication connection of this crate and ordinary SQL
+//! sessions through `tokio-postgres` (see [`crate::sql`]).
+//!
+//! The password never appears in `Debug` output or in errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How hard to insist on TLS and how much of the server's certificate to
+/// check, with libpq's meaning of `sslmode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS only if the server insists (pglive tries plain first).
+    Allow,
+    /// Use TLS when the server offers it; libpq's default.
+    Prefer,
+    /// Always use TLS; check the certificate only if a root certificate is
+    /// available (then as `verify-ca`).
+    Require,
+    /// Always use TLS and check that a trusted CA signed the certificate.
+    VerifyCa,
+    /// As `verify-ca`, and check that the certificate names the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The name libpq uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(value: &str) -> Result<SslMode, ConfigError> {
+        Ok(match value {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(ConfigError::new(format!(
+                    "invalid sslmode {other:?}: expected disable, allow, prefer, require, verify-ca or verify-full"
+                )));
+            }
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a server listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Host {
+    /// A host name or IP address, reached over TCP.
+    Tcp(String),
+    /// A directory holding the server's Unix-domain socket.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Tcp(name) => f.write_str(name),
+            Host::Unix(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
+/// A connection string that cannot be used, with what is wrong in it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid connection string: {reason}")]
+pub struct ConfigError {
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn no_hosts() -> ConfigError {
+        ConfigError::new("no host to connect to")
+    }
+}
+
+/// Everything needed to open a session with a server: where, as whom, to
+/// which database, and with what TLS requirements.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectConfig {
+    /// The servers to try, in order, each with its port.
+    pub hosts: Vec<(Host, u16)>,
+    /// The role to log in as.
+    pub user: String,
+    /// The password, if one was given or found in the password file.
+    pub password: Option<String>,
+    /// The database to connect to.
+    pub dbname: String,
+    /// The `application_name` reported to the server.
+    pub application_name: String,
+    /// TLS requirement and verification level.
+    pub sslmode: SslMode,
+    /// PEM file with the certificate authorities to trust (`sslrootcert`);
+    /// `system` means the operating system's bundle.
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM file with a client certificate (`sslcert`).
+    pub sslcert: Option<PathBuf>,
+    /// PEM file with the client certificate's key (`sslkey`).
+    pub sslkey: Option<PathBuf>,
+    /// Give up on a server after this long (`connect_timeout`).
+    pub connect_timeout: Option<Duration>,
+    /// Extra command-line options sent to the server (`options`).
+    pub options: Option<String>,
+}
+
+impl fmt::Debug for ConnectConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectConfig")
+            .field("hosts", &self.hosts)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("application_name", &self.application_name)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Where the defaults for unset parameters come from; tests substitute their
+/// own to stay independent of the machine.
+pub(crate) trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+    fn home_dir(&self) -> Option<PathBuf>;
+    fn os_user(&self) -> Option<String>;
+}
+
+struct ProcessEnvironment;
+
+impl Environment for ProcessEnvironment {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+
+    fn home_dir(&self) -> Option<PathBuf> {
+        self.var("HOME").map(PathBuf::from)
+    }
+
+    fn os_user(&self) -> Option<String> {
+        self.var("USER").or_else(|| self.var("LOGNAME"))
+    }
+}
+
+/// The parameters pglive understands, with their `PG*` environment variable.
+const PARAMETERS: &[(&str, Option<&str>)] = &[
+    ("host", Some("PGHOST")),
+    ("hostaddr", Some("PGHOSTADDR")),
+    ("port", Some("PGPORT")),
+    ("user", Some("PGUSER")),
+    ("password", Some("PGPASSWORD")),
+    ("passfile", Some("PGPASSFILE")),
+    ("dbname", Some("PGDATABASE")),
+    ("application_name", Some("PGAPPNAME")),
+    ("fallback_application_name", None),
+    ("sslmode", Some("PGSSLMODE")),
+    ("sslrootcert", Some("PGSSLROOTCERT")),
+    ("sslcert", Some("PGSSLCERT")),
+    ("sslkey", Some("PGSSLKEY")),
+    ("connect_timeout", Some("PGCONNECT_TIMEOUT")),
+    ("options", Some("PGOPTIONS")),
+    ("client_encoding", Some("PGCLIENTENCODING")),
+    ("channel_binding", Some("PGCHANNELBINDING")),
+    ("target_session_attrs", Some("PGTARGETSESSIONATTRS")),
+    ("keepalives", None),
+    ("keepalives_idle", None),
+    ("replication", None),
+    ("gssencmode", Some("PGGSSENCMODE")),
+    ("krbsrvname", None),
+    ("sslcompression", None),
+    ("sslsni", None),
+    ("ssl_min_protocol_version", None),
+];
+
+/// The Unix socket directory libpq on Debian uses when no host is given.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+impl ConnectConfig {
+    /// Parses a libpq connection string (`key=value …` or a
+    /// `postgres://`/`postgresql://` URI) and fills in what it leaves out from
+    /// `PG*` environment variables, `~/.pgpass` and libpq's defaults.
+    pub fn parse(conninfo: &str) -> Result<ConnectConfig, ConfigError> {
+        Self::parse_with(conninfo, &ProcessEnvironment)
+    }
+
+    pub(crate) fn parse_with(
+        conninfo: &str,
+        env: &dyn Environment,
+    ) -> Result<ConnectConfig, ConfigError> {
+        let trimmed = conninfo.trim_start();
+        let mut params =
+            if trimmed.starts_with("postgresql://") || trimmed.starts_with("postgres://") {
+                parse_uri(trimmed)?
+            } else {
+                parse_key_values(conninfo)?
+            };
+        for (key, var) in PARAMETERS {
+            if let (false, Some(var)) = (params.contains_key(*key), var) {
+                if let Some(value) = env.var(var) {
+                    params.insert((*key).to_owned(), value);
+                }
+            }
+        }
+        Self::from_params(params, env)
+    }
+
+    fn from_params(
+        params: BTreeMap<String, String>,
+        env: &dyn Environment,
+    ) -> Result<ConnectConfig, ConfigError> {
+        let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
+
+        let host_list = get("hostaddr")
+            .or_else(|| get("host"))
+            .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
+        let hosts: Vec<&str> = host_list.split(',').map(str::trim).collect();
+        let port_list = get("port").unwrap_or_else(|| "5432".to_owned());
+        let ports = port_list
+            .split(',')
+            .map(|p| {
+                let p = p.trim();
+                if p.is_empty() {
+                    return Ok(5432);
+                }
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| ConfigError::new(format!("invalid port {p:?}")))
+            })
+            .collect::<Result<Vec<u16>, ConfigError>>()?;
+        if ports.len() != 1 && ports.len() != hosts.len() {
+            return Err(ConfigError::new(format!(
+                "{} hosts but {} ports: give one port, or one per host",
+                hosts.len(),
+                ports.len()
+            )));
+        }
+        let hosts = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let port = if ports.len() == 1 { ports[0] } else { ports[i] };
+                let host = if h.is_empty() {
+                    Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))
+                } else if h.starts_with('/') {
+                    Host::Unix(PathBuf::from(h))
+                } else {
+                    Host::Tcp((*h).to_owned())
+                };
+                (host, port)
+            })
+            .collect::<Vec<_>>();
+
+        let user = get("user").or_else(|| env.os_user()).ok_or_else(|| {
+            ConfigError::new(
+                "no user given and the operating system user is unknown: set user= or PGUSER",
+            )
+        })?;
+        let dbname = get("dbname").unwrap_or_else(|| user.clone());
+        let sslrootcert = get("sslrootcert").map(PathBuf::from);
+        let sslmode = match get("sslmode") {
+            Some(mode) => SslMode::parse(&mode)?,
+            // libpq: sslrootcert=system makes verify-full the default.
+            None if sslrootcert.as_deref() == Some(Path::new("system")) => SslMode::VerifyFull,
+            None => SslMode::Prefer,
+        };
+        if sslrootcert.as_deref() == Some(Path::new("system")) && sslmode != SslMode::VerifyFull {
+            return Err(ConfigError::new(format!(
+                "sslrootcert=system requires sslmode=verify-full, not {sslmode}"
+            )));
+        }
+        let connect_timeout = match get("connect_timeout") {
+            None => None,
+            Some(t) => {
+                let secs: i64 = t
+                    .trim()
+                    .parse()
+                    .map_err(|_| ConfigError::new(format!("invalid connect_timeout {t:?}")))?;
+                // libpq: zero or negative waits forever, and 1 means 2 seconds.
+                (secs > 0).then(|| Duration::from_secs(secs.max(2) as u64))
+            }
+        };
+        if let Some(encoding) = get("client_encoding") {
+            if !encoding.eq_ignore_ascii_case("utf8") && !encoding.eq_ignore_ascii_case("utf-8") {
+                return Err(ConfigError::new(format!(
+                    "client_encoding={encoding} is not supported: pglive always uses UTF8"
+                )));
+            }
+        }
+        if let Some(replication) = get("replication") {
+            return Err(ConfigError::new(format!(
+                "replication={replication} must not be given: pglive opens replication connections itself"
+            )));
+        }
+        let application_name = get("application_name")
+            .or_else(|| get("fallback_application_name"))
+            .unwrap_or_else(|| "pglive".to_owned());
+
+        let mut config = ConnectConfig {
+            hosts,
+            user,
+            password: get("password"),
+            dbname,
+            application_name,
+            sslmode,
+            sslrootcert,
+            sslcert: get("sslcert").map(PathBuf::from),
+            sslkey: get("sslkey").map(PathBuf::from),
+            connect_timeout,
+            options: get("options"),
+        };
+        if config.password.is_none() {
+            let passfile = get("passfile")
+                .map(PathBuf::from)
+                .or_else(|| env.home_dir().map(|h| h.join(".pgpass")));
+            if let Some(passfile) = passfile {
+                config.password = password_from_file(&passfile, &config);
+            }
+        }
+        Ok(config)
+    }
+
+    /// A short description of the server for messages: `user@host:port/dbname`,
+    /// never with the password.
+    pub fn describe(&self) -> String {
+        match self.hosts.first() {
+            Some((host, port)) => format!("{}@{}:{}/{}", self.user, host, port, self.dbname),
+            None => format!("{}@?/{}", self.user, self.dbname),
+        }
+    }
+
+    /// The root certificates to trust: `sslrootcert`, else
+    /// `~/.postgresql/root.crt` when it exists (libpq's default).
+    pub(crate) fn root_cert_path(&self) -> Option<PathBuf> {
+        self.sslrootcert.clone().or_else(|| {
+            let default = ProcessEnvironment
+                .home_dir()?
+                .join(".postgresql")
+                .join("root.crt");
+            default.exists().then_some(default)
+        })
+    }
+}
+
+fn parse_key_values(input: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut params = BTreeMap::new();
+    let mut chars = input.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(ConfigError::new(format!(
+                "missing \"=\" after {key:?} in key=value connection string"
+            )));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(ConfigError::new(format!(
+                            "unterminated quoted value for {key:?}"
+                        )));
+                    }
+                    Some('\'') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => {
+                            return Err(ConfigError::new(format!(
+                                "unterminated quoted value for {key:?}"
+                            )));
+                        }
+                    },
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(escaped) = chars.next() {
+                        value.push(escaped);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        insert_known(&mut params, key, value)?;
+    }
+    Ok(params)
+}
+
+fn insert_known(
+    params: &mut BTreeMap<String, String>,
+    key: String,
+    value: String,
+) -> Result<(), ConfigError> {
+    let key = if key == "database" {
+        "dbname".to_owned()
+    } else {
+        key
+    };
+    if !PARAMETERS.iter().any(|(known, _)| *known == key) {
+        return Err(ConfigError::new(format!(
+            "unknown connection parameter {key:?}"
+        )));
+    }
+    params.insert(key, value);
+    Ok(())
+}
+
+fn percent_decode(part: &str) -> Result<String, ConfigError> {
+    let bytes = part.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = part
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ConfigError::new(format!("invalid percent-encoding in {part:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map_err(|_| ConfigError::new(format!("{part:?} decodes to invalid UTF-8")))
+}
+
+fn parse_uri(uri: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let rest = uri
+        .strip_prefix("postgresql://")
+        .or_else(|| uri.strip_prefix("postgres://"))
+        .ok_or_else(|| ConfigError::new("URI must start with postgresql:// or postgres://"))?;
+    let mut params = BTreeMap::new();
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let hostlist = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let (user, password) = match userinfo.split_once(':') {
+                Some((u, p)) => (u, Some(p)),
+                None => (userinfo, None),
+            };
+            if !user.is_empty() {
+                params.insert("user".to_owned(), percent_decode(user)?);
+            }
+            if let Some(p) = password {
+                params.insert("password".to_owned(), percent_decode(p)?);
+            }
+            hosts
+        }
+        None => authority,
+    };
+    if !hostlist.is_empty() {
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        for entry in hostlist.split(',') {
+            let (host, port) = if let Some(v6) = entry.strip_prefix('[') {
+                let (addr, after) = v6.split_once(']').ok_or_else(|| {
+                    ConfigError::new(format!("unterminated IPv6 address in {entry:?}"))
+                })?;
+                (addr.to_owned(), after.strip_prefix(':').map(str::to_owned))
+            } else {
+                match entry.rsplit_once(':') {
+                    Some((h, p)) => (percent_decode(h)?, Some(p.to_owned())),
+                    None => (percent_decode(entry)?, None),
+                }
+            };
+            hosts.push(host);
+            ports.push(port.unwrap_or_default());
+        }
+        params.insert("host".to_owned(), hosts.join(","));
+        if ports.iter().any(|p| !p.is_empty()) {
+            params.insert("port".to_owned(), ports.join(","));
+        }
+    }
+    if let Some(db) = path.filter(|p| !p.is_empty()) {
+        params.insert("dbname".to_owned(), percent_decode(db)?);
+    }
+    for pair in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfigError::new(format!("URI parameter {pair:?} has no \"=\"")))?;
+        insert_known(&mut params, percent_decode(key)?, percent_decode(value)?)?;
+    }
+    Ok(params)
+}
+
+/// Looks the password up in a libpq password file, as libpq does: the first
+/// line whose host, port, database and user match (`*` matches anything). A
+/// file readable by group or others is ignored, like libpq does.
+fn password_from_file(path: &Path, config: &ConnectConfig) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.permissions().mode() & 0o077 != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let (host, port) = config.hosts.first()?;
+    let host = match host {
+        Host::Tcp(name) => name.clone(),
+        Host::Unix(_) => "localhost".to_owned(),
+    };
+    let port = port.to_string();
+    let wanted = [host.as_str(), port.as_str(), &config.dbname, &config.user];
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .find_map(|line| {
+            let fields = split_pgpass_line(line);
+            if fields.len() < 5 {
+                return None;
+            }
+            let matches = fields[..4]
+                .iter()
+                .zip(wanted)
+                .all(|(field, want)| field == "*" || field == want);
+            matches.then(|| fields[4..].join(":"))
+        })
+}
+
+fn split_pgpass_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(escaped) = chars.next() {
+                    fields.last_mut().expect("never empty").push(escaped);
+                }
+            }
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().expect("never empty").push(c),
+        }
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeEnv {
+        vars: BTreeMap<&'static str, String>,
+        home: Option<PathBuf>,
+    }
+
+    impl Environment for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.vars.get(name).cloned()
+        }
+        fn home_dir(&self) -> Option<PathBuf> {
+            self.home.clone()
+        }
+        fn os_user(&self) -> Option<String> {
+            Some("osuser".to_owned())
+        }
+    }
+
+    fn parse(s: &str) -> Result<ConnectConfig, ConfigError> {
+        ConnectConfig::parse_with(s, &FakeEnv::default())
+    }
+
+    #[test]
+    fn key_value_with_quotes_and_escapes() {
+        let c = parse(r"host=db1 port = 6543 user='app user' password='it''s' dbname=shop sslmode=verify-full")
+            .map(|_| ())
+            .unwrap_err();
+        // `'it''s'` is not valid libpq quoting: a quote ends the value.
+        assert!(c.to_string().contains("missing \"=\""), "{c}");
+
+        let c = parse(r"host=db1 port = 6543 user='app user' password='it\'s \\ ok' dbname=shop sslmode=verify-full").unwrap();
+        assert_eq!(c.hosts, vec![(Host::Tcp("db1".into()), 6543)]);
+        assert_eq!(c.user, "app user");
+        assert_eq!(c.password.as_deref(), Some(r"it's \ ok"));
+        assert_eq!(c.dbname, "shop");
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn uri_with_percent_encoding_ipv6_and_params() {
+        let c = parse(
+            "postgresql://us%40er:p%3Ass@[::1]:5433,db2/my%20db?sslmode=require&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(c.user, "us@er");
+        assert_eq!(c.password.as_deref(), Some("p:ss"));
+        assert_eq!(
+            c.hosts,
+            vec![
+                (Host::Tcp("::1".into()), 5433),
+                (Host::Tcp("db2".into()), 5432)
+            ]
+        );
+        assert_eq!(c.dbname, "my db");
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(c.application_name, "x");
+    }
+
+    #[test]
+    fn unix_socket_hosts_and_defaults() {
+        let c = parse("postgres://%2Ftmp%2Fsock/db").unwrap();
+        assert_eq!(c.hosts, vec![(Host::Unix("/tmp/sock".into()), 5432)]);
+        let c = parse("").unwrap();
+        assert_eq!(c.hosts, vec![(Host::Unix(DEFAULT_SOCKET_DIR.into()), 5432)]);
+        assert_eq!(c.user, "osuser");
+        assert_eq!(c.dbname, "osuser");
+        assert_eq!(c.sslmode, SslMode::Prefer);
+        assert_eq!(c.application_name, "pglive");
+    }
+
+    #[test]
+    fn environment_fills_what_the_string_leaves_out() {
+        let mut env = FakeEnv::default();
+        env.vars.insert("PGHOST", "envhost".into());
+        env.vars.insert("PGPORT", "7777".into());
+        env.vars.insert("PGUSER", "envuser".into());
+        env.vars.insert("PGSSLMODE", "disable".into());
+        let c = ConnectConfig::parse_with("port=1234", &env).unwrap();
+        assert_eq!(c.hosts, vec![(Host::Tcp("envhost".into()), 1234)]);
+        assert_eq!(c.user, "envuser");
+        assert_eq!(c.sslmode, SslMode::Disable);
+    }
+
+    #[test]
+    fn pgpass_is_consulted_when_no_password_given() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("pglive-pgpass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(".pgpass");
+        std::fs::write(
+            &file,
+            "# comment\nother:*:*:*:nope\ndb1:5432:*:app:se\\:cret:x\n*:*:*:*:fallback\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = FakeEnv {
+            home: Some(dir.clone()),
+            ..FakeEnv::default()
+        };
+        let c = ConnectConfig::parse_with("host=db1 user=app", &env).unwrap();
+        assert_eq!(c.password.as_deref(), Some("se:cret:x"));
+        let c = ConnectConfig::parse_with("host=db9 user=app", &env).unwrap();
+        assert_eq!(c.password.as_deref(), Some("fallback"));
+        let c = ConnectConfig::parse_with("host=db1 user=app password=given", &env).unwrap();
+        assert_eq!(c.password.as_deref(), Some("given"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = ConnectConfig::parse_with("host=db1 user=app", &env).unwrap();
+        assert_eq!(
+            c.password, None,
+            "a world-readable password file is ignored"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        for (input, expected) in [
+            ("host=a sslmode=maybe", "invalid sslmode"),
+            ("port=99999", "invalid port"),
+            ("bogus=1", "unknown connection parameter"),
+            ("host", "missing \"=\""),
+            ("password='open", "unterminated"),
+            ("postgresql://h/db?sslmode", "has no \"=\""),
+            ("postgresql://h/db?x=%zz", "percent-encoding"),
+            ("host=a,b,c port=1,2", "3 hosts but 2 ports"),
+            (
+                "sslrootcert=system sslmode=require",
+                "requires sslmode=verify-full",
+            ),
+            ("replication=database", "must not be given"),
+        ] {
+            let err = parse(input).unwrap_err().to_string();
+            assert!(err.contains(expected), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = parse("host=a password=hunter2").unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!c.describe().contains("hunter2"));
+    }
+}

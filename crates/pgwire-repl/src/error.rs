@@ -1,0 +1,185 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+
+use crate::conninfo::{ConfigError, SslMode};
+use crate::pgoutput::DecodeError;
+
+/// An error reported by the server (an `ErrorResponse`), with the fields a
+/// user needs to act on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// `ERROR`, `FATAL` or `PANIC` (not localized).
+    pub severity: String,
+    /// The SQLSTATE code, such as `42710` for a slot that already exists.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// The optional detail.
+    pub detail: Option<String>,
+    /// The optional hint on what to do.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(detail) = &self.detail {
+            write!(f, " (detail: {detail})")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection string is malformed or names an unknown parameter.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A TCP or Unix socket connection could not be opened.
+    #[error("could not connect to {server}")]
+    Connect {
+        /// `user@host:port/dbname` (never the password).
+        server: String,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting took longer than `connect_timeout`.
+    #[error("timed out connecting to {server}")]
+    ConnectTimeout {
+        /// `user@host:port/dbname`.
+        server: String,
+    },
+    /// The server refused TLS that `sslmode` requires.
+    #[error("{server} does not accept TLS connections, but sslmode={sslmode} requires TLS")]
+    TlsRefused {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// The mode that required TLS.
+        sslmode: SslMode,
+    },
+    /// The TLS settings could not be used (unreadable certificate file, bad
+    /// PEM, host name not valid for TLS).
+    #[error("TLS configuration: {reason}")]
+    TlsConfig {
+        /// What is wrong, naming the file or setting.
+        reason: String,
+    },
+    /// The TLS handshake failed (for example the server's certificate did not
+    /// verify).
+    #[error("TLS handshake with {server} failed")]
+    TlsHandshake {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// The TLS library's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server asked for a password and none was given or found.
+    #[error(
+        "{server} asks for a password and none was given: add password= to the connection string, set PGPASSWORD, or add a line to ~/.pgpass (mode 0600)"
+    )]
+    PasswordRequired {
+        /// `user@host:port/dbname`.
+        server: String,
+    },
+    /// The server asked for an authentication method this crate does not
+    /// speak (GSSAPI, SSPI, Kerberos).
+    #[error("{server} asks for an unsupported authentication method ({method})")]
+    UnsupportedAuth {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// The method's name.
+        method: String,
+    },
+    /// The server answered with an error while doing `context`.
+    #[error("{context}: {source}")]
+    Server {
+        /// What was being done: "connecting to …", a replication command.
+        context: String,
+        /// The server's error.
+        #[source]
+        source: ServerError,
+    },
+    /// Reading from or writing to the connection failed.
+    #[error("I/O error on the connection to {server}")]
+    Io {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server closed the connection unexpectedly.
+    #[error("{server} closed the connection")]
+    Closed {
+        /// `user@host:port/dbname`.
+        server: String,
+    },
+    /// The server sent something the protocol does not allow here.
+    #[error("protocol violation from {server}: {reason}")]
+    Protocol {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// What was unexpected.
+        reason: String,
+    },
+    /// A pgoutput message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// An SQL session (tokio-postgres) failed.
+    #[error("SQL session with {server}")]
+    Sql {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// The client's error; its SQLSTATE is available through
+        /// [`Error::sqlstate`].
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The replication stream was stopped or its task ended.
+    #[error("the replication stream has ended")]
+    StreamEnded,
+}
+
+impl Error {
+    /// The SQLSTATE of a server error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Server { source, .. } => Some(&source.code),
+            Error::Sql { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying on a new connection may succeed: the connection was
+    /// lost, or the server is shutting down or overloaded.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Io { .. }
+            | Error::Closed { .. } => true,
+            // Class 08 (connection exception), 57P01..57P03 (shutdown,
+            // cannot connect now), 53300 (too many connections).
+            Error::Server { source, .. } => {
+                source.code.starts_with("08")
+                    || matches!(source.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+            }
+            Error::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

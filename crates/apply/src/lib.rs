@@ -1,13 +1,65 @@
-//! Batched change applier for pglive (not yet written).
+//! Batched, exactly-once application of a pgoutput stream to a target
+//! PostgreSQL database.
 //!
-//! This crate will turn the decoded pgoutput stream from `pglive-repl` into
-//! large target transactions: runs of inserts become one `COPY`, runs of
-//! updates and deletes become set-based statements, consecutive source
-//! transactions are grouped in commit order, and the commit LSN of the last
-//! applied source transaction is written in the same target transaction as
-//! the changes it covers, so apply is exactly-once and crash-safe without
-//! superuser rights. It honours each table's `copied_at` LSN handed to it by
-//! its caller and reports the durable flush LSN to confirm to the source.
+//! # The model
 //!
-//! It never runs `pg_dump`; that is `pglive-schema`'s job.
+//! Source transactions arrive in commit order from `pglive-repl`. The
+//! [`Applier`] groups consecutive transactions into one target transaction
+//! (bounded by changes, time and memory; committed at once when the stream
+//! goes quiet). Inside it, each table's changes become few set-based
+//! statements: runs of inserts one `COPY`, runs of updates and deletes by
+//! key one `UPDATE … FROM unnest(…)` / `DELETE … USING unnest(…)`, repeated
+//! changes of one key merged. Values travel as the text pgoutput sent and
+//! the target parses them with the same input functions, under pinned
+//! session settings, so `NaN`, `Infinity`, arrays, bytea and timestamps
+//! arrive exactly.
+//!
+//! # Correctness
+//!
+//! - **Exactly once.** The end LSN of the last source transaction in a
+//!   batch is written to `pglive.apply_progress` in the same target
+//!   transaction as the batch. After a crash, [`Applier::applied_lsn`] says
+//!   where to restart, and transactions at or before it are skipped. No
+//!   replication origins and no superuser rights are needed.
+//! - **Never ahead.** [`run`] confirms to the source only what the target
+//!   committed (or, when idle, the server's position after everything was
+//!   committed).
+//! - **Copy boundary.** Each table's `copied_at` LSN (from the initial
+//!   copy) is honoured: changes of transactions that committed before it
+//!   are already in the copy and are skipped.
+//! - **Triggers and foreign keys.** With the right to set
+//!   `session_replication_role = replica` the applier uses it, so target
+//!   triggers and foreign keys do not interfere, and tables are batched
+//!   independently. Without it, statement order is kept across tables (so
+//!   foreign keys hold) and the target tables' enabled user triggers are
+//!   disabled, recorded in `pglive.apply_disabled_triggers`, and enabled
+//!   again by [`restore_triggers`] at cutover.
+//! - **Rows must be there.** An UPDATE or DELETE that does not find every
+//!   row the source changed stops apply ([`Error::RowsMissing`]): the target
+//!   diverged and silently going on would hide it.
+//! - **Bounded memory.** Collected statements run inside the open target
+//!   transaction past [`ApplyOptions::max_pending_bytes`]; streamed
+//!   in-progress transactions spill to disk past
+//!   [`ApplyOptions::spool_memory`].
+//!
+//! A source relation whose columns no longer match the target stops apply
+//! with [`Error::ShapeMismatch`] naming the table and the columns; nothing
+//! of the unfinished batch is committed, so after fixing the target a new
+//! run resumes from the last committed batch. Generated columns are never
+//! written; columns are matched by name.
 #![deny(missing_docs)]
+
+mod applier;
+mod error;
+mod execute;
+mod plan;
+mod progress;
+mod run;
+mod spool;
+mod table;
+
+pub use applier::{Applier, ApplyOptions, ApplyStats};
+pub use error::{Error, Result};
+pub use progress::{applied_lsn, restore_triggers};
+pub use run::{Progress, RunOptions, Stopped, run};
+pub use table::TableName;

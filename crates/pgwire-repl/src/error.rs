@@ -108,7 +108,7 @@ pub enum Error {
         context: String,
         /// The server's error.
         #[source]
-        source: ServerError,
+        source: Box<ServerError>,
     },
     /// Reading from or writing to the connection failed.
     #[error("I/O error on the connection to {server}")]

@@ -89,6 +89,7 @@ struct Shared {
     server_wal_end: AtomicU64,
     server_time: AtomicI64,
     send_now: Notify,
+    request_reply: std::sync::atomic::AtomicBool,
 }
 
 /// A cloneable handle to report progress to the server and read the
@@ -125,6 +126,13 @@ impl Feedback {
 
     /// Sends a status update now instead of at the next interval.
     pub fn send_now(&self) {
+        self.0.send_now.notify_one();
+    }
+
+    /// Sends a status update now that asks the server to answer with a
+    /// keepalive, which tells its current end of WAL.
+    pub fn request_reply(&self) {
+        self.0.request_reply.store(true, Ordering::Release);
         self.0.send_now.notify_one();
     }
 }
@@ -387,11 +395,13 @@ impl StreamTask {
     async fn send_status(&mut self) -> Result<()> {
         let flushed = self.shared.flushed.load(Ordering::Acquire);
         let written = self.shared.received.load(Ordering::Acquire).max(flushed);
+        let reply = self.shared.request_reply.swap(false, Ordering::AcqRel);
         encode_status_update(
             &mut self.wire.out,
             Lsn(written),
             Lsn(flushed),
             PgTimestamp::now(),
+            reply,
         );
         self.wire.flush().await
     }
@@ -424,6 +434,7 @@ pub(crate) fn encode_status_update(
     written: Lsn,
     flushed: Lsn,
     now: PgTimestamp,
+    request_reply: bool,
 ) {
     out.put_u8(b'd');
     out.put_u32(4 + 1 + 8 * 4 + 1);
@@ -432,7 +443,7 @@ pub(crate) fn encode_status_update(
     out.put_u64(flushed.0);
     out.put_u64(flushed.0);
     out.put_i64(now.0);
-    out.put_u8(0);
+    out.put_u8(u8::from(request_reply));
 }
 
 #[cfg(test)]
@@ -442,7 +453,7 @@ mod tests {
     #[test]
     fn status_update_layout() {
         let mut out = bytes::BytesMut::new();
-        encode_status_update(&mut out, Lsn(0x10), Lsn(0x08), PgTimestamp(5));
+        encode_status_update(&mut out, Lsn(0x10), Lsn(0x08), PgTimestamp(5), false);
         assert_eq!(out.len(), 1 + 4 + 34);
         assert_eq!(&out[..6], &[b'd', 0, 0, 0, 38, b'r']);
         assert_eq!(&out[6..14], &0x10u64.to_be_bytes());

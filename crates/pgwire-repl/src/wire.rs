@@ -143,7 +143,7 @@ impl Wire {
     pub fn server_error(&self, frame: &Frame, context: &str) -> Error {
         Error::Server {
             context: format!("{context} ({})", self.server),
-            source: parse_error_fields(&frame.body),
+            source: Box::new(parse_error_fields(&frame.body)),
         }
     }
 

@@ -86,7 +86,10 @@ async fn identify_system_and_pinned_session_settings() {
     assert!(!info.xlogpos.is_zero());
     assert!(info.timeline >= 1);
     let version = cluster.psql("postgres", "SHOW server_version_num").unwrap();
-    assert_eq!(client.server_version_num().unwrap() / 10000, version.parse::<u32>().unwrap() / 10000);
+    assert_eq!(
+        client.server_version_num().unwrap() / 10000,
+        version.parse::<u32>().unwrap() / 10000
+    );
 
     for (name, expected) in [
         ("DateStyle", "ISO, MDY"),
@@ -137,7 +140,10 @@ async fn exported_snapshot_sees_exactly_what_committed_before_the_slot() {
     .await
     .unwrap();
     let row = sql
-        .query_one("SELECT count(*), count(*) FILTER (WHERE v = 'before') FROM t", &[])
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE v = 'before') FROM t",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 100);
@@ -146,7 +152,12 @@ async fn exported_snapshot_sees_exactly_what_committed_before_the_slot() {
 
     let options = PgOutputOptions::new(["p"]);
     let mut stream = client
-        .start_replication("snap_slot", slot.consistent_point, &options, StreamOptions::default())
+        .start_replication(
+            "snap_slot",
+            slot.consistent_point,
+            &options,
+            StreamOptions::default(),
+        )
         .await
         .unwrap();
     let mut decoder = Decoder::new(1);
@@ -159,7 +170,11 @@ async fn exported_snapshot_sees_exactly_what_committed_before_the_slot() {
         })
         .collect();
     assert_eq!(inserted, (101..=150).collect::<Vec<_>>());
-    assert!(messages.iter().any(|m| matches!(m, LogicalMessage::Update(_))));
+    assert!(
+        messages
+            .iter()
+            .any(|m| matches!(m, LogicalMessage::Update(_)))
+    );
 
     let mut client = stream.stop().await.unwrap();
     client.drop_slot("snap_slot", true).await.unwrap();
@@ -212,13 +227,20 @@ async fn every_message_kind_decodes_from_real_traffic() {
     let mut options = PgOutputOptions::new(["p"]);
     options.messages = true;
     let mut stream = client
-        .start_replication("kinds_slot", slot.consistent_point, &options, StreamOptions::default())
+        .start_replication(
+            "kinds_slot",
+            slot.consistent_point,
+            &options,
+            StreamOptions::default(),
+        )
         .await
         .unwrap();
     let mut decoder = Decoder::new(1);
     // 9 transactions with commits, one non-transactional message.
     let messages = collect_until(&mut stream, &mut decoder, |m| {
-        commits(m) == 9 && m.iter().any(|m| matches!(m, LogicalMessage::Message(x) if !x.is_transactional()))
+        commits(m) == 9
+            && m.iter()
+                .any(|m| matches!(m, LogicalMessage::Message(x) if !x.is_transactional()))
     })
     .await;
 
@@ -363,11 +385,18 @@ async fn streamed_and_two_phase_transactions_decode() {
     options.streaming = Streaming::On;
     options.two_phase = two_phase;
     let mut stream = client
-        .start_replication("stream_slot", slot.consistent_point, &options, StreamOptions::default())
+        .start_replication(
+            "stream_slot",
+            slot.consistent_point,
+            &options,
+            StreamOptions::default(),
+        )
         .await
         .unwrap();
     let mut decoder = Decoder::new(proto);
-    cluster.psql(&db, "INSERT INTO big VALUES (-100, 'end marker')").unwrap();
+    cluster
+        .psql(&db, "INSERT INTO big VALUES (-100, 'end marker')")
+        .unwrap();
     let messages = collect_until(&mut stream, &mut decoder, |m| {
         matches!(m.last(), Some(LogicalMessage::Commit(_)))
             && m.iter().any(|m| matches!(m, LogicalMessage::Insert(i) if text(&i.new.columns[0]) == Some("-100")))
@@ -378,7 +407,10 @@ async fn streamed_and_two_phase_transactions_decode() {
         .iter()
         .filter(|m| matches!(m, LogicalMessage::StreamStart(_)))
         .count();
-    assert!(stream_starts >= 2, "large transactions are streamed in blocks");
+    assert!(
+        stream_starts >= 2,
+        "large transactions are streamed in blocks"
+    );
     let streamed_inserts = messages
         .iter()
         .filter(|m| matches!(m, LogicalMessage::Insert(i) if i.xid.is_some()))
@@ -416,9 +448,21 @@ async fn streamed_and_two_phase_transactions_decode() {
             })
             .collect();
         assert_eq!(gids, ["g1", "g2"]);
-        assert!(messages.iter().any(|m| matches!(m, LogicalMessage::Prepare(p) if p.gid == "g1")));
-        assert!(messages.iter().any(|m| matches!(m, LogicalMessage::CommitPrepared(c) if c.gid == "g1")));
-        assert!(messages.iter().any(|m| matches!(m, LogicalMessage::RollbackPrepared(r) if r.gid == "g2")));
+        assert!(
+            messages
+                .iter()
+                .any(|m| matches!(m, LogicalMessage::Prepare(p) if p.gid == "g1"))
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| matches!(m, LogicalMessage::CommitPrepared(c) if c.gid == "g1"))
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| matches!(m, LogicalMessage::RollbackPrepared(r) if r.gid == "g2"))
+        );
     }
     let mut client = stream.stop().await.unwrap();
     client.drop_slot("stream_slot", true).await.unwrap();
@@ -429,7 +473,10 @@ async fn feedback_confirms_only_what_the_caller_reported() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("feedback").unwrap();
     cluster
-        .psql(&db, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR ALL TABLES")
+        .psql(
+            &db,
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR ALL TABLES",
+        )
         .unwrap();
     let mut client = connect(&cluster.conninfo(&db)).await;
     let slot = client
@@ -442,11 +489,18 @@ async fn feedback_confirms_only_what_the_caller_reported() {
         )
         .await
         .unwrap();
-    cluster.psql(&db, "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)").unwrap();
+    cluster
+        .psql(&db, "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)")
+        .unwrap();
     let mut options = StreamOptions::default();
     options.status_interval = Duration::from_millis(100);
     let mut stream = client
-        .start_replication("fb_slot", slot.consistent_point, &PgOutputOptions::new(["p"]), options)
+        .start_replication(
+            "fb_slot",
+            slot.consistent_point,
+            &PgOutputOptions::new(["p"]),
+            options,
+        )
         .await
         .unwrap();
     let mut decoder = Decoder::new(1);
@@ -460,21 +514,30 @@ async fn feedback_confirms_only_what_the_caller_reported() {
         .unwrap();
     let confirmed = || {
         cluster
-            .psql(&db, "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'fb_slot'")
+            .psql(
+                &db,
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'fb_slot'",
+            )
             .unwrap()
             .parse::<Lsn>()
             .unwrap()
     };
     // Several status updates go out, but nothing was reported yet.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(confirmed() <= slot.consistent_point, "nothing confirmed before the caller reports");
+    assert!(
+        confirmed() <= slot.consistent_point,
+        "nothing confirmed before the caller reports"
+    );
 
     let feedback = stream.feedback();
     feedback.set_flushed(first_commit);
     feedback.send_now();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while confirmed() != first_commit {
-        assert!(std::time::Instant::now() < deadline, "confirmed_flush_lsn never reached {first_commit}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confirmed_flush_lsn never reached {first_commit}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Positions only move forward.
@@ -482,27 +545,49 @@ async fn feedback_confirms_only_what_the_caller_reported() {
     assert_eq!(feedback.flushed(), first_commit);
     assert!(feedback.received() >= first_commit);
     let client = stream.stop().await.unwrap();
-    assert_eq!(confirmed(), first_commit, "the final update does not overshoot");
+    assert_eq!(
+        confirmed(),
+        first_commit,
+        "the final update does not overshoot"
+    );
     client.close().await.unwrap();
-    cluster.psql(&db, "SELECT pg_drop_replication_slot('fb_slot')").unwrap();
+    cluster
+        .psql(&db, "SELECT pg_drop_replication_slot('fb_slot')")
+        .unwrap();
 }
 
 #[tokio::test]
 async fn keepalives_keep_an_idle_unread_stream_alive() {
-    let cluster = Cluster::start(ClusterOptions::new().setting("wal_sender_timeout", "1s")).unwrap();
+    let cluster =
+        Cluster::start(ClusterOptions::new().setting("wal_sender_timeout", "1s")).unwrap();
     let db = cluster.create_database("idle").unwrap();
     cluster
-        .psql(&db, "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR ALL TABLES")
+        .psql(
+            &db,
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p FOR ALL TABLES",
+        )
         .unwrap();
     let mut client = connect(&cluster.conninfo(&db)).await;
     let slot = client
-        .create_slot("idle_slot", &SlotOptions { temporary: true, snapshot: SnapshotAction::NoExport, ..SlotOptions::default() })
+        .create_slot(
+            "idle_slot",
+            &SlotOptions {
+                temporary: true,
+                snapshot: SnapshotAction::NoExport,
+                ..SlotOptions::default()
+            },
+        )
         .await
         .unwrap();
     let mut options = StreamOptions::default();
     options.status_interval = Duration::from_millis(300);
     let mut stream = client
-        .start_replication("idle_slot", slot.consistent_point, &PgOutputOptions::new(["p"]), options)
+        .start_replication(
+            "idle_slot",
+            slot.consistent_point,
+            &PgOutputOptions::new(["p"]),
+            options,
+        )
         .await
         .unwrap();
     // Nobody reads the stream for several timeouts.
@@ -510,7 +595,11 @@ async fn keepalives_keep_an_idle_unread_stream_alive() {
     cluster.psql(&db, "INSERT INTO t VALUES (42)").unwrap();
     let mut decoder = Decoder::new(1);
     let messages = collect_until(&mut stream, &mut decoder, |m| commits(m) == 1).await;
-    assert!(messages.iter().any(|m| matches!(m, LogicalMessage::Insert(_))));
+    assert!(
+        messages
+            .iter()
+            .any(|m| matches!(m, LogicalMessage::Insert(_)))
+    );
     let log = std::fs::read_to_string(cluster.log_path()).unwrap_or_default();
     assert!(
         !log.contains("terminating walsender process due to replication timeout"),
@@ -536,7 +625,10 @@ async fn scram_over_tls_with_verify_full_for_a_replication_only_role() {
     assert_eq!(ssl.rows, vec![vec![Some("t".to_owned())]]);
     let sql = connect_sql(&config(&verified)).await.unwrap();
     let row = sql
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .unwrap();
     assert!(row.get::<_, bool>(0));
@@ -559,15 +651,30 @@ async fn scram_over_tls_with_verify_full_for_a_replication_only_role() {
     )))
     .await
     .unwrap_err();
-    assert!(matches!(no_password, Error::PasswordRequired { .. }), "{no_password}");
-    let no_ca = ReplicationClient::connect(&config(&format!("{role} sslmode=verify-full sslrootcert=/nonexistent/ca.pem")))
-        .await
-        .unwrap_err();
+    assert!(
+        matches!(no_password, Error::PasswordRequired { .. }),
+        "{no_password}"
+    );
+    let no_ca = ReplicationClient::connect(&config(&format!(
+        "{role} sslmode=verify-full sslrootcert=/nonexistent/ca.pem"
+    )))
+    .await
+    .unwrap_err();
     assert!(no_ca.to_string().contains("/nonexistent/ca.pem"), "{no_ca}");
     // A CA that did not sign the server's certificate fails the handshake.
     let other_ca = std::env::temp_dir().join(format!("pglive-other-ca-{}.pem", std::process::id()));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
         .arg("-keyout")
         .arg(other_ca.with_extension("key"))
         .arg("-out")
@@ -582,7 +689,10 @@ async fn scram_over_tls_with_verify_full_for_a_replication_only_role() {
     )))
     .await
     .unwrap_err();
-    assert!(matches!(untrusted, Error::TlsHandshake { .. }), "{untrusted}");
+    assert!(
+        matches!(untrusted, Error::TlsHandshake { .. }),
+        "{untrusted}"
+    );
     let _ = std::fs::remove_file(&other_ca);
     let _ = std::fs::remove_file(other_ca.with_extension("key"));
 }
@@ -600,7 +710,9 @@ async fn clear_errors_for_common_mistakes() {
 
     // A role without REPLICATION.
     let plain = cluster.conninfo(&db).replace("user=postgres", "user=plain");
-    let err = ReplicationClient::connect(&config(&plain)).await.unwrap_err();
+    let err = ReplicationClient::connect(&config(&plain))
+        .await
+        .unwrap_err();
     assert_eq!(err.sqlstate(), Some("42501"), "{err}");
     assert!(err.to_string().contains("replication"), "{err}");
 
@@ -619,7 +731,12 @@ async fn clear_errors_for_common_mistakes() {
 
     // An unknown publication fails once there is something to decode.
     let mut stream = client
-        .start_replication("dup_slot", slot.consistent_point, &PgOutputOptions::new(["nope"]), StreamOptions::default())
+        .start_replication(
+            "dup_slot",
+            slot.consistent_point,
+            &PgOutputOptions::new(["nope"]),
+            StreamOptions::default(),
+        )
         .await
         .unwrap();
     cluster.psql(&db, "INSERT INTO t VALUES (1)").unwrap();
@@ -636,7 +753,9 @@ async fn clear_errors_for_common_mistakes() {
 
     // Nothing listens on a closed port.
     let closed = format!("host=127.0.0.1 port=1 user=postgres dbname={db} connect_timeout=5");
-    let err = ReplicationClient::connect(&config(&closed)).await.unwrap_err();
+    let err = ReplicationClient::connect(&config(&closed))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.is_transient());
 }

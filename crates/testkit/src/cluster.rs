@@ -467,7 +467,8 @@ impl Cluster {
 
     /// Like [`psql`](Self::psql), with any libpq connection string (e.g. the
     /// role over TCP with `sslmode=verify-full`); `password` is passed in
-    /// `PGPASSWORD`. No `PG*` variables of our environment are passed on.
+    /// `PGPASSWORD`. Neither `PG*` variables of our environment nor
+    /// `~/.pgpass` are used.
     pub fn psql_as(
         &self,
         conninfo: &str,
@@ -498,6 +499,8 @@ impl Cluster {
         ])
         .arg(conninfo)
         .env("PGCONNECT_TIMEOUT", "10")
+        // Not our ~/.pgpass: a missing password must stay missing.
+        .env("PGPASSFILE", self.root.join("no-pgpass"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -112,6 +112,21 @@ fn default_cluster_runs_sql() {
 }
 
 #[test]
+fn failed_start_reports_the_server_log() {
+    let err = Cluster::start(ClusterOptions::new().setting("shared_buffers", "lots")).unwrap_err();
+    match &err {
+        Error::Server {
+            log_tail, log_path, ..
+        } => {
+            assert!(log_tail.contains("shared_buffers"), "{err}");
+            // The directory holding the log is gone with the failed cluster.
+            assert!(!log_path.exists());
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+}
+
+#[test]
 fn two_clusters_get_distinct_ports() {
     let (a, b) = thread::scope(|s| {
         let a = s.spawn(|| Cluster::start(ClusterOptions::new()).unwrap());

@@ -1,0 +1,619 @@
+//! The applier: source transactions in, target transactions out.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pglive_repl::pgoutput::{self, Decoder, LogicalMessage, OldTuple, TupleData};
+use pglive_repl::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result, target};
+use crate::execute::{self, StatementCache};
+use crate::plan::{Change, TablePlan, Values};
+use crate::progress;
+use crate::spool::Spools;
+use crate::table::{Identity, TableMap, TableName};
+
+/// How the applier batches and where it keeps its state.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ApplyOptions {
+    /// Names this stream's row in `pglive.apply_progress` (for example the
+    /// slot name).
+    pub stream_id: String,
+    /// The pgoutput protocol version the stream was started with.
+    pub protocol_version: u32,
+    /// Per table, the LSN its initial copy corresponds to: changes of
+    /// transactions that committed before it are already in the copy.
+    pub copied_at: HashMap<TableName, Lsn>,
+    /// Commit the target transaction at the first source commit after this
+    /// many changes…
+    pub max_batch_changes: usize,
+    /// …or after it has been open this long.
+    pub max_batch_duration: Duration,
+    /// Run the collected statements inside the open target transaction once
+    /// they hold this many bytes of values, so memory stays bounded.
+    pub max_pending_bytes: usize,
+    /// Memory for streamed in-progress transactions before they spill to
+    /// files in `spill_dir`.
+    pub spool_memory: usize,
+    /// Where spill files go.
+    pub spill_dir: PathBuf,
+}
+
+impl ApplyOptions {
+    /// Defaults for `stream_id` and `protocol_version`: batches of up to
+    /// 100,000 changes or 2 s, 32 MiB of pending values, 128 MiB of
+    /// streamed transactions in memory, spill files in the temp directory.
+    pub fn new(stream_id: impl Into<String>, protocol_version: u32) -> ApplyOptions {
+        ApplyOptions {
+            stream_id: stream_id.into(),
+            protocol_version,
+            copied_at: HashMap::new(),
+            max_batch_changes: 100_000,
+            max_batch_duration: Duration::from_secs(2),
+            max_pending_bytes: 32 << 20,
+            spool_memory: 128 << 20,
+            spill_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Counters since the applier started, for progress displays.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyStats {
+    /// The end LSN of the last source transaction committed on the target.
+    pub applied_lsn: Lsn,
+    /// The source commit time of that transaction.
+    pub applied_commit_time: Option<PgTimestamp>,
+    /// Source transactions applied.
+    pub transactions: u64,
+    /// Source transactions skipped because they were applied before a
+    /// restart.
+    pub skipped_transactions: u64,
+    /// Rows inserted, updated and deleted on the target.
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// TRUNCATE statements run.
+    pub truncates: u64,
+    /// Target transactions committed.
+    pub batches: u64,
+    /// Whether triggers and foreign keys are silenced with
+    /// `session_replication_role = replica` (else statement order is kept
+    /// across tables and user triggers are disabled).
+    pub replica_role: bool,
+}
+
+/// A group of changes whose statements run in order; inside a `Tables`
+/// segment, tables are independent of each other.
+enum Segment {
+    Tables(Vec<(Arc<TableMap>, TablePlan)>),
+    Truncate {
+        tables: Vec<Arc<TableMap>>,
+        cascade: bool,
+        restart_identity: bool,
+    },
+}
+
+struct SourceTxn {
+    final_lsn: Lsn,
+    skip: bool,
+}
+
+/// Applies a pgoutput stream to the target in large, ordered batches,
+/// exactly once (see the crate documentation).
+pub struct Applier {
+    client: Client,
+    options: ApplyOptions,
+    decoder: Decoder,
+    cache: StatementCache,
+    relations: HashMap<u32, Arc<TableMap>>,
+    triggers_checked: std::collections::HashSet<TableName>,
+    applied: Lsn,
+    confirmable: Lsn,
+    txn: Option<SourceTxn>,
+    block_xid: Option<u32>,
+    spools: Spools,
+    segments: Vec<Segment>,
+    pending_bytes: usize,
+    target_open: bool,
+    batch_commit: Option<(Lsn, PgTimestamp)>,
+    batch_changes: usize,
+    batch_started: Option<Instant>,
+    stats: ApplyStats,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("stream_id", &self.options.stream_id)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Applier {
+    /// Opens the applier's session on the target, creates its state tables
+    /// if needed and reads where a previous run stopped.
+    pub async fn connect(target_config: &ConnectConfig, options: ApplyOptions) -> Result<Applier> {
+        let client = connect_sql(target_config).await?;
+        // Fully qualified type names for casts; local durability before a
+        // position is confirmed to the source.
+        client
+            .batch_execute("SET search_path = pg_catalog; SET synchronous_commit = local")
+            .await
+            .map_err(target("setting up the apply session"))?;
+        let replica_role = match client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+        {
+            Ok(()) => true,
+            Err(e) if e.code().map(|c| c.code()) == Some("42501") => false,
+            Err(e) => return Err(target("setting session_replication_role")(e)),
+        };
+        let applied = progress::load(&client, &options.stream_id).await?;
+        let stats = ApplyStats {
+            applied_lsn: applied,
+            replica_role,
+            ..ApplyStats::default()
+        };
+        Ok(Applier {
+            client,
+            decoder: Decoder::new(options.protocol_version),
+            spools: Spools::new(options.spool_memory, options.spill_dir.clone()),
+            options,
+            cache: StatementCache::default(),
+            relations: HashMap::new(),
+            triggers_checked: Default::default(),
+            applied,
+            confirmable: applied,
+            txn: None,
+            block_xid: None,
+            segments: Vec::new(),
+            pending_bytes: 0,
+            target_open: false,
+            batch_commit: None,
+            batch_changes: 0,
+            batch_started: None,
+            stats,
+        })
+    }
+
+    /// The end LSN of the last source transaction committed on the target;
+    /// replication resumes from here.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.applied
+    }
+
+    /// The position that may be confirmed to the source: everything before
+    /// it is durably applied (or was not for this target).
+    pub fn confirmable_lsn(&self) -> Lsn {
+        self.confirmable
+    }
+
+    /// Counters for progress displays.
+    pub fn stats(&self) -> &ApplyStats {
+        &self.stats
+    }
+
+    /// Whether a source transaction is partly received.
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some() || self.block_xid.is_some()
+    }
+
+    /// Whether complete source transactions wait for [`Applier::commit`].
+    pub fn has_uncommitted(&self) -> bool {
+        self.batch_commit.is_some()
+    }
+
+    /// Whether nothing is received but not yet committed: no open or
+    /// uncommitted transaction, no streamed transaction in progress.
+    pub fn is_idle(&self) -> bool {
+        !self.in_transaction() && !self.has_uncommitted() && self.spools.is_empty()
+    }
+
+    /// Notes the server's WAL position from a keepalive: when the applier is
+    /// idle, everything before it has been applied and it may be confirmed.
+    pub fn note_server_position(&mut self, wal_end: Lsn) {
+        if self.is_idle() {
+            self.confirmable = self.confirmable.max(wal_end);
+        }
+    }
+
+    /// Applies one XLogData payload (one pgoutput message).
+    pub async fn apply(&mut self, data: Bytes) -> Result<()> {
+        let message = self.decoder.decode(data.clone())?;
+        if let Some(top) = self.block_xid {
+            match message {
+                LogicalMessage::StreamStop => self.block_xid = None,
+                other => {
+                    let made_by = stream_xid(&other).unwrap_or(top);
+                    self.spools.push(top, made_by, data)?;
+                }
+            }
+            return Ok(());
+        }
+        match message {
+            LogicalMessage::StreamStart(start) => self.block_xid = Some(start.xid),
+            LogicalMessage::StreamStop => {}
+            LogicalMessage::StreamAbort(abort) => self.spools.abort(abort.xid, abort.subxid),
+            LogicalMessage::StreamCommit(commit) => {
+                self.begin_source(commit.commit_lsn)?;
+                let mut replay = self.spools.take(commit.xid)?;
+                while let Some(data) = replay.next_message()? {
+                    let message = pgoutput::decode(data, self.options.protocol_version, true)?;
+                    self.handle(message).await?;
+                }
+                self.end_source(commit.end_lsn, commit.commit_time).await?;
+            }
+            other => self.handle(other).await?,
+        }
+        Ok(())
+    }
+
+    fn begin_source(&mut self, final_lsn: Lsn) -> Result<()> {
+        if self.txn.is_some() {
+            return Err(Error::Protocol(format!(
+                "a transaction begins at {final_lsn} inside another"
+            )));
+        }
+        self.txn = Some(SourceTxn {
+            final_lsn,
+            skip: final_lsn < self.applied,
+        });
+        Ok(())
+    }
+
+    async fn end_source(&mut self, end_lsn: Lsn, commit_time: PgTimestamp) -> Result<()> {
+        let txn = self
+            .txn
+            .take()
+            .ok_or_else(|| Error::Protocol(format!("a commit at {end_lsn} without a begin")))?;
+        if txn.skip {
+            self.stats.skipped_transactions += 1;
+            return Ok(());
+        }
+        self.stats.transactions += 1;
+        self.batch_commit = Some((end_lsn, commit_time));
+        self.batch_started.get_or_insert_with(Instant::now);
+        let full = self.batch_changes >= self.options.max_batch_changes;
+        let old = self
+            .batch_started
+            .is_some_and(|t| t.elapsed() >= self.options.max_batch_duration);
+        if full || old {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, message: LogicalMessage) -> Result<()> {
+        match message {
+            LogicalMessage::Begin(begin) => self.begin_source(begin.final_lsn),
+            LogicalMessage::Commit(commit) => {
+                self.end_source(commit.end_lsn, commit.commit_time).await
+            }
+            LogicalMessage::Relation(relation) => {
+                let map = TableMap::resolve(&self.client, &relation).await?;
+                if !self.stats.replica_role && self.triggers_checked.insert(map.name.clone()) {
+                    progress::disable_user_triggers(&self.client, &map.name).await?;
+                }
+                self.relations.insert(relation.id, Arc::new(map));
+                Ok(())
+            }
+            LogicalMessage::Insert(insert) => {
+                let Some(map) = self.relation_for_change(insert.relation_id)? else {
+                    return Ok(());
+                };
+                let new = map_tuple(&map, &insert.new)?;
+                self.push(map, Change::Insert(new)).await
+            }
+            LogicalMessage::Update(update) => {
+                let Some(map) = self.relation_for_change(update.relation_id)? else {
+                    return Ok(());
+                };
+                let new = map_tuple(&map, &update.new)?;
+                let change = match (map.identity, update.old) {
+                    (Identity::Nothing, _) => {
+                        return Err(Error::NoReplicaIdentity {
+                            table: map.name.to_string(),
+                            operation: "UPDATE",
+                        });
+                    }
+                    (Identity::Full, Some(old)) => Change::UpdateFull {
+                        old: map_tuple(&map, old.tuple())?,
+                        new,
+                    },
+                    (Identity::Full, None) => {
+                        return Err(Error::Protocol(format!(
+                            "an UPDATE of {} without its old row although its replica identity is FULL",
+                            map.name
+                        )));
+                    }
+                    (Identity::Key, old) => {
+                        let new_key = key_values(&map, &new);
+                        let key = match old {
+                            Some(old) => key_values(&map, &map_tuple(&map, old.tuple())?),
+                            None => new_key.clone(),
+                        };
+                        if key.iter().any(|v| v.bytes().is_none()) {
+                            return Err(Error::Protocol(format!(
+                                "an UPDATE of {} whose key is null or unchanged TOAST",
+                                map.name
+                            )));
+                        }
+                        let key_changed = new_key
+                            .iter()
+                            .zip(&key)
+                            .any(|(n, o)| n.bytes().is_some() && n != o);
+                        Change::Update {
+                            key,
+                            new,
+                            key_changed,
+                        }
+                    }
+                };
+                self.push(map, change).await
+            }
+            LogicalMessage::Delete(delete) => {
+                let Some(map) = self.relation_for_change(delete.relation_id)? else {
+                    return Ok(());
+                };
+                let change = match (map.identity, &delete.old) {
+                    (Identity::Nothing, _) => {
+                        return Err(Error::NoReplicaIdentity {
+                            table: map.name.to_string(),
+                            operation: "DELETE",
+                        });
+                    }
+                    (Identity::Full, old) => Change::DeleteFull {
+                        old: map_tuple(&map, old.tuple())?,
+                    },
+                    (Identity::Key, OldTuple::Key(old) | OldTuple::Full(old)) => Change::Delete {
+                        key: key_values(&map, &map_tuple(&map, old)?),
+                    },
+                    (Identity::Key, _) => {
+                        return Err(Error::Protocol(format!(
+                            "an unsupported old tuple in a DELETE of {}",
+                            map.name
+                        )));
+                    }
+                };
+                self.push(map, change).await
+            }
+            LogicalMessage::Truncate(truncate) => {
+                let mut tables = Vec::new();
+                for id in &truncate.relation_ids {
+                    if let Some(map) = self.relation_for_change(*id)? {
+                        tables.push(map);
+                    }
+                }
+                if !tables.is_empty() {
+                    self.segments.push(Segment::Truncate {
+                        tables,
+                        cascade: truncate.cascade(),
+                        restart_identity: truncate.restart_identity(),
+                    });
+                    self.batch_changes += 1;
+                }
+                Ok(())
+            }
+            LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {
+                Ok(())
+            }
+            other => Err(Error::Protocol(format!(
+                "{} messages are not expected: the stream must be started without two_phase",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// The table of a change, or `None` when the change must be skipped:
+    /// its transaction was applied before, or the table's copy already holds
+    /// it.
+    fn relation_for_change(&self, relation_id: u32) -> Result<Option<Arc<TableMap>>> {
+        let txn = self
+            .txn
+            .as_ref()
+            .ok_or_else(|| Error::Protocol("a change outside of a transaction".to_owned()))?;
+        if txn.skip {
+            return Ok(None);
+        }
+        let map = self.relations.get(&relation_id).cloned().ok_or_else(|| {
+            Error::Protocol(format!(
+                "a change for relation {relation_id}, never described"
+            ))
+        })?;
+        if let Some(copied_at) = self.options.copied_at.get(&map.name) {
+            if txn.final_lsn < *copied_at {
+                return Ok(None);
+            }
+        }
+        Ok(Some(map))
+    }
+
+    async fn push(&mut self, map: Arc<TableMap>, change: Change) -> Result<()> {
+        self.pending_bytes += change.size();
+        self.batch_changes += 1;
+        let replica_role = self.stats.replica_role;
+        let same = |(m, _): &&mut (Arc<TableMap>, TablePlan)| Arc::ptr_eq(m, &map);
+        let plans = match self.segments.last_mut() {
+            Some(Segment::Tables(plans))
+                if replica_role || plans.last().is_some_and(|(m, _)| Arc::ptr_eq(m, &map)) =>
+            {
+                plans
+            }
+            _ => {
+                self.segments.push(Segment::Tables(Vec::new()));
+                match self.segments.last_mut() {
+                    Some(Segment::Tables(plans)) => plans,
+                    _ => unreachable!("just pushed"),
+                }
+            }
+        };
+        match plans.iter_mut().find(same) {
+            Some((_, plan)) => plan.push(change),
+            None => {
+                let mut plan = TablePlan::new(map.key.clone());
+                plan.push(change);
+                plans.push((map, plan));
+            }
+        }
+        if self.pending_bytes >= self.options.max_pending_bytes {
+            self.execute_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn begin_target(&mut self) -> Result<()> {
+        if !self.target_open {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(target("beginning a batch"))?;
+            self.target_open = true;
+        }
+        Ok(())
+    }
+
+    /// Runs every collected statement inside the open target transaction.
+    async fn execute_pending(&mut self) -> Result<()> {
+        if self.segments.is_empty() {
+            return Ok(());
+        }
+        self.begin_target().await?;
+        let lsn = self
+            .txn
+            .as_ref()
+            .map(|t| t.final_lsn)
+            .or(self.batch_commit.map(|(l, _)| l))
+            .unwrap_or(self.applied);
+        for segment in std::mem::take(&mut self.segments) {
+            match segment {
+                Segment::Tables(plans) => {
+                    for (map, plan) in plans {
+                        for statement in plan.finish() {
+                            match execute::execute(&self.client, &mut self.cache, &map, &statement)
+                                .await?
+                            {
+                                Ok(outcome) => {
+                                    self.stats.inserted += outcome.inserted;
+                                    self.stats.updated += outcome.updated;
+                                    self.stats.deleted += outcome.deleted;
+                                }
+                                Err((operation, expected, matched)) => {
+                                    return Err(Error::RowsMissing {
+                                        table: map.name.to_string(),
+                                        operation,
+                                        expected,
+                                        matched,
+                                        lsn,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                Segment::Truncate {
+                    tables,
+                    cascade,
+                    restart_identity,
+                } => {
+                    let refs: Vec<&TableMap> = tables.iter().map(|t| t.as_ref()).collect();
+                    execute::truncate(&self.client, &refs, cascade, restart_identity).await?;
+                    self.stats.truncates += 1;
+                }
+            }
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    /// Commits the complete source transactions received so far in one
+    /// target transaction, with the applied position, and returns that
+    /// position; `None` when there was nothing to commit. Must not be
+    /// called inside a source transaction.
+    pub async fn commit(&mut self) -> Result<Option<Lsn>> {
+        if self.in_transaction() {
+            return Err(Error::Protocol(
+                "commit requested inside a source transaction".to_owned(),
+            ));
+        }
+        let Some((lsn, commit_time)) = self.batch_commit else {
+            return Ok(None);
+        };
+        self.execute_pending().await?;
+        self.begin_target().await?;
+        let seconds = commit_time
+            .to_system_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.client
+            .execute(
+                progress::SAVE_SQL,
+                &[&self.options.stream_id, &lsn.to_string(), &seconds],
+            )
+            .await
+            .map_err(target("recording the applied position"))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(target(format!("committing the batch ending at {lsn}")))?;
+        self.target_open = false;
+        self.applied = lsn;
+        self.confirmable = self.confirmable.max(lsn);
+        self.batch_commit = None;
+        self.batch_changes = 0;
+        self.batch_started = None;
+        self.stats.applied_lsn = lsn;
+        self.stats.applied_commit_time = Some(commit_time);
+        self.stats.batches += 1;
+        Ok(Some(lsn))
+    }
+}
+
+/// The transaction id a change inside a streaming block carries.
+fn stream_xid(message: &LogicalMessage) -> Option<u32> {
+    match message {
+        LogicalMessage::Insert(m) => m.xid,
+        LogicalMessage::Update(m) => m.xid,
+        LogicalMessage::Delete(m) => m.xid,
+        LogicalMessage::Truncate(m) => m.xid,
+        LogicalMessage::Relation(m) => m.xid,
+        LogicalMessage::Type(m) => m.xid,
+        LogicalMessage::Message(m) => m.xid,
+        _ => None,
+    }
+}
+
+/// The tuple's values for the written columns (generated ones dropped).
+fn map_tuple(map: &TableMap, tuple: &TupleData) -> Result<Values> {
+    if tuple.columns.len() != map.source_to_column.len() {
+        return Err(Error::ShapeMismatch {
+            table: map.name.to_string(),
+            difference: format!(
+                "a row has {} columns but the relation described {}",
+                tuple.columns.len(),
+                map.source_to_column.len()
+            ),
+        });
+    }
+    let mut values = Vec::with_capacity(map.columns.len());
+    for (value, target) in tuple.columns.iter().zip(&map.source_to_column) {
+        if target.is_some() {
+            values.push(value.clone());
+        }
+    }
+    Ok(values)
+}
+
+fn key_values(map: &TableMap, values: &Values) -> Values {
+    map.key.iter().map(|&i| values[i].clone()).collect()
+}

@@ -1,0 +1,129 @@
+//! The crate's error type.
+
+use pglive_repl::Lsn;
+
+/// Everything that can stop the applier.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A statement on the target failed.
+    #[error("target: {context}{}", sqlstate_suffix(.source))]
+    Target {
+        /// What was being done, naming the table.
+        context: String,
+        /// The client's error, with its SQLSTATE.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The replication connection or decoder failed.
+    #[error(transparent)]
+    Replication(#[from] pglive_repl::Error),
+    /// A pgoutput message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] pglive_repl::pgoutput::DecodeError),
+    /// A source table has no counterpart on the target.
+    #[error(
+        "source table {table} does not exist on the target: create it there (or exclude it from the publication) and resume"
+    )]
+    TableMissing {
+        /// The schema-qualified name.
+        table: String,
+    },
+    /// A source table's shape no longer matches the target's (DDL on the
+    /// source during the migration).
+    #[error("table {table}: {difference}; change the target to match and resume")]
+    ShapeMismatch {
+        /// The schema-qualified name.
+        table: String,
+        /// What differs, naming the columns.
+        difference: String,
+    },
+    /// An UPDATE or DELETE arrived for a table that has no replica identity.
+    #[error(
+        "table {table} has REPLICA IDENTITY NOTHING but received an {operation}: give it a primary key or REPLICA IDENTITY FULL on the source"
+    )]
+    NoReplicaIdentity {
+        /// The schema-qualified name.
+        table: String,
+        /// `UPDATE` or `DELETE`.
+        operation: &'static str,
+    },
+    /// Rows that the source changed were not found on the target: the target
+    /// diverged from the source.
+    #[error(
+        "{operation} on {table} matched {matched} of {expected} rows in the transaction ending at {lsn}: the target has diverged from the source"
+    )]
+    RowsMissing {
+        /// The schema-qualified name.
+        table: String,
+        /// `UPDATE` or `DELETE`.
+        operation: &'static str,
+        /// Rows the source changed.
+        expected: u64,
+        /// Rows found on the target.
+        matched: u64,
+        /// The last source commit in the batch.
+        lsn: Lsn,
+    },
+    /// The stream broke the protocol's rules (a change outside a
+    /// transaction, an unknown relation id, binary values that were not
+    /// asked for).
+    #[error("unexpected replication stream: {0}")]
+    Protocol(String),
+    /// Spilling a large streamed transaction to disk failed.
+    #[error("spill file {path}")]
+    Spill {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sqlstate_suffix(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            ": {} {}: {}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        None => format!(": {error}"),
+    }
+}
+
+impl Error {
+    /// The SQLSTATE of a server error, if this is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Target { source, .. } => source.code().map(|c| c.code()),
+            Error::Replication(e) => e.sqlstate(),
+            _ => None,
+        }
+    }
+
+    /// Whether the error is a lost connection or server restart, after which
+    /// a new applier resumes from the state in the target.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Target { source, .. } => {
+                source.is_closed()
+                    || source
+                        .code()
+                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+            }
+            Error::Replication(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn target(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Target { context, source }
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,501 @@
+//! Running planned statements on the target.
+//!
+//! Values travel as text, exactly as pgoutput sent them, and are cast to the
+//! target column's type by the target itself (`$1::text[]` unnested, then
+//! `::type`), which parses them with the type's input function — the same
+//! function that printed them on the source, under the same pinned settings.
+//! Long insert runs use `COPY … FROM STDIN` (text format).
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+
+use bytes::{BufMut, BytesMut};
+use futures_util::SinkExt;
+use pglive_repl::pgoutput::ColumnValue;
+use tokio_postgres::types::{Format, IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Statement as Prepared};
+
+use crate::error::{Error, Result, target};
+use crate::plan::{Statement, Values};
+use crate::table::TableMap;
+
+/// Insert runs at least this long go through COPY; shorter ones through one
+/// prepared `INSERT … SELECT FROM unnest(…)`.
+const COPY_THRESHOLD: usize = 64;
+
+/// Bytes of COPY data sent per message.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// A column of text values as a `text[]` parameter, sent in binary without
+/// copying or re-validating the values.
+#[derive(Debug)]
+struct TextArray<'a>(Vec<Option<&'a [u8]>>);
+
+impl ToSql for TextArray<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let dimension = postgres_protocol::types::ArrayDimension {
+            len: i32::try_from(self.0.len())?,
+            lower_bound: 1,
+        };
+        postgres_protocol::types::array_to_sql(
+            Some(dimension),
+            Type::TEXT.oid(),
+            self.0.iter(),
+            |value, out| match value {
+                Some(bytes) => {
+                    out.put_slice(bytes);
+                    Ok(postgres_protocol::IsNull::No)
+                }
+                None => Ok(postgres_protocol::IsNull::Yes),
+            },
+            out,
+        )?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT_ARRAY
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Binary
+    }
+
+    to_sql_checked!();
+}
+
+/// One text value as a `text` parameter.
+#[derive(Debug)]
+struct RawText<'a>(Option<&'a [u8]>);
+
+impl ToSql for RawText<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self.0 {
+            Some(bytes) => {
+                out.put_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT
+    }
+
+    to_sql_checked!();
+}
+
+fn text_of<'a>(table: &TableMap, value: &'a ColumnValue) -> Result<Option<&'a [u8]>> {
+    match value {
+        ColumnValue::Null => Ok(None),
+        ColumnValue::Text(bytes) => Ok(Some(bytes)),
+        ColumnValue::UnchangedToast => Err(Error::Protocol(format!(
+            "an unchanged TOAST value where {} needs the value",
+            table.name
+        ))),
+        ColumnValue::Binary(_) => Err(Error::Protocol(format!(
+            "binary values for {} although text was requested",
+            table.name
+        ))),
+        other => Err(Error::Protocol(format!(
+            "unsupported column value {other:?} for {}",
+            table.name
+        ))),
+    }
+}
+
+/// Prepared statements by SQL text, for the life of one target session.
+#[derive(Default)]
+pub(crate) struct StatementCache {
+    prepared: HashMap<String, Prepared>,
+}
+
+impl StatementCache {
+    async fn get(&mut self, client: &Client, sql: &str, table: &TableMap) -> Result<Prepared> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client
+            .prepare(sql)
+            .await
+            .map_err(target(format!("preparing a statement for {}", table.name)))?;
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// How many rows a statement changed, to compare with what the source did.
+pub(crate) struct Outcome {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+}
+
+/// Runs one statement inside the open target transaction. Updates and
+/// deletes must find every row the source changed; anything else is
+/// [`Error::RowsMissing`], reported by the caller with the LSN.
+pub(crate) async fn execute(
+    client: &Client,
+    cache: &mut StatementCache,
+    table: &TableMap,
+    statement: &Statement,
+) -> Result<std::result::Result<Outcome, (&'static str, u64, u64)>> {
+    match statement {
+        Statement::Insert(rows) if rows.len() >= COPY_THRESHOLD => {
+            copy_rows(client, table, rows).await?;
+            Ok(Ok(Outcome::inserted(rows.len())))
+        }
+        Statement::Insert(rows) => {
+            let columns: Vec<usize> = (0..table.columns.len()).collect();
+            let sql = insert_sql(table);
+            let params = column_arrays(table, rows.iter(), &columns)?;
+            let statement = cache.get(client, &sql, table).await?;
+            client
+                .execute(&statement, &params_ref(&params))
+                .await
+                .map_err(target(format!("inserting into {}", table.name)))?;
+            Ok(Ok(Outcome::inserted(rows.len())))
+        }
+        Statement::Update { mask, rows } => {
+            let sql = update_sql(table, mask);
+            let set: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
+            let key_positions: Vec<usize> = (0..table.key.len()).collect();
+            let mut params = column_arrays(table, rows.iter().map(|(k, _)| k), &key_positions)?;
+            params.extend(column_arrays(table, rows.iter().map(|(_, n)| n), &set)?);
+            let statement = cache.get(client, &sql, table).await?;
+            let matched = client
+                .execute(&statement, &params_ref(&params))
+                .await
+                .map_err(target(format!("updating {}", table.name)))?;
+            let expected = rows.len() as u64;
+            if matched != expected {
+                return Ok(Err(("UPDATE", expected, matched)));
+            }
+            Ok(Ok(Outcome::updated(rows.len())))
+        }
+        Statement::Delete(keys) => {
+            let sql = delete_sql(table);
+            let key_positions: Vec<usize> = (0..table.key.len()).collect();
+            let params = column_arrays(table, keys.iter(), &key_positions)?;
+            let statement = cache.get(client, &sql, table).await?;
+            let matched = client
+                .execute(&statement, &params_ref(&params))
+                .await
+                .map_err(target(format!("deleting from {}", table.name)))?;
+            let expected = keys.len() as u64;
+            if matched != expected {
+                return Ok(Err(("DELETE", expected, matched)));
+            }
+            Ok(Ok(Outcome::deleted(keys.len())))
+        }
+        Statement::UpdateFull { old, new } => {
+            let set: Vec<usize> = (0..new.len())
+                .filter(|&i| !matches!(new[i], ColumnValue::UnchangedToast))
+                .collect();
+            let matched_columns: Vec<usize> = (0..old.len())
+                .filter(|&i| !matches!(old[i], ColumnValue::UnchangedToast))
+                .collect();
+            let sql = update_full_sql(table, &set, &matched_columns);
+            let mut values = Vec::new();
+            for &i in &matched_columns {
+                values.push(RawText(text_of(table, &old[i])?));
+            }
+            for &i in &set {
+                values.push(RawText(text_of(table, &new[i])?));
+            }
+            let statement = cache.get(client, &sql, table).await?;
+            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
+            let matched = client
+                .execute(&statement, &params)
+                .await
+                .map_err(target(format!("updating {}", table.name)))?;
+            if matched != 1 {
+                return Ok(Err(("UPDATE", 1, matched)));
+            }
+            Ok(Ok(Outcome::updated(1)))
+        }
+        Statement::DeleteFull(old) => {
+            let matched_columns: Vec<usize> = (0..old.len())
+                .filter(|&i| !matches!(old[i], ColumnValue::UnchangedToast))
+                .collect();
+            let sql = delete_full_sql(table, &matched_columns);
+            let mut values = Vec::new();
+            for &i in &matched_columns {
+                values.push(RawText(text_of(table, &old[i])?));
+            }
+            let statement = cache.get(client, &sql, table).await?;
+            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
+            let matched = client
+                .execute(&statement, &params)
+                .await
+                .map_err(target(format!("deleting from {}", table.name)))?;
+            if matched != 1 {
+                return Ok(Err(("DELETE", 1, matched)));
+            }
+            Ok(Ok(Outcome::deleted(1)))
+        }
+    }
+}
+
+impl Outcome {
+    fn inserted(n: usize) -> Outcome {
+        Outcome {
+            inserted: n as u64,
+            updated: 0,
+            deleted: 0,
+        }
+    }
+    fn updated(n: usize) -> Outcome {
+        Outcome {
+            inserted: 0,
+            updated: n as u64,
+            deleted: 0,
+        }
+    }
+    fn deleted(n: usize) -> Outcome {
+        Outcome {
+            inserted: 0,
+            updated: 0,
+            deleted: n as u64,
+        }
+    }
+}
+
+fn params_ref<'p>(params: &'p [TextArray<'_>]) -> Vec<&'p (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+/// One `text[]` per listed position of each row.
+fn column_arrays<'a>(
+    table: &TableMap,
+    rows: impl Iterator<Item = &'a Values> + Clone,
+    positions: &[usize],
+) -> Result<Vec<TextArray<'a>>> {
+    let count = rows.clone().count();
+    let mut arrays: Vec<Vec<Option<&'a [u8]>>> = positions
+        .iter()
+        .map(|_| Vec::with_capacity(count))
+        .collect();
+    for row in rows {
+        for (array, &position) in arrays.iter_mut().zip(positions) {
+            let value = row.get(position).ok_or_else(|| {
+                Error::Protocol(format!("a row of {} has too few values", table.name))
+            })?;
+            array.push(text_of(table, value)?);
+        }
+    }
+    Ok(arrays.into_iter().map(TextArray).collect())
+}
+
+fn unnest(first_param: usize, names: &[String]) -> String {
+    let params: Vec<String> = (0..names.len())
+        .map(|i| format!("${}::text[]", first_param + i))
+        .collect();
+    format!("unnest({}) AS s({})", params.join(", "), names.join(", "))
+}
+
+fn insert_sql(table: &TableMap) -> String {
+    let names: Vec<String> = (0..table.columns.len()).map(|i| format!("v{i}")).collect();
+    let columns: Vec<&str> = table.columns.iter().map(|c| c.quoted.as_str()).collect();
+    let values: Vec<String> = table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("s.v{i}::{}", c.type_sql))
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {}",
+        table.quoted,
+        columns.join(", "),
+        values.join(", "),
+        unnest(1, &names)
+    )
+}
+
+fn key_match(table: &TableMap) -> String {
+    table
+        .key
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| {
+            let column = &table.columns[c];
+            format!("t.{} = s.k{k}::{}", column.quoted, column.type_sql)
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn update_sql(table: &TableMap, mask: &[bool]) -> String {
+    let mut names: Vec<String> = (0..table.key.len()).map(|k| format!("k{k}")).collect();
+    let mut set = Vec::new();
+    for (i, column) in table.columns.iter().enumerate().filter(|(i, _)| mask[*i]) {
+        names.push(format!("v{i}"));
+        set.push(format!("{} = s.v{i}::{}", column.quoted, column.type_sql));
+    }
+    format!(
+        "UPDATE {} AS t SET {} FROM {} WHERE {}",
+        table.quoted,
+        set.join(", "),
+        unnest(1, &names),
+        key_match(table)
+    )
+}
+
+fn delete_sql(table: &TableMap) -> String {
+    let names: Vec<String> = (0..table.key.len()).map(|k| format!("k{k}")).collect();
+    format!(
+        "DELETE FROM {} AS t USING {} WHERE {}",
+        table.quoted,
+        unnest(1, &names),
+        key_match(table)
+    )
+}
+
+/// Finds one row equal to the old values, comparing text forms so that types
+/// without an equality operator (json, point, xml) match too.
+fn full_row_match(table: &TableMap, columns: &[usize]) -> String {
+    let mut predicate = String::new();
+    for (n, &c) in columns.iter().enumerate() {
+        if n > 0 {
+            predicate.push_str(" AND ");
+        }
+        let _ = write!(
+            predicate,
+            "{}::text IS NOT DISTINCT FROM ${}",
+            table.columns[c].quoted,
+            n + 1
+        );
+    }
+    if predicate.is_empty() {
+        predicate.push_str("true");
+    }
+    format!(
+        "ctid = (SELECT ctid FROM {} WHERE {predicate} LIMIT 1)",
+        table.quoted
+    )
+}
+
+fn update_full_sql(table: &TableMap, set: &[usize], matched: &[usize]) -> String {
+    let assignments: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(n, &c)| {
+            let column = &table.columns[c];
+            format!(
+                "{} = ${}::text::{}",
+                column.quoted,
+                matched.len() + n + 1,
+                column.type_sql
+            )
+        })
+        .collect();
+    format!(
+        "UPDATE {} SET {} WHERE {}",
+        table.quoted,
+        assignments.join(", "),
+        full_row_match(table, matched)
+    )
+}
+
+fn delete_full_sql(table: &TableMap, matched: &[usize]) -> String {
+    format!(
+        "DELETE FROM {} WHERE {}",
+        table.quoted,
+        full_row_match(table, matched)
+    )
+}
+
+/// Appends `value` escaped for COPY's text format.
+fn copy_escape(out: &mut BytesMut, value: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in value.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.put_slice(&value[start..i]);
+        out.put_slice(escaped);
+        start = i + 1;
+    }
+    out.put_slice(&value[start..]);
+}
+
+async fn copy_rows(client: &Client, table: &TableMap, rows: &[Values]) -> Result<()> {
+    let columns: Vec<&str> = table.columns.iter().map(|c| c.quoted.as_str()).collect();
+    let sql = format!("COPY {} ({}) FROM STDIN", table.quoted, columns.join(", "));
+    let context = || format!("copying rows into {}", table.name);
+    let sink = client.copy_in(&sql).await.map_err(target(context()))?;
+    futures_util::pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + 4096);
+    for row in rows {
+        for (i, value) in row.iter().enumerate() {
+            if i > 0 {
+                buf.put_u8(b'\t');
+            }
+            match text_of(table, value)? {
+                Some(bytes) => copy_escape(&mut buf, bytes),
+                None => buf.put_slice(b"\\N"),
+            }
+        }
+        buf.put_u8(b'\n');
+        if buf.len() >= COPY_CHUNK {
+            sink.send(buf.split().freeze())
+                .await
+                .map_err(target(context()))?;
+        }
+    }
+    if !buf.is_empty() {
+        sink.send(buf.freeze()).await.map_err(target(context()))?;
+    }
+    sink.finish().await.map_err(target(context()))?;
+    Ok(())
+}
+
+/// `TRUNCATE ONLY` the tables in one statement, as the source did.
+pub(crate) async fn truncate(
+    client: &Client,
+    tables: &[&TableMap],
+    cascade: bool,
+    restart_identity: bool,
+) -> Result<()> {
+    let names: Vec<&str> = tables.iter().map(|t| t.quoted.as_str()).collect();
+    let sql = format!(
+        "TRUNCATE ONLY {}{}{}",
+        names.join(", "),
+        if restart_identity {
+            " RESTART IDENTITY"
+        } else {
+            ""
+        },
+        if cascade { " CASCADE" } else { "" }
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(target(format!("truncating {}", names.join(", "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_escaping() {
+        let mut out = BytesMut::new();
+        copy_escape(&mut out, b"a\\b\tc\nd\re");
+        assert_eq!(&out[..], b"a\\\\b\\tc\\nd\\re");
+    }
+}

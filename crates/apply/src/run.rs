@@ -1,0 +1,147 @@
+//! The apply loop: one `select!` over shutdown, idle commit and new WAL.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pglive_repl::{Lsn, PgTimestamp, ReplicationEvent, ReplicationStream};
+
+use crate::applier::{Applier, ApplyStats};
+use crate::error::Result;
+
+/// When the loop commits and when it stops.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Commit complete transactions once the stream has been quiet this
+    /// long, so lag stays low when the source is not busy.
+    pub idle_commit: Duration,
+    /// Stop once everything up to this source position is applied (the
+    /// cutover: the source's current LSN after writes stopped).
+    pub stop_at: Option<Lsn>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            idle_commit: Duration::from_millis(20),
+            stop_at: None,
+        }
+    }
+}
+
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stopped {
+    /// The shutdown future completed; the last complete transaction is
+    /// committed.
+    Shutdown,
+    /// Everything up to [`RunOptions::stop_at`] is applied.
+    ReachedLsn(Lsn),
+    /// The server ended the stream.
+    StreamEnded,
+}
+
+/// Where the migration stands, for progress displays.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Progress {
+    /// The applier's counters.
+    pub stats: ApplyStats,
+    /// The highest WAL position received.
+    pub received_lsn: Lsn,
+    /// The source's end of WAL at its last message.
+    pub source_lsn: Lsn,
+    /// Bytes of WAL between the applied position and the source's end.
+    pub lag_bytes: u64,
+    /// Seconds between the source's clock and the commit time of the last
+    /// applied transaction; 0 when caught up.
+    pub lag_seconds: f64,
+}
+
+/// Applies the stream until `shutdown` completes, `stop_at` is reached or
+/// the stream ends. The position confirmed to the source follows only what
+/// the target committed. `on_progress` is called after every message; keep
+/// it cheap (throttle displays yourself).
+pub async fn run(
+    applier: &mut Applier,
+    stream: &mut ReplicationStream,
+    shutdown: impl Future<Output = ()>,
+    options: &RunOptions,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Stopped> {
+    let feedback = stream.feedback();
+    feedback.set_flushed(applier.confirmable_lsn());
+    futures_util::pin_mut!(shutdown);
+    let mut shutting_down = false;
+    loop {
+        if let Some(stop) = options.stop_at {
+            if applier.is_idle() && applier.confirmable_lsn() >= stop {
+                return Ok(Stopped::ReachedLsn(applier.confirmable_lsn()));
+            }
+            // Ask the server for a keepalive, which tells where it is.
+            if applier.is_idle() {
+                feedback.request_reply();
+            }
+        }
+        if shutting_down && !applier.in_transaction() {
+            applier.commit().await?;
+            feedback.set_flushed(applier.confirmable_lsn());
+            return Ok(Stopped::Shutdown);
+        }
+        let idle_commit = applier.has_uncommitted() && !applier.in_transaction();
+        let event = tokio::select! {
+            biased;
+            () = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                continue;
+            }
+            event = stream.next() => event,
+            () = tokio::time::sleep(options.idle_commit), if idle_commit => {
+                applier.commit().await?;
+                feedback.set_flushed(applier.confirmable_lsn());
+                continue;
+            }
+        };
+        match event {
+            None => {
+                if !applier.in_transaction() {
+                    applier.commit().await?;
+                }
+                return Ok(Stopped::StreamEnded);
+            }
+            Some(Err(error)) => return Err(error.into()),
+            Some(Ok(ReplicationEvent::XLogData { data, .. })) => applier.apply(data).await?,
+            Some(Ok(ReplicationEvent::Keepalive { wal_end, .. })) => {
+                applier.note_server_position(wal_end);
+            }
+            Some(Ok(_)) => {}
+        }
+        feedback.set_flushed(applier.confirmable_lsn());
+        on_progress(&progress(applier, &feedback));
+    }
+}
+
+fn progress(applier: &Applier, feedback: &pglive_repl::Feedback) -> Progress {
+    let stats = applier.stats().clone();
+    let source_lsn = feedback.server_wal_end();
+    let caught_up = applier.is_idle() && applier.confirmable_lsn() >= source_lsn;
+    let lag_seconds = match stats.applied_commit_time {
+        Some(commit) if !caught_up => {
+            let server = feedback
+                .server_time()
+                .0
+                .max(PgTimestamp::now().0.min(i64::MAX));
+            (server - commit.0).max(0) as f64 / 1e6
+        }
+        _ => 0.0,
+    };
+    Progress {
+        lag_bytes: source_lsn.bytes_since(applier.confirmable_lsn()),
+        received_lsn: feedback.received(),
+        source_lsn,
+        lag_seconds,
+        stats,
+    }
+}

@@ -1,0 +1,161 @@
+//! Mapping a source relation (from a pgoutput Relation message) onto the
+//! target table of the same schema-qualified name, columns by name.
+
+use std::fmt;
+
+use pglive_repl::pgoutput::{Relation, ReplicaIdentity};
+use pglive_repl::quote_ident;
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result, target};
+
+/// A schema-qualified table name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// The schema.
+    pub schema: String,
+    /// The table.
+    pub name: String,
+}
+
+impl TableName {
+    /// A name from its two parts.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.quoted())
+    }
+}
+
+/// How rows of a table are found for UPDATE and DELETE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Identity {
+    /// By the replica identity columns (primary key or chosen index).
+    Key,
+    /// By all columns (REPLICA IDENTITY FULL).
+    Full,
+    /// Not at all (REPLICA IDENTITY NOTHING).
+    Nothing,
+}
+
+/// One column that the applier writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Column {
+    /// The quoted column name.
+    pub quoted: String,
+    /// The target's type, fully qualified, for casts from text.
+    pub type_sql: String,
+}
+
+/// A source relation mapped onto its target table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TableMap {
+    pub name: TableName,
+    /// `"schema"."name"`.
+    pub quoted: String,
+    /// For each source column: its index in `columns`, or `None` when the
+    /// target computes it (a generated column) and it is never written.
+    pub source_to_column: Vec<Option<usize>>,
+    /// The written columns, in source order.
+    pub columns: Vec<Column>,
+    /// Indices into `columns` of the replica identity columns.
+    pub key: Vec<usize>,
+    pub identity: Identity,
+}
+
+impl TableMap {
+    /// Looks the relation's table up on the target and checks that every
+    /// source column exists there. Target columns the source does not send
+    /// keep their defaults.
+    pub async fn resolve(client: &Client, relation: &Relation) -> Result<TableMap> {
+        let name = TableName::new(&relation.namespace, &relation.name);
+        let rows = client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
+                   FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&relation.namespace, &relation.name],
+            )
+            .await
+            .map_err(target(format!("reading the columns of {name}")))?;
+        if rows.is_empty() {
+            return Err(Error::TableMissing {
+                table: name.to_string(),
+            });
+        }
+        let target_columns: Vec<(String, String, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        Self::from_target_columns(name, relation, &target_columns)
+    }
+
+    /// The mapping from the target's columns (name, type, generated).
+    pub fn from_target_columns(
+        name: TableName,
+        relation: &Relation,
+        target_columns: &[(String, String, bool)],
+    ) -> Result<TableMap> {
+        let mut source_to_column = Vec::with_capacity(relation.columns.len());
+        let mut columns = Vec::new();
+        let mut key = Vec::new();
+        let mut missing = Vec::new();
+        for source in &relation.columns {
+            match target_columns.iter().find(|(n, _, _)| *n == source.name) {
+                None => {
+                    missing.push(quote_ident(&source.name));
+                    source_to_column.push(None);
+                }
+                Some((_, _, true)) => source_to_column.push(None),
+                Some((column, type_sql, false)) => {
+                    if source.is_key() {
+                        key.push(columns.len());
+                    }
+                    source_to_column.push(Some(columns.len()));
+                    columns.push(Column {
+                        quoted: quote_ident(column),
+                        type_sql: type_sql.clone(),
+                    });
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::ShapeMismatch {
+                table: name.to_string(),
+                difference: format!(
+                    "the source has column{} {} that the target lacks",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing.join(", ")
+                ),
+            });
+        }
+        let identity = match relation.replica_identity {
+            ReplicaIdentity::Full => Identity::Full,
+            ReplicaIdentity::Nothing => Identity::Nothing,
+            _ if key.is_empty() => Identity::Nothing,
+            _ => Identity::Key,
+        };
+        Ok(TableMap {
+            quoted: name.quoted(),
+            name,
+            source_to_column,
+            columns,
+            key,
+            identity,
+        })
+    }
+}

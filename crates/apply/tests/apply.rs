@@ -1,0 +1,316 @@
+//! The applier against real servers: after catch-up the target equals the
+//! source, row by row, whatever the workload.
+
+mod common;
+
+use common::{Pair, config, options};
+use pglive_apply::{Applier, Error};
+
+const SCHEMA: &str = "
+CREATE EXTENSION IF NOT EXISTS hstore;
+CREATE TABLE accounts (
+    id bigint PRIMARY KEY,
+    owner text NOT NULL,
+    balance numeric,
+    ratio double precision,
+    tags text[],
+    grid int[][],
+    blob bytea,
+    seen timestamptz,
+    span interval,
+    doc jsonb,
+    raw json,
+    attrs hstore,
+    big text,
+    balance_x2 numeric GENERATED ALWAYS AS (balance * 2) STORED
+);
+CREATE TABLE \"Mixed Case\" (\"Key\" int PRIMARY KEY, \"välue\" text);
+CREATE TABLE full_identity (a int, b json, c point);
+ALTER TABLE full_identity REPLICA IDENTITY FULL;
+CREATE TABLE events (id int, region text, payload text, PRIMARY KEY (region, id)) PARTITION BY LIST (region);
+CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+CREATE TABLE truncated (id serial PRIMARY KEY, v text);
+";
+
+const WORKLOAD: &str = "
+INSERT INTO accounts (id, owner, balance, ratio, tags, grid, blob, seen, span, doc, raw, attrs, big)
+SELECT g, 'owner ' || g, CASE g % 5 WHEN 0 THEN 'NaN'::numeric WHEN 1 THEN 'Infinity' WHEN 2 THEN '-Infinity' ELSE g * 1.5 END,
+       CASE g % 4 WHEN 0 THEN 'NaN'::float8 WHEN 1 THEN '-Infinity' WHEN 2 THEN 1e-310 ELSE 0.1 + g END,
+       ARRAY['a', NULL, 'quote\"d', 'back\\slash', 'tab\there'], ARRAY[[g, 2], [3, NULL]],
+       decode(lpad(to_hex(g), 8, '0') || '00ff0a0d5c09', 'hex'), '2024-02-29 23:59:59.123456+05:30'::timestamptz + g * interval '1 hour',
+       make_interval(years => 1, days => g, secs => 0.5), jsonb_build_object('k', g, 'nested', jsonb_build_array(1, 'x', NULL)),
+       '{\"b\": 1,  \"a\": [2]}', hstore(ARRAY['k', 'n'], ARRAY[g::text, NULL]), NULL
+  FROM generate_series(1, 300) g;
+UPDATE accounts SET big = (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 200) i) WHERE id <= 20;
+UPDATE accounts SET balance = balance + 1 WHERE id % 3 = 0;
+UPDATE accounts SET owner = owner || '!' WHERE id <= 20;
+UPDATE accounts SET id = id + 1000 WHERE id BETWEEN 21 AND 30;
+DELETE FROM accounts WHERE id % 7 = 0;
+BEGIN; UPDATE accounts SET owner = 'rolled back'; ROLLBACK;
+BEGIN;
+  INSERT INTO accounts (id, owner) VALUES (5000, 'kept');
+  SAVEPOINT s1; INSERT INTO accounts (id, owner) VALUES (5001, 'subxact rolled back'); ROLLBACK TO s1;
+  SAVEPOINT s2; UPDATE accounts SET owner = 'sub kept' WHERE id = 5000; RELEASE s2;
+COMMIT;
+INSERT INTO \"Mixed Case\" SELECT g, 'välue ' || g FROM generate_series(1, 50) g;
+UPDATE \"Mixed Case\" SET \"välue\" = NULL WHERE \"Key\" % 2 = 0;
+INSERT INTO full_identity VALUES (1, '{\"x\": 1}', '(1,2)'), (1, '{\"x\": 1}', '(1,2)'), (2, NULL, NULL), (3, '[]', '(0,0)');
+UPDATE full_identity SET a = 10 WHERE ctid = (SELECT min(ctid) FROM full_identity WHERE a = 1);
+DELETE FROM full_identity WHERE a = 2;
+UPDATE full_identity SET b = '{\"y\": 2}' WHERE a = 3;
+INSERT INTO events SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'p' || g FROM generate_series(1, 100) g;
+UPDATE events SET region = 'us' WHERE region = 'eu' AND id % 4 = 0;
+INSERT INTO truncated (v) SELECT 'x' FROM generate_series(1, 10);
+TRUNCATE truncated RESTART IDENTITY;
+INSERT INTO truncated (v) VALUES ('after truncate');
+";
+
+#[tokio::test]
+async fn mixed_workload_arrives_exactly_on_a_target_with_hostile_defaults() {
+    let pair = Pair::new("mixed", SCHEMA).await;
+    pair.cluster
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {t} SET DateStyle = 'SQL, DMY'; ALTER DATABASE {t} SET TimeZone = 'Pacific/Chatham';
+                 ALTER DATABASE {t} SET extra_float_digits = -3; ALTER DATABASE {t} SET IntervalStyle = 'sql_standard';
+                 ALTER DATABASE {t} SET bytea_output = 'escape'",
+                t = pair.target
+            ),
+        )
+        .unwrap();
+    pair.source_sql(WORKLOAD);
+    let applier = pair
+        .catch_up(&pair.target_conninfo(), options(&pair, 1))
+        .await;
+    pair.assert_equal().await;
+    let stats = applier.stats();
+    assert!(stats.replica_role);
+    assert!(stats.inserted >= 300 && stats.updated > 0 && stats.deleted > 0);
+    assert_eq!(stats.truncates, 1);
+    // Far fewer target transactions than source transactions.
+    assert!(stats.batches < stats.transactions, "{stats:?}");
+
+    // More work later resumes from the recorded position.
+    pair.source_sql(
+        "UPDATE accounts SET ratio = 'Infinity' WHERE id < 50; DELETE FROM events WHERE id > 90;",
+    );
+    drop(applier);
+    let applier = pair
+        .catch_up(&pair.target_conninfo(), options(&pair, 1))
+        .await;
+    pair.assert_equal().await;
+    assert_eq!(
+        applier.stats().skipped_transactions,
+        0,
+        "already-confirmed transactions are not resent"
+    );
+}
+
+#[tokio::test]
+async fn large_transactions_streamed_and_whole_with_bounded_memory() {
+    let pair = Pair::new(
+        "large",
+        "CREATE TABLE big (id int PRIMARY KEY, pad text, n int)",
+    )
+    .await;
+    pair.source_sql(
+        "SET logical_decoding_work_mem = '64kB';
+         INSERT INTO big SELECT g, repeat('x', 50), 0 FROM generate_series(1, 200000) g;
+         BEGIN; INSERT INTO big SELECT g, 'aborted', 0 FROM generate_series(300001, 350000) g; ROLLBACK;
+         BEGIN; UPDATE big SET n = n + 1 WHERE id % 2 = 0; SAVEPOINT a; DELETE FROM big WHERE id < 1000; ROLLBACK TO a; DELETE FROM big WHERE id > 199000; COMMIT;",
+    );
+    // Protocol 2 streams the large transactions; a tiny spool budget makes
+    // them spill to disk, and a small pending limit runs statements early.
+    let mut streamed = options(&pair, 2);
+    streamed.spool_memory = 256 * 1024;
+    streamed.max_pending_bytes = 1 << 20;
+    pair.catch_up(&pair.target_conninfo(), streamed).await;
+    pair.assert_equal().await;
+
+    // The same without streaming, on a fresh target.
+    let pair = Pair::new(
+        "whole",
+        "CREATE TABLE big (id int PRIMARY KEY, pad text, n int)",
+    )
+    .await;
+    pair.source_sql(
+        "INSERT INTO big SELECT g, repeat('y', 50), g FROM generate_series(1, 200000) g;
+         UPDATE big SET n = -n WHERE id % 3 = 0;",
+    );
+    let mut whole = options(&pair, 1);
+    whole.max_pending_bytes = 1 << 20;
+    pair.catch_up(&pair.target_conninfo(), whole).await;
+    pair.assert_equal().await;
+}
+
+#[tokio::test]
+async fn a_target_without_replica_role_keeps_order_and_silences_triggers() {
+    let schema = "
+        CREATE TABLE parent (id int PRIMARY KEY, v text);
+        CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, v text);
+        CREATE TABLE audit (n int);
+        CREATE FUNCTION scribble() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN NEW.v := 'changed by trigger'; INSERT INTO audit VALUES (1); RETURN NEW; END $$;";
+    let pair = Pair::new("owner", schema).await;
+    // The trigger exists on the target only: it must not touch applied rows.
+    pair.cluster
+        .psql(
+            &pair.target,
+            "CREATE TRIGGER scribble BEFORE INSERT OR UPDATE ON child FOR EACH ROW EXECUTE FUNCTION scribble();
+             CREATE ROLE app_owner LOGIN;
+             GRANT ALL ON SCHEMA public TO app_owner;
+             ALTER TABLE parent OWNER TO app_owner; ALTER TABLE child OWNER TO app_owner; ALTER TABLE audit OWNER TO app_owner;",
+        )
+        .unwrap();
+    pair.cluster
+        .psql(
+            "postgres",
+            &format!("ALTER DATABASE {} OWNER TO app_owner", pair.target),
+        )
+        .unwrap();
+    pair.source_sql(
+        "INSERT INTO parent SELECT g, 'p' FROM generate_series(1, 50) g;
+         INSERT INTO child SELECT g, g, 'c' FROM generate_series(1, 50) g;
+         DELETE FROM child WHERE id > 40; DELETE FROM parent WHERE id > 40;
+         UPDATE child SET v = 'updated' WHERE id < 10;
+         INSERT INTO parent VALUES (100, 'late'); INSERT INTO child VALUES (100, 100, 'late');",
+    );
+    let owner = pair
+        .target_conninfo()
+        .replace("user=postgres", "user=app_owner");
+    let applier = pair.catch_up(&owner, options(&pair, 1)).await;
+    assert!(!applier.stats().replica_role);
+    pair.assert_equal_except_audit().await;
+    drop(applier);
+    let target = pglive_repl::connect_sql(&config(&owner)).await.unwrap();
+    assert_eq!(pglive_apply::restore_triggers(&target).await.unwrap(), 1);
+    let enabled: String = target
+        .query_one(
+            "SELECT tgenabled::text FROM pg_trigger WHERE tgname = 'scribble'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(enabled, "O", "the trigger is enabled again");
+}
+
+impl Pair {
+    async fn assert_equal_except_audit(&self) {
+        let audit = self
+            .cluster
+            .psql(&self.target, "SELECT count(*) FROM audit")
+            .unwrap();
+        assert_eq!(audit, "0", "the target trigger never fired");
+        self.assert_equal().await;
+    }
+}
+
+#[tokio::test]
+async fn schema_drift_stops_apply_with_the_table_and_column_named() {
+    let pair = Pair::new("drift", "CREATE TABLE t (id int PRIMARY KEY, a text)").await;
+    pair.source_sql(
+        "INSERT INTO t VALUES (1, 'before');
+         ALTER TABLE t ADD COLUMN added_later int;
+         INSERT INTO t VALUES (2, 'after', 7);",
+    );
+    let stop_at = pair.source_lsn();
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
+        .await
+        .unwrap();
+    let client = pglive_repl::ReplicationClient::connect(&config(&pair.source_conninfo()))
+        .await
+        .unwrap();
+    let mut stream = client
+        .start_replication(
+            &pair.slot,
+            pair.start,
+            &pglive_repl::PgOutputOptions::new(["pglive"]),
+            pglive_repl::StreamOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut run_options = pglive_apply::RunOptions::default();
+    run_options.stop_at = Some(stop_at);
+    let error = pglive_apply::run(
+        &mut applier,
+        &mut stream,
+        std::future::pending(),
+        &run_options,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("\"public\".\"t\"") && message.contains("added_later"),
+        "{message}"
+    );
+    drop(stream);
+    drop(applier);
+
+    // Fix the target, resume: everything arrives once.
+    pair.cluster
+        .psql(&pair.target, "ALTER TABLE t ADD COLUMN added_later int")
+        .unwrap();
+    pair.catch_up(&pair.target_conninfo(), options(&pair, 1))
+        .await;
+    pair.assert_equal().await;
+}
+
+#[tokio::test]
+async fn a_diverged_target_is_an_error_not_a_silent_skip() {
+    let pair = Pair::new("diverged", "CREATE TABLE t (id int PRIMARY KEY, a text)").await;
+    pair.source_sql("INSERT INTO t VALUES (1, 'x'), (2, 'y')");
+    pair.catch_up(&pair.target_conninfo(), options(&pair, 1))
+        .await;
+    pair.cluster
+        .psql(&pair.target, "DELETE FROM t WHERE id = 2")
+        .unwrap();
+    pair.source_sql("UPDATE t SET a = 'z'");
+    let stop_at = pair.source_lsn();
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let client = pglive_repl::ReplicationClient::connect(&config(&pair.source_conninfo()))
+            .await
+            .unwrap();
+        let mut stream = client
+            .start_replication(
+                &pair.slot,
+                applier.applied_lsn(),
+                &pglive_repl::PgOutputOptions::new(["pglive"]),
+                pglive_repl::StreamOptions::default(),
+            )
+            .await
+            .unwrap();
+        let mut run_options = pglive_apply::RunOptions::default();
+        run_options.stop_at = Some(stop_at);
+        pglive_apply::run(
+            &mut applier,
+            &mut stream,
+            std::future::pending(),
+            &run_options,
+            |_| {},
+        )
+        .await
+    })
+    .await
+    .unwrap();
+    let error = result.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::RowsMissing {
+                matched: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}

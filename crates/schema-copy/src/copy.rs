@@ -1,0 +1,607 @@
+//! Copying the schema with `pg_dump` and `pg_restore`, in two sections.
+//!
+//! The schema moves in two halves around the data copy (DESIGN.md, steps
+//! 2 and 4):
+//!
+//! 1. [`SchemaCopy::dump`] runs `pg_dump -Fc` twice, for the `pre-data`
+//!    section (schemas, types, extensions, functions, tables, sequences,
+//!    views) and the `post-data` section (indexes, constraints, triggers,
+//!    rules, policies, materialized view data). Given the slot's exported
+//!    snapshot, both dumps describe the same instant as the data.
+//! 2. [`SchemaCopy::restore_pre_data`] checks that the target holds no
+//!    tables yet (unless told to reuse or drop them), then restores the
+//!    pre-data section in one transaction: it either all happens or not at
+//!    all.
+//! 3. After the data, [`SchemaCopy::restore_post_data`] restores the
+//!    post-data section in three phases: primary keys and the unique indexes
+//!    used as replica identity first, because the applier needs them; then
+//!    everything else in `jobs` parallel `pg_restore` workers (which order
+//!    foreign keys after the indexes they need); then materialized views are
+//!    refreshed, once their tables are full and indexed.
+//!
+//! By default owners and privileges are not restored (`--no-owner
+//! --no-acl`), so a target role that merely owns its database — what
+//! managed services give — can restore everything; publications and
+//! subscriptions are never copied. Roles are copied only on request
+//! ([`SchemaCopy::copy_roles`]), without passwords, which cannot be read
+//! without superuser rights.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use pglive_repl::{ConnectConfig, connect_sql, quote_literal};
+use tokio_postgres::GenericClient;
+
+use crate::error::{Error, Result, query};
+use crate::filter::ObjectFilter;
+use crate::toc::{self, KeyObjects, TocEntry};
+use crate::tools::{PgTools, WorkDir, conninfo, run, server_major};
+
+/// How the schema is copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SchemaOptions {
+    /// Which schemas and tables.
+    pub filter: ObjectFilter,
+    /// Restore the source's owners (`ALTER … OWNER TO`); needs the roles on
+    /// the target and usually superuser rights. Default: off.
+    pub keep_owners: bool,
+    /// Restore privileges (`GRANT`/`REVOKE`). Default: off.
+    pub keep_privileges: bool,
+    /// Leave out `CREATE EXTENSION` (for targets where the provider installs
+    /// extensions). Default: off.
+    pub skip_extensions: bool,
+    /// Drop the objects of the pre-data section before creating them
+    /// (`--clean --if-exists`), for a fresh restart on a target that holds
+    /// an earlier attempt. Foreign keys between the selected tables are
+    /// dropped first. Default: off.
+    pub drop_if_exists: bool,
+    /// Use the tables already on the target: skip the pre-data restore and
+    /// the empty-target check. Default: off.
+    pub reuse_schema: bool,
+    /// Parallel `pg_restore` workers for post-data. Default: 4.
+    pub jobs: usize,
+}
+
+impl Default for SchemaOptions {
+    fn default() -> SchemaOptions {
+        SchemaOptions {
+            filter: ObjectFilter::default(),
+            keep_owners: false,
+            keep_privileges: false,
+            skip_extensions: false,
+            drop_if_exists: false,
+            reuse_schema: false,
+            jobs: 4,
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RestoreReport {
+    /// Archive entries restored.
+    pub entries: usize,
+    /// For post-data: primary keys and replica identity indexes among them.
+    pub key_entries: usize,
+    /// For post-data: materialized views refreshed.
+    pub materialized_views: usize,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The two sections dumped from the source.
+#[derive(Debug)]
+struct Dumped {
+    pre_data: PathBuf,
+    pre_entries: Vec<TocEntry>,
+    post_data: PathBuf,
+    post_entries: Vec<TocEntry>,
+    keys: KeyObjects,
+}
+
+/// Copies the schema of one source database to one target database with
+/// the real `pg_dump` and `pg_restore` (see the module documentation).
+#[derive(Debug)]
+pub struct SchemaCopy {
+    tools: PgTools,
+    source: ConnectConfig,
+    target: ConnectConfig,
+    options: SchemaOptions,
+    work: WorkDir,
+    dumped: Option<Dumped>,
+}
+
+impl SchemaCopy {
+    /// Prepares a copy from `source` to `target`: asks the source for its
+    /// version and finds client programs able to dump it ([`PgTools::find`]).
+    pub async fn new(
+        source: ConnectConfig,
+        target: ConnectConfig,
+        options: SchemaOptions,
+    ) -> Result<SchemaCopy> {
+        let client = connect(&source).await?;
+        let version: String = client
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .await
+            .map_err(query(format!(
+                "reading the version of {}",
+                source.describe()
+            )))?
+            .get(0);
+        let major = server_major(version.parse().unwrap_or(0));
+        let tools = PgTools::find(major)?;
+        SchemaCopy::with_tools(tools, source, target, options)
+    }
+
+    /// Like [`new`](Self::new), with the given client programs.
+    pub fn with_tools(
+        tools: PgTools,
+        source: ConnectConfig,
+        target: ConnectConfig,
+        options: SchemaOptions,
+    ) -> Result<SchemaCopy> {
+        Ok(SchemaCopy {
+            tools,
+            source,
+            target,
+            options,
+            work: WorkDir::create()?,
+            dumped: None,
+        })
+    }
+
+    /// The client programs in use.
+    pub fn tools(&self) -> &PgTools {
+        &self.tools
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SchemaOptions {
+        &self.options
+    }
+
+    /// Fails with [`Error::TargetNotEmpty`] if the target already holds
+    /// tables, views or sequences outside the system schemas and `pglive`.
+    pub async fn check_target(&self) -> Result<()> {
+        let client = connect(&self.target).await?;
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text \
+                 FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pglive') \
+                   AND n.nspname !~ '^pg_' \
+                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                                   WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+                                     AND d.objid = c.oid AND d.deptype = 'e') \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(query(format!(
+                "listing the relations of {}",
+                self.target.describe()
+            )))?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let examples = rows
+            .iter()
+            .take(5)
+            .map(|r| {
+                crate::catalog::QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1))
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(Error::TargetNotEmpty {
+            target: self.target.describe(),
+            count: rows.len(),
+            examples,
+        })
+    }
+
+    /// Dumps the pre-data and post-data sections of the source, under
+    /// `snapshot` (an exported snapshot's name) when given, and notes which
+    /// post-data objects are primary keys or replica identity indexes.
+    pub async fn dump(&mut self, snapshot: Option<&str>) -> Result<()> {
+        let pre_data = self.work.join("pre-data.dump");
+        let post_data = self.work.join("post-data.dump");
+        for (section, file) in [("pre-data", &pre_data), ("post-data", &post_data)] {
+            self.pg_dump(section, file, snapshot).await?;
+        }
+        let mut pre_entries = self.list(&pre_data).await?;
+        if self.options.skip_extensions {
+            pre_entries = toc::without_extensions(pre_entries);
+        }
+        let post_entries = self.list(&post_data).await?;
+        let keys = self.key_objects(snapshot).await?;
+        self.dumped = Some(Dumped {
+            pre_data,
+            pre_entries,
+            post_data,
+            post_entries,
+            keys,
+        });
+        Ok(())
+    }
+
+    async fn pg_dump(&self, section: &str, file: &Path, snapshot: Option<&str>) -> Result<()> {
+        let mut cmd = self.tools.command("pg_dump", &self.source);
+        cmd.arg("--format=custom")
+            .arg(format!("--section={section}"))
+            .arg("--no-publications")
+            .arg("--no-subscriptions")
+            .arg("--exclude-schema=pglive")
+            .args(self.options.filter.pg_dump_args())
+            .arg("--file")
+            .arg(file);
+        if !self.options.keep_privileges {
+            cmd.arg("--no-acl");
+        }
+        if let Some(snapshot) = snapshot {
+            cmd.arg(format!("--snapshot={snapshot}"));
+        }
+        cmd.arg("--dbname").arg(conninfo(&self.source));
+        run(
+            cmd,
+            &format!("pg_dump --section={section} of {}", self.source.describe()),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn list(&self, archive: &Path) -> Result<Vec<TocEntry>> {
+        let mut cmd = self.tools.command("pg_restore", &self.target);
+        cmd.arg("--list").arg(archive);
+        let what = format!("pg_restore --list {}", archive.display());
+        let out = run(cmd, &what, None).await?;
+        let text = String::from_utf8(out).map_err(|_| Error::Output {
+            command: what,
+            reason: "the listing is not UTF-8".into(),
+        })?;
+        Ok(toc::parse(&text))
+    }
+
+    async fn key_objects(&self, snapshot: Option<&str>) -> Result<KeyObjects> {
+        let mut client = connect(&self.source).await?;
+        let context = format!("reading keys of {}", self.source.describe());
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(query(context.clone()))?;
+        if let Some(snapshot) = snapshot {
+            tx.batch_execute(&format!(
+                "SET TRANSACTION SNAPSHOT {}",
+                quote_literal(snapshot)
+            ))
+            .await
+            .map_err(query(format!("importing snapshot {snapshot}")))?;
+        }
+        let keys = read_key_objects(&tx)
+            .await
+            .map_err(query(context.clone()))?;
+        tx.commit().await.map_err(query(context))?;
+        Ok(keys)
+    }
+
+    async fn ensure_dumped(&mut self) -> Result<&Dumped> {
+        if self.dumped.is_none() {
+            self.dump(None).await?;
+        }
+        Ok(self.dumped.as_ref().expect("dumped above"))
+    }
+
+    /// Restores the pre-data section on the target in one transaction,
+    /// dumping it first (without a snapshot) if [`dump`](Self::dump) was not
+    /// called. Fails before writing anything if the target already holds
+    /// tables, unless [`SchemaOptions::reuse_schema`] (then nothing is
+    /// restored) or [`SchemaOptions::drop_if_exists`] is set.
+    pub async fn restore_pre_data(&mut self) -> Result<RestoreReport> {
+        let started = Instant::now();
+        if self.options.reuse_schema {
+            return Ok(RestoreReport::default());
+        }
+        if self.options.drop_if_exists {
+            self.drop_foreign_keys().await?;
+        } else {
+            self.check_target().await?;
+        }
+        self.ensure_dumped().await?;
+        let dumped = self.dumped.as_ref().expect("dumped above");
+        let list = self.work.join("pre-data.list");
+        write(&list, &toc::list_file(&dumped.pre_entries))?;
+        let mut args = vec!["--single-transaction".to_owned()];
+        if self.options.drop_if_exists {
+            args.push("--clean".into());
+            args.push("--if-exists".into());
+        }
+        self.pg_restore(&dumped.pre_data, &list, &args, "pre-data")
+            .await?;
+        Ok(RestoreReport {
+            entries: dumped.pre_entries.len(),
+            elapsed: started.elapsed(),
+            ..RestoreReport::default()
+        })
+    }
+
+    /// Restores the post-data section: keys first, then the rest in
+    /// [`SchemaOptions::jobs`] parallel workers, then materialized view
+    /// refreshes (see the module documentation).
+    pub async fn restore_post_data(&mut self) -> Result<RestoreReport> {
+        let started = Instant::now();
+        self.ensure_dumped().await?;
+        let dumped = self.dumped.as_ref().expect("dumped above");
+        let phases = toc::post_data_phases(dumped.post_entries.clone(), &dumped.keys);
+        let jobs = self.options.jobs.max(1);
+        let parallel = if jobs > 1 {
+            vec![format!("--jobs={jobs}")]
+        } else {
+            Vec::new()
+        };
+        for (name, entries, args) in [
+            ("post-data keys", &phases.keys, &parallel),
+            ("post-data", &phases.rest, &parallel),
+            ("materialized views", &phases.refresh, &Vec::new()),
+        ] {
+            if entries.is_empty() {
+                continue;
+            }
+            let list = self.work.join(format!("{}.list", name.replace(' ', "-")));
+            write(&list, &toc::list_file(entries))?;
+            tracing::debug!(phase = name, entries = entries.len(), "restoring");
+            self.pg_restore(&dumped.post_data, &list, args, name)
+                .await?;
+        }
+        Ok(RestoreReport {
+            entries: dumped.post_entries.len(),
+            key_entries: phases.keys.len(),
+            materialized_views: phases.refresh.len(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    async fn pg_restore(
+        &self,
+        archive: &Path,
+        list: &Path,
+        extra: &[String],
+        what: &str,
+    ) -> Result<()> {
+        let mut cmd = self.tools.command("pg_restore", &self.target);
+        cmd.arg("--exit-on-error")
+            .arg("--use-list")
+            .arg(list)
+            .args(extra);
+        if !self.options.keep_owners {
+            cmd.arg("--no-owner");
+        }
+        if !self.options.keep_privileges {
+            cmd.arg("--no-acl");
+        }
+        cmd.arg("--dbname").arg(conninfo(&self.target)).arg(archive);
+        run(
+            cmd,
+            &format!("pg_restore of {what} into {}", self.target.describe()),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Drops the foreign keys of the target's tables that the source's
+    /// selection also has, so that `--clean` can drop the tables in any
+    /// order.
+    async fn drop_foreign_keys(&self) -> Result<()> {
+        let source = connect(&self.source).await?;
+        let catalog = crate::Catalog::read(&source, &self.options.filter).await?;
+        let names: std::collections::HashSet<&crate::QualifiedName> =
+            catalog.tables.iter().map(|t| &t.name).collect();
+        let target = connect(&self.target).await?;
+        let context = format!("dropping foreign keys on {}", self.target.describe());
+        let rows = target
+            .query(
+                "SELECT n.nspname::text, r.relname::text, fn.nspname::text, f.relname::text, \
+                        c.conname::text \
+                 FROM pg_catalog.pg_constraint c \
+                 JOIN pg_catalog.pg_class r ON r.oid = c.conrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace \
+                 JOIN pg_catalog.pg_class f ON f.oid = c.confrelid \
+                 JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace \
+                 WHERE c.contype = 'f'",
+                &[],
+            )
+            .await
+            .map_err(query(context.clone()))?;
+        for row in rows {
+            let table = crate::QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            let referenced =
+                crate::QualifiedName::new(row.get::<_, String>(2), row.get::<_, String>(3));
+            if !names.contains(&table) && !names.contains(&referenced) {
+                continue;
+            }
+            let name: String = row.get(4);
+            target
+                .batch_execute(&format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}",
+                    pglive_repl::quote_ident(&name)
+                ))
+                .await
+                .map_err(query(format!("{context}: {table}")))?;
+        }
+        Ok(())
+    }
+
+    /// Creates on the target the source's roles that it lacks, with their
+    /// attributes and memberships but without passwords
+    /// (`pg_dumpall --roles-only --no-role-passwords`). Roles that already
+    /// exist are left as they are.
+    pub async fn copy_roles(&self) -> Result<usize> {
+        let mut cmd = self.tools.command("pg_dumpall", &self.source);
+        cmd.arg("--roles-only")
+            .arg("--no-role-passwords")
+            .arg("--dbname")
+            .arg(conninfo(&self.source));
+        let what = format!("pg_dumpall --roles-only of {}", self.source.describe());
+        let script =
+            String::from_utf8(run(cmd, &what, None).await?).map_err(|_| Error::Output {
+                command: what,
+                reason: "the script is not UTF-8".into(),
+            })?;
+        let target = connect(&self.target).await?;
+        let existing: Vec<String> = target
+            .query("SELECT rolname::text FROM pg_catalog.pg_roles", &[])
+            .await
+            .map_err(query(format!(
+                "listing roles of {}",
+                self.target.describe()
+            )))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (script, created) = roles_script(&script, &existing);
+        if created == 0 {
+            return Ok(0);
+        }
+        let mut cmd = self.tools.command("psql", &self.target);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
+            .arg("--dbname")
+            .arg(conninfo(&self.target));
+        run(
+            cmd,
+            &format!("psql creating roles on {}", self.target.describe()),
+            Some(script.as_bytes()),
+        )
+        .await?;
+        Ok(created)
+    }
+}
+
+/// The role script without the `CREATE ROLE` and `ALTER ROLE` lines of roles
+/// in `existing`, and how many roles it creates.
+fn roles_script(script: &str, existing: &[String]) -> (String, usize) {
+    let mut out = String::new();
+    let mut created = 0;
+    for line in script.lines() {
+        let role = line
+            .strip_prefix("CREATE ROLE ")
+            .map(|r| (r, true))
+            .or_else(|| line.strip_prefix("ALTER ROLE ").map(|r| (r, false)))
+            .and_then(|(rest, create)| Some((leading_ident(rest)?, create)));
+        match role {
+            Some((name, _)) if existing.contains(&name) => continue,
+            Some((_, true)) => created += 1,
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, created)
+}
+
+/// The identifier at the start of `text`, unquoted.
+fn leading_ident(text: &str) -> Option<String> {
+    if let Some(rest) = text.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = rest.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    name.push('"');
+                } else {
+                    return Some(name);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        let end = text.find([' ', ';']).unwrap_or(text.len());
+        (end > 0).then(|| text[..end].to_owned())
+    }
+}
+
+async fn read_key_objects(
+    client: &impl GenericClient,
+) -> Result<KeyObjects, tokio_postgres::Error> {
+    let mut keys = KeyObjects::default();
+    for row in client
+        .query(
+            "SELECT c.oid FROM pg_catalog.pg_constraint c \
+             WHERE c.contype = 'p' OR (c.contype = 'u' AND EXISTS ( \
+                 SELECT 1 FROM pg_catalog.pg_index i \
+                 WHERE i.indexrelid = c.conindid AND i.indisreplident))",
+            &[],
+        )
+        .await?
+    {
+        keys.constraints.insert(row.get(0));
+    }
+    for row in client
+        .query(
+            "SELECT i.indexrelid, n.nspname::text || ' ' || ic.relname::text, i.indisreplident \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace \
+             WHERE i.indisprimary OR i.indisreplident",
+            &[],
+        )
+        .await?
+    {
+        if row.get::<_, bool>(2) {
+            keys.indexes.insert(row.get(0));
+        }
+        keys.index_names.insert(row.get(1));
+    }
+    Ok(keys)
+}
+
+async fn connect(config: &ConnectConfig) -> Result<tokio_postgres::Client> {
+    connect_sql(config).await.map_err(|source| Error::Connect {
+        server: config.describe(),
+        source,
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn existing_roles_are_left_alone() {
+        let script = "SET default_transaction_read_only = off;\n\
+            CREATE ROLE app;\n\
+            ALTER ROLE app WITH NOSUPERUSER LOGIN;\n\
+            CREATE ROLE \"Odd \"\"One\";\n\
+            ALTER ROLE \"Odd \"\"One\" WITH NOLOGIN;\n\
+            CREATE ROLE postgres;\n\
+            ALTER ROLE postgres WITH SUPERUSER;\n\
+            GRANT app TO \"Odd \"\"One\";\n";
+        let (out, created) = roles_script(script, &["postgres".into(), "Odd \"One".into()]);
+        assert_eq!(created, 1);
+        assert_eq!(
+            out,
+            "SET default_transaction_read_only = off;\n\
+             CREATE ROLE app;\n\
+             ALTER ROLE app WITH NOSUPERUSER LOGIN;\n\
+             GRANT app TO \"Odd \"\"One\";\n"
+        );
+    }
+}

@@ -89,7 +89,14 @@ impl Pair {
             .unwrap();
         let stopped = tokio::time::timeout(
             Duration::from_secs(120),
-            apply_until(self, &mut applier, options.protocol_version, stop_at),
+            apply_until(
+                &self.source_conninfo(),
+                &self.slot,
+                self.start,
+                &mut applier,
+                options.protocol_version,
+                stop_at,
+            ),
         )
         .await
         .expect("catch-up within 120 s");
@@ -151,8 +158,15 @@ pub fn config(conninfo: &str) -> ConnectConfig {
 }
 
 /// Streams from the slot and applies until `stop_at`.
-pub async fn apply_until(pair: &Pair, applier: &mut Applier, proto: u32, stop_at: Lsn) -> Stopped {
-    let client = ReplicationClient::connect(&config(&pair.source_conninfo()))
+pub async fn apply_until(
+    source_conninfo: &str,
+    slot: &str,
+    slot_start: Lsn,
+    applier: &mut Applier,
+    proto: u32,
+    stop_at: Lsn,
+) -> Stopped {
+    let client = ReplicationClient::connect(&config(source_conninfo))
         .await
         .unwrap();
     let mut pgoutput = PgOutputOptions::new(["pglive"]);
@@ -160,9 +174,9 @@ pub async fn apply_until(pair: &Pair, applier: &mut Applier, proto: u32, stop_at
     if proto >= 2 {
         pgoutput.streaming = Streaming::On;
     }
-    let start = applier.applied_lsn().max(pair.start);
+    let start = applier.applied_lsn().max(slot_start);
     let mut stream = client
-        .start_replication(&pair.slot, start, &pgoutput, StreamOptions::default())
+        .start_replication(slot, start, &pgoutput, StreamOptions::default())
         .await
         .unwrap();
     let mut options = RunOptions::default();

@@ -1,0 +1,183 @@
+//! The command line: flags, environment variables and help texts.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  pglive demo
+  pglive migrate --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop
+  pglive status --target postgresql://app@new-db/shop
+  pglive cutover --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --fence
+  pglive verify --source … --target … --full
+  pglive clean --source … --target …
+
+Connection strings are libpq's: key=value or URIs, with PG* variables, ~/.pgpass and sslmode
+(disable … verify-full). Passwords never appear in output.
+
+Exit codes: 0 success, 1 error, 2 bad usage, 3 preflight failed (nothing was changed),
+4 verification found differences, 5 interrupted (state kept; run the same command to resume).";
+
+/// Migrate a live PostgreSQL database to another server with seconds of downtime.
+#[derive(Debug, Parser)]
+#[command(name = "pglive", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format for diagnostics on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More diagnostics (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How diagnostics are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; progress bars on a terminal.
+    Text,
+    /// One JSON object per line, for machines; no progress bars.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy schema and data, then stream changes until cutover (resumes after any stop).
+    #[command(
+        after_help = "Example:\n  pglive migrate --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --jobs 8"
+    )]
+    Migrate(MigrateArgs),
+    /// Finish a migration: catch up, sync sequences, verify counts, drop the slot.
+    #[command(
+        after_help = "Example:\n  pglive cutover --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --fence"
+    )]
+    Cutover(CutoverArgs),
+    /// Show a migration's stage, copy progress, positions and lag (from the target).
+    #[command(
+        after_help = "Example:\n  pglive status --target postgresql://app@new-db/shop --json"
+    )]
+    Status(StatusArgs),
+    /// Compare row counts (and with --full, checksums) of every table on both sides.
+    #[command(
+        after_help = "Example:\n  pglive verify --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --full"
+    )]
+    Verify(VerifyArgs),
+    /// Drop the slot, the publication and the migration state (idempotent).
+    #[command(
+        after_help = "Example:\n  pglive clean --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop"
+    )]
+    Clean(CleanArgs),
+    /// Run a complete migration between two throwaway local clusters, with a live workload.
+    Demo(DemoArgs),
+}
+
+/// The two servers.
+#[derive(Debug, Clone, Args)]
+pub struct Servers {
+    /// The database to migrate (libpq connection string or URI).
+    #[arg(long, env = "PGLIVE_SOURCE", hide_env_values = true)]
+    pub source: String,
+    /// The database to migrate into.
+    #[arg(long, env = "PGLIVE_TARGET", hide_env_values = true)]
+    pub target: String,
+    /// The migration's name: names its slot, publication and state.
+    #[arg(long, default_value = "pglive")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub servers: Servers,
+    /// Parallel copy workers.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Parallel index and constraint builds.
+    #[arg(long, default_value_t = 4)]
+    pub index_jobs: usize,
+    /// Only these tables or schemas (pg_dump patterns: 'public.*', 'sales.orders'); repeatable.
+    #[arg(long = "include", value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out these tables (pg_dump patterns); repeatable.
+    #[arg(long = "exclude", value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Create TimescaleDB hypertables on the target before the data (auto: when the source has them).
+    #[arg(long, value_enum, default_value_t = Hypertables::Auto)]
+    pub hypertables: Hypertables,
+    /// Replication slot name (default: the migration's name).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// Publication name (default: the migration's name).
+    #[arg(long)]
+    pub publication: Option<String>,
+    /// Cut over by itself as soon as the copy is done and the stream has caught up.
+    #[arg(long)]
+    pub cutover_when_ready: bool,
+    /// Use tables that already exist on the target instead of requiring an empty target.
+    #[arg(long)]
+    pub reuse_schema: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Hypertables {
+    /// Create hypertables when the source uses TimescaleDB.
+    Auto,
+    /// Copy hypertables as plain tables.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub servers: Servers,
+    /// Make the source database read-only for its application roles while cutting over.
+    #[arg(long)]
+    pub fence: bool,
+    /// Undo a --fence (make the source writable again) and stop waiting.
+    #[arg(long)]
+    pub abort: bool,
+    /// Seconds to wait for the source to go quiet and the target to catch up.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The target database holding the migration state.
+    #[arg(long, env = "PGLIVE_TARGET", hide_env_values = true)]
+    pub target: String,
+    /// The migration's name.
+    #[arg(long, default_value = "pglive")]
+    pub name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub servers: Servers,
+    /// Compare checksums of every row, not only counts.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    #[command(flatten)]
+    pub servers: Servers,
+    /// Clean even while a migrate seems to be running.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Approximate size of the sample database, in MB.
+    #[arg(long, default_value_t = 300)]
+    pub size_mb: u64,
+    /// Seconds of live workload before cutting over.
+    #[arg(long, default_value_t = 20)]
+    pub workload_seconds: u64,
+}

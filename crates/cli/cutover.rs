@@ -1,0 +1,362 @@
+//! Cutover: once writes stop, catch up to the source's position, carry over
+//! what logical decoding does not (sequences, large objects, materialized
+//! views), check row counts, and remove the slot and publication.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pglive_repl::{Lsn, PgTimestamp, connect_sql, quote_ident};
+use tokio_postgres::Client;
+
+use crate::live::{self, Session};
+use crate::migrate::Job;
+use crate::report::{self, Reporter};
+use crate::state::{self, Migration, Stage};
+use crate::verify;
+
+/// How long the stream must bring no new transaction before the source
+/// counts as quiet.
+const QUIET: Duration = Duration::from_secs(1);
+
+async fn source_lsn(source: &Client) -> Result<Lsn> {
+    let text: String = source
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .context("reading the source's WAL position")?
+        .get(0);
+    Ok(text.parse()?)
+}
+
+/// Makes the source database read-only for new transactions and ends the
+/// other sessions on it, so no write can slip in after the last position.
+pub async fn fence(source: &Client) -> Result<u64> {
+    source
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
+        )
+        .await
+        .context("fencing the source (ALTER DATABASE … SET default_transaction_read_only)")?;
+    let ended: i64 = source
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+               FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &[],
+        )
+        .await
+        .context("ending the source's other sessions")?
+        .get(0);
+    Ok(ended as u64)
+}
+
+/// Undoes [`fence`].
+pub async fn unfence(source: &Client) -> Result<()> {
+    source
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', current_database()); END $$",
+        )
+        .await
+        .context("lifting the fence on the source")
+}
+
+/// Performs the cutover on a connected session.
+pub async fn perform(
+    ctx: &Job,
+    migration: &Migration,
+    mut session: Session,
+    fence_source: bool,
+    reporter: &Arc<Reporter>,
+) -> Result<String> {
+    let target = connect_sql(&ctx.target).await?;
+    let source = connect_sql(&ctx.source).await?;
+    state::set_stage(&target, &ctx.name, Stage::Cutover).await?;
+    let started = Instant::now();
+    if fence_source {
+        let ended = fence(&source).await?;
+        reporter.line(format!(
+            "cutover: source fenced (read-only), {ended} session(s) ended"
+        ));
+    }
+
+    // Wait until a catch-up round brings no new transaction for QUIET.
+    reporter.line("cutover: waiting for the source to go quiet and the target to catch up");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_change = Instant::now();
+    let mut seen = session.applier.stats().transactions;
+    let final_lsn = loop {
+        let lsn = source_lsn(&source).await?;
+        live::catch_up(&mut session, lsn, reporter).await?;
+        let now_seen = session.applier.stats().transactions;
+        if now_seen != seen {
+            seen = now_seen;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= QUIET {
+            break lsn;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
+            );
+        }
+        if let Ok(Some(m)) = state::load(&target, &ctx.name).await {
+            if !m.cutover_requested && m.stage == Stage::Cutover {
+                bail!("cutover aborted");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    reporter.streaming_finished();
+    let stats = session.applier.stats().clone();
+    let last_write = stats.applied_commit_time;
+    let lag_at_quiet = last_write
+        .and_then(|t| {
+            PgTimestamp::now()
+                .to_system_time()
+                .duration_since(t.to_system_time())
+                .ok()
+        })
+        .unwrap_or_default();
+    state::save_stats(&target, &ctx.name, &stats, final_lsn, final_lsn, 0, 0.0).await?;
+    reporter.line(format!(
+        "cutover: target caught up with the source at {final_lsn}"
+    ));
+
+    let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter)
+        .await
+        .context("synchronizing sequences")?;
+    reporter.line(format!(
+        "cutover: {} sequence(s) synchronized",
+        sequences.len()
+    ));
+    let large_objects = sync_large_objects(&source, &target).await?;
+    if large_objects > 0 {
+        reporter.line(format!(
+            "cutover: {large_objects} large object(s) synchronized"
+        ));
+    }
+    let refreshed = refresh_materialized_views(&target).await?;
+    if refreshed > 0 {
+        reporter.line(format!(
+            "cutover: {refreshed} materialized view(s) refreshed"
+        ));
+    }
+    let restored = pglive_apply::restore_triggers(&target).await?;
+    if restored > 0 {
+        reporter.line(format!(
+            "cutover: {restored} target trigger(s) enabled again"
+        ));
+    }
+
+    let comparison = verify::compare(&source, &target, &ctx.filter, false).await?;
+    if !comparison.mismatches().is_empty() {
+        for m in comparison.mismatches() {
+            reporter.line(format!("cutover: MISMATCH {m}"));
+        }
+        bail!(
+            "row counts differ on {} table(s); the slot is kept so nothing is lost: investigate, then run `pglive cutover` again",
+            comparison.mismatches().len()
+        );
+    }
+    reporter.line(format!(
+        "cutover: row counts match on all {} tables ({} rows)",
+        comparison.tables.len(),
+        report::count(comparison.tables.iter().map(|t| t.source_rows).sum())
+    ));
+
+    let mut replication = session.stream.stop().await?;
+    replication
+        .drop_slot(&migration.slot, true)
+        .await
+        .with_context(|| format!("dropping slot {:?}", migration.slot))?;
+    replication.close().await.ok();
+    source
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(&migration.publication)
+        ))
+        .await
+        .context("dropping the publication")?;
+
+    // Without a fence, writes stopped at the last source commit.
+    let blocked = if fence_source || last_write.is_none() {
+        started.elapsed()
+    } else {
+        lag_at_quiet + started.elapsed()
+    };
+    let summary = format!(
+        "cut over at {final_lsn}: {} tables, {} rows verified by count; writes blocked for {:.1}s{}",
+        comparison.tables.len(),
+        report::count(comparison.tables.iter().map(|t| t.source_rows).sum()),
+        blocked.as_secs_f64(),
+        if fence_source {
+            " (source stays read-only)"
+        } else {
+            ""
+        }
+    );
+    state::finish(&target, &ctx.name, &summary).await?;
+    reporter.line(format!("cutover: slot and publication dropped; {summary}"));
+    println!("switch your application now: the target is complete ({summary})");
+    Ok(summary)
+}
+
+async fn refresh_materialized_views(target: &Client) -> Result<usize> {
+    let views: Vec<String> = target
+        .query(
+            "SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews WHERE schemaname <> 'pglive'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for view in &views {
+        target
+            .batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}"))
+            .await
+            .with_context(|| format!("refreshing {view}"))?;
+    }
+    Ok(views.len())
+}
+
+/// Large objects are not in the change stream: make the target's set equal
+/// the source's (by OID and content) after writes stopped.
+async fn sync_large_objects(source: &Client, target: &Client) -> Result<usize> {
+    let digest = "SELECT m.oid::int8, md5(coalesce(string_agg(p.data, ''::bytea ORDER BY p.pageno), ''::bytea))
+                    FROM pg_largeobject_metadata m LEFT JOIN pg_largeobject p ON p.loid = m.oid GROUP BY m.oid";
+    let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::HashMap<i64, String> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let on_source = match source.query(digest, &[]).await {
+        Ok(rows) => read(rows),
+        // pg_largeobject is readable only by superusers: compare by metadata.
+        Err(_) => return Ok(0),
+    };
+    let on_target = match target.query(digest, &[]).await {
+        Ok(rows) => read(rows),
+        Err(_) => return Ok(0),
+    };
+    let mut changed = 0;
+    for (oid, _) in on_target
+        .iter()
+        .filter(|(oid, _)| !on_source.contains_key(oid))
+    {
+        target
+            .execute("SELECT lo_unlink($1::oid)", &[&(*oid as u32)])
+            .await?;
+        changed += 1;
+    }
+    for (oid, hash) in &on_source {
+        if on_target.get(oid) == Some(hash) {
+            continue;
+        }
+        let data: Vec<u8> = source
+            .query_one("SELECT lo_get($1::int8::oid)", &[oid])
+            .await?
+            .get(0);
+        if on_target.contains_key(oid) {
+            target
+                .execute("SELECT lo_unlink($1::int8::oid)", &[oid])
+                .await?;
+        }
+        target
+            .execute("SELECT lo_from_bytea($1::int8::oid, $2)", &[oid, &data])
+            .await?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// `pglive cutover`: asks a running `migrate` to cut over and waits for it,
+/// or, when none runs, cuts over itself.
+pub async fn command(
+    args: crate::cli::CutoverArgs,
+    reporter: Arc<Reporter>,
+) -> Result<crate::ExitStatus> {
+    let source_config = crate::parse_conninfo(&args.servers.source, "--source")?;
+    let target_config = crate::parse_conninfo(&args.servers.target, "--target")?;
+    let name = args.servers.name.clone();
+    let target = crate::preflight::connect(&target_config, "target").await?;
+    let Some(migration) = state::load(&target, &name).await? else {
+        bail!(
+            "no migration named {name:?} on {}",
+            target_config.describe()
+        );
+    };
+    if args.abort {
+        if migration.fence {
+            let source = crate::preflight::connect(&source_config, "source").await?;
+            unfence(&source).await?;
+            reporter.line("cutover aborted: the source is writable again");
+        }
+        target
+            .execute(
+                "UPDATE pglive.migration SET cutover_requested = false, fence = false,
+                        stage = CASE WHEN stage = 'cutover' THEN 'streaming' ELSE stage END
+                  WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        return Ok(crate::ExitStatus::Success);
+    }
+    match migration.stage {
+        Stage::Done => {
+            println!("{}", migration.summary.unwrap_or_default());
+            return Ok(crate::ExitStatus::Success);
+        }
+        Stage::Streaming | Stage::Cutover => {}
+        other => bail!(
+            "migration {name:?} is still at stage {}: cutover needs the copy and indexes done (let `pglive migrate` get to streaming)",
+            other.as_str()
+        ),
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    if !state::try_lock(&target, &name).await? {
+        // A migrate runs: ask it, and wait for the result.
+        state::request_cutover(&target, &name, args.fence).await?;
+        reporter.line("cutover requested from the running `pglive migrate`; waiting");
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let current = state::load(&target, &name)
+                .await?
+                .context("the migration disappeared")?;
+            if current.stage == Stage::Done {
+                println!(
+                    "switch your application now: {}",
+                    current.summary.unwrap_or_default()
+                );
+                return Ok(crate::ExitStatus::Success);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "cutover did not finish within {} s (see `pglive status`)",
+                    args.timeout
+                );
+            }
+        }
+    }
+    let ctx = Job {
+        source: source_config,
+        target: target_config,
+        name: name.clone(),
+        filter: pglive_schema::ObjectFilter::new(),
+        jobs: 1,
+        index_jobs: 1,
+        reuse_schema: true,
+    };
+    let session = live::connect(&ctx, &migration).await?;
+    let result = tokio::time::timeout(
+        Duration::from_secs(args.timeout),
+        perform(&ctx, &migration, session, args.fence, &reporter),
+    )
+    .await;
+    state::unlock(&target, &name).await.ok();
+    match result {
+        Ok(summary) => summary.map(|_| crate::ExitStatus::Success),
+        Err(_) => bail!(
+            "cutover did not finish within {} s; run it again to continue",
+            args.timeout
+        ),
+    }
+}

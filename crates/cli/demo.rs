@@ -1,0 +1,341 @@
+//! `pglive demo`: a whole migration between two throwaway clusters, with a
+//! live write workload, cutover and verification, then a summary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pglive_repl::{ConnectConfig, connect_sql};
+use pglive_testkit::{Cluster, ClusterOptions};
+
+use crate::cli::{DemoArgs, Hypertables, MigrateArgs, Servers};
+use crate::report::{self, Reporter};
+use crate::state::{self, Stage};
+use crate::{ExitStatus, Interrupt, verify};
+
+/// The sample database: many types, a partitioned table, TOAST rows, a table
+/// with REPLICA IDENTITY FULL, generated columns, sequences. `:scale` rows
+/// per unit; one unit is about 1 MB.
+const SCHEMA: &str = "
+CREATE TABLE customers (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    email text,
+    balance numeric,
+    rating double precision,
+    tags text[],
+    profile jsonb,
+    signed_up timestamptz NOT NULL DEFAULT now(),
+    name_length int GENERATED ALWAYS AS (length(name)) STORED
+);
+CREATE TABLE orders (
+    id bigserial,
+    customer_id bigint NOT NULL,
+    placed date NOT NULL,
+    amount numeric(12,2) NOT NULL,
+    status text NOT NULL,
+    PRIMARY KEY (id, placed)
+) PARTITION BY RANGE (placed);
+CREATE TABLE orders_2024 PARTITION OF orders FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE orders_2025 PARTITION OF orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE orders_2026 PARTITION OF orders FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE documents (id bigserial PRIMARY KEY, title text NOT NULL, body text, revision int NOT NULL DEFAULT 1);
+CREATE TABLE audit_log (at timestamptz NOT NULL DEFAULT now(), actor text, action text, detail json);
+ALTER TABLE audit_log REPLICA IDENTITY FULL;
+CREATE INDEX ON orders (customer_id);
+CREATE INDEX ON customers (email);
+";
+
+fn load_sql(units: u64) -> String {
+    format!(
+        "INSERT INTO customers (name, email, balance, rating, tags, profile)
+         SELECT 'customer ' || g, 'c' || g || '@example.com',
+                CASE WHEN g % 97 = 0 THEN 'NaN'::numeric WHEN g % 89 = 0 THEN 'Infinity' ELSE (g % 10000) / 7.0 END,
+                CASE WHEN g % 83 = 0 THEN '-Infinity'::float8 ELSE g / 3.0 END,
+                ARRAY['tier' || (g % 3), NULL, 'quote\"d'], jsonb_build_object('visits', g % 50, 'vip', g % 11 = 0)
+           FROM generate_series(1, {c}) g;
+         INSERT INTO orders (customer_id, placed, amount, status)
+         SELECT 1 + g % {c}, date '2024-01-01' + (g % 1000), (g % 100000) / 100.0, (ARRAY['new','paid','shipped'])[1 + g % 3]
+           FROM generate_series(1, {o}) g;
+         INSERT INTO documents (title, body)
+         SELECT 'document ' || g, (SELECT string_agg(md5(g::text || i::text), ' ') FROM generate_series(1, 120) i)
+           FROM generate_series(1, {d}) g;
+         INSERT INTO audit_log (actor, action, detail)
+         SELECT 'user' || (g % 100), 'login', json_build_object('n', g) FROM generate_series(1, {a}) g;
+         ANALYZE;",
+        c = units * 1_500,
+        o = units * 6_000,
+        d = units * 60,
+        a = units * 2_000,
+    )
+}
+
+/// One source transaction of the live workload, chosen by `n`.
+fn workload_sql(n: u64) -> String {
+    let id = 1 + (n * 7919) % 1000;
+    match n % 6 {
+        0 => format!(
+            "BEGIN; INSERT INTO orders (customer_id, placed, amount, status) VALUES ({id}, date '2026-01-01' + {}, {}.50, 'new');
+                    UPDATE customers SET balance = balance + 1 WHERE id = {id}; COMMIT;",
+            n % 300,
+            n % 1000
+        ),
+        1 => format!("UPDATE orders SET status = 'shipped' WHERE id = {} AND status <> 'shipped';", 1 + n % 5000),
+        2 => format!("INSERT INTO audit_log (actor, action, detail) VALUES ('demo', 'write', '{{\"n\": {n}}}');"),
+        3 => format!("UPDATE documents SET revision = revision + 1 WHERE id = {};", 1 + n % 50),
+        4 => format!("UPDATE orders SET placed = date '2026-06-01' WHERE id = {} AND placed < '2025-01-01';", 1 + (n * 31) % 5000),
+        _ => format!(
+            "DELETE FROM audit_log WHERE ctid = (SELECT ctid FROM audit_log WHERE actor = 'user{}' LIMIT 1);",
+            n % 100
+        ),
+    }
+}
+
+struct Workload {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+fn start_workload(source: ConnectConfig) -> Workload {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let task = {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        tokio::spawn(async move {
+            let client = connect_sql(&source).await?;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                client
+                    .batch_execute(&workload_sql(n))
+                    .await
+                    .context("workload")?;
+                n += 1;
+                done.store(n, Ordering::Relaxed);
+                if n % 20 == 0 {
+                    // About 400 transactions per second: busy, not saturating.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Ok(())
+        })
+    };
+    Workload { stop, done, task }
+}
+
+fn cluster_options() -> ClusterOptions {
+    ClusterOptions::new()
+        .setting("shared_buffers", "256MB")
+        .setting("max_wal_size", "4GB")
+        .setting("checkpoint_timeout", "30min")
+        .setting("maintenance_work_mem", "256MB")
+}
+
+pub async fn run(
+    args: DemoArgs,
+    reporter: Arc<Reporter>,
+    interrupt: Interrupt,
+) -> Result<ExitStatus> {
+    let started = Instant::now();
+    reporter.line("demo: starting two throwaway PostgreSQL clusters");
+    let (source_cluster, target_cluster) = tokio::task::spawn_blocking(|| -> Result<_> {
+        let source = Cluster::start(cluster_options()).context("starting the source cluster")?;
+        let target = Cluster::start(cluster_options()).context("starting the target cluster")?;
+        source.psql("postgres", "CREATE DATABASE shop")?;
+        target.psql("postgres", "CREATE DATABASE shop")?;
+        Ok((source, target))
+    })
+    .await??;
+    let source_info = source_cluster.conninfo("shop");
+    let target_info = target_cluster.conninfo("shop");
+    let source = ConnectConfig::parse(&source_info)?;
+    let units = args.size_mb.max(1);
+    reporter.line(format!(
+        "demo: loading a sample database of about {units} MB on the source"
+    ));
+    let load_started = Instant::now();
+    {
+        let client = connect_sql(&source).await?;
+        client
+            .batch_execute(SCHEMA)
+            .await
+            .context("creating the sample schema")?;
+        client
+            .batch_execute(&load_sql(units))
+            .await
+            .context("loading the sample data")?;
+        client
+            .batch_execute("SELECT lo_from_bytea(0, decode(repeat('cafe', 1000), 'hex'))")
+            .await?;
+    }
+    let source_size: i64 = connect_sql(&source)
+        .await?
+        .query_one("SELECT pg_database_size('shop')", &[])
+        .await?
+        .get(0);
+    reporter.line(format!(
+        "demo: source database is {} (loaded in {:.1}s)",
+        report::bytes(source_size as u64),
+        load_started.elapsed().as_secs_f64()
+    ));
+
+    reporter.line("demo: starting a live write workload on the source");
+    let workload = start_workload(source.clone());
+    let migrate_args = MigrateArgs {
+        servers: Servers {
+            source: source_info.clone(),
+            target: target_info.clone(),
+            name: "demo".to_owned(),
+        },
+        jobs: 4,
+        index_jobs: 2,
+        include: Vec::new(),
+        exclude: Vec::new(),
+        hypertables: Hypertables::Auto,
+        slot: None,
+        publication: None,
+        cutover_when_ready: false,
+        reuse_schema: false,
+    };
+    let migration_started = Instant::now();
+    let migrate_task = tokio::spawn(crate::migrate::run(
+        migrate_args,
+        Arc::clone(&reporter),
+        interrupt.clone(),
+    ));
+
+    // Let the workload run while streaming, then stop writes and cut over.
+    let target_state = connect_sql(&ConnectConfig::parse(&target_info)?).await?;
+    let mut streaming_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if migrate_task.is_finished() {
+            break;
+        }
+        if interrupt.requested() {
+            break;
+        }
+        let stage = state::load(&target_state, "demo")
+            .await
+            .ok()
+            .flatten()
+            .map(|m| m.stage);
+        if stage == Some(Stage::Streaming) {
+            let since = *streaming_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(args.workload_seconds) {
+                break;
+            }
+        }
+    }
+    workload.stop.store(true, Ordering::Relaxed);
+    let writes_stopped = Instant::now();
+    workload.task.await??;
+    let transactions = workload.done.load(Ordering::Relaxed);
+    if migrate_task.is_finished() || interrupt.requested() {
+        let outcome = migrate_task.await?;
+        bail!(
+            "the migration stopped before cutover: {:?}",
+            outcome.map(|_| ())
+        );
+    }
+    reporter.line(format!(
+        "demo: workload stopped after {transactions} transactions; cutting over"
+    ));
+    state::request_cutover(&target_state, "demo", false).await?;
+    let status = migrate_task.await??;
+    let downtime = writes_stopped.elapsed();
+    if status != ExitStatus::Success {
+        bail!("migrate ended with {status:?}");
+    }
+
+    reporter.line("demo: verifying every table (counts and checksums)");
+    let source_client = connect_sql(&source).await?;
+    let target_client = connect_sql(&ConnectConfig::parse(&target_info)?).await?;
+    let comparison = verify::compare(
+        &source_client,
+        &target_client,
+        &pglive_schema::ObjectFilter::new(),
+        true,
+    )
+    .await?;
+    verify::print(&comparison, true);
+    let parts = pglive_snapshot::status(&target_client, "demo")
+        .await
+        .unwrap_or_default();
+    let copied_rows: i64 = parts.iter().filter_map(|p| p.rows).sum();
+    let copied_bytes: i64 = parts.iter().filter_map(|p| p.bytes).sum();
+    let progress = state::load_progress(&target_client, "demo")
+        .await?
+        .unwrap_or_default();
+    let applied = ["rows_inserted", "rows_updated", "rows_deleted"]
+        .iter()
+        .map(|k| progress[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    let summary = state::load(&target_client, "demo")
+        .await?
+        .and_then(|m| m.summary)
+        .unwrap_or_default();
+    let equal = comparison.mismatches().is_empty();
+    println!();
+    println!("pglive demo summary");
+    println!(
+        "  source database        {}",
+        report::bytes(source_size as u64)
+    );
+    println!(
+        "  copied                 {} rows, {} of COPY data",
+        report::count(copied_rows as u64),
+        report::bytes(copied_bytes as u64)
+    );
+    println!(
+        "  live workload          {} source transactions during the migration",
+        report::count(transactions)
+    );
+    println!(
+        "  applied from stream    {} rows ({} transactions)",
+        report::count(applied),
+        report::count(progress["transactions"].as_u64().unwrap_or(0))
+    );
+    println!(
+        "  lag when writes stopped {:.1}s",
+        progress["lag_seconds"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "  write downtime         {:.1}s (writes stopped → cutover complete)",
+        downtime.as_secs_f64()
+    );
+    println!(
+        "  migration time         {:.1}s",
+        migration_started.elapsed().as_secs_f64()
+    );
+    println!("  cutover                {summary}");
+    println!(
+        "  verification           {}",
+        if equal {
+            format!(
+                "equal: {} tables, counts and checksums",
+                comparison.tables.len()
+            )
+        } else {
+            format!("{} table(s) DIFFER", comparison.mismatches().len())
+        }
+    );
+    println!(
+        "  total                  {:.1}s; the throwaway clusters are removed now",
+        started.elapsed().as_secs_f64()
+    );
+    drop(source_client);
+    drop(target_client);
+    drop(target_state);
+    tokio::task::spawn_blocking(move || {
+        drop(source_cluster);
+        drop(target_cluster);
+    })
+    .await?;
+    Ok(if equal {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Mismatch
+    })
+}

@@ -1,0 +1,218 @@
+//! The streaming stage: apply the slot's changes until cutover, reconnecting
+//! with backoff when either server goes away.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pglive_apply::{Applier, ApplyOptions, Progress, RunOptions, Stopped, TableName};
+use pglive_repl::{
+    PgOutputOptions, ReplicationClient, ReplicationStream, StreamOptions, Streaming, connect_sql,
+};
+
+use crate::Interrupt;
+use crate::cutover;
+use crate::migrate::Job;
+use crate::report::Reporter;
+use crate::state::{self, Migration};
+
+/// How streaming ended.
+pub enum LiveOutcome {
+    /// Ctrl-C: the last complete transaction is committed; resumable.
+    Interrupted,
+    /// Cutover finished.
+    CutoverDone,
+}
+
+/// Why the apply loop was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Interrupt,
+    Cutover { fence: bool },
+}
+
+/// A connected applier and stream, ready to run.
+pub struct Session {
+    pub applier: Applier,
+    pub stream: ReplicationStream,
+}
+
+/// Connects an applier to the target and a stream from the slot, resuming
+/// from the applied position.
+pub async fn connect(ctx: &Job, migration: &Migration) -> Result<Session> {
+    let target = connect_sql(&ctx.target).await?;
+    let copied_at: HashMap<TableName, pglive_repl::Lsn> =
+        pglive_snapshot::copied_at(&target, &ctx.name)
+            .await?
+            .into_iter()
+            .map(|(name, lsn)| (TableName::new(name.schema, name.name), lsn))
+            .collect();
+    drop(target);
+    let replication = ReplicationClient::connect(&ctx.source).await?;
+    let proto = if replication.server_version_num().unwrap_or(0) >= 140000 {
+        2
+    } else {
+        1
+    };
+    let mut options = ApplyOptions::new(ctx.name.clone(), proto);
+    options.copied_at = copied_at;
+    let applier = Applier::connect(&ctx.target, options).await?;
+    let mut pgoutput = PgOutputOptions::new([migration.publication.clone()]);
+    pgoutput.proto_version = proto;
+    if proto >= 2 {
+        pgoutput.streaming = Streaming::On;
+    }
+    let start = applier.applied_lsn().max(migration.start_lsn);
+    let stream = replication
+        .start_replication(&migration.slot, start, &pgoutput, StreamOptions::default())
+        .await
+        .with_context(|| format!("starting replication from slot {:?}", migration.slot))?;
+    Ok(Session { applier, stream })
+}
+
+/// Whether an error is worth a reconnect.
+pub fn transient(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<pglive_apply::Error>()
+            .is_some_and(pglive_apply::Error::is_transient)
+            || cause
+                .downcast_ref::<pglive_repl::Error>()
+                .is_some_and(pglive_repl::Error::is_transient)
+    })
+}
+
+pub async fn stream(
+    ctx: &Job,
+    migration: &Migration,
+    reporter: &Arc<Reporter>,
+    interrupt: &Interrupt,
+    cutover_when_ready: bool,
+) -> Result<LiveOutcome> {
+    reporter.line(format!(
+        "streaming changes from slot {:?}; run `pglive cutover` (or Ctrl-C to pause) when ready",
+        migration.slot
+    ));
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match session(ctx, migration, reporter, interrupt, cutover_when_ready).await {
+            Ok(outcome) => {
+                reporter.streaming_finished();
+                return Ok(outcome);
+            }
+            Err(error) if transient(&error) && !interrupt.requested() => {
+                reporter.line(format!(
+                    "connection lost ({}); reconnecting in {}s",
+                    crate::preflight::chain(error.as_ref()),
+                    backoff.as_secs()
+                ));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = interrupt.wait() => return Ok(LiveOutcome::Interrupted),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => {
+                reporter.streaming_finished();
+                return Err(error);
+            }
+        }
+    }
+}
+
+async fn session(
+    ctx: &Job,
+    migration: &Migration,
+    reporter: &Arc<Reporter>,
+    interrupt: &Interrupt,
+    cutover_when_ready: bool,
+) -> Result<LiveOutcome> {
+    let Session {
+        mut applier,
+        mut stream,
+    } = connect(ctx, migration).await?;
+    let state_client = connect_sql(&ctx.target).await?;
+    let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
+    let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
+    let stop = {
+        let latest = Arc::clone(&latest);
+        let reason = Arc::clone(&reason);
+        let name = ctx.name.clone();
+        let state_client = &state_client;
+        async move {
+            loop {
+                tokio::select! {
+                    () = interrupt.wait() => {
+                        *reason.lock().expect("not poisoned") = Some(Reason::Interrupt);
+                        return;
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let progress = latest.lock().expect("not poisoned").clone();
+                if let Some(p) = &progress {
+                    let _ = state::save_progress(state_client, &name, p).await;
+                    if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
+                        *reason.lock().expect("not poisoned") =
+                            Some(Reason::Cutover { fence: false });
+                        return;
+                    }
+                }
+                if let Ok(Some(m)) = state::load(state_client, &name).await {
+                    if m.cutover_requested {
+                        *reason.lock().expect("not poisoned") =
+                            Some(Reason::Cutover { fence: m.fence });
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let display = Arc::clone(reporter);
+    let stopped = pglive_apply::run(
+        &mut applier,
+        &mut stream,
+        stop,
+        &RunOptions::default(),
+        |p| {
+            display.streaming(p);
+            *latest.lock().expect("not poisoned") = Some(p.clone());
+        },
+    )
+    .await?;
+    let why = *reason.lock().expect("not poisoned");
+    match (stopped, why) {
+        (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
+            reporter.streaming_finished();
+            cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter).await?;
+            Ok(LiveOutcome::CutoverDone)
+        }
+        (Stopped::Shutdown, _) => {
+            stream.stop().await.ok();
+            Ok(LiveOutcome::Interrupted)
+        }
+        (other, _) => anyhow::bail!("the replication stream ended unexpectedly ({other:?})"),
+    }
+}
+
+/// Runs the applier until everything up to `stop_at` is applied.
+pub async fn catch_up(
+    session: &mut Session,
+    stop_at: pglive_repl::Lsn,
+    reporter: &Reporter,
+) -> Result<()> {
+    let mut options = RunOptions::default();
+    options.stop_at = Some(stop_at);
+    let stopped = pglive_apply::run(
+        &mut session.applier,
+        &mut session.stream,
+        std::future::pending(),
+        &options,
+        |p| reporter.streaming(p),
+    )
+    .await?;
+    match stopped {
+        Stopped::ReachedLsn(_) => Ok(()),
+        other => anyhow::bail!("catching up to {stop_at} stopped early ({other:?})"),
+    }
+}

@@ -1,0 +1,366 @@
+//! `pglive migrate`: the stages in order, each resumable, then streaming
+//! until cutover.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use pglive_repl::{
+    ConnectConfig, CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction, quote_ident,
+};
+use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
+use pglive_snapshot::{Copier, CopyOptions, Snapshot};
+use tokio_postgres::Client;
+
+use crate::cli::MigrateArgs;
+use crate::live::{self, LiveOutcome};
+use crate::preflight::{self, Plan};
+use crate::report::{self, Reporter};
+use crate::state::{self, Migration, Stage};
+use crate::{ExitStatus, Interrupt};
+
+/// Everything a stage needs.
+pub struct Job {
+    pub source: ConnectConfig,
+    pub target: ConnectConfig,
+    pub name: String,
+    pub filter: ObjectFilter,
+    pub jobs: usize,
+    pub index_jobs: usize,
+    pub reuse_schema: bool,
+}
+
+pub fn filter_from(include: &[String], exclude: &[String]) -> ObjectFilter {
+    let mut filter = ObjectFilter::new();
+    filter.include_tables = include.to_vec();
+    filter.exclude_tables = exclude.to_vec();
+    filter
+}
+
+pub async fn run(
+    args: MigrateArgs,
+    reporter: Arc<Reporter>,
+    interrupt: Interrupt,
+) -> Result<ExitStatus> {
+    let source = crate::parse_conninfo(&args.servers.source, "--source")?;
+    let target = crate::parse_conninfo(&args.servers.target, "--target")?;
+    let name = args.servers.name.clone();
+    let slot = args.slot.clone().unwrap_or_else(|| name.clone());
+    let publication = args.publication.clone().unwrap_or_else(|| name.clone());
+    let filter = filter_from(&args.include, &args.exclude);
+    let ctx = Job {
+        source,
+        target,
+        name: name.clone(),
+        filter,
+        jobs: args.jobs.max(1),
+        index_jobs: args.index_jobs.max(1),
+        reuse_schema: args.reuse_schema,
+    };
+
+    let existing = {
+        let target_client = preflight::connect(&ctx.target, "target").await?;
+        state::load(&target_client, &name).await?
+    };
+    if let Some(m) = &existing {
+        if m.slot != slot || m.publication != publication {
+            bail!(
+                "migration {name:?} on the target uses slot {:?} and publication {:?}; run with the same --slot/--publication, or `pglive clean` to start over",
+                m.slot,
+                m.publication
+            );
+        }
+    }
+    let plan = Plan {
+        source: &ctx.source,
+        target: &ctx.target,
+        slot: &slot,
+        publication: &publication,
+        filter: &ctx.filter,
+        resuming: existing.is_some(),
+        reuse_schema: ctx.reuse_schema,
+    };
+    let (findings, source_client, target_client, catalog) = preflight::run(&plan).await?;
+    for warning in &findings.warnings {
+        reporter.line(format!("warning: {warning}"));
+    }
+    state::create_tables(&target_client).await?;
+    if !state::try_lock(&target_client, &name).await? {
+        bail!(
+            "another `pglive migrate` is running migration {name:?} (it holds its lock on the target)"
+        );
+    }
+
+    let migration = match existing {
+        Some(m) => {
+            reporter.line(format!(
+                "resuming migration {name:?} at stage {} (slot {:?}, stream from {})",
+                m.stage.as_str(),
+                m.slot,
+                m.start_lsn
+            ));
+            m
+        }
+        None => {
+            start(
+                &ctx,
+                &source_client,
+                &target_client,
+                &catalog,
+                &slot,
+                &publication,
+                &reporter,
+            )
+            .await?
+        }
+    };
+    drop(source_client);
+    let status = continue_from(
+        &ctx,
+        migration,
+        &target_client,
+        &catalog,
+        &reporter,
+        &interrupt,
+        args.cutover_when_ready,
+    )
+    .await;
+    let _ = state::unlock(&target_client, &name).await;
+    status
+}
+
+/// A new migration: publication, slot with exported snapshot, schema, copy,
+/// post-data — the snapshot is held (the replication connection stays idle)
+/// until the copy is done.
+async fn start(
+    ctx: &Job,
+    source: &Client,
+    target: &Client,
+    catalog: &Catalog,
+    slot: &str,
+    publication: &str,
+    reporter: &Arc<Reporter>,
+) -> Result<Migration> {
+    let superuser: bool = source
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    let tables: Vec<String> = catalog
+        .tables
+        .iter()
+        .filter(|t| t.holds_rows())
+        .map(|t| t.name.quoted())
+        .collect();
+    let scope = if superuser && ctx.filter.is_empty() {
+        "FOR ALL TABLES".to_owned()
+    } else {
+        format!("FOR TABLE {}", tables.join(", "))
+    };
+    source
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} {scope}",
+            quote_ident(publication)
+        ))
+        .await
+        .context("creating the publication on the source")?;
+    reporter.line(format!(
+        "created publication {publication:?} ({} tables)",
+        tables.len()
+    ));
+
+    let mut replication = ReplicationClient::connect(&ctx.source).await?;
+    let created = replication
+        .create_slot(slot, &SlotOptions::default())
+        .await
+        .context("creating the replication slot")?;
+    reporter.line(format!(
+        "created slot {slot:?}: consistent point {}, snapshot {}",
+        created.consistent_point,
+        created.snapshot_name.as_deref().unwrap_or("-")
+    ));
+    let migration = Migration {
+        name: ctx.name.clone(),
+        slot: slot.to_owned(),
+        publication: publication.to_owned(),
+        stage: Stage::Schema,
+        start_lsn: created.consistent_point,
+        source: ctx.source.describe(),
+        cutover_requested: false,
+        fence: false,
+        summary: None,
+    };
+    state::insert(target, &migration).await?;
+    let snapshot = Snapshot::from_slot(&created).context("the slot exported no snapshot")?;
+    schema_pre_data(ctx, Some(&snapshot.name), reporter).await?;
+    state::set_stage(target, &ctx.name, Stage::Copy).await?;
+    copy(ctx, catalog, &snapshot, reporter).await?;
+    // The snapshot is no longer needed.
+    replication.close().await.ok();
+    state::set_stage(target, &ctx.name, Stage::PostData).await?;
+    Ok(Migration {
+        stage: Stage::PostData,
+        ..migration
+    })
+}
+
+fn schema_options(ctx: &Job) -> SchemaOptions {
+    let mut options = SchemaOptions::default();
+    options.filter = ctx.filter.clone();
+    options.jobs = ctx.index_jobs;
+    options.reuse_schema = ctx.reuse_schema;
+    options
+}
+
+async fn schema_pre_data(ctx: &Job, snapshot: Option<&str>, reporter: &Reporter) -> Result<()> {
+    let started = Instant::now();
+    let mut schema =
+        SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), schema_options(ctx)).await?;
+    schema.dump(snapshot).await.context("dumping the schema")?;
+    let report = schema
+        .restore_pre_data()
+        .await
+        .context("restoring the schema (pre-data)")?;
+    reporter.line(format!(
+        "schema: {} objects created in {:.1}s",
+        report.entries,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+async fn copy(
+    ctx: &Job,
+    catalog: &Catalog,
+    snapshot: &Snapshot,
+    reporter: &Arc<Reporter>,
+) -> Result<()> {
+    let started = Instant::now();
+    let total: u64 = catalog
+        .tables_with_rows()
+        .map(|t| t.bytes.max(0) as u64)
+        .sum();
+    reporter.line(format!(
+        "copying {} tables (~{}) with {} workers",
+        catalog.tables_with_rows().count(),
+        report::bytes(total),
+        ctx.jobs
+    ));
+    let mut options = CopyOptions::default();
+    options.migration = ctx.name.clone();
+    options.workers = ctx.jobs;
+    let copier = Copier::new(
+        ctx.source.clone(),
+        ctx.target.clone(),
+        catalog.tables.clone(),
+        options,
+    );
+    reporter.copy_started(total);
+    let events_reporter = Arc::clone(reporter);
+    let summary = copier
+        .run(snapshot, move |event| events_reporter.copy_event(&event))
+        .await;
+    reporter.copy_finished();
+    let summary = summary.context("copying the data")?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    reporter.line(format!(
+        "copy: {} rows, {} in {:.1}s ({}/s)",
+        report::count(summary.rows),
+        report::bytes(summary.bytes),
+        secs,
+        report::bytes((summary.bytes as f64 / secs) as u64)
+    ));
+    Ok(())
+}
+
+/// Runs the remaining stages of `migration`.
+async fn continue_from(
+    ctx: &Job,
+    mut migration: Migration,
+    target: &Client,
+    catalog: &Catalog,
+    reporter: &Arc<Reporter>,
+    interrupt: &Interrupt,
+    cutover_when_ready: bool,
+) -> Result<ExitStatus> {
+    if migration.stage <= Stage::Copy {
+        // The exported snapshot died with the process that made it: copy
+        // what is left under a new one from a temporary slot, whose later
+        // consistent point becomes those tables' copied_at.
+        let mut replication = ReplicationClient::connect(&ctx.source).await?;
+        let temporary = temporary_slot(&mut replication, &ctx.name).await?;
+        let snapshot =
+            Snapshot::from_slot(&temporary).context("the temporary slot exported no snapshot")?;
+        if migration.stage == Stage::Schema {
+            let tables_exist = target
+                .query_opt(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pglive') AND n.nspname !~ '^pg_' AND c.relkind IN ('r', 'p') LIMIT 1",
+                    &[],
+                )
+                .await?
+                .is_some();
+            if !tables_exist {
+                schema_pre_data(ctx, Some(&snapshot.name), reporter).await?;
+            }
+            state::set_stage(target, &ctx.name, Stage::Copy).await?;
+        }
+        copy(ctx, catalog, &snapshot, reporter).await?;
+        replication.close().await.ok();
+        state::set_stage(target, &ctx.name, Stage::PostData).await?;
+        migration.stage = Stage::PostData;
+    }
+    if interrupt.requested() {
+        return Ok(ExitStatus::Interrupted);
+    }
+    if migration.stage == Stage::PostData {
+        let started = Instant::now();
+        let mut schema =
+            SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), schema_options(ctx)).await?;
+        let report = schema
+            .restore_post_data()
+            .await
+            .context("building indexes and constraints (post-data)")?;
+        reporter.line(format!(
+            "post-data: {} objects ({} keys first) with {} jobs in {:.1}s",
+            report.entries,
+            report.key_entries,
+            ctx.index_jobs,
+            started.elapsed().as_secs_f64()
+        ));
+        state::set_stage(target, &ctx.name, Stage::Streaming).await?;
+        migration.stage = Stage::Streaming;
+    }
+    if migration.stage == Stage::Done {
+        reporter.line(format!(
+            "migration {:?} is already done: {}",
+            migration.name,
+            migration.summary.as_deref().unwrap_or("")
+        ));
+        return Ok(ExitStatus::Success);
+    }
+    match live::stream(ctx, &migration, reporter, interrupt, cutover_when_ready).await? {
+        LiveOutcome::Interrupted => {
+            reporter.line("stopped at a transaction boundary; run the same command to resume");
+            Ok(ExitStatus::Interrupted)
+        }
+        LiveOutcome::CutoverDone => Ok(ExitStatus::Success),
+    }
+}
+
+async fn temporary_slot(replication: &mut ReplicationClient, name: &str) -> Result<CreatedSlot> {
+    let slot_name = format!("{}_resume_{}", name, std::process::id());
+    replication
+        .create_slot(
+            &slot_name,
+            &SlotOptions {
+                temporary: true,
+                snapshot: SnapshotAction::Export,
+                ..SlotOptions::default()
+            },
+        )
+        .await
+        .context("creating a temporary slot for a new snapshot")
+}

@@ -1,0 +1,354 @@
+//! Everything that can be checked before anything is created: a user error
+//! is reported here, with what to do about it, and nothing changes on
+//! either server.
+
+use pglive_repl::{ConnectConfig, ReplicationClient, connect_sql};
+use pglive_schema::{Catalog, ObjectFilter, PgTools, ReplicaIdentity, SchemaCopy, SchemaOptions};
+use tokio_postgres::Client;
+
+/// What preflight found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Problems that stop the migration.
+    pub failures: Vec<String>,
+    /// Things worth knowing that do not stop it.
+    pub warnings: Vec<String>,
+}
+
+/// A failure of preflight: the findings, printed by the caller.
+#[derive(Debug)]
+pub struct PreflightFailed(pub Findings);
+
+impl std::fmt::Display for PreflightFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "preflight found {} problem(s); nothing was changed:",
+            self.0.failures.len()
+        )?;
+        for failure in &self.0.failures {
+            writeln!(f, "  - {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PreflightFailed {}
+
+/// What preflight needs to know about the planned migration.
+pub struct Plan<'a> {
+    pub source: &'a ConnectConfig,
+    pub target: &'a ConnectConfig,
+    pub slot: &'a str,
+    pub publication: &'a str,
+    pub filter: &'a ObjectFilter,
+    /// The migration exists already: only what a resume needs is checked.
+    pub resuming: bool,
+    pub reuse_schema: bool,
+}
+
+/// Opens an SQL session, turning connection failures into preflight
+/// failures that name the server.
+pub async fn connect(config: &ConnectConfig, role: &str) -> Result<Client, PreflightFailed> {
+    connect_sql(config).await.map_err(|e| {
+        PreflightFailed(Findings {
+            failures: vec![format!(
+                "cannot connect to the {role} {}: {}",
+                config.describe(),
+                chain(&e)
+            )],
+            warnings: Vec::new(),
+        })
+    })
+}
+
+/// An error with its causes, on one line.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+async fn scalar(client: &Client, sql: &str) -> anyhow::Result<String> {
+    let row = client.query_one(sql, &[]).await?;
+    Ok(row.get(0))
+}
+
+/// Runs every check; `Err` lists the failures.
+pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog), PreflightFailed> {
+    let source = connect(plan.source, "source").await?;
+    let target = connect(plan.target, "target").await?;
+    let mut found = Findings::default();
+    let fail = |found: &mut Findings, text: String| found.failures.push(text);
+
+    // Not the same database twice.
+    let identity = "SELECT coalesce((SELECT system_identifier::text FROM pg_control_system()), '') || '/' || current_database()";
+    let same = match (
+        scalar(&source, identity).await,
+        scalar(&target, identity).await,
+    ) {
+        (Ok(s), Ok(t)) => s == t,
+        _ => plan.source.hosts == plan.target.hosts && plan.source.dbname == plan.target.dbname,
+    };
+    if same {
+        fail(
+            &mut found,
+            format!(
+                "source and target are the same database ({}): give the new server as --target",
+                plan.target.describe()
+            ),
+        );
+    }
+
+    // The source can do logical replication for this role.
+    match scalar(&source, "SELECT current_setting('wal_level')").await {
+        Ok(level) if level == "logical" => {}
+        Ok(level) => fail(
+            &mut found,
+            format!(
+                "the source has wal_level={level}: set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart the server)"
+            ),
+        ),
+        Err(e) => fail(
+            &mut found,
+            format!("cannot read wal_level on the source: {e}"),
+        ),
+    }
+    match scalar(
+        &source,
+        "SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user",
+    )
+    .await
+    {
+        Ok(v) if v == "true" => {}
+        Ok(_) => fail(
+            &mut found,
+            format!(
+                "the source role {} lacks the REPLICATION attribute: ALTER ROLE {} REPLICATION (or on managed services grant the provider's replication role)",
+                plan.source.user,
+                pglive_repl::quote_ident(&plan.source.user)
+            ),
+        ),
+        Err(e) => fail(
+            &mut found,
+            format!("cannot read the source role's attributes: {e}"),
+        ),
+    }
+    if !plan.resuming {
+        let headroom = "SELECT (current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots))::text \
+                        || ' ' || (current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication))::text";
+        if let Ok(text) = scalar(&source, headroom).await {
+            let mut parts = text.split(' ').map(|p| p.parse::<i64>().unwrap_or(0));
+            let (slots, senders) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            if slots < 2 {
+                fail(
+                    &mut found,
+                    format!(
+                        "the source has {slots} free replication slot(s); pglive needs 2 (one kept, one temporary when resuming a copy): raise max_replication_slots"
+                    ),
+                );
+            }
+            if senders < 2 {
+                fail(
+                    &mut found,
+                    format!(
+                        "the source has {senders} free WAL sender(s); pglive needs 2: raise max_wal_senders"
+                    ),
+                );
+            }
+        }
+        match source
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&plan.slot],
+            )
+            .await
+        {
+            Ok(Some(_)) => fail(
+                &mut found,
+                format!(
+                    "a replication slot named {:?} already exists on the source: another migration may be using it; choose --slot, or run `pglive clean` if it is left over",
+                    plan.slot
+                ),
+            ),
+            Ok(None) => {}
+            Err(e) => fail(&mut found, format!("cannot list replication slots: {e}")),
+        }
+        match source
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1",
+                &[&plan.publication],
+            )
+            .await
+        {
+            Ok(Some(_)) => fail(
+                &mut found,
+                format!(
+                    "a publication named {:?} already exists on the source: choose --publication, or run `pglive clean` if it is left over",
+                    plan.publication
+                ),
+            ),
+            Ok(None) => {}
+            Err(e) => fail(&mut found, format!("cannot list publications: {e}")),
+        }
+    }
+
+    // The tables: readable, publishable, and identifiable when they change.
+    let catalog = match Catalog::read(&source, plan.filter).await {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            fail(
+                &mut found,
+                format!("cannot read the source catalog: {}", chain(&e)),
+            );
+            return Err(PreflightFailed(found));
+        }
+    };
+    if catalog.tables.is_empty() {
+        fail(
+            &mut found,
+            "the source has no tables to migrate (check --include/--exclude)".to_owned(),
+        );
+    }
+    let superuser = scalar(
+        &source,
+        "SELECT rolsuper::text FROM pg_roles WHERE rolname = current_user",
+    )
+    .await
+    .is_ok_and(|v| v == "true");
+    for table in &catalog.tables {
+        let name = table.name.quoted();
+        let row = source
+            .query_one(
+                "SELECT has_table_privilege($1::text::regclass, 'SELECT'),
+                        pg_has_role(c.relowner, 'USAGE'),
+                        coalesce(s.n_tup_upd + s.n_tup_del, 0)
+                   FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+                  WHERE c.oid = $1::text::regclass",
+                &[&name],
+            )
+            .await;
+        let Ok(row) = row else { continue };
+        let (select, owner, changes): (bool, bool, i64) = (row.get(0), row.get(1), row.get(2));
+        if !select {
+            fail(
+                &mut found,
+                format!(
+                    "the source role cannot read {name}: GRANT SELECT ON {name} TO {}",
+                    pglive_repl::quote_ident(&plan.source.user)
+                ),
+            );
+        }
+        if !superuser && !owner && !plan.resuming {
+            fail(
+                &mut found,
+                format!(
+                    "the source role does not own {name}, so it cannot add it to a publication: run pglive as the tables' owner (or a superuser)"
+                ),
+            );
+        }
+        let unidentified = matches!(table.replica_identity, ReplicaIdentity::Nothing)
+            || (matches!(table.replica_identity, ReplicaIdentity::Default)
+                && table.primary_key.is_empty());
+        if unidentified && table.holds_rows() && !table.unlogged {
+            let text = format!(
+                "{name} has no primary key or replica identity, so its UPDATEs and DELETEs cannot be replicated: add a primary key, or ALTER TABLE {name} REPLICA IDENTITY FULL"
+            );
+            if changes > 0 {
+                fail(
+                    &mut found,
+                    format!("{text} (it received {changes} updates/deletes)"),
+                );
+            } else {
+                found
+                    .warnings
+                    .push(format!("{text} (no updates or deletes seen so far)"));
+            }
+        }
+        if table.unlogged {
+            found.warnings.push(format!(
+                "{name} is UNLOGGED: it is copied, but later writes to it are not in the WAL and will not reach the target"
+            ));
+        }
+    }
+
+    // Tools and target.
+    if let Err(e) = PgTools::find(catalog.server_major()) {
+        fail(&mut found, chain(&e));
+    }
+    if !plan.resuming {
+        match scalar(
+            &target,
+            "SELECT has_database_privilege(current_database(), 'CREATE')::text",
+        )
+        .await
+        {
+            Ok(v) if v == "true" => {}
+            _ => fail(
+                &mut found,
+                format!(
+                    "the target role {} cannot create schemas in its database: GRANT CREATE ON DATABASE … TO it, or use the database owner",
+                    plan.target.user
+                ),
+            ),
+        }
+        if !plan.reuse_schema {
+            let mut options = SchemaOptions::default();
+            options.filter = plan.filter.clone();
+            match SchemaCopy::new(plan.source.clone(), plan.target.clone(), options).await {
+                Ok(copy) => {
+                    if let Err(e) = copy.check_target().await {
+                        fail(
+                            &mut found,
+                            format!(
+                                "{}; or pass --reuse-schema to use the existing tables",
+                                chain(&e)
+                            ),
+                        );
+                    }
+                }
+                Err(e) => fail(&mut found, chain(&e)),
+            }
+        }
+        // Slot creation waits for transactions that started before it.
+        if let Ok(old) = scalar(
+            &source,
+            "SELECT count(*)::text FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND xact_start < now() - interval '5 minutes'",
+        )
+        .await
+        {
+            if old != "0" {
+                found.warnings.push(format!(
+                    "{old} transaction(s) on the source have been open for over 5 minutes: creating the slot waits until they end"
+                ));
+            }
+        }
+    }
+    // The replication connection itself (authentication, pg_hba).
+    match ReplicationClient::connect(plan.source).await {
+        Ok(client) => {
+            let _ = client.close().await;
+        }
+        Err(e) => fail(
+            &mut found,
+            format!(
+                "cannot open a replication connection to {}: {}",
+                plan.source.describe(),
+                chain(&e)
+            ),
+        ),
+    }
+    if found.failures.is_empty() {
+        Ok((found, source, target, catalog))
+    } else {
+        Err(PreflightFailed(found))
+    }
+}

@@ -1,0 +1,275 @@
+//! The migration's own state in the target (`pglive.migration`): which stage
+//! it reached, its slot and publication, and requests from other pglive
+//! processes (cutover). The libraries keep their own tables beside it.
+
+use anyhow::{Context, Result};
+use pglive_repl::Lsn;
+use tokio_postgres::Client;
+
+/// How far a migration got; each stage is complete when the next begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The slot exists; the schema is being created.
+    Schema,
+    /// Tables are being copied.
+    Copy,
+    /// Indexes and constraints are being built.
+    PostData,
+    /// Changes are streaming.
+    Streaming,
+    /// Cutover is under way.
+    Cutover,
+    /// The migration is finished.
+    Done,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Schema => "schema",
+            Stage::Copy => "copy",
+            Stage::PostData => "post-data",
+            Stage::Streaming => "streaming",
+            Stage::Cutover => "cutover",
+            Stage::Done => "done",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Stage> {
+        Ok(match text {
+            "schema" => Stage::Schema,
+            "copy" => Stage::Copy,
+            "post-data" => Stage::PostData,
+            "streaming" => Stage::Streaming,
+            "cutover" => Stage::Cutover,
+            "done" => Stage::Done,
+            other => anyhow::bail!("unknown stage {other:?} in pglive.migration"),
+        })
+    }
+}
+
+/// One migration's row.
+#[derive(Clone, Debug)]
+pub struct Migration {
+    pub name: String,
+    pub slot: String,
+    pub publication: String,
+    pub stage: Stage,
+    /// Where the slot's stream begins (its consistent point).
+    pub start_lsn: Lsn,
+    /// The source, described without password.
+    pub source: String,
+    pub cutover_requested: bool,
+    pub fence: bool,
+    pub summary: Option<String>,
+}
+
+const SCHEMA_SQL: &str = "
+CREATE SCHEMA IF NOT EXISTS pglive;
+CREATE TABLE IF NOT EXISTS pglive.migration (
+    name text PRIMARY KEY,
+    slot text NOT NULL,
+    publication text NOT NULL,
+    stage text NOT NULL,
+    start_lsn pg_lsn NOT NULL,
+    source text NOT NULL,
+    cutover_requested boolean NOT NULL DEFAULT false,
+    fence boolean NOT NULL DEFAULT false,
+    summary text,
+    progress jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);";
+
+pub async fn create_tables(client: &Client) -> Result<()> {
+    client
+        .batch_execute(SCHEMA_SQL)
+        .await
+        .context("creating the pglive state schema on the target")
+}
+
+/// The migration called `name`, if the target has one.
+pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
+    let row = match client
+        .query_opt(
+            "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary
+               FROM pglive.migration WHERE name = $1",
+            &[&name],
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => return Ok(None),
+        Err(e) => return Err(e).context("reading pglive.migration"),
+    };
+    row.map(|r| {
+        Ok(Migration {
+            name: r.get(0),
+            slot: r.get(1),
+            publication: r.get(2),
+            stage: Stage::parse(r.get(3))?,
+            start_lsn: r.get::<_, String>(4).parse()?,
+            source: r.get(5),
+            cutover_requested: r.get(6),
+            fence: r.get(7),
+            summary: r.get(8),
+        })
+    })
+    .transpose()
+}
+
+pub async fn insert(client: &Client, m: &Migration) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO pglive.migration (name, slot, publication, stage, start_lsn, source)
+             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)",
+            &[
+                &m.name,
+                &m.slot,
+                &m.publication,
+                &m.stage.as_str(),
+                &m.start_lsn.to_string(),
+                &m.source,
+            ],
+        )
+        .await
+        .context("recording the migration in pglive.migration")?;
+    Ok(())
+}
+
+pub async fn set_stage(client: &Client, name: &str, stage: Stage) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET stage = $2, updated_at = now() WHERE name = $1",
+            &[&name, &stage.as_str()],
+        )
+        .await
+        .context("updating pglive.migration")?;
+    Ok(())
+}
+
+pub async fn request_cutover(client: &Client, name: &str, fence: bool) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET cutover_requested = true, fence = $2, updated_at = now() WHERE name = $1",
+            &[&name, &fence],
+        )
+        .await
+        .context("requesting cutover")?;
+    Ok(())
+}
+
+pub async fn finish(client: &Client, name: &str, summary: &str) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET stage = 'done', summary = $2, updated_at = now() WHERE name = $1",
+            &[&name, &summary],
+        )
+        .await
+        .context("recording the end of the migration")?;
+    Ok(())
+}
+
+/// Records the streaming progress (for `pglive status` from anywhere).
+pub async fn save_progress(
+    client: &Client,
+    name: &str,
+    progress: &pglive_apply::Progress,
+) -> Result<()> {
+    save_stats(
+        client,
+        name,
+        &progress.stats,
+        progress.received_lsn,
+        progress.source_lsn,
+        progress.lag_bytes,
+        progress.lag_seconds,
+    )
+    .await
+}
+
+/// Records the applier's counters with the given positions and lag.
+pub async fn save_stats(
+    client: &Client,
+    name: &str,
+    stats: &pglive_apply::ApplyStats,
+    received: Lsn,
+    source: Lsn,
+    lag_bytes: u64,
+    lag_seconds: f64,
+) -> Result<()> {
+    let json = serde_json::json!({
+        "applied_lsn": stats.applied_lsn.to_string(),
+        "received_lsn": received.to_string(),
+        "source_lsn": source.to_string(),
+        "lag_bytes": lag_bytes,
+        "lag_seconds": lag_seconds,
+        "transactions": stats.transactions,
+        "rows_inserted": stats.inserted,
+        "rows_updated": stats.updated,
+        "rows_deleted": stats.deleted,
+        "batches": stats.batches,
+    });
+    client
+        .execute(
+            "UPDATE pglive.migration SET progress = $2::text::jsonb, updated_at = now() WHERE name = $1",
+            &[&name, &json.to_string()],
+        )
+        .await
+        .context("recording progress")?;
+    Ok(())
+}
+
+/// The last recorded streaming progress, as JSON text.
+pub async fn load_progress(client: &Client, name: &str) -> Result<Option<serde_json::Value>> {
+    let row = client
+        .query_opt(
+            "SELECT progress::text, extract(epoch FROM now() - updated_at)::float8 FROM pglive.migration WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .context("reading progress")?;
+    Ok(row.and_then(|r| {
+        let text: Option<String> = r.get(0);
+        let mut value: serde_json::Value = serde_json::from_str(&text?).ok()?;
+        value["seconds_since_update"] = serde_json::json!(r.get::<_, f64>(1));
+        Some(value)
+    }))
+}
+
+/// Drops the state schema and everything the libraries kept in it.
+pub async fn drop_all(client: &Client) -> Result<()> {
+    client
+        .batch_execute("DROP SCHEMA IF EXISTS pglive CASCADE")
+        .await
+        .context("dropping the pglive schema on the target")
+}
+
+/// The advisory lock a running `migrate` holds on the target for the life
+/// of its state session, so other commands know it is running.
+fn lock_key(name: &str) -> i64 {
+    // FNV-1a: stable across runs and machines.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("pglive:{name}").bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Takes the migration's lock; false when another process holds it.
+pub async fn try_lock(client: &Client, name: &str) -> Result<bool> {
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
+        .await
+        .context("taking the migration lock")?;
+    Ok(row.get(0))
+}
+
+pub async fn unlock(client: &Client, name: &str) -> Result<()> {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(name)])
+        .await
+        .context("releasing the migration lock")?;
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! Splitting tables into parts.
+//!
+//! A part is the unit of work a worker claims and commits. Most tables are
+//! one part (copied with `TRUNCATE` + `COPY … FREEZE`, which writes frozen
+//! rows and skips a later anti-wraparound vacuum). A table above
+//! [`PlanOptions::split_threshold`] is cut into parts of about
+//! [`PlanOptions::part_size`] so several workers share it:
+//!
+//! - by ranges of its primary key when that is a single integer column
+//!   (`WHERE k >= a AND k < b`), read through the source's index;
+//! - otherwise by ranges of heap blocks (`WHERE ctid >= '(a,0)'::tid AND
+//!   ctid < '(b,0)'::tid`), which PostgreSQL 14 and later read with a TID
+//!   range scan, touching only those blocks (older servers scan the whole
+//!   table per part: correct, slower).
+//!
+//! The first range is open below and the last open above, so rows that a
+//! later snapshot holds beyond the planned bounds are still copied.
+//! Large objects form one more part of their own.
+
+use pglive_schema::{QualifiedName, Table};
+use tokio_postgres::GenericClient;
+
+use crate::error::{Result, source};
+
+/// How tables are split into parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlanOptions {
+    /// Tables larger than this many bytes (`pg_table_size`) are split.
+    /// Default: 1 GiB.
+    pub split_threshold: i64,
+    /// The size aimed at for each part of a split table. Default: 256 MiB.
+    pub part_size: i64,
+    /// Copy large objects. Default: on.
+    pub large_objects: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> PlanOptions {
+        PlanOptions {
+            split_threshold: 1 << 30,
+            part_size: 256 << 20,
+            large_objects: true,
+        }
+    }
+}
+
+/// Which rows of a table a part covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PartRange {
+    /// The whole table.
+    Whole,
+    /// `column >= start AND column < end` (an open bound is `None`).
+    Key {
+        /// The integer primary key column.
+        column: String,
+        /// Inclusive lower bound.
+        start: Option<i64>,
+        /// Exclusive upper bound.
+        end: Option<i64>,
+    },
+    /// Heap blocks `start <= block < end` (an open bound is `None`).
+    Blocks {
+        /// First block.
+        start: Option<i64>,
+        /// Block after the last.
+        end: Option<i64>,
+    },
+    /// Every large object (the part's table is `pg_catalog.pg_largeobject`).
+    LargeObjects,
+}
+
+impl PartRange {
+    /// The kind as stored in the state table.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            PartRange::Whole => "table",
+            PartRange::Key { .. } => "key",
+            PartRange::Blocks { .. } => "blocks",
+            PartRange::LargeObjects => "large_objects",
+        }
+    }
+
+    /// The SQL condition selecting the part's rows, or `None` for all rows.
+    pub(crate) fn condition(&self) -> Option<String> {
+        let bounds =
+            |expr: &str, start: &Option<i64>, end: &Option<i64>, wrap: &dyn Fn(i64) -> String| {
+                let mut parts = Vec::new();
+                if let Some(start) = start {
+                    parts.push(format!("{expr} >= {}", wrap(*start)));
+                }
+                if let Some(end) = end {
+                    parts.push(format!("{expr} < {}", wrap(*end)));
+                }
+                (!parts.is_empty()).then(|| parts.join(" AND "))
+            };
+        match self {
+            PartRange::Whole | PartRange::LargeObjects => None,
+            PartRange::Key { column, start, end } => {
+                bounds(&pglive_repl::quote_ident(column), start, end, &|v| {
+                    v.to_string()
+                })
+            }
+            PartRange::Blocks { start, end } => {
+                bounds("ctid", start, end, &|v| format!("'({v},0)'::tid"))
+            }
+        }
+    }
+}
+
+/// One unit of copy work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// The table (a leaf partition for partitioned tables).
+    pub table: QualifiedName,
+    /// The part's number within its table, from 0.
+    pub number: i32,
+    /// The rows it covers.
+    pub range: PartRange,
+    /// Its estimated size, which orders the work (largest first).
+    pub estimated_bytes: i64,
+}
+
+/// The name under which large objects are tracked.
+pub(crate) fn large_objects_name() -> QualifiedName {
+    QualifiedName::new("pg_catalog", "pg_largeobject")
+}
+
+/// Splits `tables` into parts, asking the source (a session that imported
+/// the snapshot) for key bounds and block counts of the tables to split.
+/// Partitioned tables get no parts of their own: their leaves do.
+pub async fn plan(
+    client: &impl GenericClient,
+    tables: &[Table],
+    options: &PlanOptions,
+) -> Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    for table in tables.iter().filter(|t| t.holds_rows()) {
+        let pieces = if table.bytes > options.split_threshold && !table.hypertable {
+            ((table.bytes + options.part_size - 1) / options.part_size.max(1)).max(1)
+        } else {
+            1
+        };
+        let ranges = if pieces <= 1 {
+            vec![PartRange::Whole]
+        } else if let Some(key) = table.integer_key() {
+            let quoted = pglive_repl::quote_ident(key);
+            let row = client
+                .query_one(
+                    &format!(
+                        "SELECT min({quoted})::int8, max({quoted})::int8 FROM ONLY {}",
+                        table.name
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(source(format!("reading the key range of {}", table.name)))?;
+            match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+                (Some(min), Some(max)) => split(min, max, pieces)
+                    .into_iter()
+                    .map(|(start, end)| PartRange::Key {
+                        column: key.to_owned(),
+                        start,
+                        end,
+                    })
+                    .collect(),
+                _ => vec![PartRange::Whole],
+            }
+        } else {
+            let blocks: i64 = client
+                .query_one(
+                    "SELECT pg_catalog.pg_relation_size($1::oid) \
+                            / current_setting('block_size')::int8",
+                    &[&table.oid],
+                )
+                .await
+                .map_err(source(format!("reading the size of {}", table.name)))?
+                .get(0);
+            split(0, blocks.max(1) - 1, pieces)
+                .into_iter()
+                .map(|(start, end)| PartRange::Blocks { start, end })
+                .collect()
+        };
+        let count = ranges.len() as i64;
+        parts.extend(ranges.into_iter().enumerate().map(|(i, range)| Part {
+            table: table.name.clone(),
+            number: i as i32,
+            range,
+            estimated_bytes: table.bytes / count,
+        }));
+    }
+    if options.large_objects {
+        let row = client
+            .query_one(
+                "SELECT count(*), \
+                        pg_catalog.has_table_privilege('pg_catalog.pg_largeobject', 'SELECT') \
+                 FROM pg_catalog.pg_largeobject_metadata",
+                &[],
+            )
+            .await
+            .map_err(source("counting large objects"))?;
+        let (count, readable): (i64, bool) = (row.get(0), row.get(1));
+        // Their size is known only to those who may read pg_largeobject.
+        let bytes: i64 = if count > 0 && readable {
+            client
+                .query_one(
+                    "SELECT coalesce(sum(pg_catalog.octet_length(data)), 0)::int8 \
+                     FROM pg_catalog.pg_largeobject",
+                    &[],
+                )
+                .await
+                .map_err(source("measuring large objects"))?
+                .get(0)
+        } else {
+            count
+        };
+        if count > 0 {
+            parts.push(Part {
+                table: large_objects_name(),
+                number: 0,
+                range: PartRange::LargeObjects,
+                estimated_bytes: bytes,
+            });
+        }
+    }
+    parts.sort_by(|a, b| {
+        b.estimated_bytes
+            .cmp(&a.estimated_bytes)
+            .then_with(|| a.table.cmp(&b.table))
+            .then(a.number.cmp(&b.number))
+    });
+    Ok(parts)
+}
+
+/// Splits the values `min..=max` into at most `pieces` ranges, the first
+/// open below and the last open above.
+pub(crate) fn split(min: i64, max: i64, pieces: i64) -> Vec<(Option<i64>, Option<i64>)> {
+    let span = (max as i128) - (min as i128) + 1;
+    let pieces = (pieces as i128).clamp(1, span.max(1));
+    let mut bounds: Vec<i64> = (1..pieces)
+        .map(|i| (min as i128 + span * i / pieces) as i64)
+        .collect();
+    bounds.dedup();
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut start = None;
+    for bound in bounds {
+        ranges.push((start, Some(bound)));
+        start = Some(bound);
+    }
+    ranges.push((start, None));
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cover_everything_once() {
+        assert_eq!(
+            split(1, 100, 4),
+            vec![
+                (None, Some(26)),
+                (Some(26), Some(51)),
+                (Some(51), Some(76)),
+                (Some(76), None)
+            ]
+        );
+        assert_eq!(split(5, 5, 4), vec![(None, None)]);
+        assert_eq!(split(0, 2, 10).len(), 3);
+        let extreme = split(i64::MIN, i64::MAX, 3);
+        assert_eq!(extreme.len(), 3);
+        assert_eq!(extreme[0].0, None);
+        assert_eq!(extreme[2].1, None);
+    }
+
+    #[test]
+    fn conditions_quote_and_bound() {
+        let key = PartRange::Key {
+            column: "Id\"x".into(),
+            start: Some(10),
+            end: None,
+        };
+        assert_eq!(key.condition().unwrap(), "\"Id\"\"x\" >= 10");
+        let blocks = PartRange::Blocks {
+            start: Some(8),
+            end: Some(16),
+        };
+        assert_eq!(
+            blocks.condition().unwrap(),
+            "ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid"
+        );
+        assert_eq!(PartRange::Whole.condition(), None);
+        assert_eq!(
+            PartRange::Blocks {
+                start: None,
+                end: None
+            }
+            .condition(),
+            None
+        );
+    }
+}

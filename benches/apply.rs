@@ -1,1 +1,1437 @@
-fn main() {}
+//! Apply throughput: pglive against PostgreSQL's own logical replication
+//! (`CREATE SUBSCRIPTION`), `pgcopydb follow` and a consumer that only reads
+//! and decodes the stream, all on this machine in the same run.
+//!
+//! Two throwaway clusters (a source and a target) are started. For each
+//! backlog scenario every consumer gets its own target database with the
+//! same starting state as the source, and its own logical slot, created
+//! before the backlog is written. The backlog is then generated on the
+//! source, its end LSN recorded, and each consumer is timed on its own, one
+//! after the other, from its start until everything up to that LSN is
+//! applied:
+//!
+//! - **read-and-discard**: `pglive-repl` alone, each message decoded and
+//!   dropped, until a message or keepalive at or past the LSN;
+//! - **pglive**: `Applier` + `pglive_apply::run` with `stop_at`;
+//! - **native**: `ALTER SUBSCRIPTION … ENABLE`, then the subscription's slot
+//!   polled every 50 ms until its `confirmed_flush_lsn` reaches the LSN;
+//! - **pgcopydb**: `pgcopydb follow --endpos` (wal2json), stopped after a
+//!   time limit if it has not finished.
+//!
+//! The scenarios (`PGLIVE_BENCH_SCALE`, default 1.0, scales every size):
+//! 1,000,000 single-row inserts, 300,000 single-row updates by key and
+//! 300,000 single-row deletes by key (the latter two on a 1,000,000-row
+//! table, distinct keys in scattered order), all in transactions of 100
+//! statements; and 60 s of pgbench's TPC-B-like script at 2 clients
+//! (`pgbench -i -s 10` on every side first; 4 changes per transaction).
+//!
+//! pglive's and native's targets are compared with the source afterwards
+//! (row counts and an order-independent hash of every row, plus an md5 of
+//! the sorted rows for tables up to 200,000 rows); a difference is printed
+//! loudly. The results go to standard output and, as markdown, to
+//! `target/bench-apply.md`.
+//!
+//! Run with `cargo bench --bench apply`. Environment:
+//! `PGLIVE_BENCH_SCALE` (e.g. `0.1` for a quick run),
+//! `PGLIVE_BENCH_SCENARIOS` (comma-separated subset of
+//! `inserts,updates,deletes,pgbench`), `PGLIVE_BENCH_PGCOPYDB_TIMEOUT`
+//! (seconds; default 300 × scale, at least 30; `0` skips pgcopydb),
+//! `PGCOPYDB` (the program, default `pgcopydb` on the `PATH`).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
+use pglive_repl::pgoutput::Decoder;
+use pglive_repl::{
+    ConnectConfig, Lsn, PgOutputOptions, ReplicationClient, ReplicationEvent, StreamOptions,
+    Streaming, connect_sql,
+};
+use pglive_testkit::{Cluster, ClusterOptions};
+use tokio_postgres::Client;
+
+/// The publication pglive, read-and-discard and native read.
+const PUBLICATION: &str = "bench";
+/// The pgoutput protocol version pglive and read-and-discard use.
+const PROTO: u32 = 2;
+/// Statements per source transaction in the insert, update and delete
+/// scenarios.
+const TXN_STATEMENTS: u64 = 100;
+/// How often native's progress is polled.
+const NATIVE_POLL: Duration = Duration::from_millis(50);
+/// Give up on pglive, native or read-and-discard after this long.
+const CONSUMER_LIMIT: Duration = Duration::from_secs(3600);
+/// Tables up to this many rows also get an md5 of their sorted rows.
+const MD5_MAX_ROWS: i64 = 200_000;
+
+fn main() -> Result<()> {
+    // `cargo test --all-targets` runs bench targets without `--bench`: this
+    // one takes minutes and starts servers, so it only runs under
+    // `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("apply: skipped (run it with `cargo bench --bench apply`)");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(Box::pin(bench()))
+}
+
+// ---------------------------------------------------------------------------
+// Configuration and scenarios
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Inserts,
+    Updates,
+    Deletes,
+    Pgbench,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Inserts, Kind::Updates, Kind::Deletes, Kind::Pgbench];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Inserts => "inserts",
+            Kind::Updates => "updates",
+            Kind::Deletes => "deletes",
+            Kind::Pgbench => "pgbench",
+        }
+    }
+
+    fn tables(self) -> &'static [&'static str] {
+        match self {
+            Kind::Inserts => &["bench_insert"],
+            Kind::Updates => &["bench_update"],
+            Kind::Deletes => &["bench_delete"],
+            Kind::Pgbench => &[
+                "pgbench_accounts",
+                "pgbench_branches",
+                "pgbench_tellers",
+                "pgbench_history",
+            ],
+        }
+    }
+}
+
+/// Every size of the run, from `PGLIVE_BENCH_SCALE`.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    scale: f64,
+    inserts: u64,
+    updates: u64,
+    deletes: u64,
+    /// Rows of the updated and deleted tables.
+    table_rows: u64,
+    pgbench_scale: u64,
+    pgbench_seconds: u64,
+}
+
+impl Sizes {
+    fn new(scale: f64) -> Sizes {
+        let n = |base: f64| ((base * scale).round() as u64).max(1);
+        let updates = n(300_000.0).max(TXN_STATEMENTS);
+        let deletes = n(300_000.0).max(TXN_STATEMENTS);
+        Sizes {
+            scale,
+            inserts: n(1_000_000.0).max(TXN_STATEMENTS),
+            updates,
+            deletes,
+            table_rows: n(1_000_000.0).max(updates).max(deletes),
+            pgbench_scale: n(10.0),
+            pgbench_seconds: n(60.0).max(3),
+        }
+    }
+
+    fn describe(&self, kind: Kind) -> String {
+        match kind {
+            Kind::Inserts => format!(
+                "{} single-row INSERTs, {TXN_STATEMENTS} per transaction",
+                thousands(self.inserts)
+            ),
+            Kind::Updates => format!(
+                "{} single-row UPDATEs by primary key (distinct keys of a {}-row table), {TXN_STATEMENTS} per transaction",
+                thousands(self.updates),
+                thousands(self.table_rows)
+            ),
+            Kind::Deletes => format!(
+                "{} single-row DELETEs by primary key (distinct keys of a {}-row table), {TXN_STATEMENTS} per transaction",
+                thousands(self.deletes),
+                thousands(self.table_rows)
+            ),
+            Kind::Pgbench => format!(
+                "pgbench TPC-B-like, -c 2 -j 2 -T {} on scale {} (3 UPDATEs + 1 INSERT per transaction)",
+                self.pgbench_seconds, self.pgbench_scale
+            ),
+        }
+    }
+
+    /// A multiplier coprime with the table size, so that
+    /// `(i * step) % rows + 1` visits distinct keys in scattered order.
+    fn step(&self) -> u64 {
+        [7919u64, 7907, 7901, 7883]
+            .into_iter()
+            .find(|p| self.table_rows % p != 0)
+            .unwrap_or(1)
+    }
+}
+
+struct Env {
+    sizes: Sizes,
+    source: Cluster,
+    target: Cluster,
+    /// `pgcopydb` and its time limit, unless skipped.
+    pgcopydb: Option<(PathBuf, Duration)>,
+    prewarm: bool,
+    work_dir: PathBuf,
+    clock_ticks: f64,
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+/// CPU seconds used by each party during one consumer's run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    source: f64,
+    target: f64,
+    client: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Outcome {
+    /// Wall-clock seconds from the consumer's start to its end.
+    seconds: f64,
+    /// Changes applied (all of them unless `complete` is false).
+    applied: u64,
+    complete: bool,
+    cpu: Cpu,
+    /// `Some(false)`: the target differs from the source.
+    verified: Option<bool>,
+    notes: Vec<String>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.applied as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ScenarioResult {
+    kind: Option<Kind>,
+    description: String,
+    changes: u64,
+    wal_bytes: u64,
+    generate_seconds: f64,
+    discard: Option<Outcome>,
+    pglive: Option<Outcome>,
+    native: Option<Outcome>,
+    pgcopydb: Option<Outcome>,
+    errors: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// The run
+
+async fn bench() -> Result<()> {
+    let scale: f64 = match std::env::var("PGLIVE_BENCH_SCALE") {
+        Ok(v) => v.parse().context("PGLIVE_BENCH_SCALE must be a number")?,
+        Err(_) => 1.0,
+    };
+    if scale <= 0.0 || !scale.is_finite() {
+        bail!("PGLIVE_BENCH_SCALE must be positive");
+    }
+    let sizes = Sizes::new(scale);
+    let kinds: Vec<Kind> = match std::env::var("PGLIVE_BENCH_SCENARIOS") {
+        Ok(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Kind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == s)
+                    .with_context(|| format!("unknown scenario {s:?}"))
+            })
+            .collect::<Result<_>>()?,
+        Err(_) => Kind::ALL.to_vec(),
+    };
+    let timeout = match std::env::var("PGLIVE_BENCH_PGCOPYDB_TIMEOUT") {
+        Ok(v) => v
+            .parse::<f64>()
+            .context("PGLIVE_BENCH_PGCOPYDB_TIMEOUT must be seconds")?,
+        Err(_) => (300.0 * scale).max(30.0),
+    };
+    let pgcopydb = if timeout > 0.0 {
+        let program = PathBuf::from(std::env::var("PGCOPYDB").unwrap_or_else(|_| "pgcopydb".into()));
+        match Command::new(&program).arg("--version").output() {
+            Ok(out) if out.status.success() => {
+                Some((program, Duration::from_secs_f64(timeout)))
+            }
+            _ => {
+                eprintln!("apply: {} not found, pgcopydb skipped", program.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    eprintln!("apply: starting source and target clusters (scale {scale})");
+    let options = || {
+        ClusterOptions::new()
+            .setting("shared_buffers", "256MB")
+            .setting("max_wal_size", "4GB")
+            .setting("checkpoint_timeout", "30min")
+            // Nothing in the background while consumers are timed: every
+            // target starts VACUUMed, and no consumer pays for another's
+            // dead rows.
+            .setting("autovacuum", "off")
+    };
+    let source = Cluster::start(options())?;
+    let target = Cluster::start(options())?;
+    // wal2json (pgcopydb 0.10) loads on 15.19+ only when listed.
+    let known = source.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'",
+    )?;
+    if known == "1" {
+        source.alter_system(&[("output_plugin_libraries", "wal2json")])?;
+        source.restart()?;
+    }
+    let prewarm = Path::new(&format!(
+        "{}/pg_prewarm.control",
+        source
+            .psql("postgres", "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'")
+            .map(|dir| format!("{dir}/extension"))
+            .unwrap_or_default()
+    ))
+    .exists();
+    let work_dir = std::env::temp_dir().join(format!("pglive-bench-apply-{}", std::process::id()));
+    fs::create_dir_all(&work_dir)?;
+    let clock_ticks = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    let env = Env {
+        sizes,
+        source,
+        target,
+        pgcopydb,
+        prewarm,
+        work_dir,
+        clock_ticks,
+    };
+    let server_version = env.source.psql("postgres", "SHOW server_version")?;
+
+    let mut results = Vec::new();
+    for kind in kinds {
+        eprintln!("[{}] {}", kind.name(), sizes.describe(kind));
+        let mut result = ScenarioResult {
+            kind: Some(kind),
+            description: sizes.describe(kind),
+            ..ScenarioResult::default()
+        };
+        if let Err(error) = Box::pin(scenario(&env, kind, &mut result)).await {
+            eprintln!("[{}] FAILED: {error:#}", kind.name());
+            result.errors.push(format!("{error:#}"));
+        }
+        results.push(result);
+    }
+    let _ = fs::remove_dir_all(&env.work_dir);
+
+    let report = report(&env, &server_version, &results);
+    println!("\n{report}");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    fs::create_dir_all(&target_dir)?;
+    let path = target_dir.join("bench-apply.md");
+    fs::write(&path, &report)?;
+    eprintln!("apply: results written to {}", path.display());
+    Ok(())
+}
+
+/// Names of one scenario's databases, slots and subscription.
+struct Names {
+    source_db: String,
+    pglive_db: String,
+    native_db: String,
+    pgcopydb_db: String,
+    discard_slot: String,
+    pglive_slot: String,
+    native_slot: String,
+    pgcopydb_slot: String,
+    pgcopydb_origin: String,
+    subscription: String,
+    pgcopydb_dir: PathBuf,
+}
+
+async fn scenario(env: &Env, kind: Kind, result: &mut ScenarioResult) -> Result<()> {
+    let name = kind.name();
+    let (source, target) = (&env.source, &env.target);
+    let names = Names {
+        source_db: source.create_database(&format!("src_{name}"))?,
+        pglive_db: target.create_database(&format!("pglive_{name}"))?,
+        native_db: target.create_database(&format!("native_{name}"))?,
+        pgcopydb_db: target.create_database(&format!("pgcopydb_{name}"))?,
+        discard_slot: format!("discard_{name}"),
+        pglive_slot: format!("pglive_{name}"),
+        native_slot: format!("native_{name}"),
+        pgcopydb_slot: format!("pgcopydb_{name}"),
+        pgcopydb_origin: format!("pgcopydb_{name}"),
+        subscription: format!("native_{name}"),
+        pgcopydb_dir: env.work_dir.join(name),
+    };
+    let outcome = Box::pin(scenario_in(env, kind, &names, result)).await;
+    teardown(env, &names);
+    outcome
+}
+
+async fn scenario_in(
+    env: &Env,
+    kind: Kind,
+    names: &Names,
+    result: &mut ScenarioResult,
+) -> Result<()> {
+    let name = kind.name();
+    let (source, target) = (&env.source, &env.target);
+    let sizes = env.sizes;
+
+    // The same starting state everywhere.
+    let started = Instant::now();
+    prepare(env, source, &names.source_db, kind)?;
+    for db in [&names.pglive_db, &names.native_db, &names.pgcopydb_db] {
+        prepare(env, target, db, kind)?;
+    }
+    eprintln!(
+        "[{name}] starting state ready on 4 databases in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Publication, slots and subscription before the backlog.
+    source.psql(
+        &names.source_db,
+        &format!(
+            "CREATE PUBLICATION {PUBLICATION} FOR TABLE {}",
+            kind.tables().join(", ")
+        ),
+    )?;
+    let create_slot = |slot: &str| -> Result<Lsn> {
+        let lsn = source.psql(
+            &names.source_db,
+            &format!("SELECT lsn FROM pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+        )?;
+        lsn.parse()
+            .map_err(|e| anyhow::anyhow!("slot {slot} at {lsn:?}: {e:?}"))
+    };
+    let discard_start = create_slot(&names.discard_slot)?;
+    let pglive_start = create_slot(&names.pglive_slot)?;
+    create_slot(&names.native_slot)?;
+    target.psql(
+        &names.native_db,
+        &format!(
+            "CREATE SUBSCRIPTION {} CONNECTION '{}' PUBLICATION {PUBLICATION}
+               WITH (create_slot = false, slot_name = '{}', copy_data = false, enabled = false)",
+            names.subscription,
+            source.conninfo(&names.source_db),
+            names.native_slot
+        ),
+    )?;
+    if let Some((program, _)) = &env.pgcopydb {
+        fs::create_dir_all(&names.pgcopydb_dir)?;
+        pgcopydb_command(
+            program,
+            &[
+                "stream",
+                "setup",
+                "--source",
+                &pg_uri(source, &names.source_db),
+                "--target",
+                &pg_uri(target, &names.pgcopydb_db),
+                "--dir",
+                &path_str(&names.pgcopydb_dir),
+                "--slot-name",
+                &names.pgcopydb_slot,
+                "--origin",
+                &names.pgcopydb_origin,
+            ],
+            &names.pgcopydb_dir.join("setup.log"),
+        )?;
+    }
+
+    // The backlog.
+    let started = Instant::now();
+    result.changes = generate(env, kind, &names.source_db)?;
+    result.generate_seconds = started.elapsed().as_secs_f64();
+    let stop: Lsn = parse_lsn(&source.psql(&names.source_db, "SELECT pg_current_wal_lsn()")?)?;
+    result.wal_bytes = stop.bytes_since(discard_start);
+    // Logical decoding reads only flushed WAL: wait for it, so no consumer
+    // pays for the WAL writer.
+    loop {
+        let flushed = parse_lsn(&source.psql("postgres", "SELECT pg_current_wal_flush_lsn()")?)?;
+        if flushed >= stop {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "[{name}] backlog: {} changes, {:.1} MB of WAL, generated in {:.1} s; end LSN {stop}",
+        thousands(result.changes),
+        result.wal_bytes as f64 / 1e6,
+        result.generate_seconds
+    );
+
+    // The consumers, one at a time.
+    quiesce(env, None)?;
+    let outcome = read_and_discard(env, &names.source_db, &names.discard_slot, discard_start, stop)
+        .await
+        .context("read-and-discard")?;
+    report_line(name, "read-and-discard", result.changes, &outcome);
+    result.discard = Some(outcome);
+
+    quiesce(env, Some(&names.pglive_db))?;
+    let mut outcome = Box::pin(pglive(env, names, pglive_start, stop))
+        .await
+        .context("pglive")?;
+    outcome.applied = result.changes;
+    outcome.verified = Some(verify(env, kind, &names.source_db, &names.pglive_db, "pglive").await?);
+    report_line(name, "pglive", result.changes, &outcome);
+    result.pglive = Some(outcome);
+
+    quiesce(env, Some(&names.native_db))?;
+    let mut outcome = Box::pin(native(env, names, stop)).await.context("native")?;
+    outcome.applied = result.changes;
+    outcome.verified = Some(verify(env, kind, &names.source_db, &names.native_db, "native").await?);
+    report_line(name, "native", result.changes, &outcome);
+    result.native = Some(outcome);
+
+    if env.pgcopydb.is_some() {
+        quiesce(env, Some(&names.pgcopydb_db))?;
+        let mut outcome = Box::pin(pgcopydb(env, kind, names, stop, result.changes))
+            .await
+            .context("pgcopydb")?;
+        if outcome.complete {
+            outcome.verified =
+                Some(verify(env, kind, &names.source_db, &names.pgcopydb_db, "pgcopydb").await?);
+        }
+        report_line(name, "pgcopydb", result.changes, &outcome);
+        result.pgcopydb = Some(outcome);
+    }
+    Ok(())
+}
+
+/// Creates the scenario's tables and starting rows in `db`, VACUUMed.
+fn prepare(env: &Env, cluster: &Cluster, db: &str, kind: Kind) -> Result<()> {
+    let sizes = env.sizes;
+    let columns = "(id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2) NOT NULL,
+                    status text NOT NULL, note text, version int NOT NULL DEFAULT 0,
+                    created timestamptz NOT NULL)";
+    let fill = |table: &str| {
+        format!(
+            "INSERT INTO {table} SELECT g, g % 10000, (g % 100000) / 100.0, 'new', md5(g::text), 0,
+                    timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second'
+               FROM generate_series(1, {}) g;",
+            sizes.table_rows
+        )
+    };
+    match kind {
+        Kind::Inserts => cluster.psql(db, &format!("CREATE TABLE bench_insert {columns};"))?,
+        Kind::Updates => cluster.psql(
+            db,
+            &format!("CREATE TABLE bench_update {columns}; {}", fill("bench_update")),
+        )?,
+        Kind::Deletes => cluster.psql(
+            db,
+            &format!("CREATE TABLE bench_delete {columns}; {}", fill("bench_delete")),
+        )?,
+        Kind::Pgbench => {
+            let out = Command::new(cluster.bin_dir().join("pgbench"))
+                .args(["-i", "-q", "-s", &sizes.pgbench_scale.to_string()])
+                .args(pgbench_connection(cluster, db))
+                .output()
+                .context("running pgbench -i")?;
+            if !out.status.success() {
+                bail!(
+                    "pgbench -i failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            String::new()
+        }
+    };
+    cluster.psql(db, "VACUUM (FREEZE, ANALYZE)")?;
+    if env.prewarm {
+        cluster.psql(db, "CREATE EXTENSION IF NOT EXISTS pg_prewarm")?;
+    }
+    Ok(())
+}
+
+/// Writes the backlog on the source; returns the number of row changes.
+fn generate(env: &Env, kind: Kind, db: &str) -> Result<u64> {
+    let sizes = env.sizes;
+    let source = &env.source;
+    let do_loop = |count: u64, statement: String| {
+        format!(
+            "DO $$ BEGIN
+               FOR i IN 0..{} LOOP
+                 {statement};
+                 IF i % {TXN_STATEMENTS} = {} THEN COMMIT; END IF;
+               END LOOP;
+             END $$;",
+            count - 1,
+            TXN_STATEMENTS - 1
+        )
+    };
+    let key = format!("(i::bigint * {}) % {} + 1", sizes.step(), sizes.table_rows);
+    match kind {
+        Kind::Inserts => {
+            source.psql(
+                db,
+                &do_loop(
+                    sizes.inserts,
+                    "INSERT INTO bench_insert VALUES (i + 1, i % 10000, (i % 100000) / 100.0, 'new',
+                        md5(i::text), 0, clock_timestamp())"
+                        .into(),
+                ),
+            )?;
+            Ok(sizes.inserts)
+        }
+        Kind::Updates => {
+            source.psql(
+                db,
+                &do_loop(
+                    sizes.updates,
+                    format!(
+                        "UPDATE bench_update SET amount = amount + 1, status = 'paid',
+                            version = version + 1 WHERE id = {key}"
+                    ),
+                ),
+            )?;
+            Ok(sizes.updates)
+        }
+        Kind::Deletes => {
+            source.psql(
+                db,
+                &do_loop(sizes.deletes, format!("DELETE FROM bench_delete WHERE id = {key}")),
+            )?;
+            Ok(sizes.deletes)
+        }
+        Kind::Pgbench => {
+            let out = Command::new(source.bin_dir().join("pgbench"))
+                .args(["-n", "-c", "2", "-j", "2", "-T"])
+                .arg(sizes.pgbench_seconds.to_string())
+                .args(pgbench_connection(source, db))
+                .output()
+                .context("running pgbench")?;
+            if !out.status.success() {
+                bail!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if let Some(tps) = stdout.lines().find(|l| l.starts_with("tps")) {
+                eprintln!("[pgbench] {tps}");
+            }
+            let transactions: u64 = source.psql(db, "SELECT count(*) FROM pgbench_history")?.parse()?;
+            Ok(4 * transactions)
+        }
+    }
+}
+
+/// Checkpoints both clusters (so no consumer pays for another's dirty
+/// buffers) and loads the consumer's target tables into shared buffers.
+fn quiesce(env: &Env, target_db: Option<&str>) -> Result<()> {
+    env.source.psql("postgres", "CHECKPOINT")?;
+    env.target.psql("postgres", "CHECKPOINT")?;
+    if let (Some(db), true) = (target_db, env.prewarm) {
+        env.target.psql(
+            db,
+            "SELECT sum(pg_prewarm(c.oid)) FROM pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i')",
+        )?;
+    }
+    Ok(())
+}
+
+fn teardown(env: &Env, names: &Names) {
+    let (source, target) = (&env.source, &env.target);
+    let sub = &names.subscription;
+    let _ = target.psql(
+        &names.native_db,
+        &format!(
+            "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE);
+             DROP SUBSCRIPTION {sub};"
+        ),
+    );
+    let db = &names.source_db;
+    let _ = source.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+              WHERE database = '{db}' AND active_pid IS NOT NULL"
+        ),
+    );
+    for _ in 0..100 {
+        let dropped = source.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                  WHERE database = '{db}'"
+            ),
+        );
+        if dropped.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = target.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+              WHERE roname = '{}'",
+            names.pgcopydb_origin
+        ),
+    );
+    let _ = source.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+    for db in [&names.pglive_db, &names.native_db, &names.pgcopydb_db] {
+        let _ = target.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
+    }
+    let _ = fs::remove_dir_all(&names.pgcopydb_dir);
+}
+
+// ---------------------------------------------------------------------------
+// Consumers
+
+fn pgoutput_options() -> PgOutputOptions {
+    let mut options = PgOutputOptions::new([PUBLICATION]);
+    options.proto_version = PROTO;
+    options.streaming = Streaming::On;
+    options
+}
+
+/// pglive-repl alone: every message decoded and dropped.
+async fn read_and_discard(env: &Env, db: &str, slot: &str, start: Lsn, stop: Lsn) -> Result<Outcome> {
+    let cpu = CpuMeter::start(env);
+    let started = Instant::now();
+    let client = ReplicationClient::connect(&config(&env.source.conninfo(db))?).await?;
+    let mut stream = client
+        .start_replication(slot, start, &pgoutput_options(), StreamOptions::default())
+        .await?;
+    let feedback = stream.feedback();
+    let mut decoder = Decoder::new(PROTO);
+    let (mut messages, mut bytes) = (0u64, 0u64);
+    loop {
+        let event = match tokio::time::timeout(Duration::from_millis(10), stream.next()).await {
+            Err(_) => {
+                feedback.request_reply();
+                continue;
+            }
+            Ok(None) => bail!("the stream ended before {stop}"),
+            Ok(Some(event)) => event?,
+        };
+        if started.elapsed() > CONSUMER_LIMIT {
+            bail!("not done after {CONSUMER_LIMIT:?}");
+        }
+        match event {
+            ReplicationEvent::XLogData { wal_start, data, .. } => {
+                messages += 1;
+                bytes += data.len() as u64;
+                drop(decoder.decode(data)?);
+                if wal_start >= stop {
+                    break;
+                }
+            }
+            ReplicationEvent::Keepalive { wal_end, .. } => {
+                feedback.set_flushed(wal_end.min(stop));
+                if wal_end >= stop {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.stop(env);
+    stream.stop().await?.close().await?;
+    Ok(Outcome {
+        seconds,
+        complete: true,
+        cpu,
+        notes: vec![format!(
+            "{} messages, {:.1} MB of pgoutput",
+            thousands(messages),
+            bytes as f64 / 1e6
+        )],
+        ..Outcome::default()
+    })
+}
+
+async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outcome> {
+    let cpu = CpuMeter::start(env);
+    let started = Instant::now();
+    let options = ApplyOptions::new(names.pglive_slot.clone(), PROTO);
+    let mut applier = Applier::connect(&config(&env.target.conninfo(&names.pglive_db))?, options).await?;
+    let client = ReplicationClient::connect(&config(&env.source.conninfo(&names.source_db))?).await?;
+    let mut stream = client
+        .start_replication(
+            &names.pglive_slot,
+            applier.applied_lsn().max(start),
+            &pgoutput_options(),
+            StreamOptions::default(),
+        )
+        .await?;
+    let connected = started.elapsed().as_secs_f64();
+    let mut run_options = RunOptions::default();
+    run_options.stop_at = Some(stop);
+    // When the reader task last received data, and when the applier last
+    // finished a source transaction.
+    let (mut received, mut received_at) = (Lsn::ZERO, 0.0);
+    let (mut transactions, mut last_txn_at) = (0u64, 0.0);
+    let stopped = tokio::time::timeout(
+        CONSUMER_LIMIT,
+        pglive_apply::run(
+            &mut applier,
+            &mut stream,
+            std::future::pending(),
+            &run_options,
+            |progress| {
+                if progress.received_lsn > received {
+                    received = progress.received_lsn;
+                    received_at = started.elapsed().as_secs_f64();
+                }
+                if progress.stats.transactions > transactions {
+                    transactions = progress.stats.transactions;
+                    last_txn_at = started.elapsed().as_secs_f64();
+                }
+            },
+        ),
+    )
+    .await
+    .context("pglive did not finish in time")??;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.stop(env);
+    if !matches!(stopped, Stopped::ReachedLsn(_)) {
+        bail!("pglive stopped early: {stopped:?}");
+    }
+    stream.stop().await?.close().await?;
+    let stats = applier.stats();
+    let changes = stats.inserted + stats.updated + stats.deleted;
+    Ok(Outcome {
+        seconds,
+        complete: true,
+        cpu,
+        notes: vec![
+            format!(
+                "{} source transactions in {} target batches ({} changes per batch)",
+                thousands(stats.transactions),
+                thousands(stats.batches),
+                thousands(changes / stats.batches.max(1))
+            ),
+            format!(
+                "connected after {connected:.2} s; last data read from the socket at {received_at:.2} s; \
+                 last source transaction handed to the applier at {last_txn_at:.2} s"
+            ),
+        ],
+        ..Outcome::default()
+    })
+}
+
+async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
+    let source = connect_sql(&config(&env.source.conninfo(&names.source_db))?).await?;
+    let target = connect_sql(&config(&env.target.conninfo(&names.native_db))?).await?;
+    let origin: String = target
+        .query_one(
+            "SELECT 'pg_' || oid FROM pg_subscription WHERE subname = $1",
+            &[&names.subscription],
+        )
+        .await?
+        .get(0);
+    let cpu = CpuMeter::start(env);
+    let started = Instant::now();
+    target
+        .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", names.subscription))
+        .await?;
+    // (seconds, the target's replication origin position): when the last
+    // transaction was committed on the target, before it was confirmed.
+    let mut applied: Vec<(f64, String)> = Vec::new();
+    let mut polls = 0u64;
+    loop {
+        tokio::time::sleep(NATIVE_POLL).await;
+        polls += 1;
+        let confirmed: Option<String> = source
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&names.native_slot],
+            )
+            .await?
+            .get(0);
+        let at = started.elapsed().as_secs_f64();
+        let origin_lsn: Option<String> = target
+            .query_opt(
+                "SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = $1",
+                &[&origin],
+            )
+            .await?
+            .and_then(|row| row.get(0));
+        if let Some(lsn) = origin_lsn {
+            if applied.last().is_none_or(|(_, last)| *last != lsn) {
+                applied.push((at, lsn));
+            }
+        }
+        if confirmed.as_deref().map(parse_lsn).transpose()?.is_some_and(|c| c >= stop) {
+            break;
+        }
+        if polls % 20 == 0 {
+            let errors: i64 = target
+                .query_one(
+                    "SELECT coalesce(sum(apply_error_count), 0)::bigint FROM pg_stat_subscription_stats
+                      WHERE subname = $1",
+                    &[&names.subscription],
+                )
+                .await?
+                .get(0);
+            if errors > 0 {
+                bail!(
+                    "the subscription's apply worker failed {errors} times; see {}",
+                    env.target.log_path().display()
+                );
+            }
+        }
+        if started.elapsed() > CONSUMER_LIMIT {
+            bail!("not done after {CONSUMER_LIMIT:?}");
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu.stop(env);
+    target
+        .batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", names.subscription))
+        .await?;
+    let mut notes = Vec::new();
+    if let Some((at, _)) = applied.iter().find(|(_, lsn)| Some(lsn) == applied.last().map(|(_, l)| l)) {
+        notes.push(format!(
+            "last transaction committed on the target at {at:.2} s (by its replication origin), confirmed at {seconds:.2} s"
+        ));
+    }
+    Ok(Outcome {
+        seconds,
+        complete: true,
+        cpu,
+        notes,
+        ..Outcome::default()
+    })
+}
+
+async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64) -> Result<Outcome> {
+    let Some((program, limit)) = &env.pgcopydb else {
+        bail!("pgcopydb skipped");
+    };
+    let source_uri = pg_uri(&env.source, &names.source_db);
+    let target_uri = pg_uri(&env.target, &names.pgcopydb_db);
+    let dir = &names.pgcopydb_dir;
+    pgcopydb_command(
+        program,
+        &["stream", "sentinel", "set", "apply", "--source", &source_uri],
+        &dir.join("sentinel.log"),
+    )?;
+    pgcopydb_command(
+        program,
+        &["stream", "sentinel", "set", "endpos", "--source", &source_uri, &stop.to_string()],
+        &dir.join("sentinel.log"),
+    )?;
+    let source = connect_sql(&config(&env.source.conninfo(&names.source_db))?).await?;
+    let target = connect_sql(&config(&env.target.conninfo(&names.pgcopydb_db))?).await?;
+    let progress_sql = match kind {
+        Kind::Inserts => "SELECT count(*) FROM bench_insert".to_owned(),
+        Kind::Updates => "SELECT count(*) FROM bench_update WHERE version > 0".to_owned(),
+        Kind::Deletes => format!("SELECT {} - count(*) FROM bench_delete", env.sizes.table_rows),
+        Kind::Pgbench => "SELECT 4 * count(*) FROM pgbench_history".to_owned(),
+    };
+    let log_path = dir.join("follow.log");
+    let log = fs::File::create(&log_path)?;
+    let cpu = CpuMeter::start(env);
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(["follow", "--source", &source_uri, "--target", &target_uri, "--dir"])
+        .arg(dir)
+        .args(["--slot-name", &names.pgcopydb_slot, "--origin", &names.pgcopydb_origin])
+        .args(["--resume", "--not-consistent", "--endpos", &stop.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting pgcopydb follow")?;
+    let mut applied = 0u64;
+    let mut last_progress_at = 0.0;
+    let mut exit = None;
+    let mut polls = 0u64;
+    while started.elapsed() < *limit {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(status) = child.try_wait()? {
+            exit = Some(status);
+            break;
+        }
+        polls += 1;
+        if polls % 8 == 0 {
+            let now: i64 = target.query_one(&progress_sql, &[]).await?.get(0);
+            if now as u64 > applied {
+                applied = now as u64;
+                last_progress_at = started.elapsed().as_secs_f64();
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_used;
+    let mut notes = Vec::new();
+    match exit {
+        Some(status) => {
+            cpu_used = cpu.stop(env);
+            if !status.success() {
+                notes.push(format!("pgcopydb follow failed ({status}): {}", tail(&log_path, 3)));
+            }
+        }
+        None => {
+            stop_group(&mut child)?;
+            // Its children are waited for by now: their CPU time counts.
+            cpu_used = cpu.stop(env);
+        }
+    }
+    let now: i64 = target.query_one(&progress_sql, &[]).await?.get(0);
+    if now as u64 > applied {
+        applied = now as u64;
+        last_progress_at = seconds;
+    }
+    let sentinel = source
+        .query_opt(
+            "SELECT coalesce(write_lsn::text, ''), coalesce(replay_lsn::text, '') FROM pgcopydb.sentinel",
+            &[],
+        )
+        .await?;
+    let complete = exit.is_some_and(|s| s.success()) && applied >= changes;
+    if let Some(row) = sentinel {
+        let (write, replay): (String, String) = (row.get(0), row.get(1));
+        notes.push(format!("sentinel: received up to {write}, replayed up to {replay} (end {stop})"));
+    }
+    let spooled: u64 = fs::read_dir(dir.join("cdc"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    notes.push(format!("{:.1} MB of JSON and SQL spooled in its work directory", spooled as f64 / 1e6));
+    if !complete {
+        notes.insert(
+            0,
+            format!(
+                "{} after {} of {} changes in {seconds:.0} s (last progress at {last_progress_at:.0} s){}",
+                if exit.is_some() { "exited" } else { "stopped at the time limit" },
+                thousands(applied),
+                thousands(changes),
+                if exit.is_none() && seconds - last_progress_at > 30.0 { ": stalled" } else { "" },
+            ),
+        );
+    }
+    Ok(Outcome {
+        seconds,
+        applied,
+        complete,
+        cpu: cpu_used,
+        notes,
+        ..Outcome::default()
+    })
+}
+
+/// Stops a process group we started: SIGTERM, then SIGKILL after 10 s.
+fn stop_group(child: &mut Child) -> Result<()> {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    child.wait()?;
+    Ok(())
+}
+
+fn pgcopydb_command(program: &Path, args: &[&str], log: &Path) -> Result<()> {
+    let out = Command::new(program).args(args).output()?;
+    let mut text = out.stdout.clone();
+    text.extend_from_slice(&out.stderr);
+    let mut file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    std::io::Write::write_all(&mut file, &text)?;
+    if !out.status.success() {
+        bail!(
+            "pgcopydb {} failed: {}",
+            args[..2].join(" "),
+            String::from_utf8_lossy(&text)
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Verification
+
+/// Compares every table of the scenario between the source and `db` on the
+/// target; prints differences loudly. Returns whether they are equal.
+async fn verify(env: &Env, kind: Kind, source_db: &str, db: &str, who: &str) -> Result<bool> {
+    let source = connect_sql(&config(&env.source.conninfo(source_db))?).await?;
+    let target = connect_sql(&config(&env.target.conninfo(db))?).await?;
+    let mut equal = true;
+    for table in kind.tables() {
+        let s = table_summary(&source, table).await?;
+        let t = table_summary(&target, table).await?;
+        if s != t {
+            equal = false;
+            eprintln!(
+                "!!!!!!!! {who}: {table} DIFFERS FROM THE SOURCE: source {s:?}, target {t:?} !!!!!!!!"
+            );
+        }
+    }
+    Ok(equal)
+}
+
+/// Row count, the sum of a 64-bit hash of every row, and for small tables
+/// an md5 of the sorted rows.
+async fn table_summary(client: &Client, table: &str) -> Result<(i64, String, Option<String>)> {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {table} t"
+            ),
+            &[],
+        )
+        .await?;
+    let (count, hash): (i64, String) = (row.get(0), row.get(1));
+    let md5 = if count <= MD5_MAX_ROWS {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"
+                ),
+                &[],
+            )
+            .await?;
+        Some(row.get(0))
+    } else {
+        None
+    };
+    Ok((count, hash, md5))
+}
+
+// ---------------------------------------------------------------------------
+// CPU accounting from /proc
+
+struct CpuMeter(Cpu);
+
+impl CpuMeter {
+    fn start(env: &Env) -> CpuMeter {
+        CpuMeter(cpu_now(env))
+    }
+
+    fn stop(self, env: &Env) -> Cpu {
+        let now = cpu_now(env);
+        Cpu {
+            source: now.source - self.0.source,
+            target: now.target - self.0.target,
+            client: now.client - self.0.client,
+        }
+    }
+}
+
+fn cpu_now(env: &Env) -> Cpu {
+    let ticks = |t: u64| t as f64 / env.clock_ticks;
+    Cpu {
+        source: ticks(cluster_ticks(&env.source)),
+        target: ticks(cluster_ticks(&env.target)),
+        client: ticks(proc_stat("self").map(|s| s.own + s.children).unwrap_or(0)),
+    }
+}
+
+struct ProcStat {
+    ppid: u32,
+    /// utime + stime.
+    own: u64,
+    /// cutime + cstime: children that exited and were waited for.
+    children: u64,
+}
+
+fn proc_stat(pid: &str) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text.get(text.rfind(')')? + 2..)?.split(' ').collect();
+    let n = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some(ProcStat {
+        ppid: n(1)? as u32,
+        own: n(11)? + n(12)?,
+        children: n(13)? + n(14)?,
+    })
+}
+
+/// CPU ticks of a cluster: the postmaster, its live children, and its
+/// exited children (which the postmaster waited for).
+fn cluster_ticks(cluster: &Cluster) -> u64 {
+    let Some(postmaster) = cluster.postmaster_pid() else {
+        return 0;
+    };
+    let mut total = proc_stat(&postmaster.to_string())
+        .map(|s| s.own + s.children)
+        .unwrap_or(0);
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+                continue;
+            };
+            if let Some(stat) = proc_stat(pid) {
+                if stat.ppid == postmaster {
+                    total += stat.own;
+                }
+            }
+        }
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+fn report_line(scenario: &str, consumer: &str, changes: u64, outcome: &Outcome) {
+    eprintln!(
+        "[{scenario}] {consumer}: {:.2} s, {} changes/s{}; CPU s: source {:.1}, target {:.1}, client {:.1}{}",
+        outcome.seconds,
+        thousands(outcome.rate() as u64),
+        if outcome.complete {
+            String::new()
+        } else {
+            format!(" (INCOMPLETE: {} of {})", thousands(outcome.applied), thousands(changes))
+        },
+        outcome.cpu.source,
+        outcome.cpu.target,
+        outcome.cpu.client,
+        match outcome.verified {
+            Some(true) => "; target equals source",
+            Some(false) => "; !!!! TARGET DIFFERS FROM SOURCE !!!!",
+            None => "",
+        }
+    );
+    for note in &outcome.notes {
+        eprintln!("[{scenario}]     {note}");
+    }
+}
+
+fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String {
+    let mut md = String::new();
+    let s = env.sizes;
+    let _ = writeln!(md, "# Apply benchmark (`cargo bench --bench apply`)\n");
+    let _ = writeln!(
+        md,
+        "PostgreSQL {server_version}, source and target in separate clusters on this machine \
+         ({} cores); shared_buffers 256MB, max_wal_size 4GB, checkpoint_timeout 30min, fsync off, \
+         autovacuum off (targets VACUUMed and prewarmed, both clusters checkpointed before each consumer). \
+         Scale {}. pglive: pgoutput protocol {PROTO}, default `ApplyOptions`. Native: `CREATE SUBSCRIPTION` \
+         defaults, timed to `confirmed_flush_lsn` ≥ end LSN (polled every 50 ms). pgcopydb: `follow --endpos` \
+         (wal2json), time limit {}.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        s.scale,
+        match &env.pgcopydb {
+            Some((_, limit)) => format!("{:.0} s", limit.as_secs_f64()),
+            None => "skipped".into(),
+        }
+    );
+    let cell = |o: &Option<Outcome>| match o {
+        None => "–".to_owned(),
+        Some(o) if o.complete => format!(
+            "{:.2} s · {}/s{}",
+            o.seconds,
+            thousands(o.rate() as u64),
+            if o.verified == Some(false) { " · **WRONG DATA**" } else { "" }
+        ),
+        Some(o) => format!(
+            "incomplete: {} in {:.0} s · {}/s",
+            thousands(o.applied),
+            o.seconds,
+            thousands(o.rate() as u64)
+        ),
+    };
+    let _ = writeln!(
+        md,
+        "| scenario | changes | WAL | read-and-discard | pglive | native | pgcopydb 0.10 |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.0} MB | {} | {} | {} | {} |",
+            r.kind.map(Kind::name).unwrap_or("?"),
+            thousands(r.changes),
+            r.wal_bytes as f64 / 1e6,
+            cell(&r.discard),
+            cell(&r.pglive),
+            cell(&r.native),
+            cell(&r.pgcopydb),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRatios (goals: pglive ≥ 1.0× native, aim 1.2×; ≥ 20× pgcopydb; pglive time ≤ 1.1× read-and-discard):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | pglive speed vs native | pglive speed vs pgcopydb | pglive time / read-and-discard time |\n|---|---:|---:|---:|"
+    );
+    for r in results {
+        let speed = |other: &Option<Outcome>| match (&r.pglive, other) {
+            (Some(p), Some(o)) if o.rate() > 0.0 => format!("{:.2}×", p.rate() / o.rate()),
+            (Some(_), Some(o)) => format!("∞ (it applied {} in {:.0} s)", o.applied, o.seconds),
+            _ => "–".into(),
+        };
+        let time = match (&r.pglive, &r.discard) {
+            (Some(p), Some(d)) if d.seconds > 0.0 => format!("{:.2}×", p.seconds / d.seconds),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            r.kind.map(Kind::name).unwrap_or("?"),
+            speed(&r.native),
+            speed(&r.pgcopydb),
+            time
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nCPU seconds during each consumer's run (source cluster / target cluster / client process):\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | read-and-discard | pglive | native | pgcopydb |\n|---|---:|---:|---:|---:|"
+    );
+    let cpu = |o: &Option<Outcome>| match o {
+        Some(o) => format!("{:.1} / {:.1} / {:.1}", o.cpu.source, o.cpu.target, o.cpu.client),
+        None => "–".into(),
+    };
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            r.kind.map(Kind::name).unwrap_or("?"),
+            cpu(&r.discard),
+            cpu(&r.pglive),
+            cpu(&r.native),
+            cpu(&r.pgcopydb)
+        );
+    }
+    let _ = writeln!(md, "\n## Scenarios\n");
+    for r in results {
+        let _ = writeln!(
+            md,
+            "- **{}**: {} (backlog written in {:.1} s).",
+            r.kind.map(Kind::name).unwrap_or("?"),
+            r.description,
+            r.generate_seconds
+        );
+        for (who, outcome) in [
+            ("read-and-discard", &r.discard),
+            ("pglive", &r.pglive),
+            ("native", &r.native),
+            ("pgcopydb", &r.pgcopydb),
+        ] {
+            let Some(o) = outcome else { continue };
+            let mut notes = o.notes.clone();
+            match o.verified {
+                Some(true) => notes.push("target equals source".into()),
+                Some(false) => notes.push("**TARGET DIFFERS FROM SOURCE**".into()),
+                None => {}
+            }
+            if !notes.is_empty() {
+                let _ = writeln!(md, "  - {who}: {}.", notes.join("; "));
+            }
+        }
+        for error in &r.errors {
+            let _ = writeln!(md, "  - **error**: {error}");
+        }
+    }
+    let peak = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_owned()));
+    if let Some(peak) = peak {
+        let _ = writeln!(md, "\nPeak RSS of the bench process (pglive's client side included): {peak}.");
+    }
+    md
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+
+fn config(conninfo: &str) -> Result<ConnectConfig> {
+    ConnectConfig::parse(conninfo).map_err(|e| anyhow::anyhow!("{conninfo}: {e}"))
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn> {
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("not an LSN: {text:?}: {e:?}"))
+}
+
+fn pg_uri(cluster: &Cluster, db: &str) -> String {
+    format!(
+        "postgres://{}@{}:{}/{db}",
+        cluster.superuser(),
+        cluster.host(),
+        cluster.port()
+    )
+}
+
+fn pgbench_connection(cluster: &Cluster, db: &str) -> Vec<String> {
+    vec![
+        "-h".into(),
+        path_str(cluster.socket_dir()),
+        "-p".into(),
+        cluster.port().to_string(),
+        "-U".into(),
+        cluster.superuser().into(),
+        db.into(),
+    ]
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

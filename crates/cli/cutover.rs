@@ -178,11 +178,17 @@ pub async fn perform(
         .await
         .context("dropping the publication")?;
 
-    // Without a fence, writes stopped at the last source commit.
-    let blocked = if fence_source || last_write.is_none() {
-        started.elapsed()
-    } else {
-        lag_at_quiet + started.elapsed()
+    // With a fence, writes were blocked from the fence on; without one,
+    // they stopped at the last source commit.
+    let since_last_write = last_write.and_then(|t| {
+        PgTimestamp::now()
+            .to_system_time()
+            .duration_since(t.to_system_time())
+            .ok()
+    });
+    let blocked = match (fence_source, since_last_write) {
+        (false, Some(since)) => since,
+        _ => started.elapsed(),
     };
     let summary = format!(
         "cut over at {final_lsn}: {} tables, {} rows verified by count; writes blocked for {:.1}s{}",

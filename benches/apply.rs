@@ -276,11 +276,10 @@ async fn bench() -> Result<()> {
         Err(_) => (300.0 * scale).max(30.0),
     };
     let pgcopydb = if timeout > 0.0 {
-        let program = PathBuf::from(std::env::var("PGCOPYDB").unwrap_or_else(|_| "pgcopydb".into()));
+        let program =
+            PathBuf::from(std::env::var("PGCOPYDB").unwrap_or_else(|_| "pgcopydb".into()));
         match Command::new(&program).arg("--version").output() {
-            Ok(out) if out.status.success() => {
-                Some((program, Duration::from_secs_f64(timeout)))
-            }
+            Ok(out) if out.status.success() => Some((program, Duration::from_secs_f64(timeout))),
             _ => {
                 eprintln!("apply: {} not found, pgcopydb skipped", program.display());
                 None
@@ -315,7 +314,10 @@ async fn bench() -> Result<()> {
     let prewarm = Path::new(&format!(
         "{}/pg_prewarm.control",
         source
-            .psql("postgres", "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'")
+            .psql(
+                "postgres",
+                "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'"
+            )
             .map(|dir| format!("{dir}/extension"))
             .unwrap_or_default()
     ))
@@ -500,9 +502,15 @@ async fn scenario_in(
 
     // The consumers, one at a time.
     quiesce(env, None)?;
-    let outcome = read_and_discard(env, &names.source_db, &names.discard_slot, discard_start, stop)
-        .await
-        .context("read-and-discard")?;
+    let outcome = read_and_discard(
+        env,
+        &names.source_db,
+        &names.discard_slot,
+        discard_start,
+        stop,
+    )
+    .await
+    .context("read-and-discard")?;
     report_line(name, "read-and-discard", result.changes, &outcome);
     result.discard = Some(outcome);
 
@@ -555,11 +563,17 @@ fn prepare(env: &Env, cluster: &Cluster, db: &str, kind: Kind) -> Result<()> {
         Kind::Inserts => cluster.psql(db, &format!("CREATE TABLE bench_insert {columns};"))?,
         Kind::Updates => cluster.psql(
             db,
-            &format!("CREATE TABLE bench_update {columns}; {}", fill("bench_update")),
+            &format!(
+                "CREATE TABLE bench_update {columns}; {}",
+                fill("bench_update")
+            ),
         )?,
         Kind::Deletes => cluster.psql(
             db,
-            &format!("CREATE TABLE bench_delete {columns}; {}", fill("bench_delete")),
+            &format!(
+                "CREATE TABLE bench_delete {columns}; {}",
+                fill("bench_delete")
+            ),
         )?,
         Kind::Pgbench => {
             let out = Command::new(cluster.bin_dir().join("pgbench"))
@@ -629,7 +643,10 @@ fn generate(env: &Env, kind: Kind, db: &str) -> Result<u64> {
         Kind::Deletes => {
             source.psql(
                 db,
-                &do_loop(sizes.deletes, format!("DELETE FROM bench_delete WHERE id = {key}")),
+                &do_loop(
+                    sizes.deletes,
+                    format!("DELETE FROM bench_delete WHERE id = {key}"),
+                ),
             )?;
             Ok(sizes.deletes)
         }
@@ -647,7 +664,9 @@ fn generate(env: &Env, kind: Kind, db: &str) -> Result<u64> {
             if let Some(tps) = stdout.lines().find(|l| l.starts_with("tps")) {
                 eprintln!("[pgbench] {tps}");
             }
-            let transactions: u64 = source.psql(db, "SELECT count(*) FROM pgbench_history")?.parse()?;
+            let transactions: u64 = source
+                .psql(db, "SELECT count(*) FROM pgbench_history")?
+                .parse()?;
             Ok(4 * transactions)
         }
     }
@@ -725,7 +744,13 @@ fn pgoutput_options() -> PgOutputOptions {
 }
 
 /// pglive-repl alone: every message decoded and dropped.
-async fn read_and_discard(env: &Env, db: &str, slot: &str, start: Lsn, stop: Lsn) -> Result<Outcome> {
+async fn read_and_discard(
+    env: &Env,
+    db: &str,
+    slot: &str,
+    start: Lsn,
+    stop: Lsn,
+) -> Result<Outcome> {
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     let client = ReplicationClient::connect(&config(&env.source.conninfo(db))?).await?;
@@ -748,7 +773,9 @@ async fn read_and_discard(env: &Env, db: &str, slot: &str, start: Lsn, stop: Lsn
             bail!("not done after {CONSUMER_LIMIT:?}");
         }
         match event {
-            ReplicationEvent::XLogData { wal_start, data, .. } => {
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
                 messages += 1;
                 bytes += data.len() as u64;
                 drop(decoder.decode(data)?);
@@ -785,8 +812,10 @@ async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outco
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     let options = ApplyOptions::new(names.pglive_slot.clone(), PROTO);
-    let mut applier = Applier::connect(&config(&env.target.conninfo(&names.pglive_db))?, options).await?;
-    let client = ReplicationClient::connect(&config(&env.source.conninfo(&names.source_db))?).await?;
+    let mut applier =
+        Applier::connect(&config(&env.target.conninfo(&names.pglive_db))?, options).await?;
+    let client =
+        ReplicationClient::connect(&config(&env.source.conninfo(&names.source_db))?).await?;
     let mut stream = client
         .start_replication(
             &names.pglive_slot,
@@ -893,7 +922,12 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
                 applied.push((at, lsn));
             }
         }
-        if confirmed.as_deref().map(parse_lsn).transpose()?.is_some_and(|c| c >= stop) {
+        if confirmed
+            .as_deref()
+            .map(parse_lsn)
+            .transpose()?
+            .is_some_and(|c| c >= stop)
+        {
             break;
         }
         if polls % 20 == 0 {
@@ -919,10 +953,16 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop(env);
     target
-        .batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", names.subscription))
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} DISABLE",
+            names.subscription
+        ))
         .await?;
     let mut notes = Vec::new();
-    if let Some((at, _)) = applied.iter().find(|(_, lsn)| Some(lsn) == applied.last().map(|(_, l)| l)) {
+    if let Some((at, _)) = applied
+        .iter()
+        .find(|(_, lsn)| Some(lsn) == applied.last().map(|(_, l)| l))
+    {
         notes.push(format!(
             "last transaction committed on the target at {at:.2} s (by its replication origin), confirmed at {seconds:.2} s"
         ));
@@ -936,7 +976,13 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
     })
 }
 
-async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64) -> Result<Outcome> {
+async fn pgcopydb(
+    env: &Env,
+    kind: Kind,
+    names: &Names,
+    stop: Lsn,
+    changes: u64,
+) -> Result<Outcome> {
     let Some((program, limit)) = &env.pgcopydb else {
         bail!("pgcopydb skipped");
     };
@@ -945,12 +991,27 @@ async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64)
     let dir = &names.pgcopydb_dir;
     pgcopydb_command(
         program,
-        &["stream", "sentinel", "set", "apply", "--source", &source_uri],
+        &[
+            "stream",
+            "sentinel",
+            "set",
+            "apply",
+            "--source",
+            &source_uri,
+        ],
         &dir.join("sentinel.log"),
     )?;
     pgcopydb_command(
         program,
-        &["stream", "sentinel", "set", "endpos", "--source", &source_uri, &stop.to_string()],
+        &[
+            "stream",
+            "sentinel",
+            "set",
+            "endpos",
+            "--source",
+            &source_uri,
+            &stop.to_string(),
+        ],
         &dir.join("sentinel.log"),
     )?;
     let source = connect_sql(&config(&env.source.conninfo(&names.source_db))?).await?;
@@ -958,7 +1019,10 @@ async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64)
     let progress_sql = match kind {
         Kind::Inserts => "SELECT count(*) FROM bench_insert".to_owned(),
         Kind::Updates => "SELECT count(*) FROM bench_update WHERE version > 0".to_owned(),
-        Kind::Deletes => format!("SELECT {} - count(*) FROM bench_delete", env.sizes.table_rows),
+        Kind::Deletes => format!(
+            "SELECT {} - count(*) FROM bench_delete",
+            env.sizes.table_rows
+        ),
         Kind::Pgbench => "SELECT 4 * count(*) FROM pgbench_history".to_owned(),
     };
     let log_path = dir.join("follow.log");
@@ -966,10 +1030,27 @@ async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64)
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     let mut child = Command::new(program)
-        .args(["follow", "--source", &source_uri, "--target", &target_uri, "--dir"])
+        .args([
+            "follow",
+            "--source",
+            &source_uri,
+            "--target",
+            &target_uri,
+            "--dir",
+        ])
         .arg(dir)
-        .args(["--slot-name", &names.pgcopydb_slot, "--origin", &names.pgcopydb_origin])
-        .args(["--resume", "--not-consistent", "--endpos", &stop.to_string()])
+        .args([
+            "--slot-name",
+            &names.pgcopydb_slot,
+            "--origin",
+            &names.pgcopydb_origin,
+        ])
+        .args([
+            "--resume",
+            "--not-consistent",
+            "--endpos",
+            &stop.to_string(),
+        ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -1002,7 +1083,10 @@ async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64)
         Some(status) => {
             cpu_used = cpu.stop(env);
             if !status.success() {
-                notes.push(format!("pgcopydb follow failed ({status}): {}", tail(&log_path, 3)));
+                notes.push(format!(
+                    "pgcopydb follow failed ({status}): {}",
+                    tail(&log_path, 3)
+                ));
             }
         }
         None => {
@@ -1025,7 +1109,9 @@ async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64)
     let complete = exit.is_some_and(|s| s.success()) && applied >= changes;
     if let Some(row) = sentinel {
         let (write, replay): (String, String) = (row.get(0), row.get(1));
-        notes.push(format!("sentinel: received up to {write}, replayed up to {replay} (end {stop})"));
+        notes.push(format!(
+            "sentinel: received up to {write}, replayed up to {replay} (end {stop})"
+        ));
     }
     let spooled: u64 = fs::read_dir(dir.join("cdc"))
         .map(|entries| {
@@ -1035,7 +1121,10 @@ async fn pgcopydb(env: &Env, kind: Kind, names: &Names, stop: Lsn, changes: u64)
                 .sum()
         })
         .unwrap_or(0);
-    notes.push(format!("{:.1} MB of JSON and SQL spooled in its work directory", spooled as f64 / 1e6));
+    notes.push(format!(
+        "{:.1} MB of JSON and SQL spooled in its work directory",
+        spooled as f64 / 1e6
+    ));
     if !complete {
         notes.insert(
             0,
@@ -1200,7 +1289,10 @@ fn cluster_ticks(cluster: &Cluster) -> u64 {
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             if let Some(stat) = proc_stat(pid) {
@@ -1224,7 +1316,11 @@ fn report_line(scenario: &str, consumer: &str, changes: u64, outcome: &Outcome) 
         if outcome.complete {
             String::new()
         } else {
-            format!(" (INCOMPLETE: {} of {})", thousands(outcome.applied), thousands(changes))
+            format!(
+                " (INCOMPLETE: {} of {})",
+                thousands(outcome.applied),
+                thousands(changes)
+            )
         },
         outcome.cpu.source,
         outcome.cpu.target,
@@ -1252,7 +1348,9 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
          Scale {}. pglive: pgoutput protocol {PROTO}, default `ApplyOptions`. Native: `CREATE SUBSCRIPTION` \
          defaults, timed to `confirmed_flush_lsn` ≥ end LSN (polled every 50 ms). pgcopydb: `follow --endpos` \
          (wal2json), time limit {}.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         s.scale,
         match &env.pgcopydb {
             Some((_, limit)) => format!("{:.0} s", limit.as_secs_f64()),
@@ -1265,7 +1363,11 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             "{:.2} s · {}/s{}",
             o.seconds,
             thousands(o.rate() as u64),
-            if o.verified == Some(false) { " · **WRONG DATA**" } else { "" }
+            if o.verified == Some(false) {
+                " · **WRONG DATA**"
+            } else {
+                ""
+            }
         ),
         Some(o) => format!(
             "incomplete: {} in {:.0} s · {}/s",
@@ -1327,7 +1429,10 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
         "| scenario | read-and-discard | pglive | native | pgcopydb |\n|---|---:|---:|---:|---:|"
     );
     let cpu = |o: &Option<Outcome>| match o {
-        Some(o) => format!("{:.1} / {:.1} / {:.1}", o.cpu.source, o.cpu.target, o.cpu.client),
+        Some(o) => format!(
+            "{:.1} / {:.1} / {:.1}",
+            o.cpu.source, o.cpu.target, o.cpu.client
+        ),
         None => "–".into(),
     };
     for r in results {
@@ -1371,11 +1476,16 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             let _ = writeln!(md, "  - **error**: {error}");
         }
     }
-    let peak = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_owned()));
+    let peak = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .map(|l| l[6..].trim().to_owned())
+    });
     if let Some(peak) = peak {
-        let _ = writeln!(md, "\nPeak RSS of the bench process (pglive's client side included): {peak}.");
+        let _ = writeln!(
+            md,
+            "\nPeak RSS of the bench process (pglive's client side included): {peak}."
+        );
     }
     md
 }

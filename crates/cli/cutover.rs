@@ -109,14 +109,6 @@ pub async fn perform(
     reporter.streaming_finished();
     let stats = session.applier.stats().clone();
     let last_write = stats.applied_commit_time;
-    let lag_at_quiet = last_write
-        .and_then(|t| {
-            PgTimestamp::now()
-                .to_system_time()
-                .duration_since(t.to_system_time())
-                .ok()
-        })
-        .unwrap_or_default();
     state::save_stats(&target, &ctx.name, &stats, final_lsn, final_lsn, 0, 0.0).await?;
     reporter.line(format!(
         "cutover: target caught up with the source at {final_lsn}"

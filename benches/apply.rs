@@ -414,7 +414,6 @@ async fn scenario_in(
 ) -> Result<()> {
     let name = kind.name();
     let (source, target) = (&env.source, &env.target);
-    let sizes = env.sizes;
 
     // The same starting state everywhere.
     let started = Instant::now();

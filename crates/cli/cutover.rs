@@ -99,8 +99,9 @@ pub async fn perform(
                 "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
             );
         }
+        // `pglive cutover --abort` moves the stage back.
         if let Ok(Some(m)) = state::load(&target, &ctx.name).await {
-            if !m.cutover_requested && m.stage == Stage::Cutover {
+            if m.stage != Stage::Cutover {
                 bail!("cutover aborted");
             }
         }

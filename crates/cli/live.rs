@@ -97,9 +97,20 @@ pub async fn stream(
     let mut backoff = Duration::from_secs(1);
     loop {
         match session(ctx, migration, reporter, interrupt, cutover_when_ready).await {
-            Ok(outcome) => {
+            Ok(Some(outcome)) => {
                 reporter.streaming_finished();
                 return Ok(outcome);
+            }
+            Ok(None) => {
+                reporter.line(format!(
+                    "the source ended the stream (shutting down?); reconnecting in {}s",
+                    backoff.as_secs()
+                ));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = interrupt.wait() => return Ok(LiveOutcome::Interrupted),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(error) if transient(&error) && !interrupt.requested() => {
                 reporter.line(format!(
@@ -127,7 +138,7 @@ async fn session(
     reporter: &Arc<Reporter>,
     interrupt: &Interrupt,
     cutover_when_ready: bool,
-) -> Result<LiveOutcome> {
+) -> Result<Option<LiveOutcome>> {
     let Session {
         mut applier,
         mut stream,
@@ -185,13 +196,14 @@ async fn session(
         (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
             reporter.streaming_finished();
             cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter).await?;
-            Ok(LiveOutcome::CutoverDone)
+            Ok(Some(LiveOutcome::CutoverDone))
         }
         (Stopped::Shutdown, _) => {
             stream.stop().await.ok();
-            Ok(LiveOutcome::Interrupted)
+            Ok(Some(LiveOutcome::Interrupted))
         }
-        (other, _) => anyhow::bail!("the replication stream ended unexpectedly ({other:?})"),
+        // The server ended the stream (it is shutting down): reconnect.
+        (_, _) => Ok(None),
     }
 }
 

@@ -234,8 +234,9 @@ struct StreamTask {
 enum ReadOutcome {
     /// Events (possibly none yet) and whether a keepalive asked for a reply.
     Data { reply_requested: bool },
-    /// The server ended the copy (CopyDone).
-    ServerDone,
+    /// The server ended the copy (CopyDone), or left copy mode altogether
+    /// (CommandComplete, as a shutting-down server may do).
+    ServerDone { left_copy_mode: bool },
 }
 
 impl StreamTask {
@@ -290,14 +291,16 @@ impl StreamTask {
                     match outcome? {
                         ReadOutcome::Data { reply_requested: true } => self.send_status().await?,
                         ReadOutcome::Data { reply_requested: false } => {}
-                        ReadOutcome::ServerDone => {
+                        ReadOutcome::ServerDone { left_copy_mode } => {
                             if !self.pending.is_empty() {
                                 let events = std::mem::take(&mut self.pending);
                                 tx.send(Ok(events)).await.map_err(|_| Error::StreamEnded)?;
                             }
-                            // Answer the server's CopyDone with ours.
-                            frontend::copy_done(&mut self.wire.out);
-                            self.wire.flush().await?;
+                            if !left_copy_mode {
+                                // Answer the server's CopyDone with ours.
+                                frontend::copy_done(&mut self.wire.out);
+                                self.wire.flush().await?;
+                            }
                             return self.drain_to_ready().await.and(Err(Error::StreamEnded));
                         }
                     }
@@ -317,7 +320,16 @@ impl StreamTask {
                         reply_requested |= reply;
                     }
                 }
-                b'c' => return Ok(ReadOutcome::ServerDone),
+                b'c' => {
+                    return Ok(ReadOutcome::ServerDone {
+                        left_copy_mode: false,
+                    });
+                }
+                b'C' => {
+                    return Ok(ReadOutcome::ServerDone {
+                        left_copy_mode: true,
+                    });
+                }
                 b'E' => {
                     return Err(self.wire.server_error(&frame, "replication stream"));
                 }

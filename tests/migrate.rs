@@ -1,0 +1,328 @@
+//! End to end through the real binary: migrate with a live workload, crash
+//! and resume at every stage, a source restart, non-superuser roles over
+//! verify-full TLS. Each ends with the target equal to the source, checked
+//! by `pglive verify --full` and independently row by row.
+
+mod util;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pglive_testkit::{Cluster, ClusterOptions};
+use util::{finish, run, run_ok, spawn, text, wait_for_stage};
+
+const SCHEMA: &str = "
+CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric, tags text[], doc jsonb,
+                    price_x2 numeric GENERATED ALWAYS AS (price * 2) STORED);
+CREATE TABLE events (id bigint, day date, note text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+CREATE TABLE events_a PARTITION OF events FOR VALUES FROM ('2020-01-01') TO ('2025-01-01');
+CREATE TABLE events_b PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2030-01-01');
+CREATE TABLE log (at timestamptz DEFAULT now(), line text);
+ALTER TABLE log REPLICA IDENTITY FULL;
+CREATE INDEX ON items (name);
+CREATE INDEX ON items ((lower(name)));
+";
+
+fn load(rows: u64) -> String {
+    format!(
+        "INSERT INTO items (name, price, tags, doc) SELECT 'item ' || g, CASE WHEN g % 50 = 0 THEN 'NaN' ELSE g / 4.0 END,
+                ARRAY['t' || g % 5, NULL], jsonb_build_object('g', g) FROM generate_series(1, {rows}) g;
+         INSERT INTO events SELECT g, date '2020-01-01' + (g % 3000), repeat('n', 30) FROM generate_series(1, {rows}) g;
+         INSERT INTO log (line) SELECT 'line ' || g FROM generate_series(1, {}) g;",
+        rows / 10
+    )
+}
+
+/// Source transactions in a loop until stopped.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
+}
+
+impl Workload {
+    fn start(conninfo: String) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let config = pglive_repl::ConnectConfig::parse(&conninfo).unwrap();
+                    let mut client = None;
+                    let mut n: u64 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if client.is_none() {
+                            client = pglive_repl::connect_sql(&config).await.ok();
+                            if client.is_none() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        }
+                        let id = 1 + (n * 7919) % 500;
+                        let sql = match n % 5 {
+                            0 => format!("INSERT INTO items (name, price) VALUES ('live {n}', {n})"),
+                            1 => format!("UPDATE items SET price = price + 1, tags = tags || 'u'::text WHERE id = {id}"),
+                            2 => format!("BEGIN; DELETE FROM events WHERE id = {id}; INSERT INTO events VALUES ({id}, date '2026-01-01', 'moved'); COMMIT"),
+                            3 => format!("INSERT INTO log (line) VALUES ('live {n}')"),
+                            _ => format!("UPDATE events SET day = day + 1 WHERE id = {}", id + 1000),
+                        };
+                        match client.as_ref().unwrap().batch_execute(&sql).await {
+                            Ok(()) => {
+                                n += 1;
+                                count.store(n, Ordering::Relaxed);
+                            }
+                            // The source may be restarting: reconnect.
+                            Err(_) => client = None,
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            })
+        };
+        Workload {
+            stop,
+            count,
+            thread,
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Row-by-row equality of every user table, computed by the servers
+/// independently of pglive's own verify.
+fn assert_same_rows(cluster_s: &Cluster, db_s: &str, cluster_t: &Cluster, db_t: &str) {
+    let tables = cluster_s
+        .psql(db_s, "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        .unwrap();
+    for table in tables.lines() {
+        let sql = format!(
+            "SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t"
+        );
+        let s = cluster_s.psql(db_s, &sql).unwrap();
+        let t = cluster_t.psql(db_t, &sql).unwrap();
+        assert_eq!(s, t, "{table} differs between source and target");
+    }
+    // Sequences were synchronized at cutover.
+    let seq = "SELECT last_value FROM items_id_seq";
+    assert_eq!(
+        cluster_s.psql(db_s, seq).unwrap(),
+        cluster_t.psql(db_t, seq).unwrap()
+    );
+}
+
+fn no_leftovers(source: &Cluster, db: &str) {
+    assert_eq!(
+        source
+            .psql(db, "SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0",
+        "slot dropped"
+    );
+    assert_eq!(
+        source
+            .psql(db, "SELECT count(*) FROM pg_publication")
+            .unwrap(),
+        "0",
+        "publication dropped"
+    );
+}
+
+#[test]
+fn migrate_with_live_workload_then_cutover_and_verify() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("e2e_src").unwrap();
+    let dst = cluster.create_database("e2e_dst").unwrap();
+    cluster.psql(&src, SCHEMA).unwrap();
+    cluster.psql(&src, &load(20_000)).unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let workload = Workload::start(source.clone());
+    let mut migrate = spawn(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "e2e", "--jobs", "2",
+    ]);
+    wait_for_stage(
+        &target,
+        "e2e",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let writes = workload.stop();
+    assert!(writes > 50, "the workload ran ({writes} transactions)");
+    let cutover = run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "e2e",
+    ]);
+    assert!(cutover.contains("switch your application now"), "{cutover}");
+    let log = finish(migrate);
+    assert!(log.contains("copy:") && log.contains("post-data:"), "{log}");
+    let verify = run_ok(&["verify", "--source", &source, "--target", &target, "--full"]);
+    assert!(verify.contains("equal"), "{verify}");
+    assert_same_rows(cluster, &src, cluster, &dst);
+    no_leftovers(cluster, &src);
+    // The status of a finished migration still reads from the target.
+    let status = run_ok(&["status", "--target", &target, "--name", "e2e"]);
+    assert!(status.contains("stage done"), "{status}");
+    // Clean is idempotent.
+    run_ok(&[
+        "clean", "--source", &source, "--target", &target, "--name", "e2e",
+    ]);
+    let again = run_ok(&[
+        "clean", "--source", &source, "--target", &target, "--name", "e2e",
+    ]);
+    assert!(again.contains("nothing to clean"), "{again}");
+}
+
+#[test]
+fn kill_9_in_copy_post_data_and_streaming_then_resume() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("kill_src").unwrap();
+    let dst = cluster.create_database("kill_dst").unwrap();
+    cluster.psql(&src, SCHEMA).unwrap();
+    cluster.psql(&src, &load(200_000)).unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let args = [
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "k",
+        "--jobs",
+        "2",
+        "--index-jobs",
+        "1",
+    ];
+    let workload = Workload::start(source.clone());
+    let mut killed_at = Vec::new();
+    for stages in [&["copy"][..], &["post-data"][..], &["streaming"][..]] {
+        let mut child = spawn(&args);
+        let reached = wait_for_stage(
+            &target,
+            "k",
+            &[stages[0], "streaming"],
+            &mut child,
+            Duration::from_secs(180),
+        );
+        if stages[0] == "streaming" {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        killed_at.push(reached);
+    }
+    eprintln!("killed during: {killed_at:?}");
+    assert!(
+        killed_at.contains(&"copy".to_owned()),
+        "a kill landed during the copy"
+    );
+    let mut migrate = spawn(&args);
+    wait_for_stage(
+        &target,
+        "k",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(180),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    workload.stop();
+    run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "k",
+    ]);
+    let log = finish(migrate);
+    assert!(log.contains("resuming migration"), "{log}");
+    run_ok(&["verify", "--source", &source, "--target", &target, "--full"]);
+    assert_same_rows(cluster, &src, cluster, &dst);
+    no_leftovers(cluster, &src);
+}
+
+#[test]
+fn the_source_restarting_mid_stream_loses_nothing() {
+    let source_cluster = Cluster::start(ClusterOptions::new()).unwrap();
+    let target_cluster = Cluster::shared();
+    let src = source_cluster.create_database("restart_src").unwrap();
+    let dst = target_cluster.create_database("restart_dst").unwrap();
+    source_cluster.psql(&src, SCHEMA).unwrap();
+    source_cluster.psql(&src, &load(5_000)).unwrap();
+    let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
+    let workload = Workload::start(source.clone());
+    let mut migrate = spawn(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "r",
+    ]);
+    wait_for_stage(
+        &target,
+        "r",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    source_cluster.restart().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let writes = workload.stop();
+    assert!(writes > 20);
+    run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "r",
+    ]);
+    let log = finish(migrate);
+    assert!(
+        log.contains("reconnecting"),
+        "pglive noticed the restart:\n{log}"
+    );
+    assert_same_rows(&source_cluster, &src, target_cluster, &dst);
+}
+
+#[test]
+fn non_superuser_roles_over_verify_full_tls() {
+    let cluster = Cluster::start(ClusterOptions::new().ssl(true).password_auth(true)).unwrap();
+    let role = cluster.role().unwrap().clone();
+    let src = cluster.create_database("tls_src").unwrap();
+    let dst = cluster.create_database("tls_dst").unwrap();
+    let ca = cluster.ca_cert().unwrap().display().to_string();
+    let tls = format!(" sslmode=verify-full sslrootcert={ca}");
+    let source = cluster.role_conninfo(&src).unwrap() + &tls;
+    let target = cluster.role_conninfo(&dst).unwrap() + &tls;
+    // The role owns its tables (a managed database's usual setup) and has
+    // REPLICATION but no superuser rights, on both sides.
+    cluster
+        .psql_as(&source, Some(&role.password), SCHEMA)
+        .unwrap();
+    cluster
+        .psql_as(&source, Some(&role.password), &load(2_000))
+        .unwrap();
+    let workload = Workload::start(source.clone());
+    let mut migrate = spawn(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "tls",
+    ]);
+    wait_for_stage(
+        &target,
+        "tls",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    workload.stop();
+    let cutover = run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "tls",
+    ]);
+    assert!(!cutover.contains(&role.password), "no password in output");
+    let log = finish(migrate);
+    assert!(!log.contains(&role.password), "no password in output");
+    run_ok(&["verify", "--source", &source, "--target", &target, "--full"]);
+    assert_same_rows(&cluster, &src, &cluster, &dst);
+    let output = run(&["status", "--target", &target, "--name", "tls", "--json"]);
+    assert!(!text(&output).contains(&role.password));
+}

@@ -1,0 +1,102 @@
+//! Running the real `pglive` binary from tests.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `pglive` command with a clean environment (no PGLIVE_* or PG*
+/// variables from the caller) and plain, non-terminal output.
+pub fn pglive(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pglive"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PG") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args).stdin(Stdio::null());
+    command
+}
+
+/// Runs `pglive args` to completion.
+pub fn run(args: &[&str]) -> Output {
+    pglive(args).output().expect("pglive runs")
+}
+
+/// Stdout and stderr together, for messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(
+        output.status.success(),
+        "pglive {args:?} failed:\n{}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Starts `pglive args` in the background (stderr kept for failures).
+pub fn spawn(args: &[&str]) -> Child {
+    pglive(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pglive starts")
+}
+
+/// The migration's stage from `pglive status --json`, or `None` before it
+/// exists.
+pub fn stage(target: &str, name: &str) -> Option<String> {
+    let output = run(&["status", "--target", target, "--name", name, "--json"]);
+    if !output.status.success() {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    json["stage"].as_str().map(str::to_owned)
+}
+
+/// Waits until the migration reaches one of `stages`, or the child exits.
+pub fn wait_for_stage(
+    target: &str,
+    name: &str,
+    stages: &[&str],
+    child: &mut Child,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(stage) = stage(target, name) {
+            if stages.contains(&stage.as_str()) {
+                return stage;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                e.read_to_string(&mut err).ok();
+            }
+            panic!("pglive exited with {status} before reaching {stages:?}:\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stage {stages:?} not reached in time"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a child and asserts it succeeded.
+pub fn finish(child: Child) -> String {
+    let output = child.wait_with_output().expect("pglive finishes");
+    assert!(output.status.success(), "pglive failed:\n{}", text(&output));
+    text(&output)
+}

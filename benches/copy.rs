@@ -255,9 +255,15 @@ fn raw_limit(cluster: &Cluster, source: &str, counts: &str) -> Result<Duration, 
         if let Some(e) = errors.into_inner().unwrap().pop() {
             return Err(e);
         }
+        let copied = started.elapsed();
         run(Command::new(bin.join("pg_restore"))
             .args(["-j", &JOBS.to_string(), "-d", &dst])
             .arg(&post))?;
+        eprintln!(
+            "raw: rows {:.1} s, indexes {:.1} s",
+            copied.as_secs_f64(),
+            (started.elapsed() - copied).as_secs_f64()
+        );
         Ok(started.elapsed())
     });
     let _ = std::fs::remove_dir_all(&work);
@@ -328,6 +334,7 @@ fn pglive(cluster: &Cluster, source: &str, counts: &str) -> Result<Duration, Str
             let mut copy_options = CopyOptions::default();
             copy_options.workers = JOBS;
             let copier = Copier::new(source.clone(), target.clone(), catalog.tables, copy_options);
+            let setup = started.elapsed();
             let copy_started = Instant::now();
             copier
                 .run(&snapshot, |_| {})
@@ -339,7 +346,8 @@ fn pglive(cluster: &Cluster, source: &str, counts: &str) -> Result<Duration, Str
                 .await
                 .map_err(|e| e.to_string())?;
             eprintln!(
-                "pglive: rows {copy_secs:.1} s, post-data {:.1} s",
+                "pglive: slot, dumps and pre-data {:.1} s, rows {copy_secs:.1} s, post-data {:.1} s",
+                setup.as_secs_f64(),
                 post.elapsed.as_secs_f64()
             );
             replication.close().await.map_err(|e| e.to_string())?;

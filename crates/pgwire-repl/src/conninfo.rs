@@ -177,8 +177,25 @@ impl Environment for ProcessEnvironment {
     }
 
     fn os_user(&self) -> Option<String> {
-        self.var("USER").or_else(|| self.var("LOGNAME"))
+        self.var("USER")
+            .or_else(|| self.var("LOGNAME"))
+            .or_else(user_from_passwd)
     }
+}
+
+/// The name of this process's user in /etc/passwd (as libpq's `getpwuid`).
+fn user_from_passwd() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").ok()?.uid();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let id: u32 = fields.nth(1)?.parse().ok()?;
+            (id == uid).then(|| name.to_owned())
+        })
 }
 
 /// The parameters pglive understands, with their `PG*` environment variable.
@@ -290,12 +307,6 @@ impl ConnectConfig {
             })
             .collect::<Vec<_>>();
 
-        let user = get("user").or_else(|| env.os_user()).ok_or_else(|| {
-            ConfigError::new(
-                "no user given and the operating system user is unknown: set user= or PGUSER",
-            )
-        })?;
-        let dbname = get("dbname").unwrap_or_else(|| user.clone());
         let sslrootcert = get("sslrootcert").map(PathBuf::from);
         let sslmode = match get("sslmode") {
             Some(mode) => SslMode::parse(&mode)?,
@@ -308,6 +319,12 @@ impl ConnectConfig {
                 "sslrootcert=system requires sslmode=verify-full, not {sslmode}"
             )));
         }
+        let user = get("user").or_else(|| env.os_user()).ok_or_else(|| {
+            ConfigError::new(
+                "no user given and the operating system user is unknown: set user= or PGUSER",
+            )
+        })?;
+        let dbname = get("dbname").unwrap_or_else(|| user.clone());
         let connect_timeout = match get("connect_timeout") {
             None => None,
             Some(t) => {

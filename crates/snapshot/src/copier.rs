@@ -5,7 +5,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use pglive_repl::{ConnectConfig, CreatedSlot, Lsn, connect_sql, quote_ident, quote_literal};
 use pglive_schema::{QualifiedName, Table};
@@ -16,6 +16,10 @@ use crate::state::{self, Claimed};
 
 /// Bytes of COPY data between two [`CopyEvent::Progress`] events of a part.
 const PROGRESS_EVERY: u64 = 8 << 20;
+
+/// COPY data is forwarded to the target in batches of about this size: the
+/// most a part holds in memory beside the client's socket buffers.
+const BATCH_BYTES: usize = 64 << 10;
 
 /// Large objects are read and written in pieces of this size.
 const LARGE_OBJECT_CHUNK: i32 = 1 << 20;
@@ -477,9 +481,9 @@ impl Worker {
     }
 
     /// Streams one part from the source's `COPY TO` into the target's `COPY
-    /// FROM`, chunk by chunk: memory stays bounded because each chunk is
-    /// awaited into the target's sink (whose channel holds one message)
-    /// before the next is read.
+    /// FROM` in batches of [`BATCH_BYTES`]: memory stays bounded because each
+    /// batch is awaited into the target's sink (whose channel holds one
+    /// message) before more is read, and a slow target stops the reads.
     async fn copy_part(
         &self,
         source_tx: &tokio_postgres::Transaction<'_>,
@@ -525,11 +529,18 @@ impl Worker {
         let mut stream = pin!(stream);
         let mut sink = pin!(sink);
         let (mut bytes, mut messages, mut reported) = (0u64, 0u64, 0u64);
+        // The server sends one message per row; rows are gathered into
+        // batches so the target's connection task wakes once per batch.
+        let mut batch = BytesMut::with_capacity(BATCH_BYTES * 2);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(source(format!("reading {what}")))?;
             bytes += chunk.len() as u64;
             messages += 1;
-            sink.feed(chunk)
+            batch.extend_from_slice(&chunk);
+            if batch.len() < BATCH_BYTES {
+                continue;
+            }
+            sink.send(batch.split().freeze())
                 .await
                 .map_err(target(format!("writing {what}")))?;
             if bytes - reported >= PROGRESS_EVERY {
@@ -538,11 +549,15 @@ impl Worker {
                     worker: self.number,
                     table: part.table.clone(),
                     part: part.number,
-                    // The server sends one message per row.
                     rows: messages,
                     bytes,
                 });
             }
+        }
+        if !batch.is_empty() {
+            sink.send(batch.split().freeze())
+                .await
+                .map_err(target(format!("writing {what}")))?;
         }
         let rows = sink
             .as_mut()

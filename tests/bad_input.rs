@@ -1,0 +1,214 @@
+//! Every bad input gets its documented message and exit code, and nothing is
+//! changed on either server: no slot, no publication, no state.
+
+mod util;
+
+use pglive_testkit::{Cluster, ClusterOptions};
+use util::{run, text};
+
+/// Exit code for a failed preflight.
+const PREFLIGHT: i32 = 3;
+
+fn assert_untouched(cluster: &Cluster, source_db: &str, target_db: &str) {
+    assert_eq!(
+        cluster
+            .psql(source_db, "SELECT count(*) FROM pg_replication_slots")
+            .unwrap(),
+        "0",
+        "no slot was created"
+    );
+    assert_eq!(
+        cluster
+            .psql(source_db, "SELECT count(*) FROM pg_publication")
+            .unwrap(),
+        "0",
+        "no publication was created"
+    );
+    assert_eq!(
+        cluster
+            .psql(
+                target_db,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'pglive'"
+            )
+            .unwrap(),
+        "0",
+        "no state was written to the target"
+    );
+}
+
+/// Runs `pglive migrate` expecting a preflight failure whose message
+/// contains `expected`.
+fn expect_preflight(source: &str, target: &str, expected: &str) -> String {
+    let output = run(&["migrate", "--source", source, "--target", target]);
+    let message = text(&output);
+    assert_eq!(output.status.code(), Some(PREFLIGHT), "{message}");
+    assert!(
+        message.contains(expected),
+        "expected {expected:?} in:\n{message}"
+    );
+    assert!(message.contains("nothing was changed"), "{message}");
+    message
+}
+
+fn pair(cluster: &Cluster, prefix: &str) -> (String, String) {
+    let source = cluster.create_database(&format!("{prefix}_src")).unwrap();
+    let target = cluster.create_database(&format!("{prefix}_dst")).unwrap();
+    cluster
+        .psql(
+            &source,
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')",
+        )
+        .unwrap();
+    (source, target)
+}
+
+#[test]
+fn malformed_connection_strings() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "malformed");
+    let target = cluster.conninfo(&dst);
+    expect_preflight("postgresql://host:notaport/db", &target, "invalid port");
+    expect_preflight(
+        "host=127.0.0.1 sslmode=sometimes",
+        &target,
+        "invalid sslmode",
+    );
+    expect_preflight(
+        "host=127.0.0.1 bogus=1",
+        &target,
+        "unknown connection parameter",
+    );
+    assert_untouched(cluster, &src, &dst);
+}
+
+#[test]
+fn unreachable_host() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "unreach");
+    expect_preflight(
+        &format!("host=127.0.0.1 port=1 user=postgres dbname={src} connect_timeout=3"),
+        &cluster.conninfo(&dst),
+        "cannot connect to the source",
+    );
+    assert_untouched(cluster, &src, &dst);
+}
+
+#[test]
+fn wrong_password_and_role_without_replication() {
+    let cluster = Cluster::start(ClusterOptions::new().password_auth(true)).unwrap();
+    let (src, dst) = pair(&cluster, "auth");
+    let role = cluster.role().unwrap();
+    let good = cluster.role_conninfo(&src).unwrap();
+    let wrong = good.replace(&format!("password={}", role.password), "password=wrong");
+    let message = expect_preflight(
+        &wrong,
+        &cluster.role_conninfo(&dst).unwrap(),
+        "password authentication failed",
+    );
+    assert!(!message.contains(&role.password), "no password in output");
+    cluster
+        .psql("postgres", "CREATE ROLE plain LOGIN PASSWORD 'plainpw'")
+        .unwrap();
+    cluster.psql(&src, "GRANT SELECT ON t TO plain").unwrap();
+    let plain = format!(
+        "host=127.0.0.1 port={} user=plain password=plainpw dbname={src}",
+        cluster.port()
+    );
+    let message = expect_preflight(&plain, &cluster.role_conninfo(&dst).unwrap(), "REPLICATION");
+    assert!(!message.contains("plainpw"), "no password in output");
+    assert_untouched(&cluster, &src, &dst);
+}
+
+#[test]
+fn wal_level_replica() {
+    let cluster = Cluster::start(ClusterOptions::new().setting("wal_level", "replica")).unwrap();
+    let (src, dst) = pair(&cluster, "walrep");
+    expect_preflight(
+        &cluster.conninfo(&src),
+        &cluster.conninfo(&dst),
+        "wal_level=replica",
+    );
+    assert_untouched(&cluster, &src, &dst);
+}
+
+#[test]
+fn table_without_key_that_receives_updates() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "nokey");
+    cluster
+        .psql(&src, "CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x'); UPDATE nokey SET b = 'y'")
+        .unwrap();
+    // Statistics reach the shared counters within a second of the session's end.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    expect_preflight(
+        &cluster.conninfo(&src),
+        &cluster.conninfo(&dst),
+        "REPLICA IDENTITY FULL",
+    );
+    assert_untouched(cluster, &src, &dst);
+}
+
+#[test]
+fn slot_already_exists() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "slotexists");
+    cluster
+        .psql(
+            &src,
+            "SELECT pg_create_logical_replication_slot('pglive_taken', 'pgoutput')",
+        )
+        .unwrap();
+    let output = run(&[
+        "migrate",
+        "--source",
+        &cluster.conninfo(&src),
+        "--target",
+        &cluster.conninfo(&dst),
+        "--slot",
+        "pglive_taken",
+    ]);
+    let message = text(&output);
+    assert_eq!(output.status.code(), Some(PREFLIGHT), "{message}");
+    assert!(message.contains("already exists"), "{message}");
+    cluster
+        .psql(&src, "SELECT pg_drop_replication_slot('pglive_taken')")
+        .unwrap();
+    assert_untouched(cluster, &src, &dst);
+}
+
+#[test]
+fn target_not_empty() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "notempty");
+    cluster
+        .psql(&dst, "CREATE TABLE already_here (x int)")
+        .unwrap();
+    expect_preflight(
+        &cluster.conninfo(&src),
+        &cluster.conninfo(&dst),
+        "already_here",
+    );
+    assert_untouched(cluster, &src, &dst);
+}
+
+#[test]
+fn same_server_as_source_and_target() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "same");
+    let source = cluster.conninfo(&src);
+    // The same database, even when reached by another address.
+    let other_address = source.replace(
+        "host=127.0.0.1",
+        &format!("host={}", cluster.socket_dir().display()),
+    );
+    expect_preflight(&source, &other_address, "same database");
+    assert_untouched(cluster, &src, &dst);
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let output = run(&["migrate", "--source", "x"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let output = run(&["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+}

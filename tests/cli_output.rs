@@ -1,0 +1,86 @@
+//! Snapshots of what users read: the help texts and `status --json`.
+
+mod util;
+
+use std::time::Duration;
+
+use pglive_testkit::Cluster;
+use util::{finish, run_ok, spawn, wait_for_stage};
+
+#[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", run_ok(&["--help"]));
+    for command in ["migrate", "cutover", "status", "verify", "clean", "demo"] {
+        insta::assert_snapshot!(format!("help_{command}"), run_ok(&[command, "--help"]));
+    }
+}
+
+/// Replaces values that differ from run to run.
+fn normalize(value: &mut serde_json::Value) {
+    const VOLATILE: [&str; 9] = [
+        "start_lsn",
+        "applied_lsn",
+        "received_lsn",
+        "source_lsn",
+        "lag_seconds",
+        "seconds_since_update",
+        "summary",
+        "source",
+        "batches",
+    ];
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if VOLATILE.contains(&key.as_str()) && !v.is_null() {
+                    *v = serde_json::Value::String(format!("[{key}]"));
+                } else {
+                    normalize(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+#[test]
+fn status_json_of_a_finished_migration() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("status_src").unwrap();
+    let dst = cluster.create_database("status_dst").unwrap();
+    cluster
+        .psql(
+            &src,
+            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' FROM generate_series(1, 100) g;
+             CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b SELECT generate_series(1, 10);",
+        )
+        .unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = spawn(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "snap",
+        "--cutover-when-ready",
+    ]);
+    wait_for_stage(
+        &target,
+        "snap",
+        &["done"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    finish(migrate);
+    let mut status: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "status", "--target", &target, "--name", "snap", "--json",
+    ]))
+    .unwrap();
+    normalize(&mut status);
+    insta::assert_snapshot!(
+        "status_json",
+        serde_json::to_string_pretty(&status).unwrap()
+    );
+}

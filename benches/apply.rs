@@ -236,7 +236,8 @@ struct ScenarioResult {
     changes: u64,
     wal_bytes: u64,
     generate_seconds: f64,
-    discard: Option<Outcome>,
+    /// Two runs: first, and after pglive and native.
+    discard: Vec<Outcome>,
     pglive: Option<Outcome>,
     native: Option<Outcome>,
     pgcopydb: Option<Outcome>,
@@ -377,6 +378,7 @@ struct Names {
     native_db: String,
     pgcopydb_db: String,
     discard_slot: String,
+    discard_again_slot: String,
     pglive_slot: String,
     native_slot: String,
     pgcopydb_slot: String,
@@ -394,6 +396,7 @@ async fn scenario(env: &Env, kind: Kind, result: &mut ScenarioResult) -> Result<
         native_db: target.create_database(&format!("native_{name}"))?,
         pgcopydb_db: target.create_database(&format!("pgcopydb_{name}"))?,
         discard_slot: format!("discard_{name}"),
+        discard_again_slot: format!("discard2_{name}"),
         pglive_slot: format!("pglive_{name}"),
         native_slot: format!("native_{name}"),
         pgcopydb_slot: format!("pgcopydb_{name}"),
@@ -443,6 +446,7 @@ async fn scenario_in(
             .map_err(|e| anyhow::anyhow!("slot {slot} at {lsn:?}: {e:?}"))
     };
     let discard_start = create_slot(&names.discard_slot)?;
+    let discard_again_start = create_slot(&names.discard_again_slot)?;
     let pglive_start = create_slot(&names.pglive_slot)?;
     create_slot(&names.native_slot)?;
     target.psql(
@@ -481,7 +485,13 @@ async fn scenario_in(
     let started = Instant::now();
     result.changes = generate(env, kind, &names.source_db)?;
     result.generate_seconds = started.elapsed().as_secs_f64();
-    let stop: Lsn = parse_lsn(&source.psql(&names.source_db, "SELECT pg_current_wal_lsn()")?)?;
+    // The insert position: the end of the last record written. (The write
+    // position, `pg_current_wal_lsn()`, can stop at a page boundary before
+    // the last commits.)
+    let stop: Lsn = parse_lsn(&source.psql(
+        &names.source_db,
+        "SELECT pg_current_wal_insert_lsn()",
+    )?)?;
     result.wal_bytes = stop.bytes_since(discard_start);
     // Logical decoding reads only flushed WAL: wait for it, so no consumer
     // pays for the WAL writer.
@@ -507,11 +517,12 @@ async fn scenario_in(
         &names.discard_slot,
         discard_start,
         stop,
+        result.changes,
     )
     .await
     .context("read-and-discard")?;
     report_line(name, "read-and-discard", result.changes, &outcome);
-    result.discard = Some(outcome);
+    result.discard.push(outcome);
 
     quiesce(env, Some(&names.pglive_db))?;
     let mut outcome = Box::pin(pglive(env, names, pglive_start, stop))
@@ -528,6 +539,22 @@ async fn scenario_in(
     outcome.verified = Some(verify(env, kind, &names.source_db, &names.native_db, "native").await?);
     report_line(name, "native", result.changes, &outcome);
     result.native = Some(outcome);
+
+    // Read-and-discard again, after the others, to see how much the first
+    // run's figure varies.
+    quiesce(env, None)?;
+    let outcome = read_and_discard(
+        env,
+        &names.source_db,
+        &names.discard_again_slot,
+        discard_again_start,
+        stop,
+        result.changes,
+    )
+    .await
+    .context("read-and-discard (second run)")?;
+    report_line(name, "read-and-discard (2nd)", result.changes, &outcome);
+    result.discard.push(outcome);
 
     if env.pgcopydb.is_some() {
         quiesce(env, Some(&names.pgcopydb_db))?;
@@ -749,6 +776,7 @@ async fn read_and_discard(
     slot: &str,
     start: Lsn,
     stop: Lsn,
+    changes: u64,
 ) -> Result<Outcome> {
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
@@ -796,6 +824,7 @@ async fn read_and_discard(
     stream.stop().await?.close().await?;
     Ok(Outcome {
         seconds,
+        applied: changes,
         complete: true,
         cpu,
         notes: vec![format!(

@@ -23,6 +23,9 @@ use pglive_repl::pgoutput::ColumnValue;
 /// `TableMap::columns`): text, null or unchanged TOAST.
 pub(crate) type Values = Vec<ColumnValue>;
 
+/// Rows of an update statement: each row's key and its new values.
+pub(crate) type UpdateRows = Vec<(Values, Values)>;
+
 /// One row change, with values already mapped onto the target's columns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -193,7 +196,7 @@ impl TablePlan {
             Run::Update { rows, .. } => {
                 // One statement per set of changed columns; the keys are
                 // distinct, so the rows are independent.
-                let mut groups: Vec<(Vec<bool>, Vec<(Values, Values)>)> = Vec::new();
+                let mut groups: Vec<(Vec<bool>, UpdateRows)> = Vec::new();
                 for (key, new) in rows {
                     let mask: Vec<bool> = new
                         .iter()

@@ -129,10 +129,7 @@ fn progress(applier: &Applier, feedback: &pglive_repl::Feedback) -> Progress {
     let caught_up = applier.is_idle() && applier.confirmable_lsn() >= source_lsn;
     let lag_seconds = match stats.applied_commit_time {
         Some(commit) if !caught_up => {
-            let server = feedback
-                .server_time()
-                .0
-                .max(PgTimestamp::now().0.min(i64::MAX));
+            let server = feedback.server_time().0.max(PgTimestamp::now().0);
             (server - commit.0).max(0) as f64 / 1e6
         }
         _ => 0.0,

@@ -210,15 +210,22 @@ impl SchemaCopy {
     pub async fn dump(&mut self, snapshot: Option<&str>) -> Result<()> {
         let pre_data = self.work.join("pre-data.dump");
         let post_data = self.work.join("post-data.dump");
-        for (section, file) in [("pre-data", &pre_data), ("post-data", &post_data)] {
-            self.pg_dump(section, file, snapshot).await?;
-        }
-        let mut pre_entries = self.list(&pre_data).await?;
+        // Two sessions of the same snapshot: both dumps run at once.
+        let (pre, post, keys) = tokio::join!(
+            async {
+                self.pg_dump("pre-data", &pre_data, snapshot).await?;
+                self.list(&pre_data).await
+            },
+            async {
+                self.pg_dump("post-data", &post_data, snapshot).await?;
+                self.list(&post_data).await
+            },
+            self.key_objects(snapshot),
+        );
+        let (mut pre_entries, post_entries, keys) = (pre?, post?, keys?);
         if self.options.skip_extensions {
             pre_entries = toc::without_extensions(pre_entries);
         }
-        let post_entries = self.list(&post_data).await?;
-        let keys = self.key_objects(snapshot).await?;
         self.dumped = Some(Dumped {
             pre_data,
             pre_entries,

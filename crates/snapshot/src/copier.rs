@@ -540,7 +540,7 @@ impl Worker {
             if batch.len() < BATCH_BYTES {
                 continue;
             }
-            sink.send(batch.split().freeze())
+            sink.feed(batch.split().freeze())
                 .await
                 .map_err(target(format!("writing {what}")))?;
             if bytes - reported >= PROGRESS_EVERY {
@@ -555,7 +555,7 @@ impl Worker {
             }
         }
         if !batch.is_empty() {
-            sink.send(batch.split().freeze())
+            sink.feed(batch.split().freeze())
                 .await
                 .map_err(target(format!("writing {what}")))?;
         }

@@ -192,6 +192,8 @@ struct Env {
     pgcopydb: Option<(PathBuf, Duration)>,
     prewarm: bool,
     work_dir: PathBuf,
+    /// Where the report and pgcopydb's logs go (`target/`).
+    results_dir: PathBuf,
     clock_ticks: f64,
 }
 
@@ -216,15 +218,57 @@ struct Outcome {
     cpu: Cpu,
     /// `Some(false)`: the target differs from the source.
     verified: Option<bool>,
+    /// Native: when the last transaction was committed on the target (its
+    /// replication origin reached its final position), before the source
+    /// heard of it.
+    committed: Option<f64>,
+    /// An incomplete run: when the applied count last grew.
+    last_progress: Option<f64>,
     notes: Vec<String>,
 }
 
 impl Outcome {
+    /// Changes per second; for an incomplete run, up to its last progress.
     fn rate(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.applied as f64 / self.seconds
+        let seconds = match (self.complete, self.last_progress) {
+            (false, Some(at)) if at > 0.0 => at,
+            _ => self.seconds,
+        };
+        if seconds > 0.0 {
+            self.applied as f64 / seconds
         } else {
             0.0
+        }
+    }
+
+    fn cell(&self) -> String {
+        if self.complete {
+            return format!(
+                "{:.2} s · {}/s{}",
+                self.seconds,
+                thousands(self.rate() as u64),
+                if self.verified == Some(false) {
+                    " · **WRONG DATA**"
+                } else {
+                    ""
+                }
+            );
+        }
+        let at = self.last_progress.unwrap_or(0.0);
+        if self.seconds - at > 30.0 || self.applied == 0 {
+            format!(
+                "stalled after {} changes at {at:.0} s ({}/s until then); stopped at {:.0} s",
+                thousands(self.applied),
+                thousands(self.rate() as u64),
+                self.seconds
+            )
+        } else {
+            format!(
+                "unfinished: {} changes in {:.0} s ({}/s)",
+                thousands(self.applied),
+                self.seconds,
+                thousands(self.rate() as u64)
+            )
         }
     }
 }
@@ -242,6 +286,14 @@ struct ScenarioResult {
     native: Option<Outcome>,
     pgcopydb: Option<Outcome>,
     errors: Vec<String>,
+}
+
+impl ScenarioResult {
+    fn fastest_discard(&self) -> Option<&Outcome> {
+        self.discard
+            .iter()
+            .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -332,6 +384,10 @@ async fn bench() -> Result<()> {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0);
+    let results_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    fs::create_dir_all(&results_dir)?;
     let env = Env {
         sizes,
         source,
@@ -339,6 +395,7 @@ async fn bench() -> Result<()> {
         pgcopydb,
         prewarm,
         work_dir,
+        results_dir,
         clock_ticks,
     };
     let server_version = env.source.psql("postgres", "SHOW server_version")?;
@@ -361,11 +418,7 @@ async fn bench() -> Result<()> {
 
     let report = report(&env, &server_version, &results);
     println!("\n{report}");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    fs::create_dir_all(&target_dir)?;
-    let path = target_dir.join("bench-apply.md");
+    let path = env.results_dir.join("bench-apply.md");
     fs::write(&path, &report)?;
     eprintln!("apply: results written to {}", path.display());
     Ok(())
@@ -488,10 +541,8 @@ async fn scenario_in(
     // The insert position: the end of the last record written. (The write
     // position, `pg_current_wal_lsn()`, can stop at a page boundary before
     // the last commits.)
-    let stop: Lsn = parse_lsn(&source.psql(
-        &names.source_db,
-        "SELECT pg_current_wal_insert_lsn()",
-    )?)?;
+    let stop: Lsn =
+        parse_lsn(&source.psql(&names.source_db, "SELECT pg_current_wal_insert_lsn()")?)?;
     result.wal_bytes = stop.bytes_since(discard_start);
     // Logical decoding reads only flushed WAL: wait for it, so no consumer
     // pays for the WAL writer.
@@ -987,10 +1038,11 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
         ))
         .await?;
     let mut notes = Vec::new();
-    if let Some((at, _)) = applied
+    let committed = applied
         .iter()
         .find(|(_, lsn)| Some(lsn) == applied.last().map(|(_, l)| l))
-    {
+        .map(|(at, _)| *at);
+    if let Some(at) = committed {
         notes.push(format!(
             "last transaction committed on the target at {at:.2} s (by its replication origin), confirmed at {seconds:.2} s"
         ));
@@ -999,6 +1051,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
         seconds,
         complete: true,
         cpu,
+        committed,
         notes,
         ..Outcome::default()
     })
@@ -1096,7 +1149,7 @@ async fn pgcopydb(
             break;
         }
         polls += 1;
-        if polls % 8 == 0 {
+        if polls % 4 == 0 {
             let now: i64 = target.query_one(&progress_sql, &[]).await?.get(0);
             if now as u64 > applied {
                 applied = now as u64;
@@ -1158,18 +1211,34 @@ async fn pgcopydb(
             0,
             format!(
                 "{} after {} of {} changes in {seconds:.0} s (last progress at {last_progress_at:.0} s){}",
-                if exit.is_some() { "exited" } else { "stopped at the time limit" },
+                if exit.is_some() {
+                    "exited"
+                } else {
+                    "stopped at the time limit"
+                },
                 thousands(applied),
                 thousands(changes),
-                if exit.is_none() && seconds - last_progress_at > 30.0 { ": stalled" } else { "" },
+                if exit.is_none() && seconds - last_progress_at > 30.0 {
+                    ": stalled"
+                } else {
+                    ""
+                },
             ),
         );
+        notes.push(format!("its log ends: {}", tail(&log_path, 4)));
+    }
+    let kept = env
+        .results_dir
+        .join(format!("bench-apply-pgcopydb-{}.log", kind.name()));
+    if fs::copy(&log_path, &kept).is_ok() {
+        notes.push(format!("log kept in {}", kept.display()));
     }
     Ok(Outcome {
         seconds,
         applied,
         complete,
         cpu: cpu_used,
+        last_progress: Some(last_progress_at),
         notes,
         ..Outcome::default()
     })
@@ -1370,12 +1439,14 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
     let _ = writeln!(md, "# Apply benchmark (`cargo bench --bench apply`)\n");
     let _ = writeln!(
         md,
-        "PostgreSQL {server_version}, source and target in separate clusters on this machine \
+        "PostgreSQL {server_version}; source and target in separate clusters on this machine \
          ({} cores); shared_buffers 256MB, max_wal_size 4GB, checkpoint_timeout 30min, fsync off, \
-         autovacuum off (targets VACUUMed and prewarmed, both clusters checkpointed before each consumer). \
-         Scale {}. pglive: pgoutput protocol {PROTO}, default `ApplyOptions`. Native: `CREATE SUBSCRIPTION` \
-         defaults, timed to `confirmed_flush_lsn` ≥ end LSN (polled every 50 ms). pgcopydb: `follow --endpos` \
-         (wal2json), time limit {}.\n",
+         synchronous_commit off, autovacuum off (every target VACUUMed, prewarmed with pg_prewarm, \
+         both clusters checkpointed before each consumer). Scale {}. pglive: pgoutput protocol \
+         {PROTO}, default `ApplyOptions`, timed until `run` returns at the end LSN. Native: \
+         `CREATE SUBSCRIPTION` defaults, timed until its slot's `confirmed_flush_lsn` reaches the \
+         end LSN (polled every 50 ms). Read-and-discard: run first and again after native; the \
+         faster run is used. pgcopydb: `follow --endpos` (wal2json), time limit {}.\n",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -1385,78 +1456,86 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             None => "skipped".into(),
         }
     );
-    let cell = |o: &Option<Outcome>| match o {
-        None => "–".to_owned(),
-        Some(o) if o.complete => format!(
-            "{:.2} s · {}/s{}",
-            o.seconds,
-            thousands(o.rate() as u64),
-            if o.verified == Some(false) {
-                " · **WRONG DATA**"
-            } else {
-                ""
-            }
-        ),
-        Some(o) => format!(
-            "incomplete: {} in {:.0} s · {}/s",
-            thousands(o.applied),
-            o.seconds,
-            thousands(o.rate() as u64)
-        ),
-    };
+    let cell = |o: Option<&Outcome>| o.map(Outcome::cell).unwrap_or_else(|| "–".into());
+    let name = |r: &ScenarioResult| r.kind.map(Kind::name).unwrap_or("?");
     let _ = writeln!(
         md,
-        "| scenario | changes | WAL | read-and-discard | pglive | native | pgcopydb 0.10 |\n|---|---:|---:|---:|---:|---:|---:|"
+        "| scenario | changes | WAL | read-and-discard | pglive | native | pgcopydb 0.10 |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
+        let native = match &r.native {
+            Some(o) => match o.committed {
+                Some(at) if o.complete => format!("{} (last commit at {at:.2} s)", o.cell()),
+                _ => o.cell(),
+            },
+            None => "–".into(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} MB | {} | {} | {} | {} |",
-            r.kind.map(Kind::name).unwrap_or("?"),
+            "| {} | {} | {:.0} MB | {} | {} | {native} | {} |",
+            name(r),
             thousands(r.changes),
             r.wal_bytes as f64 / 1e6,
-            cell(&r.discard),
-            cell(&r.pglive),
-            cell(&r.native),
-            cell(&r.pgcopydb),
+            cell(r.fastest_discard()),
+            cell(r.pglive.as_ref()),
+            cell(r.pgcopydb.as_ref()),
         );
     }
     let _ = writeln!(
         md,
-        "\nRatios (goals: pglive ≥ 1.0× native, aim 1.2×; ≥ 20× pgcopydb; pglive time ≤ 1.1× read-and-discard):\n"
+        "\nRatios (goals: pglive ≥ 1.0× native's speed, aim 1.2×; ≥ 20× pgcopydb's; pglive's time \
+         ≤ 1.1× read-and-discard's):\n"
     );
     let _ = writeln!(
         md,
-        "| scenario | pglive speed vs native | pglive speed vs pgcopydb | pglive time / read-and-discard time |\n|---|---:|---:|---:|"
+        "| scenario | pglive speed ÷ native speed | same, native timed to its last commit | \
+         pglive speed ÷ pgcopydb speed | pglive time ÷ read-and-discard time |\n\
+         |---|---:|---:|---:|---:|"
     );
     for r in results {
-        let speed = |other: &Option<Outcome>| match (&r.pglive, other) {
-            (Some(p), Some(o)) if o.rate() > 0.0 => format!("{:.2}×", p.rate() / o.rate()),
-            (Some(_), Some(o)) => format!("∞ (it applied {} in {:.0} s)", o.applied, o.seconds),
+        let ratio = |a: f64, b: f64| {
+            if a > 0.0 && b > 0.0 {
+                format!("{:.2}×", a / b)
+            } else {
+                "–".into()
+            }
+        };
+        let pglive = r.pglive.as_ref().filter(|p| p.complete);
+        let native = r.native.as_ref().filter(|n| n.complete);
+        let vs_native = match (pglive, native) {
+            (Some(p), Some(n)) => ratio(n.seconds, p.seconds),
             _ => "–".into(),
         };
-        let time = match (&r.pglive, &r.discard) {
-            (Some(p), Some(d)) if d.seconds > 0.0 => format!("{:.2}×", p.seconds / d.seconds),
+        let vs_committed = match (pglive, native.and_then(|n| n.committed)) {
+            (Some(p), Some(at)) => ratio(at, p.seconds),
+            _ => "–".into(),
+        };
+        let vs_pgcopydb = match (pglive, &r.pgcopydb) {
+            (Some(p), Some(o)) if o.rate() > 0.0 => ratio(p.rate(), o.rate()),
+            (Some(_), Some(o)) => format!("∞ (it applied {} changes)", thousands(o.applied)),
+            _ => "–".into(),
+        };
+        let vs_discard = match (pglive, r.fastest_discard()) {
+            (Some(p), Some(d)) => ratio(p.seconds, d.seconds),
             _ => "–".into(),
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
-            r.kind.map(Kind::name).unwrap_or("?"),
-            speed(&r.native),
-            speed(&r.pgcopydb),
-            time
+            "| {} | {vs_native} | {vs_committed} | {vs_pgcopydb} | {vs_discard} |",
+            name(r)
         );
     }
     let _ = writeln!(
         md,
-        "\nCPU seconds during each consumer's run (source cluster / target cluster / client process):\n"
+        "\nCPU seconds used during each consumer's run (source cluster / target cluster / client \
+         process, which for pgcopydb includes its subprocesses):\n"
     );
     let _ = writeln!(
         md,
         "| scenario | read-and-discard | pglive | native | pgcopydb |\n|---|---:|---:|---:|---:|"
     );
-    let cpu = |o: &Option<Outcome>| match o {
+    let cpu = |o: Option<&Outcome>| match o {
         Some(o) => format!(
             "{:.1} / {:.1} / {:.1}",
             o.cpu.source, o.cpu.target, o.cpu.client
@@ -1467,11 +1546,11 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} |",
-            r.kind.map(Kind::name).unwrap_or("?"),
-            cpu(&r.discard),
-            cpu(&r.pglive),
-            cpu(&r.native),
-            cpu(&r.pgcopydb)
+            name(r),
+            cpu(r.fastest_discard()),
+            cpu(r.pglive.as_ref()),
+            cpu(r.native.as_ref()),
+            cpu(r.pgcopydb.as_ref())
         );
     }
     let _ = writeln!(md, "\n## Scenarios\n");
@@ -1479,26 +1558,39 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
         let _ = writeln!(
             md,
             "- **{}**: {} (backlog written in {:.1} s).",
-            r.kind.map(Kind::name).unwrap_or("?"),
+            name(r),
             r.description,
             r.generate_seconds
         );
+        let discards: Vec<String> = r
+            .discard
+            .iter()
+            .map(|d| format!("{:.2} s", d.seconds))
+            .collect();
+        let mut rows: Vec<(String, &Outcome)> = Vec::new();
+        if let Some(d) = r.fastest_discard() {
+            rows.push((
+                format!("read-and-discard (runs: {})", discards.join(", ")),
+                d,
+            ));
+        }
         for (who, outcome) in [
-            ("read-and-discard", &r.discard),
             ("pglive", &r.pglive),
             ("native", &r.native),
             ("pgcopydb", &r.pgcopydb),
         ] {
-            let Some(o) = outcome else { continue };
+            if let Some(o) = outcome {
+                rows.push((who.to_owned(), o));
+            }
+        }
+        for (who, o) in rows {
             let mut notes = o.notes.clone();
             match o.verified {
                 Some(true) => notes.push("target equals source".into()),
                 Some(false) => notes.push("**TARGET DIFFERS FROM SOURCE**".into()),
                 None => {}
             }
-            if !notes.is_empty() {
-                let _ = writeln!(md, "  - {who}: {}.", notes.join("; "));
-            }
+            let _ = writeln!(md, "  - {who}: {}.", notes.join("; "));
         }
         for error in &r.errors {
             let _ = writeln!(md, "  - **error**: {error}");

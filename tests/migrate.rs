@@ -326,3 +326,57 @@ fn non_superuser_roles_over_verify_full_tls() {
     let output = run(&["status", "--target", &target, "--name", "tls", "--json"]);
     assert!(!text(&output).contains(&role.password));
 }
+
+#[test]
+fn ctrl_c_pauses_at_a_transaction_boundary_and_fence_blocks_writes() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("pause_src").unwrap();
+    let dst = cluster.create_database("pause_dst").unwrap();
+    cluster.psql(&src, SCHEMA).unwrap();
+    cluster.psql(&src, &load(2_000)).unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let args = [
+        "migrate", "--source", &source, "--target", &target, "--name", "p",
+    ];
+    let workload = Workload::start(source.clone());
+    let mut migrate = spawn(&args);
+    wait_for_stage(
+        &target,
+        "p",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Ctrl-C: the documented exit code 5, and a resumable state.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &migrate.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = migrate.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(5), "{}", text(&output));
+    assert!(text(&output).contains("resume"), "{}", text(&output));
+
+    let mut migrate = spawn(&args);
+    util::wait_until_running(&target, "p", &mut migrate, Duration::from_secs(60));
+    // Cut over with a fence while the workload still writes: the source
+    // becomes read-only, its sessions end, nothing written is lost.
+    let cutover = run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "p", "--fence",
+    ]);
+    assert!(cutover.contains("switch your application now"), "{cutover}");
+    let writes = workload.stop();
+    assert!(writes > 10);
+    finish(migrate);
+    assert_same_rows(cluster, &src, cluster, &dst);
+    let refused = cluster.psql(&src, "INSERT INTO log (line) VALUES ('after the fence')");
+    assert!(refused.is_err(), "the fenced source refuses writes");
+    // --abort lifts the fence.
+    run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "p", "--abort",
+    ]);
+    cluster
+        .psql(&src, "INSERT INTO log (line) VALUES ('writable again')")
+        .unwrap();
+}

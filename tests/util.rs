@@ -100,3 +100,18 @@ pub fn finish(child: Child) -> String {
     assert!(output.status.success(), "pglive failed:\n{}", text(&output));
     text(&output)
 }
+
+/// Waits until a `migrate` holds the migration's lock (status says running).
+pub fn wait_until_running(target: &str, name: &str, child: &mut Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let output = run(&["status", "--target", target, "--name", name, "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        if json["running"] == serde_json::Value::Bool(true) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "pglive exited early");
+        assert!(Instant::now() < deadline, "migrate never started running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

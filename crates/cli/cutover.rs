@@ -52,6 +52,11 @@ pub async fn fence(source: &Client) -> Result<u64> {
 
 /// Undoes [`fence`].
 pub async fn unfence(source: &Client) -> Result<()> {
+    // This session itself starts read-only while the fence is up.
+    source
+        .batch_execute("SET default_transaction_read_only = off")
+        .await
+        .context("lifting the fence on the source")?;
     source
         .batch_execute(
             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', current_database()); END $$",

@@ -58,10 +58,15 @@ pub async fn run(
         reuse_schema: args.reuse_schema,
     };
 
-    let existing = {
-        let target_client = preflight::connect(&ctx.target, "target").await?;
-        state::load(&target_client, &name).await?
-    };
+    // The lock first: whatever this process reads about the migration
+    // stays true while it runs.
+    let lock_client = preflight::connect(&ctx.target, "target").await?;
+    if !state::lock(&lock_client, &name, std::time::Duration::from_secs(5)).await? {
+        bail!(
+            "another `pglive migrate` is running migration {name:?} (it holds its lock on the target)"
+        );
+    }
+    let existing = state::load(&lock_client, &name).await?;
     if let Some(m) = &existing {
         if m.slot != slot || m.publication != publication {
             bail!(
@@ -69,6 +74,13 @@ pub async fn run(
                 m.slot,
                 m.publication
             );
+        }
+        if m.stage == Stage::Done {
+            reporter.line(format!(
+                "migration {name:?} is already done: {}",
+                m.summary.as_deref().unwrap_or("")
+            ));
+            return Ok(ExitStatus::Success);
         }
     }
     let plan = Plan {
@@ -85,11 +97,6 @@ pub async fn run(
         reporter.line(format!("warning: {warning}"));
     }
     state::create_tables(&target_client).await?;
-    if !state::try_lock(&target_client, &name).await? {
-        bail!(
-            "another `pglive migrate` is running migration {name:?} (it holds its lock on the target)"
-        );
-    }
 
     let migration = match existing {
         Some(m) => {
@@ -125,7 +132,7 @@ pub async fn run(
         args.cutover_when_ready,
     )
     .await;
-    let _ = state::unlock(&target_client, &name).await;
+    let _ = state::unlock(&lock_client, &name).await;
     status
 }
 

@@ -266,6 +266,21 @@ pub async fn try_lock(client: &Client, name: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// Takes the migration's lock, waiting up to `patience` for a previous
+/// holder's session to end (a process that just exited).
+pub async fn lock(client: &Client, name: &str, patience: std::time::Duration) -> Result<bool> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if try_lock(client, name).await? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 pub async fn unlock(client: &Client, name: &str) -> Result<()> {
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(name)])

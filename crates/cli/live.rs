@@ -30,6 +30,7 @@ pub enum LiveOutcome {
 enum Reason {
     Interrupt,
     Cutover { fence: bool },
+    Verify(pglive_repl::Lsn),
 }
 
 /// A connected applier and stream, ready to run.
@@ -144,67 +145,143 @@ async fn session(
         mut stream,
     } = connect(ctx, migration).await?;
     let state_client = connect_sql(&ctx.target).await?;
-    let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
-    let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
-    let stop = {
-        let latest = Arc::clone(&latest);
-        let reason = Arc::clone(&reason);
-        let name = ctx.name.clone();
-        let state_client = &state_client;
-        async move {
-            loop {
-                tokio::select! {
-                    () = interrupt.wait() => {
-                        *reason.lock().expect("not poisoned") = Some(Reason::Interrupt);
-                        return;
-                    }
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                let progress = latest.lock().expect("not poisoned").clone();
-                if let Some(p) = &progress {
-                    let _ = state::save_progress(state_client, &name, p).await;
-                    if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
-                        *reason.lock().expect("not poisoned") =
-                            Some(Reason::Cutover { fence: false });
-                        return;
-                    }
-                }
-                if let Ok(Some(m)) = state::load(state_client, &name).await {
-                    if m.cutover_requested {
-                        *reason.lock().expect("not poisoned") =
-                            Some(Reason::Cutover { fence: m.fence });
-                        return;
-                    }
+    loop {
+        let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
+        let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
+        let stop = watch_requests(
+            &state_client,
+            &ctx.name,
+            interrupt,
+            cutover_when_ready,
+            Arc::clone(&latest),
+            Arc::clone(&reason),
+        );
+        let display = Arc::clone(reporter);
+        let stopped = pglive_apply::run(
+            &mut applier,
+            &mut stream,
+            stop,
+            &RunOptions::default(),
+            |p| {
+                display.streaming(p);
+                *latest.lock().expect("not poisoned") = Some(p.clone());
+            },
+        )
+        .await?;
+        let why = *reason.lock().expect("not poisoned");
+        match (stopped, why) {
+            (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
+                reporter.streaming_finished();
+                cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter)
+                    .await?;
+                return Ok(Some(LiveOutcome::CutoverDone));
+            }
+            (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
+                if !pause_for_verify(
+                    ctx,
+                    &mut applier,
+                    &mut stream,
+                    lsn,
+                    &state_client,
+                    reporter,
+                    interrupt,
+                )
+                .await?
+                {
+                    stream.stop().await.ok();
+                    return Ok(Some(LiveOutcome::Interrupted));
                 }
             }
+            (Stopped::Shutdown, _) => {
+                stream.stop().await.ok();
+                return Ok(Some(LiveOutcome::Interrupted));
+            }
+            // The server ended the stream (it is shutting down): reconnect.
+            (_, _) => return Ok(None),
         }
-    };
-    let display = Arc::clone(reporter);
-    let stopped = pglive_apply::run(
-        &mut applier,
-        &mut stream,
-        stop,
-        &RunOptions::default(),
-        |p| {
-            display.streaming(p);
-            *latest.lock().expect("not poisoned") = Some(p.clone());
-        },
-    )
-    .await?;
-    let why = *reason.lock().expect("not poisoned");
-    match (stopped, why) {
-        (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
-            reporter.streaming_finished();
-            cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter).await?;
-            Ok(Some(LiveOutcome::CutoverDone))
-        }
-        (Stopped::Shutdown, _) => {
-            stream.stop().await.ok();
-            Ok(Some(LiveOutcome::Interrupted))
-        }
-        // The server ended the stream (it is shutting down): reconnect.
-        (_, _) => Ok(None),
     }
+}
+
+/// Completes when Ctrl-C is pressed or another pglive process asks for a
+/// cutover or a verification pause; records progress every second.
+async fn watch_requests(
+    state_client: &tokio_postgres::Client,
+    name: &str,
+    interrupt: &Interrupt,
+    cutover_when_ready: bool,
+    latest: Arc<Mutex<Option<Progress>>>,
+    reason: Arc<Mutex<Option<Reason>>>,
+) {
+    let set = |r: Reason| *reason.lock().expect("not poisoned") = Some(r);
+    loop {
+        tokio::select! {
+            () = interrupt.wait() => return set(Reason::Interrupt),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let progress = latest.lock().expect("not poisoned").clone();
+        if let Some(p) = &progress {
+            let _ = state::save_progress(state_client, name, p).await;
+            if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
+                return set(Reason::Cutover { fence: false });
+            }
+        }
+        if let Ok(Some(m)) = state::load(state_client, name).await {
+            if m.cutover_requested {
+                return set(Reason::Cutover { fence: m.fence });
+            }
+        }
+        if let Ok(Some((lsn, request))) = state::verify_request(state_client, name).await {
+            if request == "requested" {
+                return set(Reason::Verify(lsn));
+            }
+        }
+    }
+}
+
+/// Applies exactly up to `lsn`, holds there while `pglive verify` compares,
+/// then resumes. False when Ctrl-C interrupted the pause.
+async fn pause_for_verify(
+    ctx: &Job,
+    applier: &mut Applier,
+    stream: &mut ReplicationStream,
+    lsn: pglive_repl::Lsn,
+    state_client: &tokio_postgres::Client,
+    reporter: &Reporter,
+    interrupt: &Interrupt,
+) -> Result<bool> {
+    if applier.applied_lsn() > lsn {
+        // Already past the verifier's snapshot: it will take a newer one.
+        state::set_verify_state(state_client, &ctx.name, Some("missed")).await?;
+        return Ok(true);
+    }
+    reporter.line(format!(
+        "verify: pausing apply at {lsn} for a consistent comparison"
+    ));
+    let mut options = RunOptions::default();
+    options.pause_before = Some(lsn);
+    let stopped = pglive_apply::run(applier, stream, interrupt.wait(), &options, |p| {
+        reporter.streaming(p)
+    })
+    .await?;
+    if stopped != Stopped::Paused(lsn) {
+        state::set_verify_state(state_client, &ctx.name, None).await?;
+        return Ok(false);
+    }
+    state::set_verify_state(state_client, &ctx.name, Some("paused")).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    loop {
+        tokio::select! {
+            () = interrupt.wait() => break,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let pending = state::verify_request(state_client, &ctx.name).await?;
+        if pending.is_none_or(|(at, _)| at != lsn) || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    applier.resume().await?;
+    reporter.line("verify: apply resumed");
+    Ok(!interrupt.requested())
 }
 
 /// Runs the applier until everything up to `stop_at` is applied.

@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS pglive.migration (
     fence boolean NOT NULL DEFAULT false,
     summary text,
     progress jsonb,
+    verify_lsn pg_lsn,
+    verify_state text,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );";
@@ -167,6 +169,50 @@ pub async fn finish(client: &Client, name: &str, summary: &str) -> Result<()> {
         )
         .await
         .context("recording the end of the migration")?;
+    Ok(())
+}
+
+/// A live verification's request: pause apply before `lsn` (the point of
+/// the verifier's exported snapshot).
+pub async fn request_verify(client: &Client, name: &str, lsn: Lsn) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET verify_lsn = $2::text::pg_lsn, verify_state = 'requested' WHERE name = $1",
+            &[&name, &lsn.to_string()],
+        )
+        .await
+        .context("requesting a verification pause")?;
+    Ok(())
+}
+
+/// The pending verification request and its state, if any.
+pub async fn verify_request(client: &Client, name: &str) -> Result<Option<(Lsn, String)>> {
+    let row = client
+        .query_opt(
+            "SELECT verify_lsn::text, verify_state FROM pglive.migration WHERE name = $1 AND verify_lsn IS NOT NULL",
+            &[&name],
+        )
+        .await
+        .context("reading the verification request")?;
+    row.map(|r| Ok((r.get::<_, String>(0).parse()?, r.get::<_, String>(1))))
+        .transpose()
+}
+
+/// Answers or clears (`None`) the verification request.
+pub async fn set_verify_state(
+    client: &Client,
+    name: &str,
+    verify_state: Option<&str>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET verify_state = $2,
+                    verify_lsn = CASE WHEN $2::text IS NULL THEN NULL ELSE verify_lsn END
+              WHERE name = $1",
+            &[&name, &verify_state],
+        )
+        .await
+        .context("answering the verification request")?;
     Ok(())
 }
 

@@ -180,23 +180,56 @@ pub fn print(comparison: &Comparison, full: bool) {
     }
 }
 
-/// `pglive verify`.
+/// `pglive verify`: after cutover (or without a migration) a direct
+/// comparison; while a migration streams, a comparison at one consistent
+/// point: a temporary slot exports a source snapshot and its exact LSN, the
+/// running `migrate` applies up to that LSN and pauses, both sides are
+/// compared, and apply resumes.
 pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> {
     let source_config = crate::parse_conninfo(&args.servers.source, "--source")?;
     let target_config = crate::parse_conninfo(&args.servers.target, "--target")?;
+    let name = &args.servers.name;
     let source = crate::preflight::connect(&source_config, "source").await?;
     let target = crate::preflight::connect(&target_config, "target").await?;
-    let comparison = compare(&source, &target, &ObjectFilter::new(), args.full).await?;
+    let live = match crate::state::load(&target, name).await? {
+        Some(m) if m.stage < crate::state::Stage::Cutover => {
+            if crate::state::try_lock(&target, name).await? {
+                crate::state::unlock(&target, name).await?;
+                anyhow::bail!(
+                    "migration {name:?} is live (stage {}) but no `pglive migrate` runs for it: start it, and verify pauses it at a consistent point; or verify after cutover",
+                    m.stage.as_str()
+                );
+            }
+            if m.stage != crate::state::Stage::Streaming {
+                anyhow::bail!(
+                    "migration {name:?} is still at stage {}: verify once it streams",
+                    m.stage.as_str()
+                );
+            }
+            true
+        }
+        _ => false,
+    };
+    let comparison = if live {
+        compare_live(&source_config, &source, &target, name, args.full).await?
+    } else {
+        compare(&source, &target, &ObjectFilter::new(), args.full).await?
+    };
     print(&comparison, args.full);
     let mismatches = comparison.mismatches().len();
     if mismatches == 0 {
         println!(
-            "verified {} tables: source and target are equal{}",
+            "verified {} tables: source and target are equal{}{}",
             comparison.tables.len(),
             if args.full {
                 " (counts and checksums)"
             } else {
                 " (counts)"
+            },
+            if live {
+                " at one consistent point of the live migration"
+            } else {
+                ""
             }
         );
         Ok(crate::ExitStatus::Success)
@@ -204,4 +237,72 @@ pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> 
         println!("{mismatches} table(s) differ");
         Ok(crate::ExitStatus::Mismatch)
     }
+}
+
+async fn compare_live(
+    source_config: &pglive_repl::ConnectConfig,
+    source: &Client,
+    target: &Client,
+    name: &str,
+    full: bool,
+) -> Result<Comparison> {
+    use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
+    for _attempt in 0..5 {
+        let mut replication = ReplicationClient::connect(source_config).await?;
+        let slot = replication
+            .create_slot(
+                &format!("pglive_verify_{}", std::process::id()),
+                &SlotOptions {
+                    temporary: true,
+                    snapshot: SnapshotAction::Export,
+                    ..SlotOptions::default()
+                },
+            )
+            .await
+            .context("creating a temporary slot for the verification snapshot")?;
+        let snapshot = slot.snapshot_name.clone().context("no snapshot exported")?;
+        crate::state::request_verify(target, name, slot.consistent_point).await?;
+        eprintln!(
+            "verify: waiting for apply to reach {} and pause",
+            slot.consistent_point
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let answer = loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            match crate::state::verify_request(target, name).await? {
+                Some((_, state)) if state == "requested" => {}
+                Some((_, state)) => break state,
+                None => anyhow::bail!("the running migrate dropped the verification request"),
+            }
+            if std::time::Instant::now() > deadline {
+                crate::state::set_verify_state(target, name, None).await?;
+                anyhow::bail!(
+                    "apply did not reach {} within an hour",
+                    slot.consistent_point
+                );
+            }
+        };
+        if answer == "missed" {
+            crate::state::set_verify_state(target, name, None).await?;
+            replication.close().await.ok();
+            continue;
+        }
+        let result = async {
+            source
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+                    pglive_repl::quote_literal(&snapshot)
+                ))
+                .await
+                .context("importing the verification snapshot")?;
+            let comparison = compare(source, target, &ObjectFilter::new(), full).await;
+            source.batch_execute("COMMIT").await.ok();
+            comparison
+        }
+        .await;
+        crate::state::set_verify_state(target, name, None).await?;
+        replication.close().await.ok();
+        return result;
+    }
+    anyhow::bail!("apply kept passing the verification snapshot; try again")
 }

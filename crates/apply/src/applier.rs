@@ -128,6 +128,8 @@ pub struct Applier {
     batch_changes: usize,
     batch_started: Option<Instant>,
     stats: ApplyStats,
+    pause_before: Option<Lsn>,
+    held: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -183,6 +185,8 @@ impl Applier {
             batch_changes: 0,
             batch_started: None,
             stats,
+            pause_before: None,
+            held: None,
         })
     }
 
@@ -227,9 +231,48 @@ impl Applier {
         }
     }
 
+    /// Holds back the first source transaction that commits at or after
+    /// `lsn` (and, since the stream is in commit order, everything after
+    /// it): the target then shows the source exactly as of `lsn`. `None`
+    /// lifts the pause; [`Applier::resume`] applies what was held.
+    pub fn pause_before(&mut self, lsn: Option<Lsn>) {
+        self.pause_before = lsn;
+    }
+
+    /// Whether a transaction is held back by [`Applier::pause_before`]:
+    /// feed nothing more until [`Applier::resume`].
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Lifts the pause and applies the transaction start that was held.
+    pub async fn resume(&mut self) -> Result<()> {
+        self.pause_before = None;
+        match self.held.take() {
+            Some(data) => self.apply(data).await,
+            None => Ok(()),
+        }
+    }
+
     /// Applies one XLogData payload (one pgoutput message).
     pub async fn apply(&mut self, data: Bytes) -> Result<()> {
+        if self.held.is_some() {
+            return Err(Error::Protocol(
+                "a message arrived while a transaction is held for a pause".to_owned(),
+            ));
+        }
         let message = self.decoder.decode(data.clone())?;
+        if let (Some(pause), None) = (self.pause_before, self.block_xid) {
+            let commit = match &message {
+                LogicalMessage::Begin(begin) => Some(begin.final_lsn),
+                LogicalMessage::StreamCommit(commit) => Some(commit.commit_lsn),
+                _ => None,
+            };
+            if commit.is_some_and(|lsn| lsn >= pause) {
+                self.held = Some(data);
+                return Ok(());
+            }
+        }
         if let Some(top) = self.block_xid {
             match message {
                 LogicalMessage::StreamStop => self.block_xid = None,

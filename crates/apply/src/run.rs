@@ -1,7 +1,10 @@
 //! The apply loop: one `select!` over shutdown, idle commit and new WAL.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often to ask the server where it is while waiting for a position.
+const PING: Duration = Duration::from_millis(100);
 
 use futures_util::StreamExt;
 use pglive_repl::{Lsn, PgTimestamp, ReplicationEvent, ReplicationStream};
@@ -19,6 +22,11 @@ pub struct RunOptions {
     /// Stop once everything up to this source position is applied (the
     /// cutover: the source's current LSN after writes stopped).
     pub stop_at: Option<Lsn>,
+    /// Stop with every transaction that commits before this position
+    /// applied and none at or after it (a consistent point to compare the
+    /// target with a source snapshot exported at it); see
+    /// [`Applier::pause_before`].
+    pub pause_before: Option<Lsn>,
 }
 
 impl Default for RunOptions {
@@ -26,6 +34,7 @@ impl Default for RunOptions {
         RunOptions {
             idle_commit: Duration::from_millis(20),
             stop_at: None,
+            pause_before: None,
         }
     }
 }
@@ -39,6 +48,10 @@ pub enum Stopped {
     Shutdown,
     /// Everything up to [`RunOptions::stop_at`] is applied.
     ReachedLsn(Lsn),
+    /// Everything before [`RunOptions::pause_before`] is applied and
+    /// nothing after it; the applier holds the next transaction until
+    /// [`Applier::resume`].
+    Paused(Lsn),
     /// The server ended the stream.
     StreamEnded,
 }
@@ -73,17 +86,33 @@ pub async fn run(
 ) -> Result<Stopped> {
     let feedback = stream.feedback();
     feedback.set_flushed(applier.confirmable_lsn());
+    applier.pause_before(options.pause_before);
     futures_util::pin_mut!(shutdown);
     let mut shutting_down = false;
+    let mut last_ping: Option<Instant> = None;
     loop {
+        let mut waiting_for_position = false;
+        if let Some(pause) = options.pause_before {
+            let reached =
+                applier.is_holding() || (applier.is_idle() && applier.confirmable_lsn() >= pause);
+            if reached && !applier.in_transaction() {
+                applier.commit().await?;
+                feedback.set_flushed(applier.confirmable_lsn());
+                return Ok(Stopped::Paused(pause));
+            }
+            waiting_for_position |= applier.is_idle();
+        }
         if let Some(stop) = options.stop_at {
             if applier.is_idle() && applier.confirmable_lsn() >= stop {
                 return Ok(Stopped::ReachedLsn(applier.confirmable_lsn()));
             }
-            // Ask the server for a keepalive, which tells where it is.
-            if applier.is_idle() {
-                feedback.request_reply();
-            }
+            waiting_for_position |= applier.is_idle();
+        }
+        // Ask the server for a keepalive, which tells where it is; at most
+        // every PING so an idle stream does not become a ping-pong.
+        if waiting_for_position && last_ping.is_none_or(|t: Instant| t.elapsed() >= PING) {
+            feedback.request_reply();
+            last_ping = Some(Instant::now());
         }
         if shutting_down && !applier.in_transaction() {
             applier.commit().await?;
@@ -103,6 +132,7 @@ pub async fn run(
                 feedback.set_flushed(applier.confirmable_lsn());
                 continue;
             }
+            () = tokio::time::sleep(PING), if waiting_for_position => continue,
         };
         match event {
             None => {

@@ -314,3 +314,90 @@ async fn a_diverged_target_is_an_error_not_a_silent_skip() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
+    use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction, connect_sql};
+    let pair = Pair::new("pause", "CREATE TABLE t (id int PRIMARY KEY, n int)").await;
+    pair.source_sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 1000) g; UPDATE t SET n = 1 WHERE id % 2 = 0;");
+    // A temporary slot exports a snapshot and the exact LSN it stands for.
+    let mut marker = ReplicationClient::connect(&config(&pair.source_conninfo()))
+        .await
+        .unwrap();
+    let point = marker
+        .create_slot(
+            "pause_marker",
+            &SlotOptions {
+                temporary: true,
+                snapshot: SnapshotAction::Export,
+                ..SlotOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    pair.source_sql("UPDATE t SET n = 2 WHERE id % 3 = 0; DELETE FROM t WHERE id > 900; INSERT INTO t VALUES (5000, 5);");
+
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
+        .await
+        .unwrap();
+    let client = ReplicationClient::connect(&config(&pair.source_conninfo()))
+        .await
+        .unwrap();
+    let mut stream = client
+        .start_replication(
+            &pair.slot,
+            pair.start,
+            &pglive_repl::PgOutputOptions::new(["pglive"]),
+            pglive_repl::StreamOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut run_options = pglive_apply::RunOptions::default();
+    run_options.pause_before = Some(point.consistent_point);
+    let stopped = pglive_apply::run(
+        &mut applier,
+        &mut stream,
+        std::future::pending(),
+        &run_options,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        stopped,
+        pglive_apply::Stopped::Paused(point.consistent_point)
+    );
+
+    // The paused target equals the source as of the snapshot, not as of now.
+    let snapshot_sql = "SELECT count(*) || ' ' || sum(n) || ' ' || md5(string_agg(t::text, ',' ORDER BY id)) FROM t";
+    let source = connect_sql(&config(&pair.source_conninfo())).await.unwrap();
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}'",
+            point.snapshot_name.as_deref().unwrap()
+        ))
+        .await
+        .unwrap();
+    let at_snapshot: String = source.query_one(snapshot_sql, &[]).await.unwrap().get(0);
+    let target = connect_sql(&config(&pair.target_conninfo())).await.unwrap();
+    let paused: String = target.query_one(snapshot_sql, &[]).await.unwrap().get(0);
+    assert_eq!(paused, at_snapshot);
+    let now = pair.cluster.psql(&pair.source, snapshot_sql).unwrap();
+    assert_ne!(now, at_snapshot, "the source moved on after the snapshot");
+    marker.close().await.unwrap();
+
+    // Resume: the held transaction and the rest arrive.
+    applier.resume().await.unwrap();
+    let mut run_options = pglive_apply::RunOptions::default();
+    run_options.stop_at = Some(pair.source_lsn());
+    pglive_apply::run(
+        &mut applier,
+        &mut stream,
+        std::future::pending(),
+        &run_options,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    pair.assert_equal().await;
+}

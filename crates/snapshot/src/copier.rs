@@ -143,6 +143,18 @@ pub struct CopySummary {
     pub restarted: Vec<QualifiedName>,
 }
 
+/// What [`Copier::prepare`] recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CopyPlan {
+    /// The parts planned by this process, largest first (tables that
+    /// already had parts in the state table keep theirs).
+    pub parts: Vec<Part>,
+    /// Tables emptied to start over because they were half-done under
+    /// another snapshot.
+    pub restarted: Vec<QualifiedName>,
+}
+
 /// The callback that receives [`CopyEvent`]s.
 type Events = Arc<dyn Fn(CopyEvent) + Send + Sync>;
 
@@ -232,7 +244,9 @@ impl std::fmt::Debug for Copier {
 impl Copier {
     /// A copier of `tables` (from [`pglive_schema::Catalog::read`];
     /// partitioned tables are copied through their leaves, which must be
-    /// among them) from `source` to `target`, whose tables must exist.
+    /// among them) from `source` to `target`, whose tables must exist
+    /// without foreign keys pointing at them (restore post-data after the
+    /// copy): whole-table parts start with `TRUNCATE`.
     pub fn new(
         source: ConnectConfig,
         target: ConnectConfig,
@@ -251,7 +265,7 @@ impl Copier {
     /// state table (tables that already have parts keep theirs). Tables
     /// left half-done under another snapshot are emptied and start over.
     /// [`run`](Self::run) calls this; call it alone to see the plan.
-    pub async fn prepare(&self, snapshot: &Snapshot) -> Result<(Vec<Part>, Vec<QualifiedName>)> {
+    pub async fn prepare(&self, snapshot: &Snapshot) -> Result<CopyPlan> {
         let mut source_client = connect(&self.source).await?;
         let tx = begin_snapshot(&mut source_client, snapshot, &self.source).await?;
         let parts = plan(&tx, &self.tables, &self.options.plan).await?;
@@ -264,7 +278,7 @@ impl Copier {
             snapshot.lsn,
         )
         .await?;
-        Ok((parts, restarted))
+        Ok(CopyPlan { parts, restarted })
     }
 
     /// Copies every pending part under `snapshot` with
@@ -278,7 +292,7 @@ impl Copier {
         events: impl Fn(CopyEvent) + Send + Sync + 'static,
     ) -> Result<CopySummary> {
         let events: Events = Arc::new(events);
-        let (parts, restarted) = self.prepare(snapshot).await?;
+        let CopyPlan { parts, restarted } = self.prepare(snapshot).await?;
         events(CopyEvent::Planned {
             parts: parts.len(),
             restarted: restarted.clone(),

@@ -54,6 +54,19 @@ pub enum Error {
         /// The table.
         table: QualifiedName,
     },
+    /// Another process copied part of the same table under a different
+    /// snapshot: processes sharing a copy must share one snapshot.
+    #[error(
+        "part of {table} was copied under the snapshot at {theirs} while this process copies under {ours}: processes sharing a copy must use the same exported snapshot"
+    )]
+    SnapshotConflict {
+        /// The table.
+        table: QualifiedName,
+        /// This process's snapshot LSN.
+        ours: pglive_repl::Lsn,
+        /// The other snapshot's LSN, as stored.
+        theirs: String,
+    },
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] pglive_schema::Error),

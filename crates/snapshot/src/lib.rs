@@ -19,8 +19,8 @@
 //!   copies its rows and marks it done in that same transaction: a crash
 //!   loses the part's rows and its claim together, and the next run copies
 //!   only unfinished parts. Any number of processes, on any number of
-//!   machines, can run the same copy at once; see [`state`](crate#state)
-//!   below for how snapshots and resumption fit together.
+//!   machines, can run the same copy at once; see [State](#state) below for
+//!   how snapshots and resumption fit together.
 //! - **Streaming.** A part is `COPY (SELECT <columns> FROM ONLY t [WHERE
 //!   range]) TO STDOUT (FORMAT binary)` on the source piped chunk by chunk
 //!   into `COPY t (<columns>) FROM STDIN (FORMAT binary)` on the target;
@@ -74,7 +74,7 @@ mod error;
 mod plan;
 mod state;
 
-pub use copier::{Copier, CopyEvent, CopyOptions, CopySummary, Snapshot, vacuum_analyze};
+pub use copier::{Copier, CopyEvent, CopyOptions, CopyPlan, CopySummary, Snapshot, vacuum_analyze};
 pub use error::{Error, Result};
 pub use plan::{Part, PartRange, PlanOptions, plan};
 pub use state::{PartStatus, copied_at, reset, status};

@@ -17,13 +17,13 @@
 //! tables keep their rows and their older `copied_at`. Processes sharing a
 //! copy therefore share one exported snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use pglive_repl::Lsn;
 use pglive_schema::QualifiedName;
 use tokio_postgres::GenericClient;
 
-use crate::error::{Result, target};
+use crate::error::{Error, Result, target};
 use crate::plan::{Part, PartRange};
 
 /// The advisory lock that serializes creating the state table and seeding
@@ -77,49 +77,55 @@ pub(crate) async fn seed(
     tx.batch_execute(CREATE)
         .await
         .map_err(target("creating pglive.copy_parts"))?;
-    let mut by_table: BTreeMap<&QualifiedName, Vec<&Part>> = BTreeMap::new();
-    for part in parts {
-        by_table.entry(&part.table).or_default().push(part);
-    }
-    for (table, parts) in by_table {
-        let existing: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM pglive.copy_parts \
-                 WHERE migration = $1 AND table_schema = $2 AND table_name = $3",
-                &[&migration, &table.schema, &table.name],
-            )
-            .await
-            .map_err(target(format!("reading the parts of {table}")))?
-            .get(0);
-        if existing > 0 {
-            continue;
-        }
-        for part in parts {
-            let (key, start, end) = match &part.range {
-                PartRange::Key { column, start, end } => (Some(column.as_str()), *start, *end),
-                PartRange::Blocks { start, end } => (None, *start, *end),
-                _ => (None, None, None),
-            };
-            tx.execute(
-                "INSERT INTO pglive.copy_parts (migration, table_schema, table_name, part, kind, \
-                     key_column, range_start, range_end, estimated_bytes) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &migration,
-                    &table.schema,
-                    &table.name,
-                    &part.number,
-                    &part.range.kind(),
-                    &key,
-                    &start,
-                    &end,
-                    &part.estimated_bytes,
-                ],
-            )
-            .await
-            .map_err(target(format!("recording part {} of {table}", part.number)))?;
-        }
-    }
+    // Tables that have parts keep them, whoever planned them.
+    let planned: HashSet<QualifiedName> = tx
+        .query(
+            "SELECT DISTINCT table_schema, table_name FROM pglive.copy_parts WHERE migration = $1",
+            &[&migration],
+        )
+        .await
+        .map_err(target("reading pglive.copy_parts"))?
+        .iter()
+        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    let new: Vec<&Part> = parts
+        .iter()
+        .filter(|p| !planned.contains(&p.table))
+        .collect();
+    let column = |f: &dyn Fn(&Part) -> Option<i64>| new.iter().map(|p| f(p)).collect::<Vec<_>>();
+    let (starts, ends) = (
+        column(&|p| match &p.range {
+            PartRange::Key { start, .. } | PartRange::Blocks { start, .. } => *start,
+            _ => None,
+        }),
+        column(&|p| match &p.range {
+            PartRange::Key { end, .. } | PartRange::Blocks { end, .. } => *end,
+            _ => None,
+        }),
+    );
+    let keys: Vec<Option<&str>> = new
+        .iter()
+        .map(|p| match &p.range {
+            PartRange::Key { column, .. } => Some(column.as_str()),
+            _ => None,
+        })
+        .collect();
+    let schemas: Vec<&str> = new.iter().map(|p| p.table.schema.as_str()).collect();
+    let names: Vec<&str> = new.iter().map(|p| p.table.name.as_str()).collect();
+    let numbers: Vec<i32> = new.iter().map(|p| p.number).collect();
+    let kinds: Vec<&str> = new.iter().map(|p| p.range.kind()).collect();
+    let sizes: Vec<i64> = new.iter().map(|p| p.estimated_bytes).collect();
+    tx.execute(
+        "INSERT INTO pglive.copy_parts (migration, table_schema, table_name, part, kind, \
+             key_column, range_start, range_end, estimated_bytes) \
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], \
+                                  $7::int8[], $8::int8[], $9::int8[])",
+        &[
+            &migration, &schemas, &names, &numbers, &kinds, &keys, &starts, &ends, &sizes,
+        ],
+    )
+    .await
+    .map_err(target("recording the copy plan in pglive.copy_parts"))?;
     // Tables half-done under another snapshot start over under this one.
     let stale = tx
         .query(
@@ -226,6 +232,8 @@ pub(crate) async fn claim(
 }
 
 /// Marks a claimed part done, in the transaction that copied its rows.
+/// Fails if another part of the table was meanwhile committed under another
+/// snapshot (two processes sharing a copy with different snapshots).
 pub(crate) async fn finish(
     tx: &tokio_postgres::Transaction<'_>,
     migration: &str,
@@ -234,6 +242,30 @@ pub(crate) async fn finish(
     bytes: i64,
     lsn: Lsn,
 ) -> Result<()> {
+    if part.range != PartRange::LargeObjects {
+        let other: Option<String> = tx
+            .query_opt(
+                "SELECT copied_at::text FROM pglive.copy_parts \
+                 WHERE migration = $1 AND table_schema = $2 AND table_name = $3 \
+                   AND state = 'done' AND copied_at <> $4::text::pg_lsn LIMIT 1",
+                &[
+                    &migration,
+                    &part.table.schema,
+                    &part.table.name,
+                    &lsn.to_string(),
+                ],
+            )
+            .await
+            .map_err(target(format!("checking the snapshots of {}", part.table)))?
+            .map(|r| r.get(0));
+        if let Some(other) = other {
+            return Err(Error::SnapshotConflict {
+                table: part.table.clone(),
+                ours: lsn,
+                theirs: other,
+            });
+        }
+    }
     tx.execute(
         "UPDATE pglive.copy_parts SET state = 'done', rows = $5, bytes = $6, \
              copied_at = $7::text::pg_lsn, finished_at = now() \

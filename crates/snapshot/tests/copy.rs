@@ -307,6 +307,9 @@ async fn two_copies_share_the_parts() {
         )
     };
     let (a, b) = (copier("a"), copier("b"));
+    // Planning twice records the parts once.
+    let planned = a.prepare(&snapshot).await.unwrap();
+    assert_eq!(b.prepare(&snapshot).await.unwrap(), planned);
     let (ra, rb) = tokio::join!(a.run(&snapshot, |_| {}), b.run(&snapshot, |_| {}));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let target_client = connect_sql(&target).await.unwrap();
@@ -322,6 +325,43 @@ async fn two_copies_share_the_parts() {
     assert_eq!(by.len(), 2, "both copies took parts: {by:?}");
     schema.restore_post_data().await.unwrap();
     assert_eq!(before, checksums(&target).await);
+
+    let names: Vec<QualifiedName> = catalog.tables_with_rows().map(|t| t.name.clone()).collect();
+    pglive_snapshot::vacuum_analyze(&target, &names)
+        .await
+        .unwrap();
+    let unvacuumed: String = target_client
+        .query_one(
+            "SELECT coalesce(string_agg(s.relname, ', '), '') FROM pg_stat_user_tables s \
+             JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.schemaname <> 'pglive' AND c.relkind = 'r' AND s.last_vacuum IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unvacuumed, "");
+}
+
+#[tokio::test]
+async fn a_snapshot_that_is_gone_is_a_clear_error() {
+    let cluster = Cluster::shared();
+    let source = cluster.create_database("gone_src").unwrap();
+    let target = cluster.create_database("gone_dst").unwrap();
+    let (source, target) = (
+        config(&cluster.conninfo(&source)),
+        config(&cluster.conninfo(&target)),
+    );
+    let (replication, snapshot) = export_snapshot(&source, "gone").await;
+    replication.close().await.unwrap();
+    let copier = Copier::new(source, target, Vec::new(), CopyOptions::default());
+    let err = copier.run(&snapshot, |_| {}).await.unwrap_err();
+    assert!(
+        matches!(err, pglive_snapshot::Error::Snapshot { .. }),
+        "{err}"
+    );
+    assert_eq!(err.sqlstate(), Some("22023"), "{err}");
+    assert!(err.to_string().contains(&snapshot.name), "{err}");
 }
 
 /// Not a test on its own: the copy process that `crash_midway_then_resume`

@@ -24,12 +24,13 @@ fn child_entry() {
         return;
     };
     let parts: Vec<&str> = spec.split('\u{1}').collect();
-    let [source, target, slot, start, stop_at] = parts[..] else {
+    let [source, target, slot, start, stop_at, proto] = parts[..] else {
         panic!("bad child spec");
     };
+    let proto: u32 = proto.parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut options = ApplyOptions::new(slot, 2);
+        let mut options = ApplyOptions::new(slot, proto);
         options.max_batch_changes = 300;
         let mut applier = Applier::connect(&config(target), options).await.unwrap();
         let stopped = apply_until(
@@ -37,12 +38,18 @@ fn child_entry() {
             slot,
             start.parse().unwrap(),
             &mut applier,
-            2,
+            proto,
             stop_at.parse::<Lsn>().unwrap(),
         )
         .await;
         assert!(matches!(stopped, Stopped::ReachedLsn(_)));
     });
+    // Peak resident memory, for the bounded-memory test.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    if let Ok(file) = std::env::var("PGLIVE_APPLY_RSS_FILE") {
+        std::fs::write(file, peak.split_whitespace().nth(1).unwrap()).unwrap();
+    }
 }
 
 struct Rng(u64);
@@ -70,15 +77,29 @@ impl Rng {
 }
 
 fn spawn_child(pair: &Pair, stop_at: Lsn) -> Child {
+    spawn_child_with(pair, stop_at, 2, None)
+}
+
+fn spawn_child_with(
+    pair: &Pair,
+    stop_at: Lsn,
+    proto: u32,
+    rss_file: Option<&std::path::Path>,
+) -> Child {
     let spec = [
         pair.source_conninfo(),
         pair.target_conninfo(),
         pair.slot.clone(),
         pair.start.to_string(),
         stop_at.to_string(),
+        proto.to_string(),
     ]
     .join("\u{1}");
-    Command::new(std::env::current_exe().unwrap())
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if let Some(file) = rss_file {
+        command.env("PGLIVE_APPLY_RSS_FILE", file);
+    }
+    command
         .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, spec)
         .stdout(Stdio::null())
@@ -153,4 +174,38 @@ async fn kill_9_during_apply_then_resume() {
 #[ignore]
 async fn kill_9_during_apply_twenty_times() {
     kill_and_resume(24).await;
+}
+
+/// A 1,000,000-row source transaction (not streamed: protocol 1, so it
+/// arrives whole) is applied by a process whose peak resident memory stays
+/// under 512 MiB.
+#[tokio::test]
+async fn a_million_row_transaction_applies_in_bounded_memory() {
+    let pair = Pair::new("memory", "CREATE TABLE big (id int PRIMARY KEY, pad text)").await;
+    pair.source_sql(
+        "INSERT INTO big SELECT g, repeat('m', 100) FROM generate_series(1, 1000000) g",
+    );
+    let stop_at = pair.source_lsn();
+    let rss_file = std::env::temp_dir().join(format!("pglive-rss-{}", std::process::id()));
+    let status = spawn_child_with(&pair, stop_at, 1, Some(&rss_file))
+        .wait()
+        .unwrap();
+    assert!(status.success());
+    let peak_kb: u64 = std::fs::read_to_string(&rss_file)
+        .expect("the child reports its peak memory")
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::remove_file(&rss_file).ok();
+    eprintln!(
+        "peak RSS applying 1,000,000 rows in one transaction: {} MiB",
+        peak_kb / 1024
+    );
+    assert!(peak_kb < 512 * 1024, "peak RSS {peak_kb} kB");
+    assert_eq!(
+        pair.cluster
+            .psql(&pair.target, "SELECT count(*) FROM big")
+            .unwrap(),
+        "1000000"
+    );
 }

@@ -141,6 +141,10 @@ pub struct CopySummary {
     pub bytes: u64,
     /// Tables restarted because they were half-done under another snapshot.
     pub restarted: Vec<QualifiedName>,
+    /// Parts of the migration still pending when this process stopped:
+    /// being copied by other processes, or (if none are running) left for
+    /// a run under a snapshot that matches their table's finished parts.
+    pub remaining: usize,
 }
 
 /// What [`Copier::prepare`] recorded.
@@ -357,10 +361,16 @@ impl Copier {
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(summary),
+        if let Some(e) = first_error {
+            return Err(e);
         }
+        let client = connect(&self.target).await?;
+        summary.remaining = state::status(&client, &self.options.migration)
+            .await?
+            .iter()
+            .filter(|p| !p.done)
+            .count();
+        Ok(summary)
     }
 }
 

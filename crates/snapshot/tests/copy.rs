@@ -205,6 +205,7 @@ async fn copy_and_verify(cluster: &Cluster, source_info: &str, target_info: &str
         .unwrap();
     assert!(parts.iter().all(|p| p.done));
     assert_eq!(summary.parts, parts.len());
+    assert_eq!(summary.remaining, 0);
     let zoo = QualifiedName::new("public", "zoo");
     let nokey = QualifiedName::new("public", "nokey");
     assert!(

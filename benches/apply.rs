@@ -206,6 +206,8 @@ struct Cpu {
     source: f64,
     target: f64,
     client: f64,
+    /// Everything else on the machine (other users of the 2 cores).
+    other: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -1327,6 +1329,97 @@ async fn table_summary(client: &Client, table: &str) -> Result<(i64, String, Opt
 }
 
 // ---------------------------------------------------------------------------
+// What the servers' processes are doing, sampled from pg_stat_activity
+
+type Histogram = std::collections::BTreeMap<String, u32>;
+
+/// Samples, every 50 ms, the state of the walsender of `slot` on the source
+/// and of the applying session(s) in a target database.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(Histogram, Histogram)>>,
+}
+
+impl Sampler {
+    /// `target`: the database and the `backend_type` of the applying
+    /// session there.
+    async fn start(env: &Env, slot: &str, target: Option<(&str, &str)>) -> Result<Sampler> {
+        let source = connect_sql(&config(&env.source.conninfo("postgres"))?).await?;
+        let target = match target {
+            Some((db, kind)) => Some((
+                connect_sql(&config(&env.target.conninfo("postgres"))?).await?,
+                db.to_owned(),
+                kind.to_owned(),
+            )),
+            None => None,
+        };
+        let slot = slot.to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut walsender, mut applier) = (Histogram::new(), Histogram::new());
+            let label = |state: Option<String>, wait: Option<String>| match (state, wait) {
+                (_, Some(wait)) => wait,
+                (Some(state), None) if state == "active" => "on CPU".to_owned(),
+                (Some(state), None) => state,
+                (None, None) => "on CPU".to_owned(),
+            };
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for row in source
+                    .query(
+                        "SELECT a.state, a.wait_event FROM pg_stat_activity a
+                           JOIN pg_replication_slots s ON s.active_pid = a.pid
+                          WHERE s.slot_name = $1",
+                        &[&slot],
+                    )
+                    .await?
+                {
+                    *walsender.entry(label(row.get(0), row.get(1))).or_default() += 1;
+                }
+                if let Some((client, db, kind)) = &target {
+                    for row in client
+                        .query(
+                            "SELECT state, wait_event FROM pg_stat_activity
+                              WHERE datname = $1 AND backend_type = $2",
+                            &[db, kind],
+                        )
+                        .await?
+                    {
+                        *applier.entry(label(row.get(0), row.get(1))).or_default() += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok((walsender, applier))
+        });
+        Ok(Sampler { stop, task })
+    }
+
+    /// Stops sampling; returns a note with the shares of each state.
+    async fn finish(self) -> Result<Vec<String>> {
+        self.stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (walsender, applier) = self.task.await??;
+        let mut notes = vec![format!("source walsender: {}", shares(&walsender))];
+        if !applier.is_empty() {
+            notes.push(format!("target session: {}", shares(&applier)));
+        }
+        Ok(notes)
+    }
+}
+
+fn shares(histogram: &Histogram) -> String {
+    let total: u32 = histogram.values().sum();
+    let mut entries: Vec<(&String, &u32)> = histogram.iter().collect();
+    entries.sort_by(|a, b| b.1.cmp(a.1));
+    entries
+        .iter()
+        .map(|(label, n)| format!("{label} {:.0}%", 100.0 * **n as f64 / total.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------
 // CPU accounting from /proc
 
 struct CpuMeter(Cpu);
@@ -1338,10 +1431,16 @@ impl CpuMeter {
 
     fn stop(self, env: &Env) -> Cpu {
         let now = cpu_now(env);
+        let (source, target, client) = (
+            now.source - self.0.source,
+            now.target - self.0.target,
+            now.client - self.0.client,
+        );
         Cpu {
-            source: now.source - self.0.source,
-            target: now.target - self.0.target,
-            client: now.client - self.0.client,
+            source,
+            target,
+            client,
+            other: (now.other - self.0.other - source - target - client).max(0.0),
         }
     }
 }
@@ -1352,7 +1451,26 @@ fn cpu_now(env: &Env) -> Cpu {
         source: ticks(cluster_ticks(&env.source)),
         target: ticks(cluster_ticks(&env.target)),
         client: ticks(proc_stat("self").map(|s| s.own + s.children).unwrap_or(0)),
+        other: ticks(machine_busy_ticks()),
     }
+}
+
+/// Busy CPU ticks of the whole machine since boot (`/proc/stat`).
+fn machine_busy_ticks() -> u64 {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| n.get(i))
+        .sum()
 }
 
 struct ProcStat {

@@ -118,7 +118,7 @@ async fn large_transactions_streamed_and_whole_with_bounded_memory() {
     pair.source_sql(
         "SET logical_decoding_work_mem = '64kB';
          INSERT INTO big SELECT g, repeat('x', 50), 0 FROM generate_series(1, 500000) g;
-         BEGIN; INSERT INTO big SELECT g, 'aborted', 0 FROM generate_series(300001, 350000) g; ROLLBACK;
+         BEGIN; INSERT INTO big SELECT g, 'aborted', 0 FROM generate_series(600001, 650000) g; ROLLBACK;
          BEGIN; UPDATE big SET n = n + 1 WHERE id % 2 = 0; SAVEPOINT a; DELETE FROM big WHERE id < 1000; ROLLBACK TO a; DELETE FROM big WHERE id > 499000; COMMIT;",
     );
     // Protocol 2 streams the large transactions; a tiny spool budget makes

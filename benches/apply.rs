@@ -831,6 +831,7 @@ async fn read_and_discard(
     stop: Lsn,
     changes: u64,
 ) -> Result<Outcome> {
+    let sampler = Sampler::start(env, slot, None).await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     let client = ReplicationClient::connect(&config(&env.source.conninfo(db))?).await?;
@@ -874,22 +875,35 @@ async fn read_and_discard(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop(env);
+    let mut notes = sampler.finish().await?;
     stream.stop().await?.close().await?;
     Ok(Outcome {
         seconds,
         applied: changes,
         complete: true,
         cpu,
-        notes: vec![format!(
-            "{} messages, {:.1} MB of pgoutput",
-            thousands(messages),
-            bytes as f64 / 1e6
-        )],
+        notes: {
+            notes.insert(
+                0,
+                format!(
+                    "{} messages, {:.1} MB of pgoutput",
+                    thousands(messages),
+                    bytes as f64 / 1e6
+                ),
+            );
+            notes
+        },
         ..Outcome::default()
     })
 }
 
 async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outcome> {
+    let sampler = Sampler::start(
+        env,
+        &names.pglive_slot,
+        Some((&names.pglive_db, "client backend")),
+    )
+    .await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     let options = ApplyOptions::new(names.pglive_slot.clone(), PROTO);
@@ -935,6 +949,7 @@ async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outco
     .context("pglive did not finish in time")??;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop(env);
+    let sampled = sampler.finish().await?;
     if !matches!(stopped, Stopped::ReachedLsn(_)) {
         bail!("pglive stopped early: {stopped:?}");
     }
@@ -945,7 +960,7 @@ async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outco
         seconds,
         complete: true,
         cpu,
-        notes: vec![
+        notes: [
             format!(
                 "{} source transactions in {} target batches ({} changes per batch)",
                 thousands(stats.transactions),
@@ -953,10 +968,19 @@ async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outco
                 thousands(changes / stats.batches.max(1))
             ),
             format!(
+                "{} rows inserted, {} updated, {} deleted on the target (repeated changes of a key merged)",
+                thousands(stats.inserted),
+                thousands(stats.updated),
+                thousands(stats.deleted)
+            ),
+            format!(
                 "connected after {connected:.2} s; last data read from the socket at {received_at:.2} s; \
                  last source transaction handed to the applier at {last_txn_at:.2} s"
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(sampled)
+        .collect(),
         ..Outcome::default()
     })
 }
@@ -971,6 +995,12 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
         )
         .await?
         .get(0);
+    let sampler = Sampler::start(
+        env,
+        &names.native_slot,
+        Some((&names.native_db, "logical replication worker")),
+    )
+    .await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     target
@@ -1033,6 +1063,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop(env);
+    let sampled = sampler.finish().await?;
     target
         .batch_execute(&format!(
             "ALTER SUBSCRIPTION {} DISABLE",
@@ -1049,6 +1080,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
             "last transaction committed on the target at {at:.2} s (by its replication origin), confirmed at {seconds:.2} s"
         ));
     }
+    notes.extend(sampled);
     Ok(Outcome {
         seconds,
         complete: true,
@@ -1397,8 +1429,7 @@ impl Sampler {
 
     /// Stops sampling; returns a note with the shares of each state.
     async fn finish(self) -> Result<Vec<String>> {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (walsender, applier) = self.task.await??;
         let mut notes = vec![format!("source walsender: {}", shares(&walsender))];
         if !applier.is_empty() {
@@ -1467,10 +1498,7 @@ fn machine_busy_ticks() -> u64 {
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal
-    [0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| n.get(i))
-        .sum()
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| n.get(i)).sum()
 }
 
 struct ProcStat {
@@ -1525,7 +1553,7 @@ fn cluster_ticks(cluster: &Cluster) -> u64 {
 
 fn report_line(scenario: &str, consumer: &str, changes: u64, outcome: &Outcome) {
     eprintln!(
-        "[{scenario}] {consumer}: {:.2} s, {} changes/s{}; CPU s: source {:.1}, target {:.1}, client {:.1}{}",
+        "[{scenario}] {consumer}: {:.2} s, {} changes/s{}; CPU s: source {:.1}, target {:.1}, client {:.1}, rest of the machine {:.1}{}",
         outcome.seconds,
         thousands(outcome.rate() as u64),
         if outcome.complete {
@@ -1540,6 +1568,7 @@ fn report_line(scenario: &str, consumer: &str, changes: u64, outcome: &Outcome) 
         outcome.cpu.source,
         outcome.cpu.target,
         outcome.cpu.client,
+        outcome.cpu.other,
         match outcome.verified {
             Some(true) => "; target equals source",
             Some(false) => "; !!!! TARGET DIFFERS FROM SOURCE !!!!",
@@ -1647,7 +1676,8 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
     let _ = writeln!(
         md,
         "\nCPU seconds used during each consumer's run (source cluster / target cluster / client \
-         process, which for pgcopydb includes its subprocesses):\n"
+         process, which for pgcopydb includes its subprocesses / the rest of the machine, i.e. \
+         other users of the cores):\n"
     );
     let _ = writeln!(
         md,
@@ -1655,8 +1685,8 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
     );
     let cpu = |o: Option<&Outcome>| match o {
         Some(o) => format!(
-            "{:.1} / {:.1} / {:.1}",
-            o.cpu.source, o.cpu.target, o.cpu.client
+            "{:.1} / {:.1} / {:.1} / {:.1}",
+            o.cpu.source, o.cpu.target, o.cpu.client, o.cpu.other
         ),
         None => "–".into(),
     };

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pglive_apply::{Applier, ApplyOptions, Progress, RunOptions, Stopped, TableName};
+use pglive_apply::{Applier, ApplyOptions, Progress, QualifiedName, RunOptions, Stopped};
 use pglive_repl::{
     PgOutputOptions, ReplicationClient, ReplicationStream, StreamOptions, Streaming, connect_sql,
 };
@@ -43,11 +43,11 @@ pub struct Session {
 /// from the applied position.
 pub async fn connect(ctx: &Job, migration: &Migration) -> Result<Session> {
     let target = connect_sql(&ctx.target).await?;
-    let copied_at: HashMap<TableName, pglive_repl::Lsn> =
+    let copied_at: HashMap<QualifiedName, pglive_repl::Lsn> =
         pglive_snapshot::copied_at(&target, &ctx.name)
             .await?
             .into_iter()
-            .map(|(name, lsn)| (TableName::new(name.schema, name.name), lsn))
+            .map(|(name, lsn)| (QualifiedName::new(name.schema, name.name), lsn))
             .collect();
     drop(target);
     let replication = ReplicationClient::connect(&ctx.source).await?;

@@ -15,7 +15,8 @@ use crate::execute::{self, StatementCache};
 use crate::plan::{Change, TablePlan, Values};
 use crate::progress;
 use crate::spool::Spools;
-use crate::table::{Identity, TableMap, TableName};
+use crate::table::{Identity, TableMap};
+use pglive_schema::QualifiedName;
 
 /// How the applier batches and where it keeps its state.
 #[derive(Clone, Debug)]
@@ -28,7 +29,7 @@ pub struct ApplyOptions {
     pub protocol_version: u32,
     /// Per table, the LSN its initial copy corresponds to: changes of
     /// transactions that committed before it are already in the copy.
-    pub copied_at: HashMap<TableName, Lsn>,
+    pub copied_at: HashMap<QualifiedName, Lsn>,
     /// Commit the target transaction at the first source commit after this
     /// many changes…
     pub max_batch_changes: usize,
@@ -115,7 +116,7 @@ pub struct Applier {
     decoder: Decoder,
     cache: StatementCache,
     relations: HashMap<u32, Arc<TableMap>>,
-    triggers_checked: std::collections::HashSet<TableName>,
+    triggers_checked: std::collections::HashSet<QualifiedName>,
     applied: Lsn,
     confirmable: Lsn,
     txn: Option<SourceTxn>,

@@ -6,7 +6,7 @@ use pglive_repl::Lsn;
 use tokio_postgres::Client;
 
 use crate::error::{Result, target};
-use crate::table::TableName;
+use pglive_schema::QualifiedName;
 
 const SCHEMA_SQL: &str = "
 CREATE SCHEMA IF NOT EXISTS pglive;
@@ -73,7 +73,7 @@ pub async fn applied_lsn(client: &Client, stream_id: &str) -> Result<Option<Lsn>
 
 /// Disables the enabled user triggers of `table` and records them, so that
 /// [`restore_triggers`] can enable exactly those again.
-pub(crate) async fn disable_user_triggers(client: &Client, table: &TableName) -> Result<()> {
+pub(crate) async fn disable_user_triggers(client: &Client, table: &QualifiedName) -> Result<()> {
     let rows = client
         .query(
             "SELECT t.tgname::text FROM pg_catalog.pg_trigger t
@@ -120,7 +120,7 @@ pub async fn restore_triggers(client: &Client) -> Result<u64> {
     };
     let mut enabled = 0;
     for row in rows {
-        let table = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let trigger: String = row.get(2);
         client
             .batch_execute(&format!(

@@ -1,43 +1,12 @@
 //! Mapping a source relation (from a pgoutput Relation message) onto the
 //! target table of the same schema-qualified name, columns by name.
 
-use std::fmt;
-
 use pglive_repl::pgoutput::{Relation, ReplicaIdentity};
 use pglive_repl::quote_ident;
+use pglive_schema::QualifiedName;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, target};
-
-/// A schema-qualified table name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    /// The schema.
-    pub schema: String,
-    /// The table.
-    pub name: String,
-}
-
-impl TableName {
-    /// A name from its two parts.
-    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> TableName {
-        TableName {
-            schema: schema.into(),
-            name: name.into(),
-        }
-    }
-
-    /// `"schema"."name"`, quoted for SQL.
-    pub fn quoted(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.quoted())
-    }
-}
 
 /// How rows of a table are found for UPDATE and DELETE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +31,7 @@ pub(crate) struct Column {
 /// A source relation mapped onto its target table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TableMap {
-    pub name: TableName,
+    pub name: QualifiedName,
     /// `"schema"."name"`.
     pub quoted: String,
     /// For each source column: its index in `columns`, or `None` when the
@@ -80,7 +49,7 @@ impl TableMap {
     /// source column exists there. Target columns the source does not send
     /// keep their defaults.
     pub async fn resolve(client: &Client, relation: &Relation) -> Result<TableMap> {
-        let name = TableName::new(&relation.namespace, &relation.name);
+        let name = QualifiedName::new(&relation.namespace, &relation.name);
         let rows = client
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
@@ -106,7 +75,7 @@ impl TableMap {
 
     /// The mapping from the target's columns (name, type, generated).
     pub fn from_target_columns(
-        name: TableName,
+        name: QualifiedName,
         relation: &Relation,
         target_columns: &[(String, String, bool)],
     ) -> Result<TableMap> {

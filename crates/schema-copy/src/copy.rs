@@ -26,6 +26,7 @@
 //! ([`SchemaCopy::copy_roles`]), without passwords, which cannot be read
 //! without superuser rights.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,12 +82,16 @@ impl Default for SchemaOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RestoreReport {
-    /// Archive entries restored.
+    /// Archive entries restored (for post-data: not counting those
+    /// skipped).
     pub entries: usize,
     /// For post-data: primary keys and replica identity indexes among them.
     pub key_entries: usize,
     /// For post-data: materialized views refreshed.
     pub materialized_views: usize,
+    /// For post-data: entries skipped because the target already has the
+    /// object (from an earlier, interrupted restore).
+    pub skipped: usize,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -99,6 +104,86 @@ struct Dumped {
     post_data: PathBuf,
     post_entries: Vec<TocEntry>,
     keys: KeyObjects,
+    identities: Identities,
+}
+
+/// How post-data objects are recognized on the target, so that a restore
+/// interrupted midway can run again: objects that exist are skipped.
+#[derive(Debug, Default)]
+struct Identities {
+    /// (catalog, OID) on the source → identity (kind, schema, table, name).
+    by_oid: HashMap<(u32, u32), String>,
+    /// Partition indexes attached to a parent index: the `schema name` of
+    /// an INDEX ATTACH entry → identity.
+    attachments: Vec<(String, String)>,
+}
+
+impl Identities {
+    /// The identity of the object `entry` creates, if known.
+    fn of(&self, entry: &TocEntry) -> Option<&String> {
+        if let Some(rest) = entry.rest.strip_prefix("INDEX ATTACH ") {
+            return self
+                .attachments
+                .iter()
+                .find(|(name, _)| rest == name || rest.starts_with(&format!("{name} ")))
+                .map(|(_, identity)| identity);
+        }
+        self.by_oid.get(&(entry.catalog, entry.oid))
+    }
+}
+
+/// Identities of the post-data objects of a database: indexes, constraints,
+/// triggers, rules, policies (with the catalog and OID of each) and index
+/// attachments (catalog 0).
+const IDENTITIES: &str = "
+SELECT 'pg_class'::regclass::oid, c.oid, 'index|' || n.nspname || '|' || c.relname
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('i', 'I')
+UNION ALL
+SELECT 'pg_constraint'::regclass::oid, co.oid,
+       'constraint|' || n.nspname || '|' || r.relname || '|' || co.conname
+  FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_class r ON r.oid = co.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+UNION ALL
+SELECT 'pg_trigger'::regclass::oid, t.oid,
+       'trigger|' || n.nspname || '|' || r.relname || '|' || t.tgname
+  FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class r ON r.oid = t.tgrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+ WHERE NOT t.tgisinternal
+UNION ALL
+SELECT 'pg_rewrite'::regclass::oid, w.oid,
+       'rule|' || n.nspname || '|' || r.relname || '|' || w.rulename
+  FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_class r ON r.oid = w.ev_class
+  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+ WHERE w.rulename <> '_RETURN'
+UNION ALL
+SELECT 'pg_policy'::regclass::oid, p.oid,
+       'policy|' || n.nspname || '|' || r.relname || '|' || p.polname
+  FROM pg_catalog.pg_policy p JOIN pg_catalog.pg_class r ON r.oid = p.polrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+UNION ALL
+SELECT 0, c.oid, 'attach|' || n.nspname || '|' || c.relname || '|' || n.nspname || ' ' || c.relname
+  FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('i', 'I')";
+
+/// The identity strings of an `IDENTITIES` row: (catalog, OID, identity,
+/// INDEX ATTACH tag for attachments).
+fn identity_row(row: &tokio_postgres::Row) -> (u32, u32, String, Option<String>) {
+    let catalog: u32 = row.get(0);
+    let text: String = row.get(2);
+    if catalog == 0 {
+        // attach|schema|name|schema name
+        let (identity, tag) = text.rsplit_once('|').expect("attach rows have a tag");
+        (
+            catalog,
+            row.get(1),
+            identity.to_owned(),
+            Some(tag.to_owned()),
+        )
+    } else {
+        (catalog, row.get(1), text, None)
+    }
 }
 
 /// Copies the schema of one source database to one target database with
@@ -222,7 +307,7 @@ impl SchemaCopy {
             },
             self.key_objects(snapshot),
         );
-        let (mut pre_entries, post_entries, keys) = (pre?, post?, keys?);
+        let (mut pre_entries, post_entries, (keys, identities)) = (pre?, post?, keys?);
         if self.options.skip_extensions {
             pre_entries = toc::without_extensions(pre_entries);
         }
@@ -232,6 +317,7 @@ impl SchemaCopy {
             post_data,
             post_entries,
             keys,
+            identities,
         });
         Ok(())
     }
@@ -274,7 +360,7 @@ impl SchemaCopy {
         Ok(toc::parse(&text))
     }
 
-    async fn key_objects(&self, snapshot: Option<&str>) -> Result<KeyObjects> {
+    async fn key_objects(&self, snapshot: Option<&str>) -> Result<(KeyObjects, Identities)> {
         let mut client = connect(&self.source).await?;
         let context = format!("reading keys of {}", self.source.describe());
         let tx = client
@@ -295,8 +381,36 @@ impl SchemaCopy {
         let keys = read_key_objects(&tx)
             .await
             .map_err(query(context.clone()))?;
+        let mut identities = Identities::default();
+        for row in tx
+            .query(IDENTITIES, &[])
+            .await
+            .map_err(query(context.clone()))?
+        {
+            match identity_row(&row) {
+                (_, _, identity, Some(tag)) => identities.attachments.push((tag, identity)),
+                (catalog, oid, identity, None) => {
+                    identities.by_oid.insert((catalog, oid), identity);
+                }
+            }
+        }
         tx.commit().await.map_err(query(context))?;
-        Ok(keys)
+        Ok((keys, identities))
+    }
+
+    /// The identities of the post-data objects the target already has.
+    async fn existing_on_target(&self) -> Result<HashSet<String>> {
+        let client = connect(&self.target).await?;
+        Ok(client
+            .query(IDENTITIES, &[])
+            .await
+            .map_err(query(format!(
+                "listing indexes and constraints of {}",
+                self.target.describe()
+            )))?
+            .iter()
+            .map(|row| identity_row(row).2)
+            .collect())
     }
 
     async fn ensure_dumped(&mut self) -> Result<&Dumped> {
@@ -346,7 +460,16 @@ impl SchemaCopy {
         let started = Instant::now();
         self.ensure_dumped().await?;
         let dumped = self.dumped.as_ref().expect("dumped above");
-        let phases = toc::post_data_phases(dumped.post_entries.clone(), &dumped.keys);
+        // What an interrupted earlier restore already created stays.
+        let existing = self.existing_on_target().await?;
+        let (done, todo): (Vec<TocEntry>, Vec<TocEntry>) =
+            dumped.post_entries.iter().cloned().partition(|e| {
+                dumped
+                    .identities
+                    .of(e)
+                    .is_some_and(|identity| existing.contains(identity))
+            });
+        let phases = toc::post_data_phases(todo, &dumped.keys);
         let jobs = self.options.jobs.max(1);
         let parallel = if jobs > 1 {
             vec![format!("--jobs={jobs}")]
@@ -368,9 +491,10 @@ impl SchemaCopy {
                 .await?;
         }
         Ok(RestoreReport {
-            entries: dumped.post_entries.len(),
+            entries: phases.keys.len() + phases.rest.len() + phases.refresh.len(),
             key_entries: phases.keys.len(),
             materialized_views: phases.refresh.len(),
+            skipped: done.len(),
             elapsed: started.elapsed(),
         })
     }

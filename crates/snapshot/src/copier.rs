@@ -321,6 +321,7 @@ impl Copier {
         }
         let tables = Arc::new(tables);
         let mut workers = tokio::task::JoinSet::new();
+        let mut numbers = HashMap::new();
         for worker in 0..self.options.workers.max(1) {
             let ctx = Worker {
                 number: worker,
@@ -332,14 +333,15 @@ impl Copier {
                 tables: Arc::clone(&tables),
                 events: Arc::clone(&events),
             };
-            workers.spawn(async move { (worker, ctx.run().await) });
+            let handle = workers.spawn(ctx.run());
+            numbers.insert(handle.id(), worker);
         }
         let mut summary = CopySummary {
             restarted,
             ..CopySummary::default()
         };
         let mut first_error = None;
-        while let Some(joined) = workers.join_next().await {
+        while let Some(joined) = workers.join_next_with_id().await {
             match joined {
                 Ok((_, Ok(done))) => {
                     summary.parts += done.parts;
@@ -355,7 +357,8 @@ impl Copier {
                 Err(e) if e.is_cancelled() => {}
                 Err(source) => {
                     if first_error.is_none() {
-                        first_error = Some(Error::Worker { worker: 0, source });
+                        let worker = numbers.get(&source.id()).copied().unwrap_or_default();
+                        first_error = Some(Error::Worker { worker, source });
                         workers.abort_all();
                     }
                 }

@@ -220,18 +220,7 @@ async fn schema_drift_stops_apply_with_the_table_and_column_named() {
     let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
         .await
         .unwrap();
-    let client = pglive_repl::ReplicationClient::connect(&config(&pair.source_conninfo()))
-        .await
-        .unwrap();
-    let mut stream = client
-        .start_replication(
-            &pair.slot,
-            pair.start,
-            &pglive_repl::PgOutputOptions::new(["pglive"]),
-            pglive_repl::StreamOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut stream = pair.stream(pair.start).await;
     let mut run_options = pglive_apply::RunOptions::default();
     run_options.stop_at = Some(stop_at);
     let error = pglive_apply::run(
@@ -276,18 +265,7 @@ async fn a_diverged_target_is_an_error_not_a_silent_skip() {
         .await
         .unwrap();
     let result = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let client = pglive_repl::ReplicationClient::connect(&config(&pair.source_conninfo()))
-            .await
-            .unwrap();
-        let mut stream = client
-            .start_replication(
-                &pair.slot,
-                applier.applied_lsn(),
-                &pglive_repl::PgOutputOptions::new(["pglive"]),
-                pglive_repl::StreamOptions::default(),
-            )
-            .await
-            .unwrap();
+        let mut stream = pair.stream(applier.applied_lsn()).await;
         let mut run_options = pglive_apply::RunOptions::default();
         run_options.stop_at = Some(stop_at);
         pglive_apply::run(
@@ -340,18 +318,7 @@ async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
     let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
         .await
         .unwrap();
-    let client = ReplicationClient::connect(&config(&pair.source_conninfo()))
-        .await
-        .unwrap();
-    let mut stream = client
-        .start_replication(
-            &pair.slot,
-            pair.start,
-            &pglive_repl::PgOutputOptions::new(["pglive"]),
-            pglive_repl::StreamOptions::default(),
-        )
-        .await
-        .unwrap();
+    let mut stream = pair.stream(pair.start).await;
     let mut run_options = pglive_apply::RunOptions::default();
     run_options.pause_before = Some(point.consistent_point);
     let stopped = pglive_apply::run(

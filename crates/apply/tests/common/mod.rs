@@ -104,6 +104,21 @@ impl Pair {
         applier
     }
 
+    /// A protocol-1 stream from the pair's slot, starting at `from`.
+    pub async fn stream(&self, from: Lsn) -> pglive_repl::ReplicationStream {
+        ReplicationClient::connect(&config(&self.source_conninfo()))
+            .await
+            .unwrap()
+            .start_replication(
+                &self.slot,
+                from,
+                &PgOutputOptions::new(["pglive"]),
+                StreamOptions::default(),
+            )
+            .await
+            .unwrap()
+    }
+
     /// Compares every table of the schema row by row; panics on the first
     /// difference, naming the table.
     pub async fn assert_equal(&self) {

@@ -1390,11 +1390,12 @@ impl Sampler {
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let (mut walsender, mut applier) = (Histogram::new(), Histogram::new());
+            // An idle session waits for its client (ClientRead): name it by
+            // its state; a working one by what it waits for, if anything.
             let label = |state: Option<String>, wait: Option<String>| match (state, wait) {
+                (Some(state), _) if state != "active" => state,
                 (_, Some(wait)) => wait,
-                (Some(state), None) if state == "active" => "on CPU".to_owned(),
-                (Some(state), None) => state,
-                (None, None) => "on CPU".to_owned(),
+                (_, None) => "on CPU".to_owned(),
             };
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 for row in source

@@ -21,7 +21,7 @@ const QUIET: Duration = Duration::from_secs(1);
 
 async fn source_lsn(source: &Client) -> Result<Lsn> {
     let text: String = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
         .context("reading the source's WAL position")?
         .get(0);

@@ -74,9 +74,11 @@ pub(crate) async fn seed(
     )
     .await
     .map_err(target("locking pglive.copy_parts"))?;
-    tx.batch_execute(CREATE)
-        .await
-        .map_err(target("creating pglive.copy_parts"))?;
+    if !state_exists(&tx).await? {
+        tx.batch_execute(CREATE)
+            .await
+            .map_err(target("creating pglive.copy_parts"))?;
+    }
     // Tables that have parts keep them, whoever planned them.
     let planned: HashSet<QualifiedName> = tx
         .query(
@@ -157,6 +159,7 @@ pub(crate) async fn seed(
     tx.commit()
         .await
         .map_err(target("committing the copy plan"))?;
+    reset.sort();
     Ok(reset)
 }
 

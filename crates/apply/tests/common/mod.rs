@@ -74,7 +74,7 @@ impl Pair {
     /// before it.
     pub fn source_lsn(&self) -> Lsn {
         self.cluster
-            .psql(&self.source, "SELECT pg_current_wal_lsn()")
+            .psql(&self.source, "SELECT pg_current_wal_insert_lsn()")
             .unwrap()
             .parse()
             .unwrap()

@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn frames_split_only_when_complete() {
         let mut buf = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
-        buf.extend_from_slice(b"C\0\0\0\x09SEL");
+        buf.extend_from_slice(b"C\0\0\0\x0aSEL");
         let frame = take_frame(&mut buf).unwrap().unwrap();
         assert_eq!((frame.tag, &frame.body[..]), (b'Z', &b"I"[..]));
         assert!(take_frame(&mut buf).unwrap().is_none());

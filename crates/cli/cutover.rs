@@ -348,6 +348,7 @@ pub async fn command(
         jobs: 1,
         index_jobs: 1,
         reuse_schema: true,
+        hypertables: false,
     };
     let session = live::connect(&ctx, &migration).await?;
     let result = tokio::time::timeout(

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use pglive_repl::{
-    ConnectConfig, CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction, quote_ident,
+    ConnectConfig, CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction, connect_sql,
+    quote_ident,
 };
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyOptions, Snapshot};
@@ -28,6 +29,8 @@ pub struct Job {
     pub jobs: usize,
     pub index_jobs: usize,
     pub reuse_schema: bool,
+    /// Make TimescaleDB hypertables on the target before the data.
+    pub hypertables: bool,
 }
 
 pub fn filter_from(include: &[String], exclude: &[String]) -> ObjectFilter {
@@ -56,6 +59,7 @@ pub async fn run(
         jobs: args.jobs.max(1),
         index_jobs: args.index_jobs.max(1),
         reuse_schema: args.reuse_schema,
+        hypertables: args.hypertables == crate::cli::Hypertables::Auto,
     };
 
     // The lock first: whatever this process reads about the migration
@@ -201,7 +205,7 @@ async fn start(
     };
     state::insert(target, &migration).await?;
     let snapshot = Snapshot::from_slot(&created).context("the slot exported no snapshot")?;
-    schema_pre_data(ctx, Some(&snapshot.name), reporter).await?;
+    schema_pre_data(ctx, Some(&snapshot.name), catalog, reporter).await?;
     state::set_stage(target, &ctx.name, Stage::Copy).await?;
     copy(ctx, catalog, &snapshot, reporter).await?;
     // The snapshot is no longer needed.
@@ -221,7 +225,12 @@ fn schema_options(ctx: &Job) -> SchemaOptions {
     options
 }
 
-async fn schema_pre_data(ctx: &Job, snapshot: Option<&str>, reporter: &Reporter) -> Result<()> {
+async fn schema_pre_data(
+    ctx: &Job,
+    snapshot: Option<&str>,
+    catalog: &Catalog,
+    reporter: &Reporter,
+) -> Result<()> {
     let started = Instant::now();
     let mut schema =
         SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), schema_options(ctx)).await?;
@@ -235,6 +244,23 @@ async fn schema_pre_data(ctx: &Job, snapshot: Option<&str>, reporter: &Reporter)
         report.entries,
         started.elapsed().as_secs_f64()
     ));
+    if ctx.hypertables && !catalog.hypertables.is_empty() && !ctx.reuse_schema {
+        // Chunks are made as rows arrive, so the table must be a hypertable
+        // before the copy.
+        let target = connect_sql(&ctx.target).await?;
+        for hypertable in &catalog.hypertables {
+            target
+                .batch_execute(&hypertable.create_sql())
+                .await
+                .with_context(|| {
+                    format!("making {} a hypertable on the target", hypertable.name)
+                })?;
+        }
+        reporter.line(format!(
+            "schema: {} hypertable(s) created",
+            catalog.hypertables.len()
+        ));
+    }
     Ok(())
 }
 
@@ -310,7 +336,7 @@ async fn continue_from(
                 .await?
                 .is_some();
             if !tables_exist {
-                schema_pre_data(ctx, Some(&snapshot.name), reporter).await?;
+                schema_pre_data(ctx, Some(&snapshot.name), catalog, reporter).await?;
             }
             state::set_stage(target, &ctx.name, Stage::Copy).await?;
         }

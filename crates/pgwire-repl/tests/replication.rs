@@ -772,3 +772,78 @@ async fn wal_level_replica_is_refused_with_a_clear_error() {
     assert_eq!(err.sqlstate(), Some("55000"), "{err}");
     assert!(err.to_string().contains("wal_level"), "{err}");
 }
+
+#[tokio::test]
+async fn md5_and_cleartext_password_authentication() {
+    for method in ["md5", "password"] {
+        let cluster = Cluster::start(
+            ClusterOptions::new()
+                .password_auth(true)
+                .auth_method(method),
+        )
+        .unwrap();
+        let db = cluster.create_database("auth").unwrap();
+        let role = cluster.role().unwrap();
+        if method == "md5" {
+            let stored = cluster
+                .psql(
+                    "postgres",
+                    &format!(
+                        "SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = '{}'",
+                        role.user
+                    ),
+                )
+                .unwrap();
+            assert_eq!(
+                stored, "md5",
+                "the password is stored as MD5, so MD5 is exchanged"
+            );
+        }
+        let mut client = connect(&cluster.role_conninfo(&db).unwrap()).await;
+        assert_eq!(
+            client.identify_system().await.unwrap().dbname.as_deref(),
+            Some(db.as_str())
+        );
+        let wrong = cluster
+            .role_conninfo(&db)
+            .unwrap()
+            .replace(&format!("password={}", role.password), "password=nope");
+        let err = ReplicationClient::connect(&config(&wrong))
+            .await
+            .unwrap_err();
+        assert_eq!(err.sqlstate(), Some("28P01"), "{method}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn use_snapshot_makes_it_the_transaction_snapshot_of_the_connection() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("usesnap").unwrap();
+    cluster
+        .psql(
+            &db,
+            "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10)",
+        )
+        .unwrap();
+    let mut client = connect(&cluster.conninfo(&db)).await;
+    client
+        .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .unwrap();
+    let slot = client
+        .create_slot(
+            "use_slot",
+            &SlotOptions {
+                temporary: true,
+                snapshot: SnapshotAction::Use,
+                ..SlotOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(slot.snapshot_name, None);
+    cluster.psql(&db, "INSERT INTO t VALUES (11)").unwrap();
+    let count = client.simple_query("SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(count.rows, vec![vec![Some("10".to_owned())]]);
+    client.simple_query("COMMIT").await.unwrap();
+}

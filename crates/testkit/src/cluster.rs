@@ -63,6 +63,7 @@ pub struct ClusterOptions {
     settings: Vec<(String, String)>,
     ssl: bool,
     password_auth: bool,
+    auth_method: Option<String>,
     major: Option<u32>,
 }
 
@@ -93,6 +94,18 @@ impl ClusterOptions {
     /// [`Cluster::psql`].
     pub fn password_auth(mut self, on: bool) -> Self {
         self.password_auth = on;
+        self
+    }
+
+    /// With [`password_auth`](Self::password_auth): the pg_hba method for
+    /// password logins — `scram-sha-256` (the default), `md5` (passwords are
+    /// then stored as MD5 hashes, so the MD5 exchange really happens) or
+    /// `password` (cleartext).
+    pub fn auth_method(mut self, method: &str) -> Self {
+        self.auth_method = Some(method.to_owned());
+        if method == "md5" {
+            self = self.setting("password_encryption", "md5");
+        }
         self
     }
 
@@ -255,7 +268,15 @@ impl Cluster {
         settings.extend(options.settings.iter().cloned());
 
         let hba = self.data_dir.join("pg_hba.conf");
-        fs::write(&hba, pg_hba(options.password_auth)).map_err(|e| Error::io("write", &hba, e))?;
+        fs::write(
+            &hba,
+            pg_hba(
+                options
+                    .password_auth
+                    .then(|| options.auth_method.as_deref().unwrap_or("scram-sha-256")),
+            ),
+        )
+        .map_err(|e| Error::io("write", &hba, e))?;
         let conf = self.data_dir.join("postgresql.conf");
         OpenOptions::new()
             .append(true)
@@ -597,14 +618,11 @@ fn describe_program(cmd: &std::process::Command) -> String {
 }
 
 /// pg_hba.conf: the superuser always trusts over the Unix socket; TCP from
-/// 127.0.0.1 trusts everyone, or needs SCRAM from everyone with
-/// `password_auth`.
-fn pg_hba(password_auth: bool) -> String {
-    let (local_others, tcp) = if password_auth {
-        ("scram-sha-256", "scram-sha-256")
-    } else {
-        ("trust", "trust")
-    };
+/// 127.0.0.1 trusts everyone, or needs a password (by `password_method`)
+/// from everyone with `password_auth`.
+fn pg_hba(password_method: Option<&str>) -> String {
+    let method = password_method.unwrap_or("trust");
+    let (local_others, tcp) = (method, method);
     format!(
         "# Written by pglive-testkit.\n\
          # TYPE  DATABASE     USER        ADDRESS        METHOD\n\

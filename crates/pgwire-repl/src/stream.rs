@@ -139,6 +139,11 @@ impl Feedback {
 
 type Batch = Result<Vec<ReplicationEvent>>;
 
+/// How long a read waits for more data when little has arrived.
+const GATHER_PATIENCE: Duration = Duration::from_millis(1);
+/// How much data is a batch worth delivering at once.
+const GATHER_ENOUGH: usize = 64 * 1024;
+
 /// The stream of WAL data from `START_REPLICATION`; a
 /// [`futures_core::Stream`] of [`ReplicationEvent`]s. Dropping it closes the
 /// connection; [`ReplicationStream::stop`] ends it politely and gives the
@@ -313,6 +318,8 @@ impl StreamTask {
     async fn read_chunk(&mut self) -> Result<ReadOutcome> {
         let mut reply_requested = false;
         let mut frame = self.wire.read_frame().await?;
+        // Let a little more arrive: one batch per millisecond at most.
+        self.wire.gather(GATHER_PATIENCE, GATHER_ENOUGH).await?;
         loop {
             match frame.tag {
                 b'd' => {

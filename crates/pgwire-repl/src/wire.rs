@@ -117,20 +117,40 @@ impl Wire {
             {
                 return Ok(frame);
             }
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-                self.read_buf.reserve(READ_CHUNK);
-            }
-            let n = self
-                .socket
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|source| self.io_error(source))?;
-            if n == 0 {
-                return Err(Error::Closed {
-                    server: self.server.clone(),
-                });
+            self.read_once().await?;
+        }
+    }
+
+    /// One read from the socket into the buffer.
+    async fn read_once(&mut self) -> Result<()> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        let n = self
+            .socket
+            .read_buf(&mut self.read_buf)
+            .await
+            .map_err(|source| self.io_error(source))?;
+        if n == 0 {
+            return Err(Error::Closed {
+                server: self.server.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Keeps reading for at most `patience` while fewer than `enough` bytes
+    /// wait in the buffer, so that a consumer faster than the server handles
+    /// messages in batches instead of one system call and wake-up each.
+    pub async fn gather(&mut self, patience: std::time::Duration, enough: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.read_buf.len() < enough {
+            match tokio::time::timeout_at(deadline, self.read_once()).await {
+                Ok(result) => result?,
+                Err(_) => break,
             }
         }
+        Ok(())
     }
 
     /// The next complete message already in the read buffer, without reading

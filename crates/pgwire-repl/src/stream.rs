@@ -315,11 +315,17 @@ impl StreamTask {
     }
 
     /// Reads once from the socket and frames every complete message.
+    /// Cancel-safe: every await only adds to the read buffer; messages are
+    /// taken from it after the last await.
     async fn read_chunk(&mut self) -> Result<ReadOutcome> {
         let mut reply_requested = false;
-        let mut frame = self.wire.read_frame().await?;
+        self.wire.wait_frame().await?;
         // Let a little more arrive: one batch per millisecond at most.
         self.wire.gather(GATHER_PATIENCE, GATHER_ENOUGH).await?;
+        let mut frame = self
+            .wire
+            .next_buffered_frame()?
+            .ok_or_else(|| self.wire.protocol("a complete message vanished from the buffer"))?;
         loop {
             match frame.tag {
                 b'd' => {

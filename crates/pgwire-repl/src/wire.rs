@@ -121,6 +121,26 @@ impl Wire {
         }
     }
 
+    /// Waits until a complete message is in the buffer, without taking it
+    /// (so a cancelled wait loses nothing).
+    pub async fn wait_frame(&mut self) -> Result<()> {
+        loop {
+            if self.read_buf.len() >= 5 {
+                let len = u32::from_be_bytes([
+                    self.read_buf[1],
+                    self.read_buf[2],
+                    self.read_buf[3],
+                    self.read_buf[4],
+                ]) as usize;
+                if len < 4 || self.read_buf.len() > len {
+                    // Complete (or malformed: taking it reports the error).
+                    return Ok(());
+                }
+            }
+            self.read_once().await?;
+        }
+    }
+
     /// One read from the socket into the buffer.
     async fn read_once(&mut self) -> Result<()> {
         if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {

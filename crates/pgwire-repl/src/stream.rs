@@ -39,8 +39,10 @@ pub struct StreamOptions {
     /// How often to send a status update when nothing else prompts one. Keep
     /// it well under the server's `wal_sender_timeout` (60 s by default).
     pub status_interval: Duration,
-    /// How many read batches (each up to 256 KiB plus one message) may wait
-    /// for the consumer before the task stops reading the socket.
+    /// How many read batches (each typically 64–256 KiB, plus one message)
+    /// may wait for the consumer before the task stops reading the socket.
+    /// The default, 256, lets the server keep decoding while the consumer
+    /// applies a large batch, within a few tens of megabytes.
     pub max_buffered_batches: usize,
 }
 
@@ -48,7 +50,7 @@ impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             status_interval: Duration::from_secs(10),
-            max_buffered_batches: 16,
+            max_buffered_batches: 256,
         }
     }
 }

@@ -34,7 +34,12 @@
 //! Run with `cargo bench --bench apply`. Environment:
 //! `PGLIVE_BENCH_SCALE` (e.g. `0.1` for a quick run),
 //! `PGLIVE_BENCH_SCENARIOS` (comma-separated subset of
-//! `inserts,updates,deletes,pgbench`), `PGLIVE_BENCH_PGCOPYDB_TIMEOUT`
+//! `inserts,updates,deletes,pgbench`), `PGLIVE_BENCH_REPEAT` (runs of
+//! pglive and of native per scenario, alternating, each with its own slot
+//! and target database; default 2, the fastest counts; read-and-discard
+//! always runs twice), `PGLIVE_BENCH_PROTO` (pgoutput protocol of pglive
+//! and read-and-discard: 2, the default, with streaming on; or 1),
+//! `PGLIVE_BENCH_PGCOPYDB_TIMEOUT`
 //! (seconds; default 300 × scale, at least 30; `0` skips pgcopydb),
 //! `PGCOPYDB` (the program, default `pgcopydb` on the `PATH`).
 
@@ -58,8 +63,16 @@ use tokio_postgres::Client;
 
 /// The publication pglive, read-and-discard and native read.
 const PUBLICATION: &str = "bench";
-/// The pgoutput protocol version pglive and read-and-discard use.
-const PROTO: u32 = 2;
+/// The pgoutput protocol version pglive and read-and-discard use, unless
+/// `PGLIVE_BENCH_PROTO` says otherwise (1: no streaming of large
+/// transactions; 2: streaming on).
+fn proto() -> u32 {
+    std::env::var("PGLIVE_BENCH_PROTO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| (1..=2).contains(v))
+        .unwrap_or(2)
+}
 /// Statements per source transaction in the insert, update and delete
 /// scenarios.
 const TXN_STATEMENTS: u64 = 100;
@@ -191,6 +204,8 @@ struct Env {
     /// `pgcopydb` and its time limit, unless skipped.
     pgcopydb: Option<(PathBuf, Duration)>,
     prewarm: bool,
+    /// Runs of pglive and of native per scenario (the fastest counts).
+    repeat: usize,
     work_dir: PathBuf,
     /// Where the report and pgcopydb's logs go (`target/`).
     results_dir: PathBuf,
@@ -208,6 +223,8 @@ struct Cpu {
     client: f64,
     /// Everything else on the machine (other users of the 2 cores).
     other: f64,
+    /// TCP segments sent on the machine.
+    segments: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -226,6 +243,8 @@ struct Outcome {
     committed: Option<f64>,
     /// An incomplete run: when the applied count last grew.
     last_progress: Option<f64>,
+    /// An incomplete run: how it ended.
+    ending: Option<String>,
     notes: Vec<String>,
 }
 
@@ -257,7 +276,13 @@ impl Outcome {
             );
         }
         let at = self.last_progress.unwrap_or(0.0);
-        if self.seconds - at > 30.0 || self.applied == 0 {
+        if let Some(ending) = &self.ending {
+            format!(
+                "{} changes applied by {at:.0} s ({}/s), then {ending}",
+                thousands(self.applied),
+                thousands(self.rate() as u64),
+            )
+        } else if self.seconds - at > 30.0 || self.applied == 0 {
             format!(
                 "stalled after {} changes at {at:.0} s ({}/s until then); stopped at {:.0} s",
                 thousands(self.applied),
@@ -284,18 +309,24 @@ struct ScenarioResult {
     generate_seconds: f64,
     /// Two runs: first, and after pglive and native.
     discard: Vec<Outcome>,
-    pglive: Option<Outcome>,
-    native: Option<Outcome>,
+    pglive: Vec<Outcome>,
+    native: Vec<Outcome>,
     pgcopydb: Option<Outcome>,
     errors: Vec<String>,
 }
 
 impl ScenarioResult {
     fn fastest_discard(&self) -> Option<&Outcome> {
-        self.discard
-            .iter()
-            .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        fastest(&self.discard)
     }
+}
+
+/// The fastest complete run, else the first.
+fn fastest(runs: &[Outcome]) -> Option<&Outcome> {
+    runs.iter()
+        .filter(|o| o.complete)
+        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        .or(runs.first())
 }
 
 // ---------------------------------------------------------------------------
@@ -330,6 +361,11 @@ async fn bench() -> Result<()> {
             .context("PGLIVE_BENCH_PGCOPYDB_TIMEOUT must be seconds")?,
         Err(_) => (300.0 * scale).max(30.0),
     };
+    let repeat: usize = match std::env::var("PGLIVE_BENCH_REPEAT") {
+        Ok(v) => v.parse().context("PGLIVE_BENCH_REPEAT must be a count")?,
+        Err(_) => 2,
+    };
+    let repeat = repeat.max(1);
     let pgcopydb = if timeout > 0.0 {
         let program =
             PathBuf::from(std::env::var("PGCOPYDB").unwrap_or_else(|_| "pgcopydb".into()));
@@ -354,6 +390,10 @@ async fn bench() -> Result<()> {
             // target starts VACUUMed, and no consumer pays for another's
             // dead rows.
             .setting("autovacuum", "off")
+            // The subscription launcher starts at most one apply worker per
+            // wal_retrieve_retry_interval (5 s by default): native's second
+            // run would wait for it.
+            .setting("wal_retrieve_retry_interval", "100ms")
     };
     let source = Cluster::start(options())?;
     let target = Cluster::start(options())?;
@@ -396,6 +436,7 @@ async fn bench() -> Result<()> {
         target,
         pgcopydb,
         prewarm,
+        repeat,
         work_dir,
         results_dir,
         clock_ticks,
@@ -426,37 +467,50 @@ async fn bench() -> Result<()> {
     Ok(())
 }
 
-/// Names of one scenario's databases, slots and subscription.
+/// Names of one scenario's databases, slots and subscriptions.
 struct Names {
     source_db: String,
-    pglive_db: String,
-    native_db: String,
+    /// pglive's runs: a target database and a slot each.
+    pglive: Vec<Target>,
+    /// Native's runs: a target database and a slot each; the subscription
+    /// is named like the slot.
+    native: Vec<Target>,
     pgcopydb_db: String,
     discard_slot: String,
     discard_again_slot: String,
-    pglive_slot: String,
-    native_slot: String,
     pgcopydb_slot: String,
     pgcopydb_origin: String,
-    subscription: String,
     pgcopydb_dir: PathBuf,
+}
+
+/// One run's target database and slot.
+struct Target {
+    db: String,
+    slot: String,
 }
 
 async fn scenario(env: &Env, kind: Kind, result: &mut ScenarioResult) -> Result<()> {
     let name = kind.name();
     let (source, target) = (&env.source, &env.target);
+    let runs = |who: &str| -> Result<Vec<Target>> {
+        (1..=env.repeat)
+            .map(|n| {
+                Ok(Target {
+                    db: target.create_database(&format!("{who}{n}_{name}"))?,
+                    slot: format!("{who}{n}_{name}"),
+                })
+            })
+            .collect()
+    };
     let names = Names {
         source_db: source.create_database(&format!("src_{name}"))?,
-        pglive_db: target.create_database(&format!("pglive_{name}"))?,
-        native_db: target.create_database(&format!("native_{name}"))?,
+        pglive: runs("pglive")?,
+        native: runs("native")?,
         pgcopydb_db: target.create_database(&format!("pgcopydb_{name}"))?,
         discard_slot: format!("discard_{name}"),
         discard_again_slot: format!("discard2_{name}"),
-        pglive_slot: format!("pglive_{name}"),
-        native_slot: format!("native_{name}"),
         pgcopydb_slot: format!("pgcopydb_{name}"),
         pgcopydb_origin: format!("pgcopydb_{name}"),
-        subscription: format!("native_{name}"),
         pgcopydb_dir: env.work_dir.join(name),
     };
     let outcome = Box::pin(scenario_in(env, kind, &names, result)).await;
@@ -476,11 +530,19 @@ async fn scenario_in(
     // The same starting state everywhere.
     let started = Instant::now();
     prepare(env, source, &names.source_db, kind)?;
-    for db in [&names.pglive_db, &names.native_db, &names.pgcopydb_db] {
+    let target_dbs: Vec<&String> = names
+        .pglive
+        .iter()
+        .chain(&names.native)
+        .map(|t| &t.db)
+        .chain([&names.pgcopydb_db])
+        .collect();
+    for db in &target_dbs {
         prepare(env, target, db, kind)?;
     }
     eprintln!(
-        "[{name}] starting state ready on 4 databases in {:.1} s",
+        "[{name}] starting state ready on {} databases in {:.1} s",
+        target_dbs.len() + 1,
         started.elapsed().as_secs_f64()
     );
 
@@ -502,18 +564,23 @@ async fn scenario_in(
     };
     let discard_start = create_slot(&names.discard_slot)?;
     let discard_again_start = create_slot(&names.discard_again_slot)?;
-    let pglive_start = create_slot(&names.pglive_slot)?;
-    create_slot(&names.native_slot)?;
-    target.psql(
-        &names.native_db,
-        &format!(
-            "CREATE SUBSCRIPTION {} CONNECTION '{}' PUBLICATION {PUBLICATION}
-               WITH (create_slot = false, slot_name = '{}', copy_data = false, enabled = false)",
-            names.subscription,
-            source.conninfo(&names.source_db),
-            names.native_slot
-        ),
-    )?;
+    let mut pglive_starts = Vec::new();
+    for run in &names.pglive {
+        pglive_starts.push(create_slot(&run.slot)?);
+    }
+    for run in &names.native {
+        create_slot(&run.slot)?;
+        target.psql(
+            &run.db,
+            &format!(
+                "CREATE SUBSCRIPTION {} CONNECTION '{}' PUBLICATION {PUBLICATION}
+                   WITH (create_slot = false, slot_name = '{}', copy_data = false, enabled = false)",
+                run.slot,
+                source.conninfo(&names.source_db),
+                run.slot
+            ),
+        )?;
+    }
     if let Some((program, _)) = &env.pgcopydb {
         fs::create_dir_all(&names.pgcopydb_dir)?;
         pgcopydb_command(
@@ -577,21 +644,42 @@ async fn scenario_in(
     report_line(name, "read-and-discard", result.changes, &outcome);
     result.discard.push(outcome);
 
-    quiesce(env, Some(&names.pglive_db))?;
-    let mut outcome = Box::pin(pglive(env, names, pglive_start, stop))
+    // pglive and native alternate, so that a busy spell of the machine
+    // does not hit only one of them.
+    for (n, (pglive_run, native_run)) in names.pglive.iter().zip(&names.native).enumerate() {
+        let label = |who: &str| {
+            if env.repeat > 1 {
+                format!("{who} (run {})", n + 1)
+            } else {
+                who.to_owned()
+            }
+        };
+        quiesce(env, Some(&pglive_run.db))?;
+        let mut outcome = Box::pin(pglive(
+            env,
+            &names.source_db,
+            pglive_run,
+            pglive_starts[n],
+            stop,
+        ))
         .await
         .context("pglive")?;
-    outcome.applied = result.changes;
-    outcome.verified = Some(verify(env, kind, &names.source_db, &names.pglive_db, "pglive").await?);
-    report_line(name, "pglive", result.changes, &outcome);
-    result.pglive = Some(outcome);
+        outcome.applied = result.changes;
+        outcome.verified =
+            Some(verify(env, kind, &names.source_db, &pglive_run.db, "pglive").await?);
+        report_line(name, &label("pglive"), result.changes, &outcome);
+        result.pglive.push(outcome);
 
-    quiesce(env, Some(&names.native_db))?;
-    let mut outcome = Box::pin(native(env, names, stop)).await.context("native")?;
-    outcome.applied = result.changes;
-    outcome.verified = Some(verify(env, kind, &names.source_db, &names.native_db, "native").await?);
-    report_line(name, "native", result.changes, &outcome);
-    result.native = Some(outcome);
+        quiesce(env, Some(&native_run.db))?;
+        let mut outcome = Box::pin(native(env, &names.source_db, native_run, stop))
+            .await
+            .context("native")?;
+        outcome.applied = result.changes;
+        outcome.verified =
+            Some(verify(env, kind, &names.source_db, &native_run.db, "native").await?);
+        report_line(name, &label("native"), result.changes, &outcome);
+        result.native.push(outcome);
+    }
 
     // Read-and-discard again, after the others, to see how much the first
     // run's figure varies.
@@ -768,14 +856,16 @@ fn quiesce(env: &Env, target_db: Option<&str>) -> Result<()> {
 
 fn teardown(env: &Env, names: &Names) {
     let (source, target) = (&env.source, &env.target);
-    let sub = &names.subscription;
-    let _ = target.psql(
-        &names.native_db,
-        &format!(
-            "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE);
-             DROP SUBSCRIPTION {sub};"
-        ),
-    );
+    for run in &names.native {
+        let sub = &run.slot;
+        let _ = target.psql(
+            &run.db,
+            &format!(
+                "ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE);
+                 DROP SUBSCRIPTION {sub};"
+            ),
+        );
+    }
     let db = &names.source_db;
     let _ = source.psql(
         "postgres",
@@ -806,7 +896,13 @@ fn teardown(env: &Env, names: &Names) {
         ),
     );
     let _ = source.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
-    for db in [&names.pglive_db, &names.native_db, &names.pgcopydb_db] {
+    for db in names
+        .pglive
+        .iter()
+        .chain(&names.native)
+        .map(|t| &t.db)
+        .chain([&names.pgcopydb_db])
+    {
         let _ = target.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
     }
     let _ = fs::remove_dir_all(&names.pgcopydb_dir);
@@ -817,8 +913,10 @@ fn teardown(env: &Env, names: &Names) {
 
 fn pgoutput_options() -> PgOutputOptions {
     let mut options = PgOutputOptions::new([PUBLICATION]);
-    options.proto_version = PROTO;
-    options.streaming = Streaming::On;
+    options.proto_version = proto();
+    if options.proto_version >= 2 {
+        options.streaming = Streaming::On;
+    }
     options
 }
 
@@ -839,7 +937,7 @@ async fn read_and_discard(
         .start_replication(slot, start, &pgoutput_options(), StreamOptions::default())
         .await?;
     let feedback = stream.feedback();
-    let mut decoder = Decoder::new(PROTO);
+    let mut decoder = Decoder::new(proto());
     let (mut messages, mut bytes) = (0u64, 0u64);
     loop {
         let event = match tokio::time::timeout(Duration::from_millis(10), stream.next()).await {
@@ -876,6 +974,7 @@ async fn read_and_discard(
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop(env);
     let mut notes = sampler.finish().await?;
+    notes.push(segments_note(&cpu, Some(bytes)));
     stream.stop().await?.close().await?;
     Ok(Outcome {
         seconds,
@@ -897,23 +996,22 @@ async fn read_and_discard(
     })
 }
 
-async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outcome> {
-    let sampler = Sampler::start(
-        env,
-        &names.pglive_slot,
-        Some((&names.pglive_db, "client backend")),
-    )
-    .await?;
+async fn pglive(
+    env: &Env,
+    source_db: &str,
+    run: &Target,
+    start: Lsn,
+    stop: Lsn,
+) -> Result<Outcome> {
+    let sampler = Sampler::start(env, &run.slot, Some((&run.db, "client backend"))).await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
-    let options = ApplyOptions::new(names.pglive_slot.clone(), PROTO);
-    let mut applier =
-        Applier::connect(&config(&env.target.conninfo(&names.pglive_db))?, options).await?;
-    let client =
-        ReplicationClient::connect(&config(&env.source.conninfo(&names.source_db))?).await?;
+    let options = ApplyOptions::new(run.slot.clone(), proto());
+    let mut applier = Applier::connect(&config(&env.target.conninfo(&run.db))?, options).await?;
+    let client = ReplicationClient::connect(&config(&env.source.conninfo(source_db))?).await?;
     let mut stream = client
         .start_replication(
-            &names.pglive_slot,
+            &run.slot,
             applier.applied_lsn().max(start),
             &pgoutput_options(),
             StreamOptions::default(),
@@ -949,7 +1047,8 @@ async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outco
     .context("pglive did not finish in time")??;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu.stop(env);
-    let sampled = sampler.finish().await?;
+    let mut sampled = sampler.finish().await?;
+    sampled.push(segments_note(&cpu, None));
     if !matches!(stopped, Stopped::ReachedLsn(_)) {
         bail!("pglive stopped early: {stopped:?}");
     }
@@ -985,26 +1084,26 @@ async fn pglive(env: &Env, names: &Names, start: Lsn, stop: Lsn) -> Result<Outco
     })
 }
 
-async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
-    let source = connect_sql(&config(&env.source.conninfo(&names.source_db))?).await?;
-    let target = connect_sql(&config(&env.target.conninfo(&names.native_db))?).await?;
+async fn native(env: &Env, source_db: &str, run: &Target, stop: Lsn) -> Result<Outcome> {
+    let source = connect_sql(&config(&env.source.conninfo(source_db))?).await?;
+    let target = connect_sql(&config(&env.target.conninfo(&run.db))?).await?;
     let origin: String = target
         .query_one(
             "SELECT 'pg_' || oid FROM pg_subscription WHERE subname = $1",
-            &[&names.subscription],
+            &[&run.slot],
         )
         .await?
         .get(0);
     let sampler = Sampler::start(
         env,
-        &names.native_slot,
-        Some((&names.native_db, "logical replication worker")),
+        &run.slot,
+        Some((&run.db, "logical replication worker")),
     )
     .await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     target
-        .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", names.subscription))
+        .batch_execute(&format!("ALTER SUBSCRIPTION {} ENABLE", run.slot))
         .await?;
     // (seconds, the target's replication origin position): when the last
     // transaction was committed on the target, before it was confirmed.
@@ -1016,7 +1115,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
         let confirmed: Option<String> = source
             .query_one(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&names.native_slot],
+                &[&run.slot],
             )
             .await?
             .get(0);
@@ -1046,7 +1145,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
                 .query_one(
                     "SELECT coalesce(sum(apply_error_count), 0)::bigint FROM pg_stat_subscription_stats
                       WHERE subname = $1",
-                    &[&names.subscription],
+                    &[&run.slot],
                 )
                 .await?
                 .get(0);
@@ -1065,10 +1164,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
     let cpu = cpu.stop(env);
     let sampled = sampler.finish().await?;
     target
-        .batch_execute(&format!(
-            "ALTER SUBSCRIPTION {} DISABLE",
-            names.subscription
-        ))
+        .batch_execute(&format!("ALTER SUBSCRIPTION {} DISABLE", run.slot))
         .await?;
     let mut notes = Vec::new();
     let committed = applied
@@ -1081,6 +1177,7 @@ async fn native(env: &Env, names: &Names, stop: Lsn) -> Result<Outcome> {
         ));
     }
     notes.extend(sampled);
+    notes.push(segments_note(&cpu, None));
     Ok(Outcome {
         seconds,
         complete: true,
@@ -1222,6 +1319,21 @@ async fn pgcopydb(
         )
         .await?;
     let complete = exit.is_some_and(|s| s.success()) && applied >= changes;
+    let ending = match exit {
+        _ if complete => None,
+        Some(status) if status.success() => Some(format!(
+            "exited at its --endpos with {} changes never applied",
+            thousands(changes.saturating_sub(applied))
+        )),
+        Some(status) => Some(format!(
+            "failed ({status}): {}",
+            first_error(&log_path).unwrap_or_default()
+        )),
+        None if seconds - last_progress_at > 30.0 => {
+            Some(format!("stalled until stopped at {seconds:.0} s"))
+        }
+        None => None,
+    };
     if let Some(row) = sentinel {
         let (write, replay): (String, String) = (row.get(0), row.get(1));
         notes.push(format!(
@@ -1273,6 +1385,7 @@ async fn pgcopydb(
         complete,
         cpu: cpu_used,
         last_progress: Some(last_progress_at),
+        ending,
         notes,
         ..Outcome::default()
     })
@@ -1473,6 +1586,7 @@ impl CpuMeter {
             target,
             client,
             other: (now.other - self.0.other - source - target - client).max(0.0),
+            segments: now.segments - self.0.segments,
         }
     }
 }
@@ -1484,6 +1598,7 @@ fn cpu_now(env: &Env) -> Cpu {
         target: ticks(cluster_ticks(&env.target)),
         client: ticks(proc_stat("self").map(|s| s.own + s.children).unwrap_or(0)),
         other: ticks(machine_busy_ticks()),
+        segments: tcp_segments_sent(),
     }
 }
 
@@ -1500,6 +1615,22 @@ fn machine_busy_ticks() -> u64 {
         .collect();
     // user nice system idle iowait irq softirq steal
     [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| n.get(i)).sum()
+}
+
+/// TCP segments sent by the whole machine (`/proc/net/snmp`), nearly all
+/// of them ours: source and target talk over loopback.
+fn tcp_segments_sent() -> u64 {
+    let text = fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "OutSegs")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }
 
 struct ProcStat {
@@ -1552,6 +1683,21 @@ fn cluster_ticks(cluster: &Cluster) -> u64 {
 // ---------------------------------------------------------------------------
 // Report
 
+/// TCP segments during a run: about one per message means tiny writes.
+fn segments_note(cpu: &Cpu, pgoutput_bytes: Option<u64>) -> String {
+    match pgoutput_bytes {
+        Some(bytes) => format!(
+            "{} TCP segments sent on the machine ({} bytes of pgoutput per segment)",
+            thousands(cpu.segments),
+            bytes / cpu.segments.max(1)
+        ),
+        None => format!(
+            "{} TCP segments sent on the machine",
+            thousands(cpu.segments)
+        ),
+    }
+}
+
 fn report_line(scenario: &str, consumer: &str, changes: u64, outcome: &Outcome) {
     eprintln!(
         "[{scenario}] {consumer}: {:.2} s, {} changes/s{}; CPU s: source {:.1}, target {:.1}, client {:.1}, rest of the machine {:.1}{}",
@@ -1589,9 +1735,10 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
         md,
         "PostgreSQL {server_version}; source and target in separate clusters on this machine \
          ({} cores); shared_buffers 256MB, max_wal_size 4GB, checkpoint_timeout 30min, fsync off, \
-         synchronous_commit off, autovacuum off (every target VACUUMed, prewarmed with pg_prewarm, \
+         synchronous_commit off, autovacuum off, wal_retrieve_retry_interval 100ms on the target (so \
+         the subscription launcher starts each apply worker at once) (every target VACUUMed, prewarmed with pg_prewarm, \
          both clusters checkpointed before each consumer). Scale {}. pglive: pgoutput protocol \
-         {PROTO}, default `ApplyOptions`, timed until `run` returns at the end LSN. Native: \
+         {}, default `ApplyOptions`, timed until `run` returns at the end LSN. Native: \
          `CREATE SUBSCRIPTION` defaults, timed until its slot's `confirmed_flush_lsn` reaches the \
          end LSN (polled every 50 ms). Read-and-discard: run first and again after native; the \
          faster run is used. pgcopydb: `follow --endpos` (wal2json), time limit {}.\n",
@@ -1599,6 +1746,7 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             .map(|n| n.get())
             .unwrap_or(0),
         s.scale,
+        proto(),
         match &env.pgcopydb {
             Some((_, limit)) => format!("{:.0} s", limit.as_secs_f64()),
             None => "skipped".into(),
@@ -1612,21 +1760,32 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
          |---|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
-        let native = match &r.native {
+        let wrong = |runs: &[Outcome]| {
+            if runs.iter().any(|o| o.verified == Some(false)) {
+                " · **A RUN APPLIED WRONG DATA**"
+            } else {
+                ""
+            }
+        };
+        let native = match fastest(&r.native) {
             Some(o) => match o.committed {
-                Some(at) if o.complete => format!("{} (last commit at {at:.2} s)", o.cell()),
+                Some(at) if o.complete => format!(
+                    "{} (last commit at {at:.2} s){}",
+                    o.cell(),
+                    wrong(&r.native)
+                ),
                 _ => o.cell(),
             },
             None => "–".into(),
         };
+        let pglive = format!("{}{}", cell(fastest(&r.pglive)), wrong(&r.pglive));
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} MB | {} | {} | {native} | {} |",
+            "| {} | {} | {:.0} MB | {} | {pglive} | {native} | {} |",
             name(r),
             thousands(r.changes),
             r.wal_bytes as f64 / 1e6,
             cell(r.fastest_discard()),
-            cell(r.pglive.as_ref()),
             cell(r.pgcopydb.as_ref()),
         );
     }
@@ -1649,8 +1808,8 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
                 "–".into()
             }
         };
-        let pglive = r.pglive.as_ref().filter(|p| p.complete);
-        let native = r.native.as_ref().filter(|n| n.complete);
+        let pglive = fastest(&r.pglive).filter(|p| p.complete);
+        let native = fastest(&r.native).filter(|n| n.complete);
         let vs_native = match (pglive, native) {
             (Some(p), Some(n)) => ratio(n.seconds, p.seconds),
             _ => "–".into(),
@@ -1697,8 +1856,8 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             "| {} | {} | {} | {} | {} |",
             name(r),
             cpu(r.fastest_discard()),
-            cpu(r.pglive.as_ref()),
-            cpu(r.native.as_ref()),
+            cpu(fastest(&r.pglive)),
+            cpu(fastest(&r.native)),
             cpu(r.pgcopydb.as_ref())
         );
     }
@@ -1711,25 +1870,20 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             r.description,
             r.generate_seconds
         );
-        let discards: Vec<String> = r
-            .discard
-            .iter()
-            .map(|d| format!("{:.2} s", d.seconds))
-            .collect();
         let mut rows: Vec<(String, &Outcome)> = Vec::new();
-        if let Some(d) = r.fastest_discard() {
-            rows.push((
-                format!("read-and-discard (runs: {})", discards.join(", ")),
-                d,
-            ));
-        }
-        for (who, outcome) in [
-            ("pglive", &r.pglive),
-            ("native", &r.native),
-            ("pgcopydb", &r.pgcopydb),
+        for (who, runs) in [
+            ("read-and-discard", &r.discard[..]),
+            ("pglive", &r.pglive[..]),
+            ("native", &r.native[..]),
+            ("pgcopydb", r.pgcopydb.as_slice()),
         ] {
-            if let Some(o) = outcome {
-                rows.push((who.to_owned(), o));
+            for (n, o) in runs.iter().enumerate() {
+                let label = if runs.len() > 1 {
+                    format!("{who} run {} ({:.2} s)", n + 1, o.seconds)
+                } else {
+                    who.to_owned()
+                };
+                rows.push((label, o));
             }
         }
         for (who, o) in rows {
@@ -1795,6 +1949,14 @@ fn pgbench_connection(cluster: &Cluster, db: &str) -> Vec<String> {
 
 fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// The first ERROR line of a pgcopydb log, without its time and pid.
+fn first_error(path: &Path) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.contains(" ERROR "))?;
+    let message = &line[line.find(" ERROR ")? + 7..];
+    Some(message.chars().take(160).collect())
 }
 
 fn tail(path: &Path, lines: usize) -> String {

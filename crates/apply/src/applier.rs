@@ -47,14 +47,14 @@ pub struct ApplyOptions {
 
 impl ApplyOptions {
     /// Defaults for `stream_id` and `protocol_version`: batches of up to
-    /// 100,000 changes or 2 s, 32 MiB of pending values, 128 MiB of
+    /// 20,000 changes or 2 s, 32 MiB of pending values, 128 MiB of
     /// streamed transactions in memory, spill files in the temp directory.
     pub fn new(stream_id: impl Into<String>, protocol_version: u32) -> ApplyOptions {
         ApplyOptions {
             stream_id: stream_id.into(),
             protocol_version,
             copied_at: HashMap::new(),
-            max_batch_changes: 100_000,
+            max_batch_changes: 20_000,
             max_batch_duration: Duration::from_secs(2),
             max_pending_bytes: 32 << 20,
             spool_memory: 128 << 20,
@@ -149,8 +149,13 @@ impl Applier {
         let client = connect_sql(target_config).await?;
         // Fully qualified type names for casts; local durability before a
         // position is confirmed to the source.
+        // Keyed statements find each row through the key's index, whatever
+        // the table's size: a hash join would scan the whole table.
         client
-            .batch_execute("SET search_path = pg_catalog; SET synchronous_commit = local")
+            .batch_execute(
+                "SET search_path = pg_catalog; SET synchronous_commit = local;
+                 SET enable_hashjoin = off; SET enable_mergejoin = off",
+            )
             .await
             .map_err(target("setting up the apply session"))?;
         let replica_role = match client

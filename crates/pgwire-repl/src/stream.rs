@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use futures_core::Stream;
 use postgres_protocol::message::frontend;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::client::ReplicationClient;
@@ -39,18 +39,17 @@ pub struct StreamOptions {
     /// How often to send a status update when nothing else prompts one. Keep
     /// it well under the server's `wal_sender_timeout` (60 s by default).
     pub status_interval: Duration,
-    /// How many read batches (each typically 64–256 KiB, plus one message)
-    /// may wait for the consumer before the task stops reading the socket.
-    /// The default, 256, lets the server keep decoding while the consumer
-    /// applies a large batch, within a few tens of megabytes.
-    pub max_buffered_batches: usize,
+    /// How many bytes of messages may wait for the consumer before the task
+    /// stops reading the socket. The default, 64 MiB, lets the server keep
+    /// decoding while the consumer applies a large batch.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             status_interval: Duration::from_secs(10),
-            max_buffered_batches: 256,
+            max_buffered_bytes: 64 << 20,
         }
     }
 }
@@ -139,7 +138,9 @@ impl Feedback {
     }
 }
 
-type Batch = Result<Vec<ReplicationEvent>>;
+/// Delivered messages, with the share of the byte budget they hold until
+/// the consumer moves past them.
+type Batch = (Result<Vec<ReplicationEvent>>, Option<OwnedSemaphorePermit>);
 
 /// How long a read waits for more data when little has arrived.
 const GATHER_PATIENCE: Duration = Duration::from_millis(1);
@@ -152,8 +153,10 @@ const GATHER_ENOUGH: usize = 64 * 1024;
 /// connection back.
 #[derive(Debug)]
 pub struct ReplicationStream {
-    batches: mpsc::Receiver<Batch>,
+    batches: mpsc::UnboundedReceiver<Batch>,
     current: std::vec::IntoIter<ReplicationEvent>,
+    /// The budget the current batch holds.
+    current_permit: Option<OwnedSemaphorePermit>,
     feedback: Feedback,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<ReplicationClient>>>,
@@ -163,7 +166,10 @@ impl ReplicationStream {
     pub(crate) fn spawn(client: ReplicationClient, start: Lsn, options: StreamOptions) -> Self {
         let shared = Arc::new(Shared::default());
         shared.received.store(start.0, Ordering::Release);
-        let (tx, rx) = mpsc::channel(options.max_buffered_batches.max(1));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = options
+            .max_buffered_bytes
+            .clamp(1 << 16, Semaphore::MAX_PERMITS);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (wire, parameters) = client.into_parts();
         let task = StreamTask {
@@ -171,12 +177,16 @@ impl ReplicationStream {
             parameters,
             shared: Arc::clone(&shared),
             pending: Vec::new(),
+            pending_bytes: 0,
+            budget: Arc::new(Semaphore::new(budget)),
+            budget_size: budget,
             stopping: false,
         };
         let handle = tokio::spawn(task.run(tx, stop_rx, options.status_interval));
         ReplicationStream {
             batches: rx,
             current: Vec::new().into_iter(),
+            current_permit: None,
             feedback: Feedback(shared),
             stop: Some(stop_tx),
             task: Some(handle),
@@ -212,9 +222,14 @@ impl Stream for ReplicationStream {
             if let Some(event) = self.current.next() {
                 return Poll::Ready(Some(Ok(event)));
             }
+            // The previous batch is consumed: give its budget back.
+            self.current_permit = None;
             match ready!(self.batches.poll_recv(cx)) {
-                Some(Ok(events)) => self.current = events.into_iter(),
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Some((Ok(events), permit)) => {
+                    self.current = events.into_iter();
+                    self.current_permit = permit;
+                }
+                Some((Err(error), _)) => return Poll::Ready(Some(Err(error))),
                 None => return Poll::Ready(None),
             }
         }
@@ -234,6 +249,11 @@ struct StreamTask {
     parameters: HashMap<String, String>,
     shared: Arc<Shared>,
     pending: Vec<ReplicationEvent>,
+    /// Bytes of the messages in `pending`.
+    pending_bytes: usize,
+    /// Bytes that may wait for the consumer.
+    budget: Arc<Semaphore>,
+    budget_size: usize,
     stopping: bool,
 }
 
@@ -249,7 +269,7 @@ enum ReadOutcome {
 impl StreamTask {
     async fn run(
         mut self,
-        tx: mpsc::Sender<Batch>,
+        tx: mpsc::UnboundedSender<Batch>,
         mut stop: oneshot::Receiver<()>,
         interval: Duration,
     ) -> Result<ReplicationClient> {
@@ -260,7 +280,7 @@ impl StreamTask {
         match result {
             Ok(()) => Ok(ReplicationClient::from_parts(self.wire, self.parameters)),
             Err(error) if !self.stopping => {
-                let _ = tx.send(Err(error)).await;
+                let _ = tx.send((Err(error), None));
                 Err(Error::StreamEnded)
             }
             Err(error) => Err(error),
@@ -270,7 +290,7 @@ impl StreamTask {
     /// Reads and delivers until asked to stop or the server ends the copy.
     async fn pump(
         &mut self,
-        tx: &mpsc::Sender<Batch>,
+        tx: &mpsc::UnboundedSender<Batch>,
         stop: &mut oneshot::Receiver<()>,
         interval: Duration,
     ) -> Result<()> {
@@ -290,9 +310,9 @@ impl StreamTask {
                 }
                 _ = ticker.tick() => self.send_status().await?,
                 _ = shared.send_now.notified() => self.send_status().await?,
-                permit = tx.reserve(), if !self.pending.is_empty() => {
+                permit = Arc::clone(&self.budget).acquire_many_owned(self.pending_share()), if !self.pending.is_empty() => {
                     let permit = permit.map_err(|_| Error::StreamEnded)?;
-                    permit.send(Ok(std::mem::take(&mut self.pending)));
+                    self.deliver(tx, Some(permit))?;
                 }
                 outcome = self.read_chunk(), if self.pending.is_empty() => {
                     match outcome? {
@@ -300,8 +320,7 @@ impl StreamTask {
                         ReadOutcome::Data { reply_requested: false } => {}
                         ReadOutcome::ServerDone { left_copy_mode } => {
                             if !self.pending.is_empty() {
-                                let events = std::mem::take(&mut self.pending);
-                                tx.send(Ok(events)).await.map_err(|_| Error::StreamEnded)?;
+                                self.deliver(tx, None)?;
                             }
                             if !left_copy_mode {
                                 // Answer the server's CopyDone with ours.
@@ -316,6 +335,23 @@ impl StreamTask {
         }
     }
 
+    /// The budget the pending messages take (at least one permit, at most
+    /// the whole budget so that one huge message still passes).
+    fn pending_share(&self) -> u32 {
+        self.pending_bytes.clamp(1, self.budget_size) as u32
+    }
+
+    fn deliver(
+        &mut self,
+        tx: &mpsc::UnboundedSender<Batch>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<()> {
+        let events = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        tx.send((Ok(events), permit))
+            .map_err(|_| Error::StreamEnded)
+    }
+
     /// Reads once from the socket and frames every complete message.
     /// Cancel-safe: every await only adds to the read buffer; messages are
     /// taken from it after the last await.
@@ -324,10 +360,10 @@ impl StreamTask {
         self.wire.wait_frame().await?;
         // Let a little more arrive: one batch per millisecond at most.
         self.wire.gather(GATHER_PATIENCE, GATHER_ENOUGH).await?;
-        let mut frame = self
-            .wire
-            .next_buffered_frame()?
-            .ok_or_else(|| self.wire.protocol("a complete message vanished from the buffer"))?;
+        let mut frame = self.wire.next_buffered_frame()?.ok_or_else(|| {
+            self.wire
+                .protocol("a complete message vanished from the buffer")
+        })?;
         loop {
             match frame.tag {
                 b'd' => {

@@ -159,13 +159,19 @@ impl Wire {
         Ok(())
     }
 
-    /// Keeps reading for at most `patience` while fewer than `enough` bytes
-    /// wait in the buffer, so that a consumer faster than the server handles
-    /// messages in batches instead of one system call and wake-up each.
+    /// When fewer than `enough` bytes wait in the buffer, lets more arrive
+    /// for `patience` and then takes all of it at once, so that a reader
+    /// faster than the server makes one system call per batch instead of
+    /// one (or more) per message — CPU that, on a small machine, the server
+    /// needs for decoding.
     pub async fn gather(&mut self, patience: std::time::Duration, enough: usize) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + patience;
+        if self.read_buf.len() >= enough {
+            return Ok(());
+        }
+        tokio::time::sleep(patience).await;
         while self.read_buf.len() < enough {
-            match tokio::time::timeout_at(deadline, self.read_once()).await {
+            // Whatever is there already; never wait.
+            match tokio::time::timeout(std::time::Duration::ZERO, self.read_once()).await {
                 Ok(result) => result?,
                 Err(_) => break,
             }

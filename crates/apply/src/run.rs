@@ -90,6 +90,8 @@ pub async fn run(
     futures_util::pin_mut!(shutdown);
     let mut shutting_down = false;
     let mut last_ping: Option<Instant> = None;
+    // When to commit if no more data arrives; keepalives do not move it.
+    let mut idle_deadline: Option<tokio::time::Instant> = None;
     loop {
         let mut waiting_for_position = false;
         if let Some(pause) = options.pause_before {
@@ -120,6 +122,8 @@ pub async fn run(
             return Ok(Stopped::Shutdown);
         }
         let idle_commit = applier.has_uncommitted() && !applier.in_transaction();
+        let deadline =
+            idle_deadline.unwrap_or_else(|| tokio::time::Instant::now() + options.idle_commit);
         let event = tokio::select! {
             biased;
             () = &mut shutdown, if !shutting_down => {
@@ -127,9 +131,10 @@ pub async fn run(
                 continue;
             }
             event = stream.next() => event,
-            () = tokio::time::sleep(options.idle_commit), if idle_commit => {
+            () = tokio::time::sleep_until(deadline), if idle_commit => {
                 applier.commit().await?;
                 feedback.set_flushed(applier.confirmable_lsn());
+                idle_deadline = None;
                 continue;
             }
             () = tokio::time::sleep(PING), if waiting_for_position => continue,
@@ -142,7 +147,10 @@ pub async fn run(
                 return Ok(Stopped::StreamEnded);
             }
             Some(Err(error)) => return Err(error.into()),
-            Some(Ok(ReplicationEvent::XLogData { data, .. })) => applier.apply(data).await?,
+            Some(Ok(ReplicationEvent::XLogData { data, .. })) => {
+                applier.apply(data).await?;
+                idle_deadline = Some(tokio::time::Instant::now() + options.idle_commit);
+            }
             Some(Ok(ReplicationEvent::Keepalive { wal_end, .. })) => {
                 applier.note_server_position(wal_end);
             }

@@ -110,7 +110,7 @@ impl Feedback {
         Lsn(self.0.flushed.load(Ordering::Acquire))
     }
 
-    /// The highest WAL position of data received so far.
+    /// The highest WAL position received so far (from data or keepalives).
     pub fn received(&self) -> Lsn {
         Lsn(self.0.received.load(Ordering::Acquire))
     }
@@ -429,6 +429,10 @@ impl StreamTask {
                 let server_time = PgTimestamp(body.get_i64());
                 let reply_requested = body.get_u8() == 1;
                 self.note_server(wal_end, server_time);
+                // Everything before the server's position has been sent to
+                // us: report it as written (never as flushed). A server
+                // shutting down waits for exactly this before it exits.
+                self.shared.received.fetch_max(wal_end.0, Ordering::AcqRel);
                 self.pending.push(ReplicationEvent::Keepalive {
                     wal_end,
                     server_time,

@@ -115,3 +115,32 @@ pub fn wait_until_running(target: &str, name: &str, child: &mut Child, limit: Du
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Like [`wait_for_stage`], polling the state table directly (much more
+/// often than a `pglive status` process allows), for short stages.
+pub fn wait_for_stage_fast(
+    cluster: &pglive_testkit::Cluster,
+    db: &str,
+    name: &str,
+    stages: &[&str],
+    child: &mut Child,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    let sql = format!("SELECT stage FROM pglive.migration WHERE name = '{name}'");
+    loop {
+        if let Ok(stage) = cluster.psql(db, &sql) {
+            if stages.contains(&stage.as_str()) {
+                return stage;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("pglive exited with {status} before reaching {stages:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stage {stages:?} not reached in time"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -125,7 +125,10 @@ fn assert_same_rows(cluster_s: &Cluster, db_s: &str, cluster_t: &Cluster, db_t: 
 fn no_leftovers(source: &Cluster, db: &str) {
     assert_eq!(
         source
-            .psql(db, "SELECT count(*) FROM pg_replication_slots")
+            .psql(
+                db,
+                "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+            )
             .unwrap(),
         "0",
         "slot dropped"

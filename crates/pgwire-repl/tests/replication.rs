@@ -44,6 +44,20 @@ async fn collect_until(
     messages
 }
 
+/// A slot without an exported snapshot.
+async fn plain_slot(
+    client: &mut ReplicationClient,
+    name: &str,
+    temporary: bool,
+) -> pglive_repl::CreatedSlot {
+    let options = SlotOptions {
+        temporary,
+        snapshot: SnapshotAction::NoExport,
+        ..SlotOptions::default()
+    };
+    client.create_slot(name, &options).await.unwrap()
+}
+
 fn commits(messages: &[LogicalMessage]) -> usize {
     messages
         .iter()
@@ -196,16 +210,7 @@ async fn every_message_kind_decodes_from_real_traffic() {
         )
         .unwrap();
     let mut client = connect(&cluster.conninfo(&db)).await;
-    let slot = client
-        .create_slot(
-            "kinds_slot",
-            &SlotOptions {
-                snapshot: SnapshotAction::NoExport,
-                ..SlotOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let slot = plain_slot(&mut client, "kinds_slot", false).await;
     cluster
         .psql(
             &db,
@@ -479,16 +484,7 @@ async fn feedback_confirms_only_what_the_caller_reported() {
         )
         .unwrap();
     let mut client = connect(&cluster.conninfo(&db)).await;
-    let slot = client
-        .create_slot(
-            "fb_slot",
-            &SlotOptions {
-                snapshot: SnapshotAction::NoExport,
-                ..SlotOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let slot = plain_slot(&mut client, "fb_slot", false).await;
     cluster
         .psql(&db, "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)")
         .unwrap();
@@ -568,17 +564,7 @@ async fn keepalives_keep_an_idle_unread_stream_alive() {
         )
         .unwrap();
     let mut client = connect(&cluster.conninfo(&db)).await;
-    let slot = client
-        .create_slot(
-            "idle_slot",
-            &SlotOptions {
-                temporary: true,
-                snapshot: SnapshotAction::NoExport,
-                ..SlotOptions::default()
-            },
-        )
-        .await
-        .unwrap();
+    let slot = plain_slot(&mut client, "idle_slot", true).await;
     let mut options = StreamOptions::default();
     options.status_interval = Duration::from_millis(300);
     let mut stream = client

@@ -19,16 +19,8 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
         None => (name.clone(), name.clone()),
     };
     let mut done = Vec::new();
-    if migration.is_some() {
-        if !state::try_lock(&target, name).await? {
-            if !args.force {
-                bail!(
-                    "a `pglive migrate` is running migration {name:?}: stop it first, or pass --force"
-                );
-            }
-        } else {
-            state::unlock(&target, name).await?;
-        }
+    if migration.is_some() && !args.force && state::is_running(&target, name).await? {
+        bail!("a `pglive migrate` is running migration {name:?}: stop it first, or pass --force");
     }
     // The slot: end whoever uses it when forced, then drop it.
     let active: Option<Option<i32>> = source

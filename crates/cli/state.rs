@@ -312,6 +312,17 @@ pub async fn try_lock(client: &Client, name: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// Whether another process (a running `migrate`, or a `cutover` doing the
+/// work itself) holds the migration's lock.
+pub async fn is_running(client: &Client, name: &str) -> Result<bool> {
+    if try_lock(client, name).await? {
+        unlock(client, name).await?;
+        Ok(false)
+    } else {
+        Ok(true)
+    }
+}
+
 /// Takes the migration's lock, waiting up to `patience` for a previous
 /// holder's session to end (a process that just exited).
 pub async fn lock(client: &Client, name: &str, patience: std::time::Duration) -> Result<bool> {

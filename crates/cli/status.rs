@@ -20,10 +20,7 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     };
     let parts = pglive_snapshot::status(&target, &args.name).await?;
     let progress = state::load_progress(&target, &args.name).await?;
-    let running = !state::try_lock(&target, &args.name).await?;
-    if !running {
-        state::unlock(&target, &args.name).await?;
-    }
+    let running = state::is_running(&target, &args.name).await?;
     let mut tables: Vec<serde_json::Value> = Vec::new();
     let mut by_table: std::collections::BTreeMap<String, (usize, usize, i64, i64)> =
         Default::default();

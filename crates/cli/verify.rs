@@ -193,8 +193,7 @@ pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> 
     let target = crate::preflight::connect(&target_config, "target").await?;
     let live = match crate::state::load(&target, name).await? {
         Some(m) if m.stage < crate::state::Stage::Cutover => {
-            if crate::state::try_lock(&target, name).await? {
-                crate::state::unlock(&target, name).await?;
+            if !crate::state::is_running(&target, name).await? {
                 anyhow::bail!(
                     "migration {name:?} is live (stage {}) but no `pglive migrate` runs for it: start it, and verify pauses it at a consistent point; or verify after cutover",
                     m.stage.as_str()

@@ -141,15 +141,20 @@ pub(crate) struct Outcome {
     pub deleted: u64,
 }
 
+/// A statement that changed fewer rows than the source did: the operation,
+/// the rows expected and the rows matched.
+pub(crate) type Shortfall = (&'static str, u64, u64);
+
 /// Runs one statement inside the open target transaction. Updates and
-/// deletes must find every row the source changed; anything else is
-/// [`Error::RowsMissing`], reported by the caller with the LSN.
+/// deletes must find every row the source changed; anything else is a
+/// [`Shortfall`], reported by the caller with the LSN as
+/// [`Error::RowsMissing`].
 pub(crate) async fn execute(
     client: &Client,
     cache: &mut StatementCache,
     table: &TableMap,
     statement: &Statement,
-) -> Result<std::result::Result<Outcome, (&'static str, u64, u64)>> {
+) -> Result<std::result::Result<Outcome, Shortfall>> {
     match statement {
         Statement::Insert(rows) if rows.len() >= COPY_THRESHOLD => {
             copy_rows(client, table, rows).await?;
@@ -157,94 +162,118 @@ pub(crate) async fn execute(
         }
         Statement::Insert(rows) => {
             let columns: Vec<usize> = (0..table.columns.len()).collect();
-            let sql = insert_sql(table);
             let params = column_arrays(table, rows.iter(), &columns)?;
-            let statement = cache.get(client, &sql, table).await?;
-            client
-                .execute(&statement, &params_ref(&params))
-                .await
-                .map_err(target(format!("inserting into {}", table.name)))?;
+            let what = format!("inserting into {}", table.name);
+            run(
+                client,
+                cache,
+                table,
+                &insert_sql(table),
+                &params_ref(&params),
+                what,
+            )
+            .await?;
             Ok(Ok(Outcome::inserted(rows.len())))
         }
         Statement::Update { mask, rows } => {
-            let sql = update_sql(table, mask);
             let set: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
             let key_positions: Vec<usize> = (0..table.key.len()).collect();
             let mut params = column_arrays(table, rows.iter().map(|(k, _)| k), &key_positions)?;
             params.extend(column_arrays(table, rows.iter().map(|(_, n)| n), &set)?);
-            let statement = cache.get(client, &sql, table).await?;
-            let matched = client
-                .execute(&statement, &params_ref(&params))
-                .await
-                .map_err(target(format!("updating {}", table.name)))?;
-            let expected = rows.len() as u64;
-            if matched != expected {
-                return Ok(Err(("UPDATE", expected, matched)));
-            }
-            Ok(Ok(Outcome::updated(rows.len())))
+            let what = format!("updating {}", table.name);
+            let matched = run(
+                client,
+                cache,
+                table,
+                &update_sql(table, mask),
+                &params_ref(&params),
+                what,
+            )
+            .await?;
+            Ok(expect("UPDATE", rows.len(), matched).map(|()| Outcome::updated(rows.len())))
         }
         Statement::Delete(keys) => {
-            let sql = delete_sql(table);
             let key_positions: Vec<usize> = (0..table.key.len()).collect();
             let params = column_arrays(table, keys.iter(), &key_positions)?;
-            let statement = cache.get(client, &sql, table).await?;
-            let matched = client
-                .execute(&statement, &params_ref(&params))
-                .await
-                .map_err(target(format!("deleting from {}", table.name)))?;
-            let expected = keys.len() as u64;
-            if matched != expected {
-                return Ok(Err(("DELETE", expected, matched)));
-            }
-            Ok(Ok(Outcome::deleted(keys.len())))
+            let what = format!("deleting from {}", table.name);
+            let matched = run(
+                client,
+                cache,
+                table,
+                &delete_sql(table),
+                &params_ref(&params),
+                what,
+            )
+            .await?;
+            Ok(expect("DELETE", keys.len(), matched).map(|()| Outcome::deleted(keys.len())))
         }
         Statement::UpdateFull { old, new } => {
-            let set: Vec<usize> = (0..new.len())
-                .filter(|&i| !matches!(new[i], ColumnValue::UnchangedToast))
-                .collect();
-            let matched_columns: Vec<usize> = (0..old.len())
-                .filter(|&i| !matches!(old[i], ColumnValue::UnchangedToast))
-                .collect();
+            let (matched_columns, set) = (sent(old), sent(new));
+            let mut values = texts(table, old, &matched_columns)?;
+            values.extend(texts(table, new, &set)?);
             let sql = update_full_sql(table, &set, &matched_columns);
-            let mut values = Vec::new();
-            for &i in &matched_columns {
-                values.push(RawText(text_of(table, &old[i])?));
-            }
-            for &i in &set {
-                values.push(RawText(text_of(table, &new[i])?));
-            }
-            let statement = cache.get(client, &sql, table).await?;
-            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-            let matched = client
-                .execute(&statement, &params)
-                .await
-                .map_err(target(format!("updating {}", table.name)))?;
-            if matched != 1 {
-                return Ok(Err(("UPDATE", 1, matched)));
-            }
-            Ok(Ok(Outcome::updated(1)))
+            let what = format!("updating {}", table.name);
+            let matched = run(client, cache, table, &sql, &params_ref(&values), what).await?;
+            Ok(expect("UPDATE", 1, matched).map(|()| Outcome::updated(1)))
         }
         Statement::DeleteFull(old) => {
-            let matched_columns: Vec<usize> = (0..old.len())
-                .filter(|&i| !matches!(old[i], ColumnValue::UnchangedToast))
-                .collect();
+            let matched_columns = sent(old);
+            let values = texts(table, old, &matched_columns)?;
             let sql = delete_full_sql(table, &matched_columns);
-            let mut values = Vec::new();
-            for &i in &matched_columns {
-                values.push(RawText(text_of(table, &old[i])?));
-            }
-            let statement = cache.get(client, &sql, table).await?;
-            let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as _).collect();
-            let matched = client
-                .execute(&statement, &params)
-                .await
-                .map_err(target(format!("deleting from {}", table.name)))?;
-            if matched != 1 {
-                return Ok(Err(("DELETE", 1, matched)));
-            }
-            Ok(Ok(Outcome::deleted(1)))
+            let what = format!("deleting from {}", table.name);
+            let matched = run(client, cache, table, &sql, &params_ref(&values), what).await?;
+            Ok(expect("DELETE", 1, matched).map(|()| Outcome::deleted(1)))
         }
     }
+}
+
+/// Prepares `sql` (once per session) and runs it; the rows it changed.
+async fn run(
+    client: &Client,
+    cache: &mut StatementCache,
+    table: &TableMap,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    what: String,
+) -> Result<u64> {
+    let statement = cache.get(client, sql, table).await?;
+    client
+        .execute(&statement, params)
+        .await
+        .map_err(target(what))
+}
+
+/// Whether a statement found as many rows as the source changed.
+fn expect(
+    operation: &'static str,
+    expected: usize,
+    matched: u64,
+) -> std::result::Result<(), Shortfall> {
+    let expected = expected as u64;
+    if matched == expected {
+        Ok(())
+    } else {
+        Err((operation, expected, matched))
+    }
+}
+
+/// Positions of the values that were sent (not unchanged TOAST).
+fn sent(values: &Values) -> Vec<usize> {
+    (0..values.len())
+        .filter(|&i| !matches!(values[i], ColumnValue::UnchangedToast))
+        .collect()
+}
+
+/// The values at `positions` as `text` parameters.
+fn texts<'a>(
+    table: &TableMap,
+    values: &'a Values,
+    positions: &[usize],
+) -> Result<Vec<RawText<'a>>> {
+    positions
+        .iter()
+        .map(|&i| Ok(RawText(text_of(table, &values[i])?)))
+        .collect()
 }
 
 impl Outcome {
@@ -271,7 +300,7 @@ impl Outcome {
     }
 }
 
-fn params_ref<'p>(params: &'p [TextArray<'_>]) -> Vec<&'p (dyn ToSql + Sync)> {
+fn params_ref<T: ToSql + Sync>(params: &[T]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 

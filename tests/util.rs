@@ -63,6 +63,11 @@ pub fn stage(target: &str, name: &str) -> Option<String> {
     json["stage"].as_str().map(str::to_owned)
 }
 
+/// The migration's stage when it is one of `stages`.
+fn reached(target: &str, name: &str, stages: &[&str]) -> Option<String> {
+    stage(target, name).filter(|stage| stages.contains(&stage.as_str()))
+}
+
 /// Waits until the migration reaches one of `stages`, or the child exits.
 pub fn wait_for_stage(
     target: &str,
@@ -73,12 +78,15 @@ pub fn wait_for_stage(
 ) -> String {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(stage) = stage(target, name) {
-            if stages.contains(&stage.as_str()) {
-                return stage;
-            }
+        if let Some(stage) = reached(target, name, stages) {
+            return stage;
         }
         if let Some(status) = child.try_wait().unwrap() {
+            // The child may have reached the stage and exited between the
+            // status query above and this check: look once more.
+            if let Some(stage) = reached(target, name, stages) {
+                return stage;
+            }
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
                 use std::io::Read;
@@ -128,13 +136,21 @@ pub fn wait_for_stage_fast(
 ) -> String {
     let deadline = Instant::now() + limit;
     let sql = format!("SELECT stage FROM pglive.migration WHERE name = '{name}'");
+    let reached = || {
+        cluster
+            .psql(db, &sql)
+            .ok()
+            .filter(|stage| stages.contains(&stage.as_str()))
+    };
     loop {
-        if let Ok(stage) = cluster.psql(db, &sql) {
-            if stages.contains(&stage.as_str()) {
-                return stage;
-            }
+        if let Some(stage) = reached() {
+            return stage;
         }
         if let Some(status) = child.try_wait().unwrap() {
+            // Reached and exited between the query and this check?
+            if let Some(stage) = reached() {
+                return stage;
+            }
             panic!("pglive exited with {status} before reaching {stages:?}");
         }
         assert!(

@@ -10,8 +10,9 @@ use pglive_repl::pgoutput::{self, Decoder, LogicalMessage, OldTuple, TupleData};
 use pglive_repl::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
+use crate::batch::{InFlight, Segment, Work};
 use crate::error::{Error, Result, target};
-use crate::execute::{self, StatementCache};
+use crate::execute::StatementCache;
 use crate::plan::{Change, TablePlan, Values};
 use crate::progress;
 use crate::spool::Spools;
@@ -92,17 +93,6 @@ pub struct ApplyStats {
     pub replica_role: bool,
 }
 
-/// A group of changes whose statements run in order; inside a `Tables`
-/// segment, tables are independent of each other.
-enum Segment {
-    Tables(Vec<(Arc<TableMap>, TablePlan)>),
-    Truncate {
-        tables: Vec<Arc<TableMap>>,
-        cascade: bool,
-        restart_identity: bool,
-    },
-}
-
 struct SourceTxn {
     final_lsn: Lsn,
     skip: bool,
@@ -111,10 +101,13 @@ struct SourceTxn {
 /// Applies a pgoutput stream to the target in large, ordered batches,
 /// exactly once (see the crate documentation).
 pub struct Applier {
-    client: Client,
+    client: Arc<Client>,
     options: ApplyOptions,
     decoder: Decoder,
-    cache: StatementCache,
+    /// The prepared statements; away while work is in flight.
+    cache: Option<StatementCache>,
+    /// Statements (and perhaps the commit) running on the target.
+    in_flight: Option<InFlight>,
     relations: HashMap<u32, Arc<TableMap>>,
     triggers_checked: std::collections::HashSet<QualifiedName>,
     applied: Lsn,
@@ -173,11 +166,12 @@ impl Applier {
             ..ApplyStats::default()
         };
         Ok(Applier {
-            client,
+            client: Arc::new(client),
             decoder: Decoder::new(options.protocol_version),
             spools: Spools::new(options.spool_memory, options.spill_dir.clone()),
             options,
-            cache: StatementCache::default(),
+            cache: Some(StatementCache::default()),
+            in_flight: None,
             relations: HashMap::new(),
             triggers_checked: Default::default(),
             applied,
@@ -223,10 +217,20 @@ impl Applier {
         self.batch_commit.is_some()
     }
 
+    /// Whether statements or a commit are running on the target; see
+    /// [`Applier::settle`].
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// Whether nothing is received but not yet committed: no open or
-    /// uncommitted transaction, no streamed transaction in progress.
+    /// uncommitted transaction, no streamed transaction in progress, no
+    /// work running on the target.
     pub fn is_idle(&self) -> bool {
-        !self.in_transaction() && !self.has_uncommitted() && self.spools.is_empty()
+        !self.in_transaction()
+            && !self.has_uncommitted()
+            && self.spools.is_empty()
+            && !self.is_busy()
     }
 
     /// Notes the server's WAL position from a keepalive: when the applier is
@@ -337,7 +341,7 @@ impl Applier {
             .batch_started
             .is_some_and(|t| t.elapsed() >= self.options.max_batch_duration);
         if full || old {
-            self.commit().await?;
+            self.start_commit().await?;
         }
         Ok(())
     }
@@ -349,6 +353,9 @@ impl Applier {
                 self.end_source(commit.end_lsn, commit.commit_time).await
             }
             LogicalMessage::Relation(relation) => {
+                // Catalog reads and trigger changes go after the work in
+                // flight, as they would in a sequential applier.
+                self.settle().await?;
                 let map = TableMap::resolve(&self.client, &relation).await?;
                 if !self.stats.replica_role && self.triggers_checked.insert(map.name.clone()) {
                     progress::disable_user_triggers(&self.client, &map.name).await?;
@@ -520,111 +527,106 @@ impl Applier {
         Ok(())
     }
 
-    async fn begin_target(&mut self) -> Result<()> {
-        if !self.target_open {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(target("beginning a batch"))?;
-            self.target_open = true;
-        }
-        Ok(())
-    }
-
-    /// Runs every collected statement inside the open target transaction.
+    /// Runs every collected statement inside the open target transaction,
+    /// in the background.
     async fn execute_pending(&mut self) -> Result<()> {
         if self.segments.is_empty() {
             return Ok(());
         }
-        self.begin_target().await?;
+        self.dispatch(None).await
+    }
+
+    /// Waits for the work in flight (if any) to finish and takes in what it
+    /// did: counters, and the applied position when it committed. Cancel-safe.
+    pub async fn settle(&mut self) -> Result<()> {
+        let Some(in_flight) = &mut self.in_flight else {
+            return Ok(());
+        };
+        let finished = in_flight.finish().await;
+        self.in_flight = None;
+        let (cache, done) = finished?;
+        self.cache = Some(cache);
+        let done = done?;
+        self.stats.inserted += done.inserted;
+        self.stats.updated += done.updated;
+        self.stats.deleted += done.deleted;
+        self.stats.truncates += done.truncates;
+        if let Some((lsn, commit_time)) = done.committed {
+            self.applied = lsn;
+            self.confirmable = self.confirmable.max(lsn);
+            self.stats.applied_lsn = lsn;
+            self.stats.applied_commit_time = Some(commit_time);
+            self.stats.batches += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts the collected statements, and the commit when `commit` says
+    /// which source transaction ends the batch, on the target once the
+    /// previous work finished.
+    async fn dispatch(&mut self, commit: Option<(Lsn, PgTimestamp)>) -> Result<()> {
+        self.settle().await?;
         let lsn = self
             .txn
             .as_ref()
             .map(|t| t.final_lsn)
             .or(self.batch_commit.map(|(l, _)| l))
             .unwrap_or(self.applied);
-        for segment in std::mem::take(&mut self.segments) {
-            match segment {
-                Segment::Tables(plans) => {
-                    for (map, plan) in plans {
-                        for statement in plan.finish() {
-                            match execute::execute(&self.client, &mut self.cache, &map, &statement)
-                                .await?
-                            {
-                                Ok(outcome) => {
-                                    self.stats.inserted += outcome.inserted;
-                                    self.stats.updated += outcome.updated;
-                                    self.stats.deleted += outcome.deleted;
-                                }
-                                Err((operation, expected, matched)) => {
-                                    return Err(Error::RowsMissing {
-                                        table: map.name.to_string(),
-                                        operation,
-                                        expected,
-                                        matched,
-                                        lsn,
-                                    });
-                                }
-                            }
-                        }
-                    }
-                }
-                Segment::Truncate {
-                    tables,
-                    cascade,
-                    restart_identity,
-                } => {
-                    let refs: Vec<&TableMap> = tables.iter().map(|t| t.as_ref()).collect();
-                    execute::truncate(&self.client, &refs, cascade, restart_identity).await?;
-                    self.stats.truncates += 1;
-                }
-            }
-        }
+        let work = Work {
+            begin: !self.target_open,
+            segments: std::mem::take(&mut self.segments),
+            lsn,
+            commit,
+            stream_id: self.options.stream_id.clone(),
+        };
+        let cache = self.cache.take().unwrap_or_default();
+        self.in_flight = Some(InFlight::start(self.client.clone(), cache, work));
+        self.target_open = commit.is_none();
         self.pending_bytes = 0;
+        if commit.is_some() {
+            self.batch_commit = None;
+            self.batch_changes = 0;
+            self.batch_started = None;
+        }
         Ok(())
     }
 
-    /// Commits the complete source transactions received so far in one
-    /// target transaction, with the applied position, and returns that
-    /// position; `None` when there was nothing to commit. Must not be
-    /// called inside a source transaction.
-    pub async fn commit(&mut self) -> Result<Option<Lsn>> {
+    /// Starts committing the complete source transactions received so far
+    /// in one target transaction, with the applied position; the run loop
+    /// collects the outcome with [`Applier::settle`]. Nothing happens when
+    /// there is nothing to commit.
+    pub(crate) async fn start_commit(&mut self) -> Result<()> {
         if self.in_transaction() {
             return Err(Error::Protocol(
                 "commit requested inside a source transaction".to_owned(),
             ));
         }
-        let Some((lsn, commit_time)) = self.batch_commit else {
-            return Ok(None);
-        };
-        self.execute_pending().await?;
-        self.begin_target().await?;
-        let seconds = commit_time
-            .to_system_time()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.client
-            .execute(
-                progress::SAVE_SQL,
-                &[&self.options.stream_id, &lsn.to_string(), &seconds],
-            )
-            .await
-            .map_err(target("recording the applied position"))?;
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(target(format!("committing the batch ending at {lsn}")))?;
-        self.target_open = false;
-        self.applied = lsn;
-        self.confirmable = self.confirmable.max(lsn);
-        self.batch_commit = None;
-        self.batch_changes = 0;
-        self.batch_started = None;
-        self.stats.applied_lsn = lsn;
-        self.stats.applied_commit_time = Some(commit_time);
-        self.stats.batches += 1;
-        Ok(Some(lsn))
+        match self.batch_commit {
+            Some(commit) => self.dispatch(Some(commit)).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the complete source transactions received so far in one
+    /// target transaction, with the applied position, waits for it, and
+    /// returns that position; `None` when there was nothing to commit. Must
+    /// not be called inside a source transaction.
+    pub async fn commit(&mut self) -> Result<Option<Lsn>> {
+        let lsn = self.batch_commit.map(|(lsn, _)| lsn);
+        self.start_commit().await?;
+        self.settle().await?;
+        Ok(lsn)
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Whatever the task has not committed is rolled back when its
+        // session closes; a later applier waits for that (see
+        // `progress::load`).
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.abort();
+        }
     }
 }
 

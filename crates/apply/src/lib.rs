@@ -9,7 +9,9 @@
 //! goes quiet). Inside it, each table's changes become few set-based
 //! statements: runs of inserts one `COPY`, runs of updates and deletes by
 //! key one `UPDATE … FROM unnest(…)` / `DELETE … USING unnest(…)`, repeated
-//! changes of one key merged. Values travel as the text pgoutput sent and
+//! changes of one key merged. A batch runs on the target in the background
+//! while the next one is received and planned; batches still run one after
+//! another, in order. Values travel as the text pgoutput sent and
 //! the target parses them with the same input functions, under pinned
 //! session settings, so `NaN`, `Infinity`, arrays, bytea and timestamps
 //! arrive exactly.
@@ -50,6 +52,7 @@
 #![deny(missing_docs)]
 
 mod applier;
+mod batch;
 mod error;
 mod execute;
 mod plan;

@@ -23,24 +23,50 @@ CREATE TABLE IF NOT EXISTS pglive.apply_disabled_triggers (
     PRIMARY KEY (table_schema, table_name, trigger_name)
 );";
 
-/// Creates the state tables if needed and reads the applied position of
-/// `stream_id` (`0/0` when nothing was applied yet).
+/// How long [`load`] waits for an earlier session's open batch on the same
+/// stream to end.
+const LOAD_LOCK_TIMEOUT: &str = "60s";
+
+/// Creates the state tables and the stream's row if needed and reads the
+/// applied position of `stream_id` (`0/0` when nothing was applied yet).
+///
+/// Every batch locks this row first, so reading it with `FOR UPDATE` waits
+/// until no earlier session (one whose connection dropped while a batch was
+/// open or committing) can still change it: the position read is final.
 pub(crate) async fn load(client: &Client, stream_id: &str) -> Result<Lsn> {
     client
         .batch_execute(SCHEMA_SQL)
         .await
         .map_err(target("creating the pglive state tables"))?;
-    let row = client
-        .query_opt(
-            "SELECT applied_lsn::text FROM pglive.apply_progress WHERE stream_id = $1",
+    client
+        .execute(
+            "INSERT INTO pglive.apply_progress (stream_id, applied_lsn)
+             VALUES ($1, '0/0') ON CONFLICT (stream_id) DO NOTHING",
             &[&stream_id],
         )
         .await
+        .map_err(target("creating the stream's row in pglive.apply_progress"))?;
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{LOAD_LOCK_TIMEOUT}'"
+        ))
+        .await
         .map_err(target("reading pglive.apply_progress"))?;
-    Ok(match row {
-        Some(row) => row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO),
-        None => Lsn::ZERO,
-    })
+    let row = client
+        .query_one(
+            "SELECT applied_lsn::text FROM pglive.apply_progress WHERE stream_id = $1 FOR UPDATE",
+            &[&stream_id],
+        )
+        .await;
+    // Release the lock whatever happened; the first error is the one to
+    // report.
+    let ended = client.batch_execute("ROLLBACK").await;
+    let row = row.map_err(target(format!(
+        "reading pglive.apply_progress (another session applying stream {stream_id:?} \
+         holds its row for longer than {LOAD_LOCK_TIMEOUT}?)"
+    )))?;
+    ended.map_err(target("reading pglive.apply_progress"))?;
+    Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
 }
 
 /// The statement that records the applied position; run inside the batch's

@@ -76,8 +76,33 @@ pub struct Progress {
 /// Applies the stream until `shutdown` completes, `stop_at` is reached or
 /// the stream ends. The position confirmed to the source follows only what
 /// the target committed. `on_progress` is called after every message; keep
-/// it cheap (throttle displays yourself).
+/// it cheap (throttle displays yourself). Whatever way it returns, no work
+/// is left running on the target.
 pub async fn run(
+    applier: &mut Applier,
+    stream: &mut ReplicationStream,
+    shutdown: impl Future<Output = ()>,
+    options: &RunOptions,
+    on_progress: impl FnMut(&Progress),
+) -> Result<Stopped> {
+    let stopped = run_until(applier, stream, shutdown, options, on_progress).await;
+    let settled = applier.settle().await;
+    stream.feedback().set_flushed(applier.confirmable_lsn());
+    let stopped = stopped?;
+    settled?;
+    Ok(stopped)
+}
+
+/// What woke the loop.
+enum Wake {
+    Shutdown,
+    Event(Option<pglive_repl::Result<ReplicationEvent>>),
+    IdleCommit,
+    Settled(Result<()>),
+    Ping,
+}
+
+async fn run_until(
     applier: &mut Applier,
     stream: &mut ReplicationStream,
     shutdown: impl Future<Output = ()>,
@@ -122,22 +147,35 @@ pub async fn run(
             return Ok(Stopped::Shutdown);
         }
         let idle_commit = applier.has_uncommitted() && !applier.in_transaction();
+        let busy = applier.is_busy();
         let deadline =
             idle_deadline.unwrap_or_else(|| tokio::time::Instant::now() + options.idle_commit);
-        let event = tokio::select! {
+        let wake = tokio::select! {
             biased;
-            () = &mut shutdown, if !shutting_down => {
+            () = &mut shutdown, if !shutting_down => Wake::Shutdown,
+            result = applier.settle(), if busy => Wake::Settled(result),
+            event = stream.next() => Wake::Event(event),
+            () = tokio::time::sleep_until(deadline), if idle_commit => Wake::IdleCommit,
+            () = tokio::time::sleep(PING), if waiting_for_position => Wake::Ping,
+        };
+        let event = match wake {
+            Wake::Shutdown => {
                 shutting_down = true;
                 continue;
             }
-            event = stream.next() => event,
-            () = tokio::time::sleep_until(deadline), if idle_commit => {
-                applier.commit().await?;
+            Wake::Settled(result) => {
+                result?;
                 feedback.set_flushed(applier.confirmable_lsn());
+                on_progress(&progress(applier, &feedback));
+                continue;
+            }
+            Wake::IdleCommit => {
+                applier.start_commit().await?;
                 idle_deadline = None;
                 continue;
             }
-            () = tokio::time::sleep(PING), if waiting_for_position => continue,
+            Wake::Ping => continue,
+            Wake::Event(event) => event,
         };
         match event {
             None => {

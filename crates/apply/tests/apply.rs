@@ -368,3 +368,48 @@ async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
     .unwrap();
     pair.assert_equal().await;
 }
+
+/// A new applier reads the applied position only after an earlier
+/// session's open batch on the same stream ended: every batch locks the
+/// stream's progress row first, so a batch that was still committing when
+/// its applier went away is never applied a second time.
+#[tokio::test]
+async fn a_new_applier_waits_for_an_earlier_sessions_open_batch() {
+    use pglive_repl::{Lsn, connect_sql, quote_literal};
+    let pair = Pair::new("handover", "CREATE TABLE t (id int PRIMARY KEY);").await;
+    let target = config(&pair.target_conninfo());
+    let first = Applier::connect(&target, options(&pair, 1)).await.unwrap();
+    let before = first.applied_lsn();
+    drop(first);
+    let committed: Lsn = "0/ABCDEF0".parse().unwrap();
+    assert_ne!(before, committed);
+    let earlier = connect_sql(&target).await.unwrap();
+    earlier
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT 1 FROM pglive.apply_progress WHERE stream_id = {id} FOR UPDATE;
+             INSERT INTO t VALUES (1)",
+            id = quote_literal(&pair.slot)
+        ))
+        .await
+        .unwrap();
+    let connecting = tokio::spawn({
+        let (target, options) = (target.clone(), options(&pair, 1));
+        async move { Applier::connect(&target, options).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !connecting.is_finished(),
+        "the new applier read the position while a batch was open"
+    );
+    // The batch records its position and commits.
+    earlier
+        .batch_execute(&format!(
+            "UPDATE pglive.apply_progress SET applied_lsn = '{committed}' WHERE stream_id = {}; COMMIT",
+            quote_literal(&pair.slot)
+        ))
+        .await
+        .unwrap();
+    let applier = connecting.await.unwrap().unwrap();
+    assert_eq!(applier.applied_lsn(), committed);
+}

@@ -383,3 +383,56 @@ fn ctrl_c_pauses_at_a_transaction_boundary_and_fence_blocks_writes() {
         .psql(&src, "INSERT INTO log (line) VALUES ('writable again')")
         .unwrap();
 }
+
+/// `c` + Enter in the terminal running `migrate` cuts over, as `pglive
+/// cutover` from another shell would. `script` gives migrate a terminal.
+#[test]
+fn cutover_typed_in_the_migrate_terminal() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("keys_src").unwrap();
+    let dst = cluster.create_database("keys_dst").unwrap();
+    cluster.psql(&src, SCHEMA).unwrap();
+    cluster.psql(&src, &load(2_000)).unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let workload = Workload::start(source.clone());
+    let line = format!(
+        "'{}' migrate --source '{source}' --target '{target}' --name keys",
+        env!("CARGO_BIN_EXE_pglive")
+    );
+    let mut migrate = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    wait_for_stage(
+        &target,
+        "keys",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let writes = workload.stop();
+    assert!(writes > 10, "the workload ran ({writes} transactions)");
+    let mut keyboard = migrate.stdin.take().unwrap();
+    keyboard.write_all(b"c\n").unwrap();
+    keyboard.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while migrate.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            migrate.kill().ok();
+            panic!("migrate did not cut over after c + Enter");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = finish(migrate);
+    assert!(log.contains("type c + Enter"), "{log}");
+    drop(keyboard);
+    assert_eq!(util::stage(&target, "keys").as_deref(), Some("done"));
+    assert_same_rows(cluster, &src, cluster, &dst);
+    no_leftovers(cluster, &src);
+}

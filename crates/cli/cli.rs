@@ -44,7 +44,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Copy schema and data, then stream changes until cutover (resumes after any stop).
     #[command(
-        after_help = "Example:\n  pglive migrate --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --jobs 8"
+        after_help = "Example:\n  pglive migrate --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --jobs 8\n\nWhile it streams on a terminal, type c + Enter to cut over (f + Enter to fence writes on the source first),\nor run `pglive cutover` from another shell."
     )]
     Migrate(MigrateArgs),
     /// Finish a migration: catch up, sync sequences, verify counts, drop the slot.

@@ -13,6 +13,7 @@ use pglive_repl::{
 
 use crate::Interrupt;
 use crate::cutover;
+use crate::keys::CutoverKeys;
 use crate::migrate::Job;
 use crate::report::Reporter;
 use crate::state::{self, Migration};
@@ -91,13 +92,31 @@ pub async fn stream(
     interrupt: &Interrupt,
     cutover_when_ready: bool,
 ) -> Result<LiveOutcome> {
-    reporter.line(format!(
-        "streaming changes from slot {:?}; run `pglive cutover` (or Ctrl-C to pause) when ready",
-        migration.slot
-    ));
+    let keys = CutoverKeys::listen();
+    reporter.line(if keys.listening() {
+        format!(
+            "streaming changes from slot {:?}; when ready type c + Enter to cut over \
+             (f + Enter: fence writes first) or run `pglive cutover` elsewhere; Ctrl-C pauses",
+            migration.slot
+        )
+    } else {
+        format!(
+            "streaming changes from slot {:?}; run `pglive cutover` (or Ctrl-C to pause) when ready",
+            migration.slot
+        )
+    });
     let mut backoff = Duration::from_secs(1);
     loop {
-        match session(ctx, migration, reporter, interrupt, cutover_when_ready).await {
+        match session(
+            ctx,
+            migration,
+            reporter,
+            interrupt,
+            &keys,
+            cutover_when_ready,
+        )
+        .await
+        {
             Ok(Some(outcome)) => {
                 reporter.streaming_finished();
                 return Ok(outcome);
@@ -138,6 +157,7 @@ async fn session(
     migration: &Migration,
     reporter: &Arc<Reporter>,
     interrupt: &Interrupt,
+    keys: &CutoverKeys,
     cutover_when_ready: bool,
 ) -> Result<Option<LiveOutcome>> {
     let Session {
@@ -152,6 +172,7 @@ async fn session(
             &state_client,
             &ctx.name,
             interrupt,
+            keys,
             cutover_when_ready,
             Arc::clone(&latest),
             Arc::clone(&reason),
@@ -202,12 +223,14 @@ async fn session(
     }
 }
 
-/// Completes when Ctrl-C is pressed or another pglive process asks for a
-/// cutover or a verification pause; records progress every second.
+/// Completes when Ctrl-C is pressed, a cutover is typed, or another pglive
+/// process asks for a cutover or a verification pause; records progress
+/// every second.
 async fn watch_requests(
     state_client: &tokio_postgres::Client,
     name: &str,
     interrupt: &Interrupt,
+    keys: &CutoverKeys,
     cutover_when_ready: bool,
     latest: Arc<Mutex<Option<Progress>>>,
     reason: Arc<Mutex<Option<Reason>>>,
@@ -216,6 +239,7 @@ async fn watch_requests(
     loop {
         tokio::select! {
             () = interrupt.wait() => return set(Reason::Interrupt),
+            fence = keys.wait() => return set(Reason::Cutover { fence }),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let progress = latest.lock().expect("not poisoned").clone();
@@ -229,10 +253,10 @@ async fn watch_requests(
             if m.cutover_requested {
                 return set(Reason::Cutover { fence: m.fence });
             }
-        }
-        if let Ok(Some((lsn, request))) = state::verify_request(state_client, name).await {
-            if request == "requested" {
-                return set(Reason::Verify(lsn));
+            if let Some((lsn, request)) = m.verify_request {
+                if request == "requested" {
+                    return set(Reason::Verify(lsn));
+                }
             }
         }
     }

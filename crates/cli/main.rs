@@ -6,6 +6,7 @@ mod clean;
 mod cli;
 mod cutover;
 mod demo;
+mod keys;
 mod live;
 mod migrate;
 mod preflight;

@@ -202,6 +202,7 @@ async fn start(
         cutover_requested: false,
         fence: false,
         summary: None,
+        verify_request: None,
     };
     state::insert(target, &migration).await?;
     let snapshot = Snapshot::from_slot(&created).context("the slot exported no snapshot")?;

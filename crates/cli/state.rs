@@ -62,6 +62,9 @@ pub struct Migration {
     pub cutover_requested: bool,
     pub fence: bool,
     pub summary: Option<String>,
+    /// A `pglive verify` request: the LSN it wants apply paused at and the
+    /// request's state.
+    pub verify_request: Option<(Lsn, String)>,
 }
 
 const SCHEMA_SQL: &str = "
@@ -94,7 +97,8 @@ pub async fn create_tables(client: &Client) -> Result<()> {
 pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
     let row = match client
         .query_opt(
-            "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary
+            "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
+                    verify_lsn::text, verify_state
                FROM pglive.migration WHERE name = $1",
             &[&name],
         )
@@ -115,6 +119,10 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
             cutover_requested: r.get(6),
             fence: r.get(7),
             summary: r.get(8),
+            verify_request: match (r.get::<_, Option<String>>(9), r.get(10)) {
+                (Some(lsn), Some(request)) => Some((lsn.parse()?, request)),
+                _ => None,
+            },
         })
     })
     .transpose()

@@ -170,6 +170,7 @@ fn migrate_with_live_workload_then_cutover_and_verify() {
     assert!(cutover.contains("switch your application now"), "{cutover}");
     let log = finish(migrate);
     assert!(log.contains("copy:") && log.contains("post-data:"), "{log}");
+    assert!(log.contains("the target needs about"), "{log}");
     let verify = run_ok(&["verify", "--source", &source, "--target", &target, "--full"]);
     assert!(verify.contains("equal"), "{verify}");
     assert_same_rows(cluster, &src, cluster, &dst);

@@ -76,6 +76,7 @@ pub fn parse_conninfo(text: &str, flag: &str) -> anyhow::Result<ConnectConfig> {
         PreflightFailed(Findings {
             failures: vec![format!("{flag}: {e}")],
             warnings: Vec::new(),
+            notes: Vec::new(),
         })
         .into()
     })

@@ -100,6 +100,9 @@ pub async fn run(
     for warning in &findings.warnings {
         reporter.line(format!("warning: {warning}"));
     }
+    for note in &findings.notes {
+        reporter.line(format!("preflight: {note}"));
+    }
     state::create_tables(&target_client).await?;
 
     let migration = match existing {

@@ -13,6 +13,8 @@ pub struct Findings {
     pub failures: Vec<String>,
     /// Things worth knowing that do not stop it.
     pub warnings: Vec<String>,
+    /// Facts for the operator, such as the disk the target will need.
+    pub notes: Vec<String>,
 }
 
 /// A failure of preflight: the findings, printed by the caller.
@@ -58,6 +60,7 @@ pub async fn connect(config: &ConnectConfig, role: &str) -> Result<Client, Prefl
                 chain(&e)
             )],
             warnings: Vec::new(),
+            notes: Vec::new(),
         })
     })
 }
@@ -318,6 +321,9 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
                 Err(e) => fail(&mut found, chain(&e)),
             }
         }
+        if let Some(note) = disk_needed(&source, &catalog).await {
+            found.notes.push(note);
+        }
         // Slot creation waits for transactions that started before it.
         if let Ok(old) = scalar(
             &source,
@@ -351,4 +357,29 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
     } else {
         Err(PreflightFailed(found))
     }
+}
+
+/// What the copied data will take on the target: the selected tables and
+/// their indexes as they are on the source. Free disk cannot be read
+/// through SQL without file access, so this is for the operator to check.
+async fn disk_needed(source: &Client, catalog: &Catalog) -> Option<String> {
+    let tables: i64 = catalog.tables.iter().map(|t| t.bytes).sum();
+    let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
+    let indexes: i64 = source
+        .query_one(
+            "SELECT coalesce(sum(pg_indexes_size(c.oid)), 0)::int8
+               FROM pg_class c WHERE c.oid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await
+        .ok()?
+        .get(0);
+    let size = |n: i64| crate::report::bytes(u64::try_from(n).unwrap_or(0));
+    Some(format!(
+        "the target needs about {} of free disk for this data ({} of tables, {} of indexes, as on the source) \
+         plus WAL while it loads; pglive cannot read free disk through SQL, so check it before the copy",
+        size(tables + indexes),
+        size(tables),
+        size(indexes)
+    ))
 }

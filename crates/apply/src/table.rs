@@ -26,6 +26,18 @@ pub(crate) struct Column {
     pub quoted: String,
     /// The target's type, fully qualified, for casts from text.
     pub type_sql: String,
+    /// Whether the type has a default btree ordering, so rows can be sorted
+    /// by it before they are looked up.
+    pub orderable: bool,
+}
+
+/// A column of the target table as its catalog describes it.
+#[derive(Clone, Debug)]
+pub(crate) struct TargetColumn {
+    pub name: String,
+    pub type_sql: String,
+    pub generated: bool,
+    pub orderable: bool,
 }
 
 /// A source relation mapped onto its target table.
@@ -52,10 +64,17 @@ impl TableMap {
         let name = QualifiedName::new(&relation.namespace, &relation.name);
         let rows = client
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc
+                                  JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
+                                 WHERE am.amname = 'btree' AND oc.opcdefault
+                                   AND oc.opcintype IN (t.oid, t.typbasetype,
+                                       CASE WHEN t.oid = 'pg_catalog.varchar'::pg_catalog.regtype
+                                            THEN 'pg_catalog.text'::pg_catalog.regtype END))
                    FROM pg_catalog.pg_attribute a
                    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                   WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&relation.namespace, &relation.name],
             )
@@ -66,38 +85,44 @@ impl TableMap {
                 table: name.to_string(),
             });
         }
-        let target_columns: Vec<(String, String, bool)> = rows
+        let target_columns: Vec<TargetColumn> = rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| TargetColumn {
+                name: r.get(0),
+                type_sql: r.get(1),
+                generated: r.get(2),
+                orderable: r.get(3),
+            })
             .collect();
         Self::from_target_columns(name, relation, &target_columns)
     }
 
-    /// The mapping from the target's columns (name, type, generated).
+    /// The mapping from the target's columns.
     pub fn from_target_columns(
         name: QualifiedName,
         relation: &Relation,
-        target_columns: &[(String, String, bool)],
+        target_columns: &[TargetColumn],
     ) -> Result<TableMap> {
         let mut source_to_column = Vec::with_capacity(relation.columns.len());
         let mut columns = Vec::new();
         let mut key = Vec::new();
         let mut missing = Vec::new();
         for source in &relation.columns {
-            match target_columns.iter().find(|(n, _, _)| *n == source.name) {
+            match target_columns.iter().find(|c| c.name == source.name) {
                 None => {
                     missing.push(quote_ident(&source.name));
                     source_to_column.push(None);
                 }
-                Some((_, _, true)) => source_to_column.push(None),
-                Some((column, type_sql, false)) => {
+                Some(column) if column.generated => source_to_column.push(None),
+                Some(column) => {
                     if source.is_key() {
                         key.push(columns.len());
                     }
                     source_to_column.push(Some(columns.len()));
                     columns.push(Column {
-                        quoted: quote_ident(column),
-                        type_sql: type_sql.clone(),
+                        quoted: quote_ident(&column.name),
+                        type_sql: column.type_sql.clone(),
+                        orderable: column.orderable,
                     });
                 }
             }

@@ -31,6 +31,8 @@ CREATE TABLE events (id int, region text, payload text, PRIMARY KEY (region, id)
 CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
 CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
 CREATE TABLE truncated (id serial PRIMARY KEY, v text);
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE moods (m mood PRIMARY KEY, n int);
 ";
 
 const WORKLOAD: &str = "
@@ -64,6 +66,9 @@ UPDATE events SET region = 'us' WHERE region = 'eu' AND id % 4 = 0;
 INSERT INTO truncated (v) SELECT 'x' FROM generate_series(1, 10);
 TRUNCATE truncated RESTART IDENTITY;
 INSERT INTO truncated (v) VALUES ('after truncate');
+INSERT INTO moods VALUES ('sad', 1), ('ok', 2), ('happy', 3);
+UPDATE moods SET n = n * 10;
+DELETE FROM moods WHERE m = 'ok';
 ";
 
 #[tokio::test]

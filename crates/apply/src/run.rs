@@ -1,16 +1,17 @@
-//! The apply loop: one `select!` over shutdown, idle commit and new WAL.
+//! The apply loop: one `select!` over shutdown, finished target work, idle
+//! commit and new WAL.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
-
-/// How often to ask the server where it is while waiting for a position.
-const PING: Duration = Duration::from_millis(100);
 
 use futures_util::StreamExt;
 use pglive_repl::{Lsn, PgTimestamp, ReplicationEvent, ReplicationStream};
 
 use crate::applier::{Applier, ApplyStats};
 use crate::error::Result;
+
+/// How often to ask the server where it is while waiting for a position.
+const PING: Duration = Duration::from_millis(100);
 
 /// When the loop commits and when it stops.
 #[derive(Clone, Debug)]
@@ -102,6 +103,8 @@ enum Wake {
     Ping,
 }
 
+/// The loop of [`run`], which settles the target work and reports the
+/// flushed position after it, however it returns.
 async fn run_until(
     applier: &mut Applier,
     stream: &mut ReplicationStream,
@@ -124,7 +127,6 @@ async fn run_until(
                 applier.is_holding() || (applier.is_idle() && applier.confirmable_lsn() >= pause);
             if reached && !applier.in_transaction() {
                 applier.commit().await?;
-                feedback.set_flushed(applier.confirmable_lsn());
                 return Ok(Stopped::Paused(pause));
             }
             waiting_for_position |= applier.is_idle();
@@ -143,7 +145,6 @@ async fn run_until(
         }
         if shutting_down && !applier.in_transaction() {
             applier.commit().await?;
-            feedback.set_flushed(applier.confirmable_lsn());
             return Ok(Stopped::Shutdown);
         }
         let idle_commit = applier.has_uncommitted() && !applier.in_transaction();

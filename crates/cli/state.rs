@@ -119,10 +119,7 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
             cutover_requested: r.get(6),
             fence: r.get(7),
             summary: r.get(8),
-            verify_request: match (r.get::<_, Option<String>>(9), r.get(10)) {
-                (Some(lsn), Some(request)) => Some((lsn.parse()?, request)),
-                _ => None,
-            },
+            verify_request: verify_request_of(r.get(9), r.get(10))?,
         })
     })
     .transpose()
@@ -197,13 +194,24 @@ pub async fn request_verify(client: &Client, name: &str, lsn: Lsn) -> Result<()>
 pub async fn verify_request(client: &Client, name: &str) -> Result<Option<(Lsn, String)>> {
     let row = client
         .query_opt(
-            "SELECT verify_lsn::text, verify_state FROM pglive.migration WHERE name = $1 AND verify_lsn IS NOT NULL",
+            "SELECT verify_lsn::text, verify_state FROM pglive.migration WHERE name = $1",
             &[&name],
         )
         .await
         .context("reading the verification request")?;
-    row.map(|r| Ok((r.get::<_, String>(0).parse()?, r.get::<_, String>(1))))
-        .transpose()
+    match row {
+        Some(r) => verify_request_of(r.get(0), r.get(1)),
+        None => Ok(None),
+    }
+}
+
+/// The verification request from the `verify_lsn` and `verify_state`
+/// columns (set and cleared together).
+fn verify_request_of(lsn: Option<String>, state: Option<String>) -> Result<Option<(Lsn, String)>> {
+    match (lsn, state) {
+        (Some(lsn), Some(state)) => Ok(Some((lsn.parse()?, state))),
+        _ => Ok(None),
+    }
 }
 
 /// Answers or clears (`None`) the verification request.

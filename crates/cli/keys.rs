@@ -1,9 +1,8 @@
 //! Cut-over requests typed on the terminal that runs `migrate`.
 
 use std::io::{BufRead, IsTerminal};
-use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use crate::latch::Latch;
 
 /// `c` + Enter asks for a cutover, `f` + Enter for one that fences writes
 /// on the source first, like `pglive cutover [--fence]` from another shell.
@@ -11,8 +10,8 @@ use tokio::sync::Notify;
 pub struct CutoverKeys {
     /// Whether standard input is a terminal being read.
     listening: bool,
-    /// The request typed (`Some(fence)`), and its wake-up.
-    typed: Arc<(Mutex<Option<bool>>, Notify)>,
+    /// The request typed: whether to fence.
+    typed: Latch<bool>,
 }
 
 impl CutoverKeys {
@@ -24,17 +23,15 @@ impl CutoverKeys {
             ..CutoverKeys::default()
         };
         if keys.listening {
-            let typed = Arc::clone(&keys.typed);
+            let typed = keys.typed.clone();
             std::thread::spawn(move || {
                 for line in std::io::stdin().lock().lines() {
                     let Ok(line) = line else { return };
-                    let fence = match line.trim() {
-                        "c" | "C" => false,
-                        "f" | "F" => true,
-                        _ => continue,
-                    };
-                    *typed.0.lock().expect("not poisoned") = Some(fence);
-                    typed.1.notify_waiters();
+                    match line.trim() {
+                        "c" | "C" => typed.set(false),
+                        "f" | "F" => typed.set(true),
+                        _ => {}
+                    }
                 }
             });
         }
@@ -48,12 +45,6 @@ impl CutoverKeys {
 
     /// Completes with the fence choice once a cutover is typed.
     pub async fn wait(&self) -> bool {
-        loop {
-            let notified = self.typed.1.notified();
-            if let Some(fence) = *self.typed.0.lock().expect("not poisoned") {
-                return fence;
-            }
-            notified.await;
-        }
+        self.typed.wait().await
     }
 }

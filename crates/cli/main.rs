@@ -7,6 +7,7 @@ mod cli;
 mod cutover;
 mod demo;
 mod keys;
+mod latch;
 mod live;
 mod migrate;
 mod preflight;
@@ -17,13 +18,12 @@ mod verify;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use pglive_repl::ConnectConfig;
-use tokio::sync::Notify;
 
 use crate::cli::{Cli, Command, LogFormat};
+use crate::latch::Latch;
 use crate::preflight::{Findings, PreflightFailed};
 
 /// The documented exit codes.
@@ -43,29 +43,22 @@ pub enum ExitStatus {
 
 /// Ctrl-C, seen by every stage.
 #[derive(Clone, Default)]
-pub struct Interrupt(Arc<(AtomicBool, Notify)>);
+pub struct Interrupt(Latch<()>);
 
 impl Interrupt {
     /// Records a Ctrl-C and wakes every waiter.
     pub fn trigger(&self) {
-        self.0.0.store(true, Ordering::SeqCst);
-        self.0.1.notify_waiters();
+        self.0.set(());
     }
 
     /// Whether Ctrl-C was pressed.
     pub fn requested(&self) -> bool {
-        self.0.0.load(Ordering::SeqCst)
+        self.0.get().is_some()
     }
 
     /// Completes once Ctrl-C was pressed.
     pub async fn wait(&self) {
-        loop {
-            let notified = self.0.1.notified();
-            if self.requested() {
-                return;
-            }
-            notified.await;
-        }
+        self.0.wait().await;
     }
 }
 

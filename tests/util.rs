@@ -63,11 +63,6 @@ pub fn stage(target: &str, name: &str) -> Option<String> {
     json["stage"].as_str().map(str::to_owned)
 }
 
-/// The migration's stage when it is one of `stages`.
-fn reached(target: &str, name: &str, stages: &[&str]) -> Option<String> {
-    stage(target, name).filter(|stage| stages.contains(&stage.as_str()))
-}
-
 /// Waits until the migration reaches one of `stages`, or the child exits.
 pub fn wait_for_stage(
     target: &str,
@@ -76,15 +71,34 @@ pub fn wait_for_stage(
     child: &mut Child,
     limit: Duration,
 ) -> String {
+    poll_stage(
+        || stage(target, name),
+        stages,
+        child,
+        limit,
+        Duration::from_millis(50),
+    )
+}
+
+/// Polls `read_stage` every `interval` until it says one of `stages`; the
+/// child exiting first, or `limit` passing, fails the test.
+fn poll_stage(
+    read_stage: impl Fn() -> Option<String>,
+    stages: &[&str],
+    child: &mut Child,
+    limit: Duration,
+    interval: Duration,
+) -> String {
     let deadline = Instant::now() + limit;
+    let reached = || read_stage().filter(|stage| stages.contains(&stage.as_str()));
     loop {
-        if let Some(stage) = reached(target, name, stages) {
+        if let Some(stage) = reached() {
             return stage;
         }
         if let Some(status) = child.try_wait().unwrap() {
             // The child may have reached the stage and exited between the
-            // status query above and this check: look once more.
-            if let Some(stage) = reached(target, name, stages) {
+            // read above and this check: look once more.
+            if let Some(stage) = reached() {
                 return stage;
             }
             let mut err = String::new();
@@ -98,7 +112,7 @@ pub fn wait_for_stage(
             Instant::now() < deadline,
             "stage {stages:?} not reached in time"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(interval);
     }
 }
 
@@ -134,29 +148,12 @@ pub fn wait_for_stage_fast(
     child: &mut Child,
     limit: Duration,
 ) -> String {
-    let deadline = Instant::now() + limit;
     let sql = format!("SELECT stage FROM pglive.migration WHERE name = '{name}'");
-    let reached = || {
-        cluster
-            .psql(db, &sql)
-            .ok()
-            .filter(|stage| stages.contains(&stage.as_str()))
-    };
-    loop {
-        if let Some(stage) = reached() {
-            return stage;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            // Reached and exited between the query and this check?
-            if let Some(stage) = reached() {
-                return stage;
-            }
-            panic!("pglive exited with {status} before reaching {stages:?}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stage {stages:?} not reached in time"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    poll_stage(
+        || cluster.psql(db, &sql).ok(),
+        stages,
+        child,
+        limit,
+        Duration::from_millis(5),
+    )
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Pair, config, options};
+use common::{Pair, config, options, run_quietly};
 use pglive_apply::{Applier, Error};
 
 const SCHEMA: &str = "
@@ -228,15 +228,9 @@ async fn schema_drift_stops_apply_with_the_table_and_column_named() {
     let mut stream = pair.stream(pair.start).await;
     let mut run_options = pglive_apply::RunOptions::default();
     run_options.stop_at = Some(stop_at);
-    let error = pglive_apply::run(
-        &mut applier,
-        &mut stream,
-        std::future::pending(),
-        &run_options,
-        |_| {},
-    )
-    .await
-    .unwrap_err();
+    let error = run_quietly(&mut applier, &mut stream, &run_options)
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
     let message = error.to_string();
     assert!(
@@ -273,14 +267,7 @@ async fn a_diverged_target_is_an_error_not_a_silent_skip() {
         let mut stream = pair.stream(applier.applied_lsn()).await;
         let mut run_options = pglive_apply::RunOptions::default();
         run_options.stop_at = Some(stop_at);
-        pglive_apply::run(
-            &mut applier,
-            &mut stream,
-            std::future::pending(),
-            &run_options,
-            |_| {},
-        )
-        .await
+        run_quietly(&mut applier, &mut stream, &run_options).await
     })
     .await
     .unwrap();
@@ -326,15 +313,9 @@ async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
     let mut stream = pair.stream(pair.start).await;
     let mut run_options = pglive_apply::RunOptions::default();
     run_options.pause_before = Some(point.consistent_point);
-    let stopped = pglive_apply::run(
-        &mut applier,
-        &mut stream,
-        std::future::pending(),
-        &run_options,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let stopped = run_quietly(&mut applier, &mut stream, &run_options)
+        .await
+        .unwrap();
     assert_eq!(
         stopped,
         pglive_apply::Stopped::Paused(point.consistent_point)
@@ -362,15 +343,9 @@ async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
     applier.resume().await.unwrap();
     let mut run_options = pglive_apply::RunOptions::default();
     run_options.stop_at = Some(pair.source_lsn());
-    pglive_apply::run(
-        &mut applier,
-        &mut stream,
-        std::future::pending(),
-        &run_options,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    run_quietly(&mut applier, &mut stream, &run_options)
+        .await
+        .unwrap();
     pair.assert_equal().await;
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
 use pglive_repl::{
-    ConnectConfig, Lsn, PgOutputOptions, ReplicationClient, SlotOptions, SnapshotAction,
-    StreamOptions, Streaming, connect_sql,
+    ConnectConfig, Lsn, PgOutputOptions, ReplicationClient, ReplicationStream, SlotOptions,
+    SnapshotAction, StreamOptions, Streaming, connect_sql,
 };
 use pglive_testkit::Cluster;
 
@@ -196,17 +196,19 @@ pub async fn apply_until(
         .unwrap();
     let mut options = RunOptions::default();
     options.stop_at = Some(stop_at);
-    let stopped = pglive_apply::run(
-        applier,
-        &mut stream,
-        std::future::pending(),
-        &options,
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let stopped = run_quietly(applier, &mut stream, &options).await.unwrap();
     stream.stop().await.unwrap();
     stopped
+}
+
+/// Runs the applier on `stream` with `options`, with no shutdown signal
+/// and no progress display.
+pub async fn run_quietly(
+    applier: &mut Applier,
+    stream: &mut ReplicationStream,
+    options: &RunOptions,
+) -> pglive_apply::Result<Stopped> {
+    pglive_apply::run(applier, stream, std::future::pending(), options, |_| {}).await
 }
 
 /// Apply options for the pair's slot.

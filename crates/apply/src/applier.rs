@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pglive_repl::pgoutput::{self, Decoder, LogicalMessage, OldTuple, TupleData};
+use pglive_repl::pgoutput::{self, ColumnValue, Decoder, LogicalMessage, OldTuple, TupleData};
 use pglive_repl::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
@@ -367,14 +367,14 @@ impl Applier {
                 let Some(map) = self.relation_for_change(insert.relation_id)? else {
                     return Ok(());
                 };
-                let new = map_tuple(&map, &insert.new)?;
+                let new = map_tuple(&map, insert.new)?;
                 self.push(map, Change::Insert(new)).await
             }
             LogicalMessage::Update(update) => {
                 let Some(map) = self.relation_for_change(update.relation_id)? else {
                     return Ok(());
                 };
-                let new = map_tuple(&map, &update.new)?;
+                let new = map_tuple(&map, update.new)?;
                 let change = match (map.identity, update.old) {
                     (Identity::Nothing, _) => {
                         return Err(Error::NoReplicaIdentity {
@@ -383,7 +383,7 @@ impl Applier {
                         });
                     }
                     (Identity::Full, Some(old)) => Change::UpdateFull {
-                        old: map_tuple(&map, old.tuple())?,
+                        old: map_tuple(&map, old.into_tuple())?,
                         new,
                     },
                     (Identity::Full, None) => {
@@ -395,7 +395,7 @@ impl Applier {
                     (Identity::Key, old) => {
                         let new_key = key_values(&map, &new);
                         let key = match old {
-                            Some(old) => key_values(&map, &map_tuple(&map, old.tuple())?),
+                            Some(old) => map_key(&map, old.into_tuple())?,
                             None => new_key.clone(),
                         };
                         if key.iter().any(|v| v.bytes().is_none()) {
@@ -421,7 +421,7 @@ impl Applier {
                 let Some(map) = self.relation_for_change(delete.relation_id)? else {
                     return Ok(());
                 };
-                let change = match (map.identity, &delete.old) {
+                let change = match (map.identity, delete.old) {
                     (Identity::Nothing, _) => {
                         return Err(Error::NoReplicaIdentity {
                             table: map.name.to_string(),
@@ -429,10 +429,10 @@ impl Applier {
                         });
                     }
                     (Identity::Full, old) => Change::DeleteFull {
-                        old: map_tuple(&map, old.tuple())?,
+                        old: map_tuple(&map, old.into_tuple())?,
                     },
                     (Identity::Key, OldTuple::Key(old) | OldTuple::Full(old)) => Change::Delete {
-                        key: key_values(&map, &map_tuple(&map, old)?),
+                        key: map_key(&map, old)?,
                     },
                     (Identity::Key, _) => {
                         return Err(Error::Protocol(format!(
@@ -644,8 +644,9 @@ fn stream_xid(message: &LogicalMessage) -> Option<u32> {
     }
 }
 
-/// The tuple's values for the written columns (generated ones dropped).
-fn map_tuple(map: &TableMap, tuple: &TupleData) -> Result<Values> {
+/// The tuple's values for the written columns (generated ones dropped),
+/// moved out of the message.
+fn map_tuple(map: &TableMap, tuple: TupleData) -> Result<Values> {
     if tuple.columns.len() != map.source_to_column.len() {
         return Err(Error::ShapeMismatch {
             table: map.name.to_string(),
@@ -657,12 +658,22 @@ fn map_tuple(map: &TableMap, tuple: &TupleData) -> Result<Values> {
         });
     }
     let mut values = Vec::with_capacity(map.columns.len());
-    for (value, target) in tuple.columns.iter().zip(&map.source_to_column) {
+    for (value, target) in tuple.columns.into_iter().zip(&map.source_to_column) {
         if target.is_some() {
-            values.push(value.clone());
+            values.push(value);
         }
     }
     Ok(values)
+}
+
+/// The key values of a source row (an old key or old row), moved out.
+fn map_key(map: &TableMap, tuple: TupleData) -> Result<Values> {
+    let mut values = map_tuple(map, tuple)?;
+    Ok(map
+        .key
+        .iter()
+        .map(|&i| std::mem::replace(&mut values[i], ColumnValue::Null))
+        .collect())
 }
 
 fn key_values(map: &TableMap, values: &Values) -> Values {

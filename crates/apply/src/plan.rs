@@ -15,6 +15,7 @@
 //! REPLICA IDENTITY FULL, is a statement of its own.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use bytes::Bytes;
 use pglive_repl::pgoutput::ColumnValue;
@@ -154,10 +155,10 @@ impl TablePlan {
                 let Run::Update { rows, by_key } = &mut self.run else {
                     unreachable!("just made an update run")
                 };
-                match by_key.get(&key_of(&key)) {
-                    Some(&at) => merge_into(&mut rows[at].1, new),
-                    None => {
-                        by_key.insert(key_of(&key), rows.len());
+                match by_key.entry(key_of(&key)) {
+                    Entry::Occupied(at) => merge_into(&mut rows[*at.get()].1, new),
+                    Entry::Vacant(slot) => {
+                        slot.insert(rows.len());
                         rows.push((key, new));
                     }
                 }

@@ -481,6 +481,13 @@ impl OldTuple {
         }
     }
 
+    /// The values, whichever the kind, taken out of the message.
+    pub fn into_tuple(self) -> TupleData {
+        match self {
+            OldTuple::Key(tuple) | OldTuple::Full(tuple) => tuple,
+        }
+    }
+
     /// The byte that introduces this kind of old tuple: 'K' or 'O'.
     pub const fn marker(&self) -> u8 {
         match self {

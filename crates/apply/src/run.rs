@@ -149,15 +149,20 @@ async fn run_until(
         }
         let idle_commit = applier.has_uncommitted() && !applier.in_transaction();
         let busy = applier.is_busy();
-        let deadline =
-            idle_deadline.unwrap_or_else(|| tokio::time::Instant::now() + options.idle_commit);
+        // select! builds every branch's future, disabled ones too: the
+        // timers are made inside async blocks so that a message costs no
+        // timer when they are off (nearly always while a backlog streams).
         let wake = tokio::select! {
             biased;
             () = &mut shutdown, if !shutting_down => Wake::Shutdown,
             result = applier.settle(), if busy => Wake::Settled(result),
             event = stream.next() => Wake::Event(event),
-            () = tokio::time::sleep_until(deadline), if idle_commit => Wake::IdleCommit,
-            () = tokio::time::sleep(PING), if waiting_for_position => Wake::Ping,
+            () = async {
+                let deadline = idle_deadline
+                    .unwrap_or_else(|| tokio::time::Instant::now() + options.idle_commit);
+                tokio::time::sleep_until(deadline).await;
+            }, if idle_commit => Wake::IdleCommit,
+            () = async { tokio::time::sleep(PING).await }, if waiting_for_position => Wake::Ping,
         };
         let event = match wake {
             Wake::Shutdown => {

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use bytes::{Buf, Bytes};
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::conninfo::{ConnectConfig, Host, SslMode};
+use crate::conninfo::{ChannelBinding as ChannelBindingMode, ConnectConfig, Host, SslMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::session::SESSION_SETTINGS;
@@ -238,6 +240,18 @@ impl ReplicationClient {
         }
     }
 
+    /// With `channel_binding=require`, refuses a login that is not SCRAM
+    /// bound to the TLS channel; `method` says what the server asked for.
+    fn require_no_channel_binding(&self, config: &ConnectConfig, method: &str) -> Result<()> {
+        if config.channel_binding == ChannelBindingMode::Require {
+            return Err(Error::ChannelBindingRequired {
+                server: self.wire.server.clone(),
+                method: method.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn authenticate(&mut self, config: &ConnectConfig) -> Result<()> {
         let server = self.wire.server.clone();
         let password = || {
@@ -262,13 +276,20 @@ impl ReplicationClient {
             }
             let code = frame.body.get_u32();
             match code {
-                0 => return Ok(()),
+                0 => {
+                    if scram.is_none() {
+                        self.require_no_channel_binding(config, "no password")?;
+                    }
+                    return Ok(());
+                }
                 3 => {
+                    self.require_no_channel_binding(config, "a cleartext password")?;
                     let pw = password()?.to_owned();
                     frontend::password_message(pw.as_bytes(), &mut self.wire.out)
                         .map_err(|e| self.wire.protocol(e.to_string()))?;
                 }
                 5 => {
+                    self.require_no_channel_binding(config, "an MD5 password")?;
                     if frame.body.len() < 4 {
                         return Err(self.wire.protocol("short MD5 salt"));
                     }
@@ -288,18 +309,34 @@ impl ReplicationClient {
                         .filter(|m| !m.is_empty())
                         .map(|m| String::from_utf8_lossy(m).into_owned())
                         .collect();
-                    if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                    let offered = |name: &str| mechanisms.iter().any(|m| m == name);
+                    if !offered(SCRAM_SHA_256) && !offered(SCRAM_SHA_256_PLUS) {
                         return Err(Error::UnsupportedAuth {
                             server: self.wire.server.clone(),
                             method: format!("SASL {}", mechanisms.join(", ")),
                         });
                     }
-                    // Channel binding is not offered: `n` is accepted by
-                    // servers whether or not they support it.
-                    let client =
-                        ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                    let end_point = match config.channel_binding {
+                        ChannelBindingMode::Disable => None,
+                        _ => self.wire.tls_server_end_point(),
+                    };
+                    // RFC 5802's flags: `p` binds; `y` says the client could
+                    // bind but the server did not offer it (so a server that
+                    // did offer it detects the downgrade); `n` cannot bind.
+                    let (mechanism, binding) = match end_point {
+                        Some(data) if offered(SCRAM_SHA_256_PLUS) => (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(data),
+                        ),
+                        Some(_) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                        None => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    };
+                    if mechanism != SCRAM_SHA_256_PLUS {
+                        self.require_no_channel_binding(config, "SCRAM without channel binding")?;
+                    }
+                    let client = ScramSha256::new(password()?.as_bytes(), binding);
                     frontend::sasl_initial_response(
-                        SCRAM_SHA_256,
+                        mechanism,
                         client.message(),
                         &mut self.wire.out,
                     )

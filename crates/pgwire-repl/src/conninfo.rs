@@ -72,6 +72,45 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// Whether SCRAM authentication binds itself to the TLS channel
+/// (`SCRAM-SHA-256-PLUS`), with libpq's meaning of `channel_binding`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChannelBinding {
+    /// Never bind.
+    Disable,
+    /// Bind when the connection uses TLS and the server offers it; libpq's
+    /// default.
+    Prefer,
+    /// Fail unless the server authenticates with SCRAM bound to the TLS
+    /// channel (so that a server in the middle cannot pass itself off).
+    Require,
+}
+
+impl ChannelBinding {
+    /// The name libpq uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Disable => "disable",
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+
+    fn parse(value: &str) -> Result<ChannelBinding, ConfigError> {
+        Ok(match value {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            other => {
+                return Err(ConfigError::new(format!(
+                    "invalid channel_binding {other:?}: expected disable, prefer or require"
+                )));
+            }
+        })
+    }
+}
+
 /// Where a server listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -137,6 +176,8 @@ pub struct ConnectConfig {
     pub connect_timeout: Option<Duration>,
     /// Extra command-line options sent to the server (`options`).
     pub options: Option<String>,
+    /// Whether SCRAM binds to the TLS channel (`channel_binding`).
+    pub channel_binding: ChannelBinding,
 }
 
 impl fmt::Debug for ConnectConfig {
@@ -153,6 +194,7 @@ impl fmt::Debug for ConnectConfig {
             .field("sslkey", &self.sslkey)
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
+            .field("channel_binding", &self.channel_binding)
             .finish()
     }
 }
@@ -319,6 +361,15 @@ impl ConnectConfig {
                 "sslrootcert=system requires sslmode=verify-full, not {sslmode}"
             )));
         }
+        let channel_binding = match get("channel_binding") {
+            Some(mode) => ChannelBinding::parse(&mode)?,
+            None => ChannelBinding::Prefer,
+        };
+        if channel_binding == ChannelBinding::Require && sslmode == SslMode::Disable {
+            return Err(ConfigError::new(
+                "channel_binding=require needs TLS, but sslmode=disable",
+            ));
+        }
         let user = get("user").or_else(|| env.os_user()).ok_or_else(|| {
             ConfigError::new(
                 "no user given and the operating system user is unknown: set user= or PGUSER",
@@ -364,6 +415,7 @@ impl ConnectConfig {
             sslkey: get("sslkey").map(PathBuf::from),
             connect_timeout,
             options: get("options"),
+            channel_binding,
         };
         if config.password.is_none() {
             let passfile = get("passfile")
@@ -734,6 +786,11 @@ mod tests {
     fn bad_input_is_a_clear_error() {
         for (input, expected) in [
             ("host=a sslmode=maybe", "invalid sslmode"),
+            ("host=a channel_binding=maybe", "invalid channel_binding"),
+            (
+                "host=a sslmode=disable channel_binding=require",
+                "channel_binding=require needs TLS",
+            ),
             ("port=99999", "invalid port"),
             ("bogus=1", "unknown connection parameter"),
             ("host", "missing \"=\""),

@@ -101,6 +101,17 @@ pub enum Error {
         /// The method's name.
         method: String,
     },
+    /// `channel_binding=require`, but the server let the client in without
+    /// SCRAM bound to the TLS channel.
+    #[error(
+        "{server} authenticates with {method}, but channel_binding=require accepts only SCRAM-SHA-256-PLUS over TLS (the server needs scram-sha-256 in pg_hba.conf and TLS)"
+    )]
+    ChannelBindingRequired {
+        /// `user@host:port/dbname`.
+        server: String,
+        /// What the server asked for instead.
+        method: String,
+    },
     /// The server answered with an error while doing `context`.
     #[error("{context}: {source}")]
     Server {

@@ -58,6 +58,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod channel_binding;
 mod client;
 mod conninfo;
 mod error;
@@ -74,7 +75,7 @@ pub use client::{
     CreatedSlot, PgOutputOptions, QueryResult, ReplicationClient, SlotOptions, SnapshotAction,
     Streaming, SystemInfo, quote_ident, quote_literal,
 };
-pub use conninfo::{ConfigError, ConnectConfig, Host, SslMode};
+pub use conninfo::{ChannelBinding, ConfigError, ConnectConfig, Host, SslMode};
 pub use error::{Error, Result, ServerError};
 pub use lsn::{Lsn, ParseLsnError};
 pub use session::{SESSION_SETTINGS, session_options};

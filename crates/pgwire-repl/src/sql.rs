@@ -1,7 +1,7 @@
 //! Ordinary SQL sessions (tokio-postgres) with the same connection string,
 //! TLS trust and pinned settings as the replication connection.
 
-use crate::conninfo::{ConnectConfig, Host, SslMode};
+use crate::conninfo::{ChannelBinding, ConnectConfig, Host, SslMode};
 use crate::error::{Error, Result};
 use crate::session::session_options;
 use crate::tls;
@@ -37,6 +37,11 @@ pub fn tokio_postgres_config(config: &ConnectConfig) -> tokio_postgres::Config {
         SslMode::Disable | SslMode::Allow => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
+    });
+    pg.channel_binding(match config.channel_binding {
+        ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+        ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+        ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
     });
     pg
 }

@@ -93,6 +93,19 @@ impl Wire {
         }
     }
 
+    /// The SCRAM channel binding data of this connection's TLS channel
+    /// (`tls-server-end-point`), if it is TLS and the server's certificate
+    /// allows one.
+    pub fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        match &self.socket {
+            Socket::Tls(stream) => {
+                let certificate = stream.get_ref().1.peer_certificates()?.first()?;
+                crate::channel_binding::tls_server_end_point(certificate)
+            }
+            _ => None,
+        }
+    }
+
     /// Gives back the socket, and any bytes already read but not framed.
     pub fn into_parts(self) -> (Socket, BytesMut) {
         (self.socket, self.read_buf)

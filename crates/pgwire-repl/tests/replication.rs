@@ -684,6 +684,63 @@ async fn scram_over_tls_with_verify_full_for_a_replication_only_role() {
 }
 
 #[tokio::test]
+async fn channel_binding_require_accepts_only_scram_bound_to_tls() {
+    let cluster = Cluster::start(ClusterOptions::new().ssl(true).password_auth(true)).unwrap();
+    let db = cluster.create_database("binding").unwrap();
+    let ca = cluster.ca_cert().unwrap().display().to_string();
+    let role = cluster.role_conninfo(&db).unwrap();
+
+    // The server checks the client's hash of its certificate, so a login
+    // that succeeds under `require` used SCRAM-SHA-256-PLUS with the right
+    // binding data: a non-PLUS login is refused by the client itself.
+    for tls in [
+        format!("sslmode=verify-full sslrootcert={ca}"),
+        "sslmode=require".to_owned(),
+    ] {
+        let bound = format!("{role} {tls} channel_binding=require");
+        let mut client = connect(&bound).await;
+        assert_eq!(
+            client.identify_system().await.unwrap().dbname.as_deref(),
+            Some(db.as_str())
+        );
+        let sql = connect_sql(&config(&bound)).await.unwrap();
+        sql.simple_query("SELECT 1").await.unwrap();
+    }
+    // Without TLS there is nothing to bind to: `allow` logs in over plain
+    // TCP first, and `require` refuses that login.
+    let plain = ReplicationClient::connect(&config(&format!(
+        "{role} sslmode=allow channel_binding=require"
+    )))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(plain, Error::ChannelBindingRequired { .. }),
+        "{plain}"
+    );
+    assert!(plain.to_string().contains("SCRAM without channel binding"));
+    // `disable` never binds, and still logs in over TLS.
+    connect(&format!("{role} sslmode=require channel_binding=disable"))
+        .await
+        .identify_system()
+        .await
+        .unwrap();
+
+    // A server that lets the role in without a password cannot satisfy it.
+    let trusting = Cluster::shared();
+    let trusting_db = trusting.create_database("binding").unwrap();
+    let no_password = ReplicationClient::connect(&config(&format!(
+        "{} channel_binding=require",
+        trusting.conninfo(&trusting_db)
+    )))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(no_password, Error::ChannelBindingRequired { .. }),
+        "{no_password}"
+    );
+}
+
+#[tokio::test]
 async fn clear_errors_for_common_mistakes() {
     let cluster = Cluster::shared();
     let db = cluster.create_database("errors").unwrap();

@@ -150,16 +150,15 @@ async fn perform(client: &Client, cache: &mut StatementCache, work: Work) -> Res
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         client
-            .execute(
-                progress::SAVE_SQL,
-                &[&work.stream_id, &lsn.to_string(), &seconds],
-            )
+            .batch_execute(&progress::save_and_commit_sql(
+                &work.stream_id,
+                lsn,
+                seconds,
+            ))
             .await
-            .map_err(target("recording the applied position"))?;
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(target(format!("committing the batch ending at {lsn}")))?;
+            .map_err(target(format!(
+                "recording the applied position and committing the batch ending at {lsn}"
+            )))?;
         done.committed = Some((lsn, commit_time));
     }
     Ok(done)

@@ -69,15 +69,21 @@ pub(crate) async fn load(client: &Client, stream_id: &str) -> Result<Lsn> {
     Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
 }
 
-/// The statement that records the applied position; run inside the batch's
-/// transaction.
-pub(crate) const SAVE_SQL: &str = "
-INSERT INTO pglive.apply_progress (stream_id, applied_lsn, source_commit_time, updated_at)
-VALUES ($1, $2::text::pg_lsn, to_timestamp($3::float8), now())
-ON CONFLICT (stream_id) DO UPDATE
-   SET applied_lsn = EXCLUDED.applied_lsn,
-       source_commit_time = EXCLUDED.source_commit_time,
-       updated_at = now()";
+/// Records the applied position and commits the batch's transaction, as one
+/// simple query (one round trip; if recording fails, nothing after it runs
+/// and the transaction stays uncommitted).
+pub(crate) fn save_and_commit_sql(stream_id: &str, lsn: Lsn, source_commit_seconds: f64) -> String {
+    format!(
+        "INSERT INTO pglive.apply_progress (stream_id, applied_lsn, source_commit_time, updated_at)
+         VALUES ({}, '{lsn}'::pg_lsn, to_timestamp({source_commit_seconds}::float8), now())
+         ON CONFLICT (stream_id) DO UPDATE
+            SET applied_lsn = EXCLUDED.applied_lsn,
+                source_commit_time = EXCLUDED.source_commit_time,
+                updated_at = now();
+         COMMIT",
+        pglive_repl::quote_literal(stream_id)
+    )
+}
 
 /// Reads the applied position of `stream_id` without creating anything;
 /// for status displays.

@@ -242,7 +242,7 @@ impl ReplicationClient {
 
     /// With `channel_binding=require`, refuses a login that is not SCRAM
     /// bound to the TLS channel; `method` says what the server asked for.
-    fn require_no_channel_binding(&self, config: &ConnectConfig, method: &str) -> Result<()> {
+    fn allow_unbound_login(&self, config: &ConnectConfig, method: &str) -> Result<()> {
         if config.channel_binding == ChannelBindingMode::Require {
             return Err(Error::ChannelBindingRequired {
                 server: self.wire.server.clone(),
@@ -278,18 +278,18 @@ impl ReplicationClient {
             match code {
                 0 => {
                     if scram.is_none() {
-                        self.require_no_channel_binding(config, "no password")?;
+                        self.allow_unbound_login(config, "no password")?;
                     }
                     return Ok(());
                 }
                 3 => {
-                    self.require_no_channel_binding(config, "a cleartext password")?;
+                    self.allow_unbound_login(config, "a cleartext password")?;
                     let pw = password()?.to_owned();
                     frontend::password_message(pw.as_bytes(), &mut self.wire.out)
                         .map_err(|e| self.wire.protocol(e.to_string()))?;
                 }
                 5 => {
-                    self.require_no_channel_binding(config, "an MD5 password")?;
+                    self.allow_unbound_login(config, "an MD5 password")?;
                     if frame.body.len() < 4 {
                         return Err(self.wire.protocol("short MD5 salt"));
                     }
@@ -332,7 +332,7 @@ impl ReplicationClient {
                         None => (SCRAM_SHA_256, ChannelBinding::unsupported()),
                     };
                     if mechanism != SCRAM_SHA_256_PLUS {
-                        self.require_no_channel_binding(config, "SCRAM without channel binding")?;
+                        self.allow_unbound_login(config, "SCRAM without channel binding")?;
                     }
                     let client = ScramSha256::new(password()?.as_bytes(), binding);
                     frontend::sasl_initial_response(

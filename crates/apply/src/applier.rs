@@ -10,11 +10,12 @@ use pglive_repl::pgoutput::{self, ColumnValue, Decoder, LogicalMessage, OldTuple
 use pglive_repl::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
-use crate::batch::{InFlight, Segment, Work};
+use crate::batch::{InFlight, Segment, Sessions, Work};
 use crate::error::{Error, Result, target};
 use crate::execute::StatementCache;
+use crate::lanes;
 use crate::plan::{Change, TablePlan, Values};
-use crate::progress;
+use crate::progress::{self, LanePositions};
 use crate::spool::Spools;
 use crate::table::{Identity, TableMap};
 use pglive_schema::QualifiedName;
@@ -44,12 +45,19 @@ pub struct ApplyOptions {
     pub spool_memory: usize,
     /// Where spill files go.
     pub spill_dir: PathBuf,
+    /// Target sessions a batch may be spread over, by a hash of each row's
+    /// key (at least 1). A batch runs on one session when it truncates,
+    /// changes a key, or is too large to hold until its commit; tables
+    /// whose rows are tied by a unique index beyond the key, an exclusion
+    /// constraint or a checked foreign key always run on the first one.
+    pub sessions: usize,
 }
 
 impl ApplyOptions {
     /// Defaults for `stream_id` and `protocol_version`: batches of up to
     /// 20,000 changes or 2 s, 32 MiB of pending values, 128 MiB of
-    /// streamed transactions in memory, spill files in the temp directory.
+    /// streamed transactions in memory, spill files in the temp directory,
+    /// batches spread over 4 target sessions.
     pub fn new(stream_id: impl Into<String>, protocol_version: u32) -> ApplyOptions {
         ApplyOptions {
             stream_id: stream_id.into(),
@@ -60,6 +68,7 @@ impl ApplyOptions {
             max_pending_bytes: 32 << 20,
             spool_memory: 128 << 20,
             spill_dir: std::env::temp_dir(),
+            sessions: 4,
         }
     }
 }
@@ -85,8 +94,13 @@ pub struct ApplyStats {
     pub deleted: u64,
     /// TRUNCATE statements run.
     pub truncates: u64,
-    /// Target transactions committed.
+    /// Batches committed (each in one target transaction per session it
+    /// ran on).
     pub batches: u64,
+    /// Of those, the batches spread over several sessions.
+    pub spread_batches: u64,
+    /// Target sessions the applier uses.
+    pub sessions: usize,
     /// Whether triggers and foreign keys are silenced with
     /// `session_replication_role = replica` (else statement order is kept
     /// across tables and user triggers are disabled).
@@ -101,16 +115,24 @@ struct SourceTxn {
 /// Applies a pgoutput stream to the target in large, ordered batches,
 /// exactly once (see the crate documentation).
 pub struct Applier {
-    client: Arc<Client>,
+    /// The target sessions, one per lane; the first also runs everything
+    /// that is not spread.
+    clients: Vec<Arc<Client>>,
     options: ApplyOptions,
     decoder: Decoder,
-    /// The prepared statements; away while work is in flight.
-    cache: Option<StatementCache>,
+    /// The prepared statements of each session; away while work is in
+    /// flight.
+    caches: Option<Vec<StatementCache>>,
     /// Statements (and perhaps the commit) running on the target.
     in_flight: Option<InFlight>,
     relations: HashMap<u32, Arc<TableMap>>,
     triggers_checked: std::collections::HashSet<QualifiedName>,
+    /// The position every lane has applied.
     applied: Lsn,
+    /// The lanes' positions after a crash between the commits of a spread
+    /// batch, until the next batch has committed: a change of a
+    /// transaction below its lane's position is already on the target.
+    catch_up: Option<LanePositions>,
     confirmable: Lsn,
     txn: Option<SourceTxn>,
     block_xid: Option<u32>,
@@ -121,6 +143,8 @@ pub struct Applier {
     batch_commit: Option<(Lsn, PgTimestamp)>,
     batch_changes: usize,
     batch_started: Option<Instant>,
+    /// The batch must run on one session (see [`ApplyOptions::sessions`]).
+    batch_on_one_session: bool,
     stats: ApplyStats,
     pause_before: Option<Lsn>,
     held: Option<Bytes>,
@@ -139,45 +163,41 @@ impl Applier {
     /// Opens the applier's session on the target, creates its state tables
     /// if needed and reads where a previous run stopped.
     pub async fn connect(target_config: &ConnectConfig, options: ApplyOptions) -> Result<Applier> {
-        let client = connect_sql(target_config).await?;
-        // Fully qualified type names for casts; local durability before a
-        // position is confirmed to the source.
-        // Keyed statements find each row through the key's index, whatever
-        // the table's size: a hash join would scan the whole table. JIT
-        // compiles a batch's statement afresh whenever its estimated cost
-        // passes jit_above_cost (10-15 ms for a 40,000-row UPDATE) and does
-        // not make these short statements run faster.
-        client
-            .batch_execute(
-                "SET search_path = pg_catalog; SET synchronous_commit = local;
-                 SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off",
-            )
-            .await
-            .map_err(target("setting up the apply session"))?;
-        let replica_role = match client
-            .batch_execute("SET session_replication_role = replica")
-            .await
-        {
-            Ok(()) => true,
-            Err(e) if e.code().map(|c| c.code()) == Some("42501") => false,
-            Err(e) => return Err(target("setting session_replication_role")(e)),
-        };
-        let applied = progress::load(&client, &options.stream_id).await?;
+        if options.sessions == 0 {
+            return Err(Error::InvalidOption(
+                "sessions must be at least 1".to_owned(),
+            ));
+        }
+        let opened = futures_util::future::join_all(
+            (0..options.sessions).map(|_| open_session(target_config)),
+        )
+        .await;
+        let mut clients = Vec::with_capacity(opened.len());
+        let mut replica_role = true;
+        for session in opened {
+            let (client, role) = session?;
+            replica_role &= role;
+            clients.push(Arc::new(client));
+        }
+        let positions = progress::load(&clients[0], &options.stream_id, options.sessions).await?;
+        let applied = positions.lowest();
         let stats = ApplyStats {
             applied_lsn: applied,
             replica_role,
+            sessions: clients.len(),
             ..ApplyStats::default()
         };
         Ok(Applier {
-            client: Arc::new(client),
+            caches: Some(clients.iter().map(|_| StatementCache::default()).collect()),
+            clients,
             decoder: Decoder::new(options.protocol_version),
             spools: Spools::new(options.spool_memory, options.spill_dir.clone()),
             options,
-            cache: Some(StatementCache::default()),
             in_flight: None,
             relations: HashMap::new(),
             triggers_checked: Default::default(),
             applied,
+            catch_up: (!positions.settled()).then_some(positions),
             confirmable: applied,
             txn: None,
             block_xid: None,
@@ -187,6 +207,7 @@ impl Applier {
             batch_commit: None,
             batch_changes: 0,
             batch_started: None,
+            batch_on_one_session: false,
             stats,
             pause_before: None,
             held: None,
@@ -359,9 +380,10 @@ impl Applier {
                 // Catalog reads and trigger changes go after the work in
                 // flight, as they would in a sequential applier.
                 self.settle().await?;
-                let map = TableMap::resolve(&self.client, &relation).await?;
-                if !self.stats.replica_role && self.triggers_checked.insert(map.name.clone()) {
-                    progress::disable_user_triggers(&self.client, &map.name).await?;
+                let replica_role = self.stats.replica_role;
+                let map = TableMap::resolve(&self.clients[0], &relation, !replica_role).await?;
+                if !replica_role && self.triggers_checked.insert(map.name.clone()) {
+                    progress::disable_user_triggers(&self.clients[0], &map.name).await?;
                 }
                 self.relations.insert(relation.id, Arc::new(map));
                 Ok(())
@@ -411,6 +433,9 @@ impl Applier {
                             .iter()
                             .zip(&key)
                             .any(|(n, o)| n.bytes().is_some() && n != o);
+                        // The old and the new key may hash to different
+                        // lanes.
+                        self.batch_on_one_session |= key_changed && map.spread;
                         Change::Update {
                             key,
                             new,
@@ -454,6 +479,7 @@ impl Applier {
                     }
                 }
                 if !tables.is_empty() {
+                    self.batch_on_one_session = true;
                     self.segments.push(Segment::Truncate {
                         tables,
                         cascade: truncate.cascade(),
@@ -498,6 +524,13 @@ impl Applier {
     }
 
     async fn push(&mut self, map: Arc<TableMap>, change: Change) -> Result<()> {
+        if let (Some(positions), Some(txn)) = (&self.catch_up, &self.txn) {
+            let lane = lanes::lane_of_change(&map, &change, positions.0.len());
+            if txn.final_lsn < positions.0[lane] {
+                // Its lane committed it before the crash.
+                return Ok(());
+            }
+        }
         self.pending_bytes += change.size();
         self.batch_changes += 1;
         let replica_role = self.stats.replica_role;
@@ -547,8 +580,8 @@ impl Applier {
         };
         let finished = in_flight.finish().await;
         self.in_flight = None;
-        let (cache, done) = finished?;
-        self.cache = Some(cache);
+        let (caches, done) = finished?;
+        self.caches = Some(caches);
         let done = done?;
         self.stats.inserted += done.inserted;
         self.stats.updated += done.updated;
@@ -560,6 +593,8 @@ impl Applier {
             self.stats.applied_lsn = lsn;
             self.stats.applied_commit_time = Some(commit_time);
             self.stats.batches += 1;
+            // Every lane has recorded this position now.
+            self.catch_up = None;
         }
         Ok(())
     }
@@ -575,21 +610,42 @@ impl Applier {
             .map(|t| t.final_lsn)
             .or(self.batch_commit.map(|(l, _)| l))
             .unwrap_or(self.applied);
+        // Only a whole batch is spread: one held back until its commit,
+        // after every lane recorded the same position.
+        let spread = self.clients.len() > 1
+            && commit.is_some()
+            && !self.target_open
+            && !self.batch_on_one_session
+            && self.catch_up.is_none();
         let work = Work {
             begin: !self.target_open,
             segments: std::mem::take(&mut self.segments),
             lsn,
             commit,
             stream_id: self.options.stream_id.clone(),
+            spread,
         };
-        let cache = self.cache.take().unwrap_or_default();
-        self.in_flight = Some(InFlight::start(self.client.clone(), cache, work));
+        if spread {
+            self.stats.spread_batches += 1;
+        }
+        let caches = self.caches.take().unwrap_or_else(|| {
+            self.clients
+                .iter()
+                .map(|_| StatementCache::default())
+                .collect()
+        });
+        let sessions = Sessions {
+            clients: self.clients.clone(),
+            caches,
+        };
+        self.in_flight = Some(InFlight::start(sessions, work));
         self.target_open = commit.is_none();
         self.pending_bytes = 0;
         if commit.is_some() {
             self.batch_commit = None;
             self.batch_changes = 0;
             self.batch_started = None;
+            self.batch_on_one_session = false;
         }
         Ok(())
     }
@@ -681,4 +737,33 @@ fn map_key(map: &TableMap, tuple: TupleData) -> Result<Values> {
 
 fn key_values(map: &TableMap, values: &Values) -> Values {
     map.key.iter().map(|&i| values[i].clone()).collect()
+}
+
+/// Opens one apply session on the target and pins its settings; whether it
+/// may set `session_replication_role = replica`.
+async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
+    let client = connect_sql(target_config).await?;
+    // Fully qualified type names for casts; local durability before a
+    // position is confirmed to the source.
+    // Keyed statements find each row through the key's index, whatever
+    // the table's size: a hash join would scan the whole table. JIT
+    // compiles a batch's statement afresh whenever its estimated cost
+    // passes jit_above_cost (10-15 ms for a 40,000-row UPDATE) and does
+    // not make these short statements run faster.
+    client
+        .batch_execute(
+            "SET search_path = pg_catalog; SET synchronous_commit = local;
+             SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off",
+        )
+        .await
+        .map_err(target("setting up the apply session"))?;
+    let replica_role = match client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+    {
+        Ok(()) => true,
+        Err(e) if e.code().map(|c| c.code()) == Some("42501") => false,
+        Err(e) => return Err(target("setting session_replication_role")(e)),
+    };
+    Ok((client, replica_role))
 }

@@ -6,6 +6,11 @@
 //! previous one finished, so the target sees exactly the statement order a
 //! sequential applier would send. What changes is only that receiving,
 //! decoding and planning overlap with the target's execution.
+//!
+//! A whole batch may also be spread over several sessions ("lanes", see
+//! `lanes`): each lane gets the rows whose key hashes to it, in their
+//! order, and commits them with its own recorded position. The next piece
+//! of work still starts only after every lane finished.
 
 use std::sync::Arc;
 
@@ -15,8 +20,9 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result, target};
 use crate::execute::{self, StatementCache};
-use crate::plan::TablePlan;
-use crate::progress;
+use crate::lanes;
+use crate::plan::{Statement, TablePlan};
+use crate::progress::{self, Record};
 use crate::table::TableMap;
 
 /// A group of changes whose statements run in order; inside a `Tables`
@@ -41,8 +47,13 @@ pub(crate) struct Work {
     /// Record this applied position and commit: the end LSN and commit time
     /// of the batch's last source transaction.
     pub commit: Option<(Lsn, PgTimestamp)>,
-    /// The stream's row in `pglive.apply_progress`.
+    /// The stream's rows in `pglive.apply_progress`.
     pub stream_id: String,
+    /// Spread the rows over every session by key, one transaction per lane
+    /// (only for a whole batch: `begin` and `commit`, and no truncate);
+    /// otherwise everything runs on the first session, which records every
+    /// lane.
+    pub spread: bool,
 }
 
 /// What finished work did.
@@ -56,83 +67,256 @@ pub(crate) struct Done {
     pub committed: Option<(Lsn, PgTimestamp)>,
 }
 
+impl Done {
+    fn add(&mut self, other: Done) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.truncates += other.truncates;
+        self.committed = self.committed.or(other.committed);
+    }
+}
+
+/// The target sessions, one per lane, and their statement caches.
+pub(crate) struct Sessions {
+    pub clients: Vec<Arc<Client>>,
+    pub caches: Vec<StatementCache>,
+}
+
 /// Work running on the target.
 pub(crate) struct InFlight {
-    handle: JoinHandle<(StatementCache, Result<Done>)>,
+    handle: JoinHandle<(Vec<StatementCache>, Result<Done>)>,
 }
 
 impl InFlight {
-    /// Starts `work` on the target. The statement cache travels with the
-    /// work and comes back when it is done.
-    pub fn start(client: Arc<Client>, cache: StatementCache, work: Work) -> InFlight {
+    /// Starts `work` on the target. The statement caches travel with the
+    /// work and come back when it is done.
+    pub fn start(sessions: Sessions, work: Work) -> InFlight {
         InFlight {
             handle: tokio::spawn(async move {
-                let mut cache = cache;
-                let result = perform(&client, &mut cache, work).await;
-                (cache, result)
+                if work.spread {
+                    perform_spread(sessions, work).await
+                } else {
+                    let Sessions {
+                        clients,
+                        mut caches,
+                    } = sessions;
+                    let record = Record::AllLanes(clients.len());
+                    let result = perform(&clients[0], &mut caches[0], steps(work.segments), {
+                        LaneWork {
+                            begin: work.begin,
+                            lsn: work.lsn,
+                            commit: work.commit,
+                            stream_id: work.stream_id,
+                            record,
+                        }
+                    })
+                    .await;
+                    (caches, result)
+                }
             }),
         }
     }
 
     /// Waits for the work to finish. Cancel-safe: dropping the future
     /// leaves the work running and `self` waitable again.
-    pub async fn finish(&mut self) -> Result<(StatementCache, Result<Done>)> {
+    pub async fn finish(&mut self) -> Result<(Vec<StatementCache>, Result<Done>)> {
         (&mut self.handle)
             .await
             .map_err(|e| Error::Protocol(format!("the target task ended abnormally: {e}")))
     }
 
-    /// Stops the work: the target session is closed by the task's end, and
-    /// the server rolls back whatever it did not commit.
+    /// Stops the work: the target sessions are closed by the tasks' end,
+    /// and the server rolls back whatever they did not commit.
     pub fn abort(&self) {
         self.handle.abort();
     }
 }
 
-/// The statement that opens a batch's target transaction. It locks the
-/// stream's progress row, so an applier that starts while an earlier one's
-/// transaction is still open (a dropped session the server has not noticed
-/// yet) waits for it to end before reading the applied position.
-fn begin_sql(stream_id: &str) -> String {
-    format!(
-        "BEGIN; SELECT 1 FROM pglive.apply_progress WHERE stream_id = {} FOR UPDATE",
-        pglive_repl::quote_literal(stream_id)
-    )
+/// One step of a lane's work.
+enum Step {
+    Statements(Arc<TableMap>, Vec<Statement>),
+    Truncate {
+        tables: Vec<Arc<TableMap>>,
+        cascade: bool,
+        restart_identity: bool,
+    },
 }
 
-async fn perform(client: &Client, cache: &mut StatementCache, work: Work) -> Result<Done> {
-    let mut done = Done::default();
-    if work.begin {
-        client
-            .batch_execute(&begin_sql(&work.stream_id))
-            .await
-            .map_err(target("beginning a batch"))?;
-    }
-    for segment in work.segments {
+/// The segments' statements, in the order they must run.
+fn steps(segments: Vec<Segment>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for segment in segments {
         match segment {
             Segment::Tables(plans) => {
                 for (map, plan) in plans {
-                    for statement in plan.finish() {
-                        match execute::execute(client, cache, &map, &statement).await? {
-                            Ok(outcome) => {
-                                done.inserted += outcome.inserted;
-                                done.updated += outcome.updated;
-                                done.deleted += outcome.deleted;
-                            }
-                            Err((operation, expected, matched)) => {
-                                return Err(Error::RowsMissing {
-                                    table: map.name.to_string(),
-                                    operation,
-                                    expected,
-                                    matched,
-                                    lsn: work.lsn,
-                                });
-                            }
+                    steps.push(Step::Statements(map, plan.finish()));
+                }
+            }
+            Segment::Truncate {
+                tables,
+                cascade,
+                restart_identity,
+            } => steps.push(Step::Truncate {
+                tables,
+                cascade,
+                restart_identity,
+            }),
+        }
+    }
+    steps
+}
+
+/// How a lane opens, reports and ends its part of the work.
+struct LaneWork {
+    begin: bool,
+    lsn: Lsn,
+    commit: Option<(Lsn, PgTimestamp)>,
+    stream_id: String,
+    record: Record,
+}
+
+/// Aborts the lane tasks when the batch task is aborted (or ends early).
+struct AbortOnDrop(Vec<JoinHandle<(StatementCache, Result<Done>)>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// Splits a whole batch by lane and runs the lanes at once, one
+/// transaction each; every lane records its own position, even one without
+/// rows, so all lanes stay at the same batch boundary.
+async fn perform_spread(sessions: Sessions, work: Work) -> (Vec<StatementCache>, Result<Done>) {
+    let Sessions { clients, caches } = sessions;
+    let count = clients.len();
+    let mut by_lane: Vec<Vec<Step>> = (0..count).map(|_| Vec::new()).collect();
+    for step in steps(work.segments) {
+        match step {
+            Step::Statements(map, statements) => {
+                for (lane, part) in lanes::split_statements(&map, statements, count)
+                    .into_iter()
+                    .enumerate()
+                {
+                    if !part.is_empty() {
+                        by_lane[lane].push(Step::Statements(map.clone(), part));
+                    }
+                }
+            }
+            Step::Truncate { .. } => {
+                return (
+                    caches,
+                    Err(Error::Protocol(
+                        "a truncate in a batch spread over lanes".to_owned(),
+                    )),
+                );
+            }
+        }
+    }
+    let mut tasks = AbortOnDrop(Vec::with_capacity(count));
+    for (lane, ((client, mut cache), steps)) in
+        clients.into_iter().zip(caches).zip(by_lane).enumerate()
+    {
+        let lane_work = LaneWork {
+            begin: work.begin,
+            lsn: work.lsn,
+            commit: work.commit,
+            stream_id: work.stream_id.clone(),
+            record: Record::Lane(lane),
+        };
+        tasks.0.push(tokio::spawn(async move {
+            let result = perform(&client, &mut cache, steps, lane_work).await;
+            (cache, result)
+        }));
+    }
+    let mut caches = Vec::with_capacity(count);
+    let mut done = Ok(Done::default());
+    for handle in &mut tasks.0 {
+        match handle.await {
+            Ok((cache, result)) => {
+                caches.push(cache);
+                match (&mut done, result) {
+                    (Ok(total), Ok(lane)) => total.add(lane),
+                    (Ok(_), Err(e)) => done = Err(e),
+                    (Err(_), _) => {}
+                }
+            }
+            Err(e) => {
+                caches.push(StatementCache::default());
+                if done.is_ok() {
+                    done = Err(Error::Protocol(format!(
+                        "a target lane task ended abnormally: {e}"
+                    )));
+                }
+            }
+        }
+    }
+    (caches, done)
+}
+
+async fn perform(
+    client: &Client,
+    cache: &mut StatementCache,
+    steps: Vec<Step>,
+    work: LaneWork,
+) -> Result<Done> {
+    let mut done = Done::default();
+    let begin = work
+        .begin
+        .then(|| progress::begin_sql(&work.stream_id, work.record));
+    let commit = work.commit.map(|(lsn, commit_time)| {
+        let seconds = commit_time
+            .to_system_time()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let sql = progress::save_and_commit_sql(&work.stream_id, work.record, lsn, seconds);
+        (lsn, commit_time, sql)
+    });
+    if let (Some(begin), true, Some((lsn, commit_time, commit))) =
+        (&begin, steps.is_empty(), &commit)
+    {
+        // Nothing to change in this lane: record its position in one round
+        // trip.
+        client
+            .batch_execute(&format!("{begin}; {commit}"))
+            .await
+            .map_err(target(format!("recording the applied position {lsn}")))?;
+        done.committed = Some((*lsn, *commit_time));
+        return Ok(done);
+    }
+    if let Some(begin) = begin {
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(target("beginning a batch"))?;
+    }
+    for step in steps {
+        match step {
+            Step::Statements(map, statements) => {
+                for statement in statements {
+                    match execute::execute(client, cache, &map, &statement).await? {
+                        Ok(outcome) => {
+                            done.inserted += outcome.inserted;
+                            done.updated += outcome.updated;
+                            done.deleted += outcome.deleted;
+                        }
+                        Err((operation, expected, matched)) => {
+                            return Err(Error::RowsMissing {
+                                table: map.name.to_string(),
+                                operation,
+                                expected,
+                                matched,
+                                lsn: work.lsn,
+                            });
                         }
                     }
                 }
             }
-            Segment::Truncate {
+            Step::Truncate {
                 tables,
                 cascade,
                 restart_identity,
@@ -143,22 +327,10 @@ async fn perform(client: &Client, cache: &mut StatementCache, work: Work) -> Res
             }
         }
     }
-    if let Some((lsn, commit_time)) = work.commit {
-        let seconds = commit_time
-            .to_system_time()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        client
-            .batch_execute(&progress::save_and_commit_sql(
-                &work.stream_id,
-                lsn,
-                seconds,
-            ))
-            .await
-            .map_err(target(format!(
-                "recording the applied position and committing the batch ending at {lsn}"
-            )))?;
+    if let Some((lsn, commit_time, sql)) = commit {
+        client.batch_execute(&sql).await.map_err(target(format!(
+            "recording the applied position and committing the batch ending at {lsn}"
+        )))?;
         done.committed = Some((lsn, commit_time));
     }
     Ok(done)

@@ -70,6 +70,9 @@ pub enum Error {
     /// asked for).
     #[error("unexpected replication stream: {0}")]
     Protocol(String),
+    /// An [`crate::ApplyOptions`] value cannot work.
+    #[error("invalid apply option: {0}")]
+    InvalidOption(String),
     /// Spilling a large streamed transaction to disk failed.
     #[error("spill file {path}")]
     Spill {

@@ -55,6 +55,7 @@ mod applier;
 mod batch;
 mod error;
 mod execute;
+mod lanes;
 mod plan;
 mod progress;
 mod run;

@@ -335,6 +335,26 @@ mod tests {
         }
     }
 
+    /// A table like the model's, whose rows may be spread over lanes.
+    fn spread_table() -> crate::table::TableMap {
+        use crate::table::{Column, Identity, TableMap};
+        TableMap {
+            name: pglive_schema::QualifiedName::new("public", "t"),
+            quoted: "\"public\".\"t\"".to_owned(),
+            source_to_column: (0..COLUMNS).map(Some).collect(),
+            columns: (0..COLUMNS)
+                .map(|i| Column {
+                    quoted: format!("c{i}"),
+                    type_sql: "pg_catalog.text".to_owned(),
+                    orderable: true,
+                })
+                .collect(),
+            key: vec![0],
+            identity: Identity::Key,
+            spread: true,
+        }
+    }
+
     #[derive(Clone, Debug)]
     enum Action {
         Insert(u8, u8),
@@ -440,11 +460,46 @@ mod tests {
             }
             let statements = plan.finish();
             prop_assert!(statements.len() <= sequence.len().max(1));
-            let mut actual = start;
+            let mut actual = start.clone();
             for s in &statements {
                 apply_statement(&mut actual, s);
             }
-            prop_assert_eq!(actual, expected);
+            prop_assert_eq!(&actual, &expected);
+
+            // Spread over lanes (which a key change prevents), each lane's
+            // statements applied in turn, last lane first, give the same.
+            let key_changed = sequence
+                .iter()
+                .any(|c| matches!(c, Change::Update { key_changed: true, .. }));
+            if !key_changed {
+                let table = spread_table();
+                let lanes = crate::lanes::split_statements(&table, statements, 3);
+                let mut spread = start;
+                for statements in lanes.iter().rev() {
+                    for s in statements {
+                        apply_statement(&mut spread, s);
+                    }
+                }
+                for c in &sequence {
+                    let lane = crate::lanes::lane_of_change(&table, c, 3);
+                    let key = match c {
+                        Change::Insert(row) => row[0].clone(),
+                        Change::Update { key, .. } | Change::Delete { key } => key[0].clone(),
+                        _ => unreachable!(),
+                    };
+                    let in_lane = |s: &Statement| match s {
+                        Statement::Insert(rows) => rows.iter().any(|r| r[0] == key),
+                        Statement::Update { rows, .. } => rows.iter().any(|(k, _)| k[0] == key),
+                        Statement::Delete(keys) => keys.iter().any(|k| k[0] == key),
+                        _ => false,
+                    };
+                    prop_assert!(
+                        lanes.iter().enumerate().all(|(l, ss)| l == lane || !ss.iter().any(in_lane)),
+                        "a change's rows run only in its own lane"
+                    );
+                }
+                prop_assert_eq!(spread, expected);
+            }
         }
     }
 

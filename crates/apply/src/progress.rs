@@ -11,11 +11,23 @@ use pglive_schema::QualifiedName;
 const SCHEMA_SQL: &str = "
 CREATE SCHEMA IF NOT EXISTS pglive;
 CREATE TABLE IF NOT EXISTS pglive.apply_progress (
-    stream_id text PRIMARY KEY,
+    stream_id text NOT NULL,
+    lane integer NOT NULL DEFAULT 0,
     applied_lsn pg_lsn NOT NULL,
     source_commit_time timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, lane)
 );
+DO $$ BEGIN
+    -- Before lanes, a stream had one row.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'pglive.apply_progress'::regclass AND attname = 'lane') THEN
+        ALTER TABLE pglive.apply_progress
+            ADD COLUMN lane integer NOT NULL DEFAULT 0,
+            DROP CONSTRAINT apply_progress_pkey,
+            ADD PRIMARY KEY (stream_id, lane);
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS pglive.apply_disabled_triggers (
     table_schema text NOT NULL,
     table_name text NOT NULL,
@@ -27,21 +39,51 @@ CREATE TABLE IF NOT EXISTS pglive.apply_disabled_triggers (
 /// stream to end.
 const LOAD_LOCK_TIMEOUT: &str = "60s";
 
-/// Creates the state tables and the stream's row if needed and reads the
-/// applied position of `stream_id` (`0/0` when nothing was applied yet).
+/// The applied position of each lane of a stream (index = lane).
 ///
-/// Every batch locks this row first, so reading it with `FOR UPDATE` waits
-/// until no earlier session (one whose connection dropped while a batch was
-/// open or committing) can still change it: the position read is final.
-pub(crate) async fn load(client: &Client, stream_id: &str) -> Result<Lsn> {
+/// Every batch ends with each lane's position recorded in the same target
+/// transaction as that lane's changes. A batch spread over lanes commits
+/// once per lane, so a crash between those commits leaves some lanes one
+/// batch ahead; a batch on one session records every lane at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LanePositions(pub Vec<Lsn>);
+
+impl LanePositions {
+    /// The position every lane has reached: replication resumes here.
+    pub fn lowest(&self) -> Lsn {
+        self.0.iter().copied().min().unwrap_or(Lsn::ZERO)
+    }
+
+    /// The position of the lane furthest ahead.
+    pub fn highest(&self) -> Lsn {
+        self.0.iter().copied().max().unwrap_or(Lsn::ZERO)
+    }
+
+    /// Whether every lane is at the same position.
+    pub fn settled(&self) -> bool {
+        self.lowest() == self.highest()
+    }
+}
+
+/// Creates the state tables if needed and reads the applied position of
+/// every lane of `stream_id` (one lane at `0/0` when nothing was applied
+/// yet). When all lanes agree, the rows are made to match `lanes` lanes.
+///
+/// Every batch locks the rows it records first, so reading them with
+/// `FOR UPDATE` waits until no earlier session (one whose connection
+/// dropped while a batch was open or committing) can still change them:
+/// the positions read are final.
+pub(crate) async fn load(client: &Client, stream_id: &str, lanes: usize) -> Result<LanePositions> {
     client
         .batch_execute(SCHEMA_SQL)
         .await
         .map_err(target("creating the pglive state tables"))?;
     client
         .execute(
-            "INSERT INTO pglive.apply_progress (stream_id, applied_lsn)
-             VALUES ($1, '0/0') ON CONFLICT (stream_id) DO NOTHING",
+            "INSERT INTO pglive.apply_progress (stream_id, lane, applied_lsn)
+             SELECT $1, 0, '0/0'
+              WHERE NOT EXISTS (SELECT 1 FROM pglive.apply_progress WHERE stream_id = $1)
+             ON CONFLICT DO NOTHING",
             &[&stream_id],
         )
         .await
@@ -52,46 +94,141 @@ pub(crate) async fn load(client: &Client, stream_id: &str) -> Result<Lsn> {
         ))
         .await
         .map_err(target("reading pglive.apply_progress"))?;
-    let row = client
-        .query_one(
-            "SELECT applied_lsn::text FROM pglive.apply_progress WHERE stream_id = $1 FOR UPDATE",
-            &[&stream_id],
-        )
-        .await;
-    // Release the lock whatever happened; the first error is the one to
-    // report.
-    let ended = client.batch_execute("ROLLBACK").await;
-    let row = row.map_err(target(format!(
+    let read = read_locked(client, stream_id, lanes).await;
+    // Commit the normalised rows, or release the lock whatever happened;
+    // the first error is the one to report.
+    let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await;
+    let positions = read.map_err(target(format!(
         "reading pglive.apply_progress (another session applying stream {stream_id:?} \
-         holds its row for longer than {LOAD_LOCK_TIMEOUT}?)"
+         holds its rows for longer than {LOAD_LOCK_TIMEOUT}?)"
     )))?;
     ended.map_err(target("reading pglive.apply_progress"))?;
-    Ok(row.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO))
+    Ok(positions)
+}
+
+async fn read_locked(
+    client: &Client,
+    stream_id: &str,
+    lanes: usize,
+) -> std::result::Result<LanePositions, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT lane, applied_lsn::text FROM pglive.apply_progress
+              WHERE stream_id = $1 ORDER BY lane FOR UPDATE",
+            &[&stream_id],
+        )
+        .await?;
+    let recorded: Vec<(usize, Lsn)> = rows
+        .iter()
+        .map(|r| {
+            let lane = usize::try_from(r.get::<_, i32>(0)).unwrap_or(0);
+            (lane, r.get::<_, String>(1).parse().unwrap_or(Lsn::ZERO))
+        })
+        .collect();
+    let lowest = recorded.iter().map(|&(_, l)| l).min().unwrap_or(Lsn::ZERO);
+    let count = recorded
+        .iter()
+        .map(|&(lane, _)| lane + 1)
+        .max()
+        .unwrap_or(1);
+    // A lane without a row never committed since the lanes were last set
+    // up; taking the lowest position for it can only apply again, which
+    // fails loudly, never skip.
+    let mut positions = vec![lowest; count];
+    for (lane, lsn) in recorded {
+        positions[lane] = lsn;
+    }
+    let positions = LanePositions(positions);
+    if positions.settled() {
+        client
+            .batch_execute(&record_all_sql(stream_id, lanes, lowest, None))
+            .await?;
+    }
+    Ok(positions)
+}
+
+/// Which rows of a stream a batch's transaction records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// Lane `0`…`n - 1`, and no other: a batch on one session.
+    AllLanes(usize),
+    /// One lane of a batch spread over lanes.
+    Lane(usize),
+}
+
+/// The statement that opens a batch's target transaction. It locks the
+/// rows the batch will record, so an applier that starts while an earlier
+/// one's transaction is still open (a dropped session the server has not
+/// noticed yet) waits for it to end before reading the positions.
+pub(crate) fn begin_sql(stream_id: &str, record: Record) -> String {
+    let lane = match record {
+        Record::AllLanes(_) => String::new(),
+        Record::Lane(lane) => format!(" AND lane = {lane}"),
+    };
+    format!(
+        "BEGIN; SELECT 1 FROM pglive.apply_progress WHERE stream_id = {}{lane} FOR UPDATE",
+        pglive_repl::quote_literal(stream_id)
+    )
 }
 
 /// Records the applied position and commits the batch's transaction, as one
 /// simple query (one round trip; if recording fails, nothing after it runs
 /// and the transaction stays uncommitted).
-pub(crate) fn save_and_commit_sql(stream_id: &str, lsn: Lsn, source_commit_seconds: f64) -> String {
+pub(crate) fn save_and_commit_sql(
+    stream_id: &str,
+    record: Record,
+    lsn: Lsn,
+    source_commit_seconds: f64,
+) -> String {
+    let commit_time = format!("to_timestamp({source_commit_seconds}::float8)");
+    let record = match record {
+        Record::AllLanes(lanes) => record_all_sql(stream_id, lanes, lsn, Some(&commit_time)),
+        Record::Lane(lane) => upsert_sql(stream_id, &lane.to_string(), lsn, &commit_time, ""),
+    };
+    format!("{record}; COMMIT")
+}
+
+/// Sets lanes `0`…`lanes - 1` of the stream to `lsn` and removes any other.
+fn record_all_sql(stream_id: &str, lanes: usize, lsn: Lsn, commit_time: Option<&str>) -> String {
+    let last = lanes.max(1) - 1;
+    let quoted = pglive_repl::quote_literal(stream_id);
+    let kept_time = format!(
+        "(SELECT max(source_commit_time) FROM pglive.apply_progress WHERE stream_id = {quoted})"
+    );
+    let commit_time = commit_time.unwrap_or(&kept_time);
     format!(
-        "INSERT INTO pglive.apply_progress (stream_id, applied_lsn, source_commit_time, updated_at)
-         VALUES ({}, '{lsn}'::pg_lsn, to_timestamp({source_commit_seconds}::float8), now())
-         ON CONFLICT (stream_id) DO UPDATE
+        "{}; DELETE FROM pglive.apply_progress WHERE stream_id = {quoted} AND lane > {last}",
+        upsert_sql(
+            stream_id,
+            "lane",
+            lsn,
+            commit_time,
+            &format!(" FROM generate_series(0, {last}) AS lane"),
+        ),
+    )
+}
+
+fn upsert_sql(stream_id: &str, lane: &str, lsn: Lsn, commit_time: &str, from: &str) -> String {
+    format!(
+        "INSERT INTO pglive.apply_progress (stream_id, lane, applied_lsn, source_commit_time, updated_at)
+         SELECT {}, {lane}, '{lsn}'::pg_lsn, {commit_time}, now(){from}
+         ON CONFLICT (stream_id, lane) DO UPDATE
             SET applied_lsn = EXCLUDED.applied_lsn,
                 source_commit_time = EXCLUDED.source_commit_time,
-                updated_at = now();
-         COMMIT",
+                updated_at = now()",
         pglive_repl::quote_literal(stream_id)
     )
 }
 
-/// Reads the applied position of `stream_id` without creating anything;
-/// for status displays.
+/// Reads the applied position of `stream_id` (the lowest of its lanes)
+/// without creating anything; for status displays.
 pub async fn applied_lsn(client: &Client, stream_id: &str) -> Result<Option<Lsn>> {
     let row = client
         .query_opt(
             "SELECT applied_lsn::text FROM pglive.apply_progress
-              WHERE to_regclass('pglive.apply_progress') IS NOT NULL AND stream_id = $1",
+              WHERE to_regclass('pglive.apply_progress') IS NOT NULL AND stream_id = $1
+              ORDER BY applied_lsn LIMIT 1",
             &[&stream_id],
         )
         .await;

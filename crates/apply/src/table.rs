@@ -54,13 +54,47 @@ pub(crate) struct TableMap {
     /// Indices into `columns` of the replica identity columns.
     pub key: Vec<usize>,
     pub identity: Identity,
+    /// Whether the table's rows may be applied over several sessions by
+    /// key (see `lanes`): it has a key, and no unique index, exclusion
+    /// constraint or checked foreign key ties rows of different keys.
+    pub spread: bool,
 }
+
+/// Whether something on the target ties rows of different keys of a table
+/// (and its partitions or children) together: a unique index that does
+/// not contain every key column, an exclusion constraint, or, when
+/// `$4` (foreign keys are checked), a foreign key from or to it.
+const TIED_ROWS_SQL: &str = "
+WITH RECURSIVE tree(oid) AS (
+    SELECT c.oid FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND c.relname = $2
+  UNION ALL
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.oid
+)
+SELECT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_index x
+         WHERE x.indrelid IN (SELECT oid FROM tree)
+           AND (x.indisexclusion
+                OR (x.indisunique AND NOT $3::text[] <@ ARRAY(
+                        SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)))))
+    OR ($4 AND EXISTS (
+        SELECT 1 FROM pg_catalog.pg_constraint k
+         WHERE k.contype = 'f'
+           AND (k.conrelid IN (SELECT oid FROM tree) OR k.confrelid IN (SELECT oid FROM tree))))";
 
 impl TableMap {
     /// Looks the relation's table up on the target and checks that every
     /// source column exists there. Target columns the source does not send
-    /// keep their defaults.
-    pub async fn resolve(client: &Client, relation: &Relation) -> Result<TableMap> {
+    /// keep their defaults. `checks_foreign_keys` says whether the apply
+    /// session fires foreign-key triggers (it does without
+    /// `session_replication_role = replica`).
+    pub async fn resolve(
+        client: &Client,
+        relation: &Relation,
+        checks_foreign_keys: bool,
+    ) -> Result<TableMap> {
         let name = QualifiedName::new(&relation.namespace, &relation.name);
         let rows = client
             .query(
@@ -94,10 +128,34 @@ impl TableMap {
                 orderable: r.get(3),
             })
             .collect();
-        Self::from_target_columns(name, relation, &target_columns)
+        let mut map = Self::from_target_columns(name, relation, &target_columns)?;
+        if map.identity == Identity::Key {
+            let key_names: Vec<&str> = relation
+                .columns
+                .iter()
+                .filter(|c| c.is_key())
+                .map(|c| c.name.as_str())
+                .collect();
+            let tied: bool = client
+                .query_one(
+                    TIED_ROWS_SQL,
+                    &[
+                        &relation.namespace,
+                        &relation.name,
+                        &key_names,
+                        &checks_foreign_keys,
+                    ],
+                )
+                .await
+                .map_err(target(format!("reading the constraints of {}", map.name)))?
+                .get(0);
+            map.spread = !tied;
+        }
+        Ok(map)
     }
 
-    /// The mapping from the target's columns.
+    /// The mapping from the target's columns; not spread until
+    /// [`TableMap::resolve`] checked the target's constraints.
     pub fn from_target_columns(
         name: QualifiedName,
         relation: &Relation,
@@ -150,6 +208,7 @@ impl TableMap {
             columns,
             key,
             identity,
+            spread: false,
         })
     }
 }

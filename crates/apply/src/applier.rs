@@ -552,7 +552,7 @@ impl Applier {
         match plans.iter_mut().find(same) {
             Some((_, plan)) => plan.push(change),
             None => {
-                let mut plan = TablePlan::new(map.key.clone());
+                let mut plan = TablePlan::new(map.key.clone(), map.tied);
                 plan.push(change);
                 plans.push((map, plan));
             }

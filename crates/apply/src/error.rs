@@ -121,6 +121,13 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether this is a target statement that failed on a unique index
+    /// or an exclusion constraint.
+    pub(crate) fn is_constraint_collision(&self) -> bool {
+        matches!(self, Error::Target { source, .. }
+            if source.code().is_some_and(|c| matches!(c.code(), "23505" | "23P01")))
+    }
 }
 
 pub(crate) fn target(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {

@@ -175,21 +175,12 @@ pub(crate) async fn execute(
             .await?;
             Ok(Ok(Outcome::inserted(rows.len())))
         }
+        Statement::Update { mask, rows } if table.tied && rows.len() > 1 => {
+            let matched = update_tied(client, cache, table, mask, rows).await?;
+            Ok(expect("UPDATE", rows.len(), matched).map(|()| Outcome::updated(rows.len())))
+        }
         Statement::Update { mask, rows } => {
-            let set: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
-            let key_positions: Vec<usize> = (0..table.key.len()).collect();
-            let mut params = column_arrays(table, rows.iter().map(|(k, _)| k), &key_positions)?;
-            params.extend(column_arrays(table, rows.iter().map(|(_, n)| n), &set)?);
-            let what = format!("updating {}", table.name);
-            let matched = run(
-                client,
-                cache,
-                table,
-                &update_sql(table, mask),
-                &params_ref(&params),
-                what,
-            )
-            .await?;
+            let matched = update(client, cache, table, mask, rows).await?;
             Ok(expect("UPDATE", rows.len(), matched).map(|()| Outcome::updated(rows.len())))
         }
         Statement::Delete(keys) => {
@@ -224,6 +215,68 @@ pub(crate) async fn execute(
             let matched = run(client, cache, table, &sql, &params_ref(&values), what).await?;
             Ok(expect("DELETE", 1, matched).map(|()| Outcome::deleted(1)))
         }
+    }
+}
+
+/// One keyed UPDATE of `rows`; the rows it found.
+async fn update(
+    client: &Client,
+    cache: &mut StatementCache,
+    table: &TableMap,
+    mask: &[bool],
+    rows: &[(Values, Values)],
+) -> Result<u64> {
+    let set: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
+    let key_positions: Vec<usize> = (0..table.key.len()).collect();
+    let mut params = column_arrays(table, rows.iter().map(|(k, _)| k), &key_positions)?;
+    params.extend(column_arrays(table, rows.iter().map(|(_, n)| n), &set)?);
+    let what = format!("updating {}", table.name);
+    run(
+        client,
+        cache,
+        table,
+        &update_sql(table, mask),
+        &params_ref(&params),
+        what,
+    )
+    .await
+}
+
+/// A keyed UPDATE of a table whose rows are tied by a unique index or an
+/// exclusion constraint. The target checks those row by row in an order
+/// of its choosing, so a value that moved from one row to another in the
+/// source can collide inside one statement although the source's order
+/// never did. Then the statement is undone (to a savepoint) and its rows
+/// run one by one in source order, as the source ran them.
+async fn update_tied(
+    client: &Client,
+    cache: &mut StatementCache,
+    table: &TableMap,
+    mask: &[bool],
+    rows: &[(Values, Values)],
+) -> Result<u64> {
+    const SAVEPOINT: &str = "SAVEPOINT pglive_tied";
+    let savepoint = |sql: &'static str| async move {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(target(format!("updating {}", table.name)))
+    };
+    savepoint(SAVEPOINT).await?;
+    match update(client, cache, table, mask, rows).await {
+        Ok(matched) => {
+            savepoint("RELEASE SAVEPOINT pglive_tied").await?;
+            Ok(matched)
+        }
+        Err(e) if e.is_constraint_collision() => {
+            savepoint("ROLLBACK TO SAVEPOINT pglive_tied; RELEASE SAVEPOINT pglive_tied").await?;
+            let mut matched = 0;
+            for row in rows {
+                matched += update(client, cache, table, mask, std::slice::from_ref(row)).await?;
+            }
+            Ok(matched)
+        }
+        Err(e) => Err(e),
     }
 }
 

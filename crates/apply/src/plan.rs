@@ -13,6 +13,12 @@
 //! matter: an insert after a delete of the same key, an update after an
 //! insert. An update that changes the key, and every change of a table with
 //! REPLICA IDENTITY FULL, is a statement of its own.
+//!
+//! A table whose rows are *tied* (a unique index beyond the key) is
+//! checked by the target row by row, so its updates keep source order: a
+//! repeated key ends the run instead of merging, and rows with different
+//! changed columns are grouped only while they are consecutive. Otherwise
+//! a value moved from one row to another would collide on the way.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -104,6 +110,8 @@ enum Run {
 pub(crate) struct TablePlan {
     /// Indices of the key columns among the written columns.
     key: Vec<usize>,
+    /// Keep updates in source order (the table's rows are tied).
+    ordered: bool,
     done: Vec<Statement>,
     run: Run,
 }
@@ -114,10 +122,11 @@ fn key_of(values: &Values) -> Vec<Option<Bytes>> {
 
 impl TablePlan {
     /// A plan for a table whose key columns are `key` (indices into the
-    /// written columns).
-    pub fn new(key: Vec<usize>) -> TablePlan {
+    /// written columns); `ordered` keeps updates in source order.
+    pub fn new(key: Vec<usize>, ordered: bool) -> TablePlan {
         TablePlan {
             key,
+            ordered,
             done: Vec::new(),
             run: Run::None,
         }
@@ -145,7 +154,9 @@ impl TablePlan {
                 new,
                 key_changed: false,
             } => {
-                if !matches!(self.run, Run::Update { .. }) {
+                let repeated = self.ordered
+                    && matches!(&self.run, Run::Update { by_key, .. } if by_key.contains_key(&key_of(&key)));
+                if repeated || !matches!(self.run, Run::Update { .. }) {
                     self.close_run();
                     self.run = Run::Update {
                         rows: Vec::new(),
@@ -206,7 +217,12 @@ impl TablePlan {
                             !matches!(v, ColumnValue::UnchangedToast) && !self.key.contains(&i)
                         })
                         .collect();
-                    match groups.iter_mut().find(|(m, _)| *m == mask) {
+                    let group = if self.ordered {
+                        groups.last_mut().filter(|(m, _)| *m == mask)
+                    } else {
+                        groups.iter_mut().find(|(m, _)| *m == mask)
+                    };
+                    match group {
                         Some((_, group)) => group.push((key, new)),
                         None => groups.push((mask, vec![(key, new)])),
                     }
@@ -351,6 +367,7 @@ mod tests {
                 .collect(),
             key: vec![0],
             identity: Identity::Key,
+            tied: false,
             spread: true,
         }
     }
@@ -436,6 +453,7 @@ mod tests {
         fn planned_statements_equal_one_by_one(
             initial in proptest::collection::btree_set(0u8..6, 0..4),
             actions in proptest::collection::vec(action(), 0..60),
+            ordered in any::<bool>(),
         ) {
             let mut seed = Vec::new();
             for k in &initial {
@@ -454,12 +472,17 @@ mod tests {
             for c in &sequence {
                 apply_one(&mut expected, c);
             }
-            let mut plan = TablePlan::new(vec![0]);
+            let mut plan = TablePlan::new(vec![0], ordered);
             for c in sequence.iter().cloned() {
                 plan.push(c);
             }
             let statements = plan.finish();
             prop_assert!(statements.len() <= sequence.len().max(1));
+            if ordered {
+                // Every change reaches the target on its own row, in source
+                // order: nothing merged, nothing moved.
+                prop_assert_eq!(source_rows(&sequence), statement_rows(&statements));
+            }
             let mut actual = start.clone();
             for s in &statements {
                 apply_statement(&mut actual, s);
@@ -503,9 +526,42 @@ mod tests {
         }
     }
 
+    /// The rows the changes touch, in order: kind, key and new values.
+    fn source_rows(changes: &[Change]) -> Vec<(char, ColumnValue, Values)> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Insert(v) => ('i', v[0].clone(), v.clone()),
+                Change::Update { key, new, .. } => ('u', key[0].clone(), new.clone()),
+                Change::Delete { key } => ('d', key[0].clone(), Vec::new()),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    /// The rows the statements touch, in the order they run.
+    fn statement_rows(statements: &[Statement]) -> Vec<(char, ColumnValue, Values)> {
+        let mut rows = Vec::new();
+        for s in statements {
+            match s {
+                Statement::Insert(v) => {
+                    rows.extend(v.iter().map(|v| ('i', v[0].clone(), v.clone())))
+                }
+                Statement::Update { rows: r, .. } => {
+                    rows.extend(r.iter().map(|(k, n)| ('u', k[0].clone(), n.clone())))
+                }
+                Statement::Delete(keys) => {
+                    rows.extend(keys.iter().map(|k| ('d', k[0].clone(), Vec::new())))
+                }
+                _ => unreachable!(),
+            }
+        }
+        rows
+    }
+
     #[test]
     fn runs_collapse_repeated_updates_of_one_key() {
-        let mut plan = TablePlan::new(vec![0]);
+        let mut plan = TablePlan::new(vec![0], false);
         for v in ["1", "2", "3"] {
             plan.push(Change::Update {
                 key: vec![value(Some("k"))],

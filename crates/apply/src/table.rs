@@ -54,17 +54,22 @@ pub(crate) struct TableMap {
     /// Indices into `columns` of the replica identity columns.
     pub key: Vec<usize>,
     pub identity: Identity,
+    /// Whether a unique index without every key column, or an exclusion
+    /// constraint, ties rows of different keys: the target checks them row
+    /// by row, so changes must reach it in source order (a value may move
+    /// from one row to another).
+    pub tied: bool,
     /// Whether the table's rows may be applied over several sessions by
-    /// key (see `lanes`): it has a key, and no unique index, exclusion
-    /// constraint or checked foreign key ties rows of different keys.
+    /// key (see `lanes`): it has a key, its rows are not tied, and no
+    /// foreign key from or to it is checked.
     pub spread: bool,
 }
 
-/// Whether something on the target ties rows of different keys of a table
-/// (and its partitions or children) together: a unique index that does
-/// not contain every key column, an exclusion constraint, or, when
-/// `$4` (foreign keys are checked), a foreign key from or to it.
-const TIED_ROWS_SQL: &str = "
+/// For a table (and its partitions or children) on the target: whether a
+/// unique index that does not contain every key column (`$3`) or an
+/// exclusion constraint ties rows of different keys together, and whether
+/// a foreign key leads from or to it.
+const TIES_SQL: &str = "
 WITH RECURSIVE tree(oid) AS (
     SELECT c.oid FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -78,11 +83,11 @@ SELECT EXISTS (
            AND (x.indisexclusion
                 OR (x.indisunique AND NOT $3::text[] <@ ARRAY(
                         SELECT a.attname::text FROM pg_catalog.pg_attribute a
-                         WHERE a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)))))
-    OR ($4 AND EXISTS (
+                         WHERE a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey))))),
+       EXISTS (
         SELECT 1 FROM pg_catalog.pg_constraint k
          WHERE k.contype = 'f'
-           AND (k.conrelid IN (SELECT oid FROM tree) OR k.confrelid IN (SELECT oid FROM tree))))";
+           AND (k.conrelid IN (SELECT oid FROM tree) OR k.confrelid IN (SELECT oid FROM tree)))";
 
 impl TableMap {
     /// Looks the relation's table up on the target and checks that every
@@ -136,25 +141,19 @@ impl TableMap {
                 .filter(|c| c.is_key())
                 .map(|c| c.name.as_str())
                 .collect();
-            let tied: bool = client
-                .query_one(
-                    TIED_ROWS_SQL,
-                    &[
-                        &relation.namespace,
-                        &relation.name,
-                        &key_names,
-                        &checks_foreign_keys,
-                    ],
-                )
+            let ties = client
+                .query_one(TIES_SQL, &[&relation.namespace, &relation.name, &key_names])
                 .await
-                .map_err(target(format!("reading the constraints of {}", map.name)))?
-                .get(0);
-            map.spread = !tied;
+                .map_err(target(format!("reading the constraints of {}", map.name)))?;
+            let (tied, foreign_keys): (bool, bool) = (ties.get(0), ties.get(1));
+            map.tied = tied;
+            let foreign_keys_checked = checks_foreign_keys && foreign_keys;
+            map.spread = !(tied || foreign_keys_checked);
         }
         Ok(map)
     }
 
-    /// The mapping from the target's columns; not spread until
+    /// The mapping from the target's columns; tied and not spread until
     /// [`TableMap::resolve`] checked the target's constraints.
     pub fn from_target_columns(
         name: QualifiedName,
@@ -208,6 +207,7 @@ impl TableMap {
             columns,
             key,
             identity,
+            tied: true,
             spread: false,
         })
     }

@@ -528,3 +528,38 @@ async fn a_progress_table_from_before_lanes_keeps_its_position() {
         .unwrap();
     assert_eq!(lanes, "0@0/ABCDEF0 1@0/ABCDEF0 2@0/ABCDEF0 3@0/ABCDEF0");
 }
+
+/// Values that move from one row to another under a unique index arrive,
+/// although the target checks the index row by row in its own order
+/// (ascending key here), where they collide.
+#[tokio::test]
+async fn values_moving_between_rows_of_a_unique_index_arrive() {
+    let pair = Pair::new(
+        "tied",
+        "CREATE TABLE tagged (id int PRIMARY KEY, tag text NOT NULL UNIQUE, n int);",
+    )
+    .await;
+    // Each row takes the tag its successor just gave up, in one
+    // transaction, then in one transaction per step.
+    let chain = |prefix: &str| {
+        let mut sql = format!("UPDATE tagged SET tag = '{prefix}tmp' WHERE id = 100;");
+        for k in (1..100).rev() {
+            sql.push_str(&format!(
+                "UPDATE tagged SET tag = '{prefix}t{}', n = n + 1 WHERE id = {k};",
+                k + 1
+            ));
+        }
+        sql.push_str(&format!(
+            "UPDATE tagged SET tag = '{prefix}t1' WHERE id = 100;"
+        ));
+        sql
+    };
+    pair.source_sql("INSERT INTO tagged SELECT g, 't' || g, 0 FROM generate_series(1, 100) g;");
+    pair.source_sql(&format!("BEGIN; {} COMMIT;", chain("")));
+    pair.source_sql(&chain("x"));
+    let mut one = options(&pair, 1);
+    one.sessions = 1;
+    let applier = pair.catch_up(&pair.target_conninfo(), one).await;
+    pair.assert_equal().await;
+    assert_eq!(applier.stats().updated, 2 * 101);
+}

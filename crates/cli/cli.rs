@@ -95,6 +95,9 @@ pub struct MigrateArgs {
     /// Parallel index and constraint builds.
     #[arg(long, default_value_t = 4)]
     pub index_jobs: usize,
+    /// Target sessions that apply the change stream; batches are spread over them by row key.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub apply_sessions: u16,
     /// Only these tables or schemas (pg_dump patterns: 'public.*', 'sales.orders'); repeatable.
     #[arg(long = "include", value_name = "PATTERN")]
     pub include: Vec<String>,

@@ -347,6 +347,8 @@ pub async fn command(
         filter: pglive_schema::ObjectFilter::new(),
         jobs: 1,
         index_jobs: 1,
+        // The tail after writes stopped is short.
+        apply_sessions: 1,
         reuse_schema: true,
         hypertables: false,
     };

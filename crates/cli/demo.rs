@@ -190,6 +190,7 @@ pub async fn run(
         },
         jobs: 4,
         index_jobs: 2,
+        apply_sessions: 4,
         include: Vec::new(),
         exclude: Vec::new(),
         hypertables: Hypertables::Auto,

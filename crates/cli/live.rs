@@ -59,6 +59,7 @@ pub async fn connect(ctx: &Job, migration: &Migration) -> Result<Session> {
     };
     let mut options = ApplyOptions::new(ctx.name.clone(), proto);
     options.copied_at = copied_at;
+    options.sessions = ctx.apply_sessions;
     let applier = Applier::connect(&ctx.target, options).await?;
     let mut pgoutput = PgOutputOptions::new([migration.publication.clone()]);
     pgoutput.proto_version = proto;

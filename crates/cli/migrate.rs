@@ -28,6 +28,8 @@ pub struct Job {
     pub filter: ObjectFilter,
     pub jobs: usize,
     pub index_jobs: usize,
+    /// Target sessions the applier spreads batches over.
+    pub apply_sessions: usize,
     pub reuse_schema: bool,
     /// Make TimescaleDB hypertables on the target before the data.
     pub hypertables: bool,
@@ -58,6 +60,7 @@ pub async fn run(
         filter,
         jobs: args.jobs.max(1),
         index_jobs: args.index_jobs.max(1),
+        apply_sessions: usize::from(args.apply_sessions),
         reuse_schema: args.reuse_schema,
         hypertables: args.hypertables == crate::cli::Hypertables::Auto,
     };

@@ -39,7 +39,8 @@
 //! and target database; default 2, the fastest counts; read-and-discard
 //! always runs twice), `PGLIVE_BENCH_PROTO` (pgoutput protocol of pglive
 //! and read-and-discard: 2, the default, with streaming on; or 1),
-//! `PGLIVE_BENCH_PGCOPYDB_TIMEOUT`
+//! `PGLIVE_BENCH_SESSIONS` (pglive's target sessions, default
+//! `ApplyOptions`' 4), `PGLIVE_BENCH_PGCOPYDB_TIMEOUT`
 //! (seconds; default 300 × scale, at least 30; `0` skips pgcopydb),
 //! `PGCOPYDB` (the program, default `pgcopydb` on the `PATH`).
 
@@ -72,6 +73,19 @@ fn proto() -> u32 {
         .and_then(|v| v.parse().ok())
         .filter(|v| (1..=2).contains(v))
         .unwrap_or(2)
+}
+/// pglive's apply options: the defaults, with `PGLIVE_BENCH_SESSIONS`
+/// target sessions when set.
+fn apply_options(slot: &str) -> ApplyOptions {
+    let mut options = ApplyOptions::new(slot, proto());
+    if let Some(sessions) = std::env::var("PGLIVE_BENCH_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v: &usize| v >= 1)
+    {
+        options.sessions = sessions;
+    }
+    options
 }
 /// Statements per source transaction in the insert, update and delete
 /// scenarios.
@@ -1006,7 +1020,7 @@ async fn pglive(
     let sampler = Sampler::start(env, &run.slot, Some((&run.db, "client backend"))).await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
-    let options = ApplyOptions::new(run.slot.clone(), proto());
+    let options = apply_options(&run.slot);
     let mut applier = Applier::connect(&config(&env.target.conninfo(&run.db))?, options).await?;
     let client = ReplicationClient::connect(&config(&env.source.conninfo(source_db))?).await?;
     let mut stream = client
@@ -1738,7 +1752,7 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
          synchronous_commit off, autovacuum off, wal_retrieve_retry_interval 100ms on the target (so \
          the subscription launcher starts each apply worker at once) (every target VACUUMed, prewarmed with pg_prewarm, \
          both clusters checkpointed before each consumer). Scale {}. pglive: pgoutput protocol \
-         {}, default `ApplyOptions`, timed until `run` returns at the end LSN. Native: \
+         {}, default `ApplyOptions` with {} target sessions, timed until `run` returns at the end LSN. Native: \
          `CREATE SUBSCRIPTION` defaults, timed until its slot's `confirmed_flush_lsn` reaches the \
          end LSN (polled every 50 ms). Read-and-discard: run first and again after native; the \
          faster run is used. pgcopydb: `follow --endpos` (wal2json), time limit {}.\n",
@@ -1747,6 +1761,7 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             .unwrap_or(0),
         s.scale,
         proto(),
+        apply_options("bench").sessions,
         match &env.pgcopydb {
             Some((_, limit)) => format!("{:.0} s", limit.as_secs_f64()),
             None => "skipped".into(),

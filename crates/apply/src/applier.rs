@@ -107,6 +107,9 @@ pub struct ApplyStats {
     pub replica_role: bool,
 }
 
+/// The fewest changes a batch must hold to be spread over sessions.
+const MIN_SPREAD_CHANGES: usize = 1_000;
+
 struct SourceTxn {
     final_lsn: Lsn,
     skip: bool,
@@ -611,9 +614,11 @@ impl Applier {
             .or(self.batch_commit.map(|(l, _)| l))
             .unwrap_or(self.applied);
         // Only a whole batch is spread: one held back until its commit,
-        // after every lane recorded the same position.
+        // after every lane recorded the same position. A small one is not
+        // worth a commit on every session.
         let spread = self.clients.len() > 1
             && commit.is_some()
+            && self.batch_changes >= MIN_SPREAD_CHANGES
             && !self.target_open
             && !self.batch_on_one_session
             && self.catch_up.is_none();

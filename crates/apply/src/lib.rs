@@ -11,7 +11,9 @@
 //! key one `UPDATE … FROM unnest(…)` / `DELETE … USING unnest(…)`, repeated
 //! changes of one key merged. A batch runs on the target in the background
 //! while the next one is received and planned; batches still run one after
-//! another, in order. Values travel as the text pgoutput sent and
+//! another, in order. A batch held whole until its commit is spread over
+//! [`ApplyOptions::sessions`] target sessions by a fixed hash of each row's
+//! key, one transaction per session. Values travel as the text pgoutput sent and
 //! the target parses them with the same input functions, under pinned
 //! session settings, so `NaN`, `Infinity`, arrays, bytea and timestamps
 //! arrive exactly.
@@ -22,7 +24,16 @@
 //!   batch is written to `pglive.apply_progress` in the same target
 //!   transaction as the batch. After a crash, [`Applier::applied_lsn`] says
 //!   where to restart, and transactions at or before it are skipped. No
-//!   replication origins and no superuser rights are needed.
+//!   replication origins and no superuser rights are needed. A spread
+//!   batch records one row per session (lane), each in that session's
+//!   transaction; after a crash between them, the applier restarts from the
+//!   lowest lane and skips each change its own lane already committed, on
+//!   one session, which then records every lane again.
+//! - **Source order where the target checks it.** A table whose rows are
+//!   tied by a unique index without every key column (or an exclusion
+//!   constraint) gets its updates in source order, never merged, and a
+//!   statement that collides anyway is redone row by row; such tables, and
+//!   tables with checked foreign keys, stay on the first session.
 //! - **Never ahead.** [`run`] confirms to the source only what the target
 //!   committed (or, when idle, the server's position after everything was
 //!   committed).

@@ -411,7 +411,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     .await;
     let mut spread = options(&pair, 1);
     spread.sessions = 3;
-    spread.max_batch_changes = 500;
+    spread.max_batch_changes = 1500;
     for round in 0..10 {
         pair.source_sql(&format!(
             "INSERT INTO items SELECT g, g, 'r{round}' FROM generate_series({a}, {b}) g;
@@ -445,7 +445,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
         .await
         .unwrap();
     pair.source_sql(
-        "INSERT INTO items SELECT g, g, 'late' FROM generate_series(5001, 5300) g;
+        "INSERT INTO items SELECT g, g, 'late' FROM generate_series(5001, 6500) g;
          UPDATE items SET n = -n WHERE id % 4 = 1;
          DELETE FROM items WHERE id % 7 = 2;",
     );

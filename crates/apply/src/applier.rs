@@ -107,7 +107,8 @@ pub struct ApplyStats {
     pub replica_role: bool,
 }
 
-/// The fewest changes a batch must hold to be spread over sessions.
+/// The fewest changes a batch must hold to be spread over sessions (or
+/// [`ApplyOptions::max_batch_changes`], when that is fewer).
 const MIN_SPREAD_CHANGES: usize = 1_000;
 
 struct SourceTxn {
@@ -618,7 +619,7 @@ impl Applier {
         // worth a commit on every session.
         let spread = self.clients.len() > 1
             && commit.is_some()
-            && self.batch_changes >= MIN_SPREAD_CHANGES
+            && self.batch_changes >= MIN_SPREAD_CHANGES.min(self.options.max_batch_changes)
             && !self.target_open
             && !self.batch_on_one_session
             && self.catch_up.is_none();

@@ -32,6 +32,8 @@ fn child_entry() {
     runtime.block_on(async {
         let mut options = ApplyOptions::new(slot, proto);
         options.max_batch_changes = 300;
+        // Kills also land between the commits of one batch's lanes.
+        options.sessions = 3;
         let mut applier = Applier::connect(&config(target), options).await.unwrap();
         let stopped = apply_until(
             source,
@@ -43,6 +45,11 @@ fn child_entry() {
         )
         .await;
         assert!(matches!(stopped, Stopped::ReachedLsn(_)));
+        let stats = applier.stats();
+        eprintln!(
+            "child applied {} batches, {} of them spread over sessions",
+            stats.batches, stats.spread_batches
+        );
     });
     // Peak resident memory, for the bounded-memory test.
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -121,9 +128,16 @@ async fn kill_and_resume(trials: u32) {
     let mut workload = String::from(
         "INSERT INTO kv SELECT g, 0, repeat('p', 20) FROM generate_series(1, 2000) g;\n",
     );
-    for i in 0..trials as usize * 2000 {
+    // Key changes make a batch run on one session; the second half has
+    // none, so its batches are spread over the child's sessions.
+    let statements = trials as usize * 2000;
+    for i in 0..statements {
         let k = (i * 7919) % 2000 + 1;
-        workload.push_str(&match i % 6 {
+        let kind = match i % 6 {
+            4 if i >= statements / 2 => 0,
+            kind => kind,
+        };
+        workload.push_str(&match kind {
             0 => format!("UPDATE kv SET v = v + 1 WHERE k = {k};\n"),
             1 => format!("INSERT INTO log VALUES ({i}, 'n');\n"),
             2 => format!("BEGIN; UPDATE kv SET v = v * 2 WHERE k = {k}; INSERT INTO log VALUES ({i}, 'tx'); COMMIT;\n"),

@@ -134,7 +134,7 @@ pub struct Applier {
     /// The position every lane has applied.
     applied: Lsn,
     /// The lanes' positions after a crash between the commits of a spread
-    /// batch, until the next batch has committed: a change of a
+    /// batch, until a batch committed past the highest: a change of a
     /// transaction below its lane's position is already on the target.
     catch_up: Option<LanePositions>,
     confirmable: Lsn,
@@ -384,6 +384,9 @@ impl Applier {
                 // Catalog reads and trigger changes go after the work in
                 // flight, as they would in a sequential applier.
                 self.settle().await?;
+                // Changes collected under the table's earlier description
+                // may have gone to other lanes than the later ones would.
+                self.batch_on_one_session |= self.relations.contains_key(&relation.id);
                 let replica_role = self.stats.replica_role;
                 let map = TableMap::resolve(&self.clients[0], &relation, !replica_role).await?;
                 if !replica_role && self.triggers_checked.insert(map.name.clone()) {
@@ -597,8 +600,11 @@ impl Applier {
             self.stats.applied_lsn = lsn;
             self.stats.applied_commit_time = Some(commit_time);
             self.stats.batches += 1;
-            // Every lane has recorded this position now.
-            self.catch_up = None;
+            // Every lane has recorded this position now; a lane that was
+            // further ahead keeps its own until it is passed.
+            if self.catch_up.as_ref().is_some_and(|p| lsn >= p.highest()) {
+                self.catch_up = None;
+            }
         }
         Ok(())
     }
@@ -630,6 +636,7 @@ impl Applier {
             commit,
             stream_id: self.options.stream_id.clone(),
             spread,
+            lanes: self.lanes_to_record(commit.map(|(lsn, _)| lsn)),
         };
         if spread {
             self.stats.spread_batches += 1;
@@ -654,6 +661,18 @@ impl Applier {
             self.batch_on_one_session = false;
         }
         Ok(())
+    }
+
+    /// How many lanes a batch on one session records when it commits at
+    /// `end`: while it still catches up lanes of a crashed run, exactly
+    /// that run's lanes (their number decides which lane a change belongs
+    /// to), raised but never lowered; once past the highest of them, this
+    /// applier's sessions, all at `end`.
+    fn lanes_to_record(&self, end: Option<Lsn>) -> usize {
+        match (&self.catch_up, end) {
+            (Some(positions), Some(end)) if end < positions.highest() => positions.0.len(),
+            _ => self.clients.len(),
+        }
     }
 
     /// Starts committing the complete source transactions received so far

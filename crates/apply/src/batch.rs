@@ -54,6 +54,9 @@ pub(crate) struct Work {
     /// otherwise everything runs on the first session, which records every
     /// lane.
     pub spread: bool,
+    /// How many lanes a batch on one session records (those of an earlier
+    /// run while they are caught up after a crash).
+    pub lanes: usize,
 }
 
 /// What finished work did.
@@ -101,7 +104,7 @@ impl InFlight {
                         clients,
                         mut caches,
                     } = sessions;
-                    let record = Record::AllLanes(clients.len());
+                    let record = Record::AllLanes(work.lanes);
                     let result = perform(&clients[0], &mut caches[0], steps(work.segments), {
                         LaneWork {
                             begin: work.begin,

@@ -148,7 +148,9 @@ async fn read_locked(
     Ok(positions)
 }
 
-/// Which rows of a stream a batch's transaction records.
+/// Which rows of a stream a batch's transaction records. A position is
+/// never lowered: while catching up after a crash between lane commits, a
+/// batch on one session may end below a lane that was ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
     /// Lane `0`…`n - 1`, and no other: a batch on one session.
@@ -214,8 +216,9 @@ fn upsert_sql(stream_id: &str, lane: &str, lsn: Lsn, commit_time: &str, from: &s
         "INSERT INTO pglive.apply_progress (stream_id, lane, applied_lsn, source_commit_time, updated_at)
          SELECT {}, {lane}, '{lsn}'::pg_lsn, {commit_time}, now(){from}
          ON CONFLICT (stream_id, lane) DO UPDATE
-            SET applied_lsn = EXCLUDED.applied_lsn,
-                source_commit_time = EXCLUDED.source_commit_time,
+            SET applied_lsn = GREATEST(apply_progress.applied_lsn, EXCLUDED.applied_lsn),
+                source_commit_time = CASE WHEN EXCLUDED.applied_lsn >= apply_progress.applied_lsn
+                    THEN EXCLUDED.source_commit_time ELSE apply_progress.source_commit_time END,
                 updated_at = now()",
         pglive_repl::quote_literal(stream_id)
     )

@@ -428,9 +428,13 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     assert!(stats.spread_batches > 0, "{stats:?}");
     drop(applier);
 
-    // Hold lane 0's row the way an open batch would: the next batch's
-    // other lanes commit, lane 0 waits, and then the applier dies.
-    let mut applier = Applier::connect(&config(&pair.target_conninfo()), spread.clone())
+    // Hold lane 0's row the way an open batch would: the next batch (all
+    // of the late transactions) commits in lanes 1 and 2, lane 0 waits,
+    // and then the applier dies.
+    let mut one_batch = spread.clone();
+    one_batch.max_batch_changes = 1_000_000;
+    one_batch.max_batch_duration = std::time::Duration::from_secs(600);
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), one_batch)
         .await
         .unwrap();
     let before = applier.applied_lsn();
@@ -444,11 +448,21 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
         ))
         .await
         .unwrap();
-    pair.source_sql(
-        "INSERT INTO items SELECT g, g, 'late' FROM generate_series(5001, 6500) g;
-         UPDATE items SET n = -n WHERE id % 4 = 1;
-         DELETE FROM items WHERE id % 7 = 2;",
-    );
+    // Several transactions, which the resuming applier below commits in
+    // several batches while it catches up.
+    let mut mid = None;
+    for part in 0..5 {
+        if part == 2 {
+            mid = Some(pair.source_lsn());
+        }
+        pair.source_sql(&format!(
+            "INSERT INTO items SELECT g, g, 'late' FROM generate_series({a}, {b}) g;
+             UPDATE items SET n = -n WHERE id % 20 = {part};
+             DELETE FROM items WHERE id % 35 = {part};",
+            a = 5001 + part * 300,
+            b = 5300 + part * 300,
+        ));
+    }
     let stop_at = pair.source_lsn();
     let lanes_ahead = format!(
         "SELECT count(*) FROM pglive.apply_progress WHERE stream_id = {stream_id} AND applied_lsn > '{before}'"
@@ -456,6 +470,9 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     let mut stream = pair.stream(before).await;
     let mut run_options = pglive_apply::RunOptions::default();
     run_options.stop_at = Some(stop_at);
+    // A short pause in the stream must not commit part of the backlog
+    // early (that small batch would wait on lane 0 too).
+    run_options.idle_commit = std::time::Duration::from_millis(500);
     let two_lanes_ahead = async {
         while pair.cluster.psql(&pair.target, &lanes_ahead).unwrap() != "2" {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -474,9 +491,48 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     drop(applier);
     holder.batch_execute("ROLLBACK").await.unwrap();
 
-    // Resume with two sessions instead of three.
+    let positions = |pair: &Pair| -> Vec<pglive_repl::Lsn> {
+        pair.cluster
+            .psql(
+                &pair.target,
+                &format!(
+                    "SELECT string_agg(applied_lsn::text, ' ' ORDER BY lane) FROM pglive.apply_progress WHERE stream_id = {stream_id}"
+                ),
+            )
+            .unwrap()
+            .split(' ')
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let crashed = positions(&pair);
+    let (low, high, mid) = (crashed[0], crashed[1], mid.unwrap());
+    assert_eq!(crashed, [low, high, high], "lanes 1 and 2 committed");
+    assert!(low < mid && mid < high, "{low} {mid} {high}");
+
+    // Resume with two sessions instead of three, and batches smaller than
+    // the one that was cut short; stop halfway through it. The three lanes
+    // stay (their number decides which lane a change belongs to), none
+    // goes back.
     let mut fewer = spread.clone();
     fewer.sessions = 2;
+    fewer.max_batch_changes = 200;
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), fewer.clone())
+        .await
+        .unwrap();
+    let mut stream = pair.stream(applier.applied_lsn()).await;
+    let mut run_options = pglive_apply::RunOptions::default();
+    run_options.pause_before = Some(mid);
+    let stopped = run_quietly(&mut applier, &mut stream, &run_options)
+        .await
+        .unwrap();
+    assert!(matches!(stopped, pglive_apply::Stopped::Paused(_)));
+    drop(stream);
+    drop(applier);
+    let halfway = positions(&pair);
+    assert_eq!(halfway.len(), 3, "{halfway:?}");
+    assert!(halfway[0] >= mid && halfway[0] < high, "{halfway:?}");
+    assert_eq!(&halfway[1..], [high, high]);
+
     let applier = pair.catch_up(&pair.target_conninfo(), fewer).await;
     pair.assert_equal().await;
     let lanes = pair

@@ -149,6 +149,8 @@ pub struct Applier {
     batch_started: Option<Instant>,
     /// The batch must run on one session (see [`ApplyOptions::sessions`]).
     batch_on_one_session: bool,
+    /// The batch changes a table whose rows may be spread over sessions.
+    batch_spreads: bool,
     stats: ApplyStats,
     pause_before: Option<Lsn>,
     held: Option<Bytes>,
@@ -212,6 +214,7 @@ impl Applier {
             batch_changes: 0,
             batch_started: None,
             batch_on_one_session: false,
+            batch_spreads: false,
             stats,
             pause_before: None,
             held: None,
@@ -540,6 +543,7 @@ impl Applier {
         }
         self.pending_bytes += change.size();
         self.batch_changes += 1;
+        self.batch_spreads |= map.spread;
         let replica_role = self.stats.replica_role;
         let same = |(m, _): &&mut (Arc<TableMap>, TablePlan)| Arc::ptr_eq(m, &map);
         let plans = match self.segments.last_mut() {
@@ -627,6 +631,7 @@ impl Applier {
             && commit.is_some()
             && self.batch_changes >= MIN_SPREAD_CHANGES.min(self.options.max_batch_changes)
             && !self.target_open
+            && self.batch_spreads
             && !self.batch_on_one_session
             && self.catch_up.is_none();
         let work = Work {
@@ -659,6 +664,7 @@ impl Applier {
             self.batch_changes = 0;
             self.batch_started = None;
             self.batch_on_one_session = false;
+            self.batch_spreads = false;
         }
         Ok(())
     }

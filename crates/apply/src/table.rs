@@ -60,22 +60,27 @@ pub(crate) struct TableMap {
     /// from one row to another).
     pub tied: bool,
     /// Whether the table's rows may be applied over several sessions by
-    /// key (see `lanes`): it has a key, its rows are not tied, and no
-    /// foreign key from or to it is checked.
+    /// key (see `lanes`): it has a key whose equal values print the same,
+    /// its rows are not tied, and no foreign key from or to it is checked.
     pub spread: bool,
 }
 
 /// For a table (and its partitions or children) on the target: whether a
 /// unique index that does not contain every key column (`$3`) or an
-/// exclusion constraint ties rows of different keys together, and whether
-/// a foreign key leads from or to it.
+/// exclusion constraint ties rows of different keys together; whether a
+/// foreign key leads from or to it; and whether every key column has a
+/// type whose equal values always print the same under the pinned session
+/// settings (integers, text types with a deterministic collation, uuid,
+/// bool, date, timestamps, enums, domains over them), so that equal keys
+/// hash to one lane. `numeric` (1.0 = 1.00), `float` (0 = -0) or a
+/// case-insensitive collation would not.
 const TIES_SQL: &str = "
-WITH RECURSIVE tree(oid) AS (
-    SELECT c.oid FROM pg_catalog.pg_class c
+WITH RECURSIVE tree(oid, root) AS (
+    SELECT c.oid, true FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE n.nspname = $1 AND c.relname = $2
   UNION ALL
-    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.oid
+    SELECT i.inhrelid, false FROM pg_catalog.pg_inherits i JOIN tree t ON i.inhparent = t.oid
 )
 SELECT EXISTS (
         SELECT 1 FROM pg_catalog.pg_index x
@@ -87,7 +92,23 @@ SELECT EXISTS (
        EXISTS (
         SELECT 1 FROM pg_catalog.pg_constraint k
          WHERE k.contype = 'f'
-           AND (k.conrelid IN (SELECT oid FROM tree) OR k.confrelid IN (SELECT oid FROM tree)))";
+           AND (k.conrelid IN (SELECT oid FROM tree) OR k.confrelid IN (SELECT oid FROM tree))),
+       NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_attribute a
+          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype
+          LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+         WHERE a.attrelid = (SELECT oid FROM tree WHERE root) AND a.attname = ANY ($3)
+           AND NOT (COALESCE(b.typtype, t.typtype) = 'e'
+                    OR COALESCE(b.oid, t.oid) IN (
+                        'pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                        'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.oid'::pg_catalog.regtype,
+                        'pg_catalog.bool'::pg_catalog.regtype, 'pg_catalog.uuid'::pg_catalog.regtype,
+                        'pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype,
+                        'pg_catalog.bpchar'::pg_catalog.regtype, 'pg_catalog.date'::pg_catalog.regtype,
+                        'pg_catalog.timestamp'::pg_catalog.regtype,
+                        'pg_catalog.timestamptz'::pg_catalog.regtype))
+               OR NOT COALESCE((pg_catalog.to_jsonb(co.*) ->> 'collisdeterministic')::bool, true))";
 
 impl TableMap {
     /// Looks the relation's table up on the target and checks that every
@@ -145,10 +166,11 @@ impl TableMap {
                 .query_one(TIES_SQL, &[&relation.namespace, &relation.name, &key_names])
                 .await
                 .map_err(target(format!("reading the constraints of {}", map.name)))?;
-            let (tied, foreign_keys): (bool, bool) = (ties.get(0), ties.get(1));
+            let (tied, foreign_keys, canonical_key): (bool, bool, bool) =
+                (ties.get(0), ties.get(1), ties.get(2));
             map.tied = tied;
             let foreign_keys_checked = checks_foreign_keys && foreign_keys;
-            map.spread = !(tied || foreign_keys_checked);
+            map.spread = canonical_key && !(tied || foreign_keys_checked);
         }
         Ok(map)
     }

@@ -399,6 +399,12 @@ mod tests {
         ]
     }
 
+    /// A key's text: not a plain integer, so that keys spread over lanes
+    /// one by one rather than by integer block.
+    fn key_text(k: u8) -> String {
+        format!("k{k}")
+    }
+
     /// Turns random actions into a valid change sequence: inserts of absent
     /// keys, updates and deletes of present ones.
     fn changes(actions: &[Action]) -> Vec<Change> {
@@ -407,7 +413,7 @@ mod tests {
         for a in actions {
             match *a {
                 Action::Insert(k, v) if present.insert(k) => out.push(Change::Insert(vec![
-                    value(Some(&k.to_string())),
+                    value(Some(&key_text(k))),
                     value(Some(&format!("a{v}"))),
                     value((v % 3 != 0).then(|| format!("b{v}")).as_deref()),
                 ])),
@@ -425,7 +431,7 @@ mod tests {
                     present.remove(&key);
                     present.insert(new_key);
                     let mut new = vec![
-                        value(Some(&new_key.to_string())),
+                        value(Some(&key_text(new_key))),
                         value(Some(&format!("u{col}"))),
                         value(Some(&format!("v{col}"))),
                     ];
@@ -433,13 +439,13 @@ mod tests {
                         new[1 + (col as usize % (COLUMNS - 1))] = ColumnValue::UnchangedToast;
                     }
                     out.push(Change::Update {
-                        key: vec![value(Some(&key.to_string()))],
+                        key: vec![value(Some(&key_text(key)))],
                         new,
                         key_changed: new_key != key,
                     });
                 }
                 Action::Delete(k) if present.remove(&k) => out.push(Change::Delete {
-                    key: vec![value(Some(&k.to_string()))],
+                    key: vec![value(Some(&key_text(k)))],
                 }),
                 _ => {}
             }

@@ -405,7 +405,9 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     use pglive_repl::quote_literal;
     let pair = Pair::new(
         "lanes",
-        "CREATE TABLE items (id int PRIMARY KEY, n int, note text);
+        // Keys far apart, so that they spread over lanes one by one rather
+        // than by block of consecutive integers.
+        "CREATE TABLE items (id bigint PRIMARY KEY, n int, note text);
          CREATE TABLE tagged (id int PRIMARY KEY, tag text UNIQUE, n int);",
     )
     .await;
@@ -414,7 +416,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     spread.max_batch_changes = 1500;
     for round in 0..10 {
         pair.source_sql(&format!(
-            "INSERT INTO items SELECT g, g, 'r{round}' FROM generate_series({a}, {b}) g;
+            "INSERT INTO items SELECT g * 4099, g, 'r{round}' FROM generate_series({a}, {b}) g;
              UPDATE items SET n = n + 1, note = note || '+' WHERE id % 3 = 0;
              DELETE FROM items WHERE id % 10 = {round};
              INSERT INTO tagged VALUES ({round}, 't{round}', 0);",
@@ -456,7 +458,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
             mid = Some(pair.source_lsn());
         }
         pair.source_sql(&format!(
-            "INSERT INTO items SELECT g, g, 'late' FROM generate_series({a}, {b}) g;
+            "INSERT INTO items SELECT g * 4099, g, 'late' FROM generate_series({a}, {b}) g;
              UPDATE items SET n = -n WHERE id % 20 = {part};
              DELETE FROM items WHERE id % 35 = {part};",
             a = 5001 + part * 300,

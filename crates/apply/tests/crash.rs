@@ -128,13 +128,14 @@ async fn kill_and_resume(trials: u32) {
     let mut workload = String::from(
         "INSERT INTO kv SELECT g, 0, repeat('p', 20) FROM generate_series(1, 2000) g;\n",
     );
-    // Key changes make a batch run on one session; the second half has
-    // none, so its batches are spread over the child's sessions.
+    // Key changes make a batch run on one session, and so do batches of
+    // mostly inserts; the second half has no key changes and fewer
+    // inserts, so its batches are spread over the child's sessions.
     let statements = trials as usize * 2000;
     for i in 0..statements {
         let k = (i * 7919) % 2000 + 1;
         let kind = match i % 6 {
-            4 if i >= statements / 2 => 0,
+            1 | 4 if i >= statements / 2 => 0,
             kind => kind,
         };
         workload.push_str(&match kind {

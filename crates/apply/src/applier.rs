@@ -46,10 +46,12 @@ pub struct ApplyOptions {
     /// Where spill files go.
     pub spill_dir: PathBuf,
     /// Target sessions a batch may be spread over, by a hash of each row's
-    /// key (at least 1). A batch runs on one session when it truncates,
-    /// changes a key, or is too large to hold until its commit; tables
-    /// whose rows are tied by a unique index beyond the key, an exclusion
-    /// constraint or a checked foreign key always run on the first one.
+    /// key (at least 1). A batch runs on one session when it is small or
+    /// mostly inserts, truncates, changes a key, or is too large to hold
+    /// until its commit; tables whose rows are tied by a unique index
+    /// beyond the key, an exclusion constraint or a checked foreign key,
+    /// or whose key's equal values can print differently (`numeric`),
+    /// always run on the first one.
     pub sessions: usize,
 }
 

@@ -11,12 +11,12 @@
 //! key one `UPDATE … FROM unnest(…)` / `DELETE … USING unnest(…)`, repeated
 //! changes of one key merged. A batch runs on the target in the background
 //! while the next one is received and planned; batches still run one after
-//! another, in order. A batch held whole until its commit is spread over
-//! [`ApplyOptions::sessions`] target sessions by a fixed hash of each row's
-//! key, one transaction per session. Values travel as the text pgoutput sent and
-//! the target parses them with the same input functions, under pinned
-//! session settings, so `NaN`, `Infinity`, arrays, bytea and timestamps
-//! arrive exactly.
+//! another, in order. A batch of mostly updates and deletes, held whole
+//! until its commit, is spread over [`ApplyOptions::sessions`] target
+//! sessions by a fixed hash of each row's key, one transaction per
+//! session. Values travel as the text pgoutput sent and the target parses
+//! them with the same input functions, under pinned session settings, so
+//! `NaN`, `Infinity`, arrays, bytea and timestamps arrive exactly.
 //!
 //! # Correctness
 //!

@@ -169,8 +169,9 @@ impl std::fmt::Debug for Applier {
 }
 
 impl Applier {
-    /// Opens the applier's session on the target, creates its state tables
-    /// if needed and reads where a previous run stopped.
+    /// Opens the applier's sessions on the target
+    /// ([`ApplyOptions::sessions`]), creates its state tables if needed and
+    /// reads where a previous run stopped.
     pub async fn connect(target_config: &ConnectConfig, options: ApplyOptions) -> Result<Applier> {
         if options.sessions == 0 {
             return Err(Error::InvalidOption(

@@ -133,8 +133,9 @@ async fn read_locked(
         .max()
         .unwrap_or(1);
     // A lane without a row never committed since the lanes were last set
-    // up; taking the lowest position for it can only apply again, which
-    // fails loudly, never skip.
+    // up; taking the lowest position for it can only apply a change again
+    // (the same values for an update, an error for an insert or a delete),
+    // never skip one.
     let mut positions = vec![lowest; count];
     for (lane, lsn) in recorded {
         positions[lane] = lsn;

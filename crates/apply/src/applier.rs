@@ -539,8 +539,11 @@ impl Applier {
 
     async fn push(&mut self, map: Arc<TableMap>, change: Change) -> Result<()> {
         if let (Some(positions), Some(txn)) = (&self.catch_up, &self.txn) {
-            let lane = lanes::lane_of_change(&map, &change, positions.0.len());
-            if txn.final_lsn < positions.0[lane] {
+            // The lane the crashed run gave it, whatever the target's
+            // catalog says now.
+            let spread = positions.spread_tables.contains(&map.quoted);
+            let lane = lanes::lane_of_change(&map, spread, &change, positions.by_lane.len());
+            if txn.final_lsn < positions.by_lane[lane] {
                 // Its lane committed it before the crash.
                 return Ok(());
             }
@@ -645,8 +648,14 @@ impl Applier {
             && self.batch_spread_finds * 2 >= self.batch_changes
             && !self.batch_on_one_session
             && self.catch_up.is_none();
+        let spread_tables = if spread {
+            self.spread_tables()
+        } else {
+            Vec::new()
+        };
         let work = Work {
             begin: !self.target_open,
+            spread_tables,
             segments: std::mem::take(&mut self.segments),
             lsn,
             commit,
@@ -680,6 +689,24 @@ impl Applier {
         Ok(())
     }
 
+    /// The tables of the collected batch whose rows are spread by key.
+    fn spread_tables(&self) -> Vec<String> {
+        let mut tables: Vec<String> = self
+            .segments
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Tables(plans) => Some(plans),
+                Segment::Truncate { .. } => None,
+            })
+            .flatten()
+            .filter(|(map, _)| map.spread)
+            .map(|(map, _)| map.quoted.clone())
+            .collect();
+        tables.sort();
+        tables.dedup();
+        tables
+    }
+
     /// How many lanes a batch on one session records when it commits at
     /// `end`: while it still catches up lanes of a crashed run, exactly
     /// that run's lanes (their number decides which lane a change belongs
@@ -687,7 +714,7 @@ impl Applier {
     /// applier's sessions, all at `end`.
     fn lanes_to_record(&self, end: Option<Lsn>) -> usize {
         match (&self.catch_up, end) {
-            (Some(positions), Some(end)) if end < positions.highest() => positions.0.len(),
+            (Some(positions), Some(end)) if end < positions.highest() => positions.by_lane.len(),
             _ => self.clients.len(),
         }
     }

@@ -57,6 +57,9 @@ pub(crate) struct Work {
     /// How many lanes a batch on one session records (those of an earlier
     /// run while they are caught up after a crash).
     pub lanes: usize,
+    /// The quoted names of the tables a spread batch spreads by key,
+    /// recorded with each lane's position.
+    pub spread_tables: Vec<String>,
 }
 
 /// What finished work did.
@@ -112,6 +115,7 @@ impl InFlight {
                             commit: work.commit,
                             stream_id: work.stream_id,
                             record,
+                            spread_tables: Vec::new(),
                         }
                     })
                     .await;
@@ -177,6 +181,7 @@ struct LaneWork {
     commit: Option<(Lsn, PgTimestamp)>,
     stream_id: String,
     record: Record,
+    spread_tables: Vec<String>,
 }
 
 /// Aborts the lane tasks when the batch task is aborted (or ends early).
@@ -229,6 +234,7 @@ async fn perform_spread(sessions: Sessions, work: Work) -> (Vec<StatementCache>,
             commit: work.commit,
             stream_id: work.stream_id.clone(),
             record: Record::Lane(lane),
+            spread_tables: work.spread_tables.clone(),
         };
         tasks.0.push(tokio::spawn(async move {
             let result = perform(&client, &mut cache, steps, lane_work).await;
@@ -276,7 +282,13 @@ async fn perform(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let sql = progress::save_and_commit_sql(&work.stream_id, work.record, lsn, seconds);
+        let sql = progress::save_and_commit_sql(
+            &work.stream_id,
+            work.record,
+            lsn,
+            seconds,
+            &work.spread_tables,
+        );
         (lsn, commit_time, sql)
     });
     if let (Some(begin), true, Some((lsn, commit_time, commit))) =

@@ -79,28 +79,25 @@ pub(crate) fn lane_of_key<'a>(
 }
 
 /// The lane of a row of `table` given its whole values (an inserted or new
-/// row): lane 0 unless the table is spread.
-pub(crate) fn lane_of_row(table: &TableMap, row: &Values, lanes: usize) -> usize {
-    if !table.spread {
-        return 0;
-    }
+/// row).
+fn lane_of_row(table: &TableMap, row: &Values, lanes: usize) -> usize {
     lane_of_key(table.key.iter().map(|&i| &row[i]), lanes)
 }
 
-/// The lane of a row of `table` found by its key values: lane 0 unless the
-/// table is spread.
-pub(crate) fn lane_of_found(table: &TableMap, key: &Values, lanes: usize) -> usize {
-    if !table.spread {
+/// The lane of one change of `table`: lane 0 unless the table's rows are
+/// `spread` (as decided when the change's batch was applied).
+pub(crate) fn lane_of_change(
+    table: &TableMap,
+    spread: bool,
+    change: &Change,
+    lanes: usize,
+) -> usize {
+    if !spread {
         return 0;
     }
-    lane_of_key(key, lanes)
-}
-
-/// The lane of one change of `table`.
-pub(crate) fn lane_of_change(table: &TableMap, change: &Change, lanes: usize) -> usize {
     match change {
         Change::Insert(row) => lane_of_row(table, row, lanes),
-        Change::Update { key, .. } | Change::Delete { key } => lane_of_found(table, key, lanes),
+        Change::Update { key, .. } | Change::Delete { key } => lane_of_key(key, lanes),
         Change::UpdateFull { .. } | Change::DeleteFull { .. } => 0,
     }
 }

@@ -510,7 +510,7 @@ mod tests {
                     }
                 }
                 for c in &sequence {
-                    let lane = crate::lanes::lane_of_change(&table, c, 3);
+                    let lane = crate::lanes::lane_of_change(&table, true, c, 3);
                     let key = match c {
                         Change::Insert(row) => row[0].clone(),
                         Change::Update { key, .. } | Change::Delete { key } => key[0].clone(),

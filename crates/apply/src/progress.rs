@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS pglive.apply_progress (
     applied_lsn pg_lsn NOT NULL,
     source_commit_time timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    spread_tables text[],
     PRIMARY KEY (stream_id, lane)
 );
 DO $$ BEGIN
@@ -28,6 +29,7 @@ DO $$ BEGIN
             ADD PRIMARY KEY (stream_id, lane);
     END IF;
 END $$;
+ALTER TABLE pglive.apply_progress ADD COLUMN IF NOT EXISTS spread_tables text[];
 CREATE TABLE IF NOT EXISTS pglive.apply_disabled_triggers (
     table_schema text NOT NULL,
     table_name text NOT NULL,
@@ -45,18 +47,28 @@ const LOAD_LOCK_TIMEOUT: &str = "60s";
 /// transaction as that lane's changes. A batch spread over lanes commits
 /// once per lane, so a crash between those commits leaves some lanes one
 /// batch ahead; a batch on one session records every lane at once.
+///
+/// A spread batch's lanes also record which of its tables were spread
+/// (the others went to lane 0), so that a restart assigns that batch's
+/// changes to lanes as it was done, whatever the target's catalog says by
+/// then.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct LanePositions(pub Vec<Lsn>);
+pub(crate) struct LanePositions {
+    /// The applied position of each lane.
+    pub by_lane: Vec<Lsn>,
+    /// The tables the batch of the lanes furthest ahead spread by key.
+    pub spread_tables: Vec<String>,
+}
 
 impl LanePositions {
     /// The position every lane has reached: replication resumes here.
     pub fn lowest(&self) -> Lsn {
-        self.0.iter().copied().min().unwrap_or(Lsn::ZERO)
+        self.by_lane.iter().copied().min().unwrap_or(Lsn::ZERO)
     }
 
     /// The position of the lane furthest ahead.
     pub fn highest(&self) -> Lsn {
-        self.0.iter().copied().max().unwrap_or(Lsn::ZERO)
+        self.by_lane.iter().copied().max().unwrap_or(Lsn::ZERO)
     }
 
     /// Whether every lane is at the same position.
@@ -114,7 +126,8 @@ async fn read_locked(
 ) -> std::result::Result<LanePositions, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT lane, applied_lsn::text FROM pglive.apply_progress
+            "SELECT lane, applied_lsn::text, coalesce(spread_tables, '{}')
+               FROM pglive.apply_progress
               WHERE stream_id = $1 ORDER BY lane FOR UPDATE",
             &[&stream_id],
         )
@@ -137,10 +150,23 @@ async fn read_locked(
     // (the same values for an update, an error for an insert or a delete),
     // never skip one.
     let mut positions = vec![lowest; count];
-    for (lane, lsn) in recorded {
+    for &(lane, lsn) in &recorded {
         positions[lane] = lsn;
     }
-    let positions = LanePositions(positions);
+    // The lanes ahead committed the batch the others did not.
+    let highest = positions.iter().copied().max().unwrap_or(Lsn::ZERO);
+    let mut spread_tables: Vec<String> = rows
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, (_, lsn))| *lsn == highest)
+        .flat_map(|(row, _)| row.get::<_, Vec<String>>(2))
+        .collect();
+    spread_tables.sort();
+    spread_tables.dedup();
+    let positions = LanePositions {
+        by_lane: positions,
+        spread_tables,
+    };
     if positions.settled() {
         client
             .batch_execute(&record_all_sql(stream_id, lanes, lowest, None))
@@ -177,17 +203,32 @@ pub(crate) fn begin_sql(stream_id: &str, record: Record) -> String {
 
 /// Records the applied position and commits the batch's transaction, as one
 /// simple query (one round trip; if recording fails, nothing after it runs
-/// and the transaction stays uncommitted).
+/// and the transaction stays uncommitted). A lane of a spread batch also
+/// records which tables the batch spread.
 pub(crate) fn save_and_commit_sql(
     stream_id: &str,
     record: Record,
     lsn: Lsn,
     source_commit_seconds: f64,
+    spread_tables: &[String],
 ) -> String {
     let commit_time = format!("to_timestamp({source_commit_seconds}::float8)");
     let record = match record {
         Record::AllLanes(lanes) => record_all_sql(stream_id, lanes, lsn, Some(&commit_time)),
-        Record::Lane(lane) => upsert_sql(stream_id, &lane.to_string(), lsn, &commit_time, ""),
+        Record::Lane(lane) => {
+            let tables: Vec<String> = spread_tables
+                .iter()
+                .map(|t| pglive_repl::quote_literal(t))
+                .collect();
+            upsert_sql(
+                stream_id,
+                &lane.to_string(),
+                lsn,
+                &commit_time,
+                &format!("ARRAY[{}]::text[]", tables.join(", ")),
+                "",
+            )
+        }
     };
     format!("{record}; COMMIT")
 }
@@ -207,19 +248,30 @@ fn record_all_sql(stream_id: &str, lanes: usize, lsn: Lsn, commit_time: Option<&
             "lane",
             lsn,
             commit_time,
+            "NULL::text[]",
             &format!(" FROM generate_series(0, {last}) AS lane"),
         ),
     )
 }
 
-fn upsert_sql(stream_id: &str, lane: &str, lsn: Lsn, commit_time: &str, from: &str) -> String {
+fn upsert_sql(
+    stream_id: &str,
+    lane: &str,
+    lsn: Lsn,
+    commit_time: &str,
+    spread_tables: &str,
+    from: &str,
+) -> String {
     format!(
-        "INSERT INTO pglive.apply_progress (stream_id, lane, applied_lsn, source_commit_time, updated_at)
-         SELECT {}, {lane}, '{lsn}'::pg_lsn, {commit_time}, now(){from}
+        "INSERT INTO pglive.apply_progress
+                (stream_id, lane, applied_lsn, source_commit_time, updated_at, spread_tables)
+         SELECT {}, {lane}, '{lsn}'::pg_lsn, {commit_time}, now(), {spread_tables}{from}
          ON CONFLICT (stream_id, lane) DO UPDATE
             SET applied_lsn = GREATEST(apply_progress.applied_lsn, EXCLUDED.applied_lsn),
                 source_commit_time = CASE WHEN EXCLUDED.applied_lsn >= apply_progress.applied_lsn
                     THEN EXCLUDED.source_commit_time ELSE apply_progress.source_commit_time END,
+                spread_tables = CASE WHEN EXCLUDED.applied_lsn >= apply_progress.applied_lsn
+                    THEN EXCLUDED.spread_tables ELSE apply_progress.spread_tables END,
                 updated_at = now()",
         pglive_repl::quote_literal(stream_id)
     )

@@ -511,6 +511,16 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     assert_eq!(crashed, [low, high, high], "lanes 1 and 2 committed");
     assert!(low < mid && mid < high, "{low} {mid} {high}");
 
+    // Meanwhile the target changed: a unique index that does not name the
+    // key ties the rows, so `items` would no longer be spread. The resume
+    // must still assign the cut-short batch's changes to lanes as it was.
+    pair.cluster
+        .psql(
+            &pair.target,
+            "CREATE UNIQUE INDEX items_id_again ON items ((id + 0))",
+        )
+        .unwrap();
+
     // Resume with two sessions instead of three, and batches smaller than
     // the one that was cut short; stop halfway through it. The three lanes
     // stay (their number decides which lane a change belongs to), none

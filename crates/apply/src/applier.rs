@@ -10,7 +10,7 @@ use pglive_repl::pgoutput::{self, ColumnValue, Decoder, LogicalMessage, OldTuple
 use pglive_repl::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
-use crate::batch::{InFlight, Segment, Sessions, Work};
+use crate::batch::{InFlight, RunAs, Segment, Sessions, Work};
 use crate::error::{Error, Result, target};
 use crate::execute::StatementCache;
 use crate::lanes;
@@ -198,7 +198,7 @@ impl Applier {
             ..ApplyStats::default()
         };
         Ok(Applier {
-            caches: Some(clients.iter().map(|_| StatementCache::default()).collect()),
+            caches: Some(new_caches(clients.len())),
             clients,
             decoder: Decoder::new(options.protocol_version),
             spools: Spools::new(options.spool_memory, options.spill_dir.clone()),
@@ -648,30 +648,27 @@ impl Applier {
             && self.batch_spread_finds * 2 >= self.batch_changes
             && !self.batch_on_one_session
             && self.catch_up.is_none();
-        let spread_tables = if spread {
-            self.spread_tables()
-        } else {
-            Vec::new()
-        };
         let work = Work {
             begin: !self.target_open,
-            spread_tables,
             segments: std::mem::take(&mut self.segments),
             lsn,
             commit,
             stream_id: self.options.stream_id.clone(),
-            spread,
-            lanes: self.lanes_to_record(commit.map(|(lsn, _)| lsn)),
+            run_as: if spread {
+                RunAs::Spread
+            } else {
+                RunAs::OneSession {
+                    lanes: self.lanes_to_record(commit.map(|(lsn, _)| lsn)),
+                }
+            },
         };
         if spread {
             self.stats.spread_batches += 1;
         }
-        let caches = self.caches.take().unwrap_or_else(|| {
-            self.clients
-                .iter()
-                .map(|_| StatementCache::default())
-                .collect()
-        });
+        let caches = self
+            .caches
+            .take()
+            .unwrap_or_else(|| new_caches(self.clients.len()));
         let sessions = Sessions {
             clients: self.clients.clone(),
             caches,
@@ -687,24 +684,6 @@ impl Applier {
             self.batch_spread_finds = 0;
         }
         Ok(())
-    }
-
-    /// The tables of the collected batch whose rows are spread by key.
-    fn spread_tables(&self) -> Vec<String> {
-        let mut tables: Vec<String> = self
-            .segments
-            .iter()
-            .filter_map(|segment| match segment {
-                Segment::Tables(plans) => Some(plans),
-                Segment::Truncate { .. } => None,
-            })
-            .flatten()
-            .filter(|(map, _)| map.spread)
-            .map(|(map, _)| map.quoted.clone())
-            .collect();
-        tables.sort();
-        tables.dedup();
-        tables
     }
 
     /// How many lanes a batch on one session records when it commits at
@@ -806,6 +785,11 @@ fn map_key(map: &TableMap, tuple: TupleData) -> Result<Values> {
 
 fn key_values(map: &TableMap, values: &Values) -> Values {
     map.key.iter().map(|&i| values[i].clone()).collect()
+}
+
+/// Empty statement caches for `sessions` sessions.
+fn new_caches(sessions: usize) -> Vec<StatementCache> {
+    (0..sessions).map(|_| StatementCache::default()).collect()
 }
 
 /// Opens one apply session on the target and pins its settings; whether it

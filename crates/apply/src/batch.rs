@@ -49,17 +49,20 @@ pub(crate) struct Work {
     pub commit: Option<(Lsn, PgTimestamp)>,
     /// The stream's rows in `pglive.apply_progress`.
     pub stream_id: String,
-    /// Spread the rows over every session by key, one transaction per lane
-    /// (only for a whole batch: `begin` and `commit`, and no truncate);
-    /// otherwise everything runs on the first session, which records every
-    /// lane.
-    pub spread: bool,
-    /// How many lanes a batch on one session records (those of an earlier
-    /// run while they are caught up after a crash).
-    pub lanes: usize,
-    /// The quoted names of the tables a spread batch spreads by key,
-    /// recorded with each lane's position.
-    pub spread_tables: Vec<String>,
+    /// On which sessions the work runs.
+    pub run_as: RunAs,
+}
+
+/// On which sessions a piece of work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunAs {
+    /// Everything on the first session, which records lanes
+    /// `0`…`lanes - 1` (those of an earlier run while they are caught up
+    /// after a crash).
+    OneSession { lanes: usize },
+    /// The rows spread over every session by key, one transaction per lane
+    /// (only for a whole batch: `begin` and `commit`, and no truncate).
+    Spread,
 }
 
 /// What finished work did.
@@ -100,26 +103,9 @@ impl InFlight {
     pub fn start(sessions: Sessions, work: Work) -> InFlight {
         InFlight {
             handle: tokio::spawn(async move {
-                if work.spread {
-                    perform_spread(sessions, work).await
-                } else {
-                    let Sessions {
-                        clients,
-                        mut caches,
-                    } = sessions;
-                    let record = Record::AllLanes(work.lanes);
-                    let result = perform(&clients[0], &mut caches[0], steps(work.segments), {
-                        LaneWork {
-                            begin: work.begin,
-                            lsn: work.lsn,
-                            commit: work.commit,
-                            stream_id: work.stream_id,
-                            record,
-                            spread_tables: Vec::new(),
-                        }
-                    })
-                    .await;
-                    (caches, result)
+                match work.run_as {
+                    RunAs::OneSession { lanes } => perform_on_one(sessions, work, lanes).await,
+                    RunAs::Spread => perform_spread(sessions, work).await,
                 }
             }),
         }
@@ -195,16 +181,43 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Runs the work on the first session, which records `lanes` lanes.
+async fn perform_on_one(
+    sessions: Sessions,
+    work: Work,
+    lanes: usize,
+) -> (Vec<StatementCache>, Result<Done>) {
+    let Sessions {
+        clients,
+        mut caches,
+    } = sessions;
+    let lane_work = LaneWork {
+        begin: work.begin,
+        lsn: work.lsn,
+        commit: work.commit,
+        stream_id: work.stream_id,
+        record: Record::AllLanes(lanes),
+        spread_tables: Vec::new(),
+    };
+    let result = perform(&clients[0], &mut caches[0], steps(work.segments), lane_work).await;
+    (caches, result)
+}
+
 /// Splits a whole batch by lane and runs the lanes at once, one
 /// transaction each; every lane records its own position, even one without
-/// rows, so all lanes stay at the same batch boundary.
+/// rows, so all lanes stay at the same batch boundary, and the tables the
+/// batch spread.
 async fn perform_spread(sessions: Sessions, work: Work) -> (Vec<StatementCache>, Result<Done>) {
     let Sessions { clients, caches } = sessions;
     let count = clients.len();
     let mut by_lane: Vec<Vec<Step>> = (0..count).map(|_| Vec::new()).collect();
+    let mut spread_tables = Vec::new();
     for step in steps(work.segments) {
         match step {
             Step::Statements(map, statements) => {
+                if map.spread {
+                    spread_tables.push(map.quoted.clone());
+                }
                 for (lane, part) in lanes::split_statements(&map, statements, count)
                     .into_iter()
                     .enumerate()
@@ -224,6 +237,8 @@ async fn perform_spread(sessions: Sessions, work: Work) -> (Vec<StatementCache>,
             }
         }
     }
+    spread_tables.sort();
+    spread_tables.dedup();
     let mut tasks = AbortOnDrop(Vec::with_capacity(count));
     for (lane, ((client, mut cache), steps)) in
         clients.into_iter().zip(caches).zip(by_lane).enumerate()
@@ -234,7 +249,7 @@ async fn perform_spread(sessions: Sessions, work: Work) -> (Vec<StatementCache>,
             commit: work.commit,
             stream_id: work.stream_id.clone(),
             record: Record::Lane(lane),
-            spread_tables: work.spread_tables.clone(),
+            spread_tables: spread_tables.clone(),
         };
         tasks.0.push(tokio::spawn(async move {
             let result = perform(&client, &mut cache, steps, lane_work).await;

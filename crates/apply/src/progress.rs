@@ -149,24 +149,24 @@ async fn read_locked(
     // up; taking the lowest position for it can only apply a change again
     // (the same values for an update, an error for an insert or a delete),
     // never skip one.
-    let mut positions = vec![lowest; count];
+    let mut by_lane = vec![lowest; count];
     for &(lane, lsn) in &recorded {
-        positions[lane] = lsn;
+        by_lane[lane] = lsn;
     }
+    let mut positions = LanePositions {
+        by_lane,
+        spread_tables: Vec::new(),
+    };
     // The lanes ahead committed the batch the others did not.
-    let highest = positions.iter().copied().max().unwrap_or(Lsn::ZERO);
-    let mut spread_tables: Vec<String> = rows
+    let highest = positions.highest();
+    positions.spread_tables = rows
         .iter()
         .zip(&recorded)
         .filter(|(_, (_, lsn))| *lsn == highest)
         .flat_map(|(row, _)| row.get::<_, Vec<String>>(2))
         .collect();
-    spread_tables.sort();
-    spread_tables.dedup();
-    let positions = LanePositions {
-        by_lane: positions,
-        spread_tables,
-    };
+    positions.spread_tables.sort();
+    positions.spread_tables.dedup();
     if positions.settled() {
         client
             .batch_execute(&record_all_sql(stream_id, lanes, lowest, None))

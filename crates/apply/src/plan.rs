@@ -154,8 +154,9 @@ impl TablePlan {
                 new,
                 key_changed: false,
             } => {
+                let found = key_of(&key);
                 let repeated = self.ordered
-                    && matches!(&self.run, Run::Update { by_key, .. } if by_key.contains_key(&key_of(&key)));
+                    && matches!(&self.run, Run::Update { by_key, .. } if by_key.contains_key(&found));
                 if repeated || !matches!(self.run, Run::Update { .. }) {
                     self.close_run();
                     self.run = Run::Update {
@@ -166,7 +167,7 @@ impl TablePlan {
                 let Run::Update { rows, by_key } = &mut self.run else {
                     unreachable!("just made an update run")
                 };
-                match by_key.entry(key_of(&key)) {
+                match by_key.entry(found) {
                     Entry::Occupied(at) => merge_into(&mut rows[*at.get()].1, new),
                     Entry::Vacant(slot) => {
                         slot.insert(rows.len());

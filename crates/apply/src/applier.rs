@@ -132,7 +132,11 @@ pub struct Applier {
     /// Statements (and perhaps the commit) running on the target.
     in_flight: Option<InFlight>,
     relations: HashMap<u32, Arc<TableMap>>,
-    triggers_checked: std::collections::HashSet<QualifiedName>,
+    /// Tables whose triggers and identity columns were made ready for the
+    /// source's rows.
+    tables_prepared: std::collections::HashSet<QualifiedName>,
+    /// For the short sessions that change a table's identity columns.
+    target_config: ConnectConfig,
     /// The position every lane has applied.
     applied: Lsn,
     /// The lanes' positions after a crash between the commits of a spread
@@ -205,7 +209,8 @@ impl Applier {
             options,
             in_flight: None,
             relations: HashMap::new(),
-            triggers_checked: Default::default(),
+            tables_prepared: Default::default(),
+            target_config: target_config.clone(),
             applied,
             catch_up: (!positions.settled()).then_some(positions),
             confirmable: applied,
@@ -396,8 +401,18 @@ impl Applier {
                 self.batch_on_one_session |= self.relations.contains_key(&relation.id);
                 let replica_role = self.stats.replica_role;
                 let map = TableMap::resolve(&self.clients[0], &relation, !replica_role).await?;
-                if !replica_role && self.triggers_checked.insert(map.name.clone()) {
-                    progress::disable_user_triggers(&self.clients[0], &map.name).await?;
+                if self.tables_prepared.insert(map.name.clone()) {
+                    if !replica_role {
+                        progress::disable_user_triggers(&self.clients[0], &map.name).await?;
+                    }
+                    if !map.identity_always.is_empty() {
+                        // A session of its own: the apply sessions may be in
+                        // a batch's transaction, which would hold the
+                        // table's lock until the batch commits.
+                        let client = connect_sql(&self.target_config).await?;
+                        progress::allow_identity_values(&client, &map.name, &map.identity_always)
+                            .await?;
+                    }
                 }
                 self.relations.insert(relation.id, Arc::new(map));
                 Ok(())

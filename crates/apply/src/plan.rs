@@ -370,6 +370,7 @@ mod tests {
             identity: Identity::Key,
             tied: false,
             spread: true,
+            identity_always: Vec::new(),
         }
     }
 

@@ -35,9 +35,18 @@ pub(crate) struct Column {
 #[derive(Clone, Debug)]
 pub(crate) struct TargetColumn {
     pub name: String,
+    /// The type without its modifier, for casts that never change a value
+    /// (the column's own modifier checks the value when it is stored).
     pub type_sql: String,
+    /// The type's OID, when it is a built-in type (the same on every
+    /// server); `None` for types made by `CREATE TYPE` or extensions.
+    pub builtin_type: Option<u32>,
+    /// `atttypmod` (-1: none).
+    pub type_modifier: i32,
     pub generated: bool,
     pub orderable: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`.
+    pub identity_always: bool,
 }
 
 /// A source relation mapped onto its target table.
@@ -63,6 +72,10 @@ pub(crate) struct TableMap {
     /// key (see `lanes`): it has a key whose equal values print the same,
     /// its rows are not tied, and no foreign key from or to it is checked.
     pub spread: bool,
+    /// The written columns that are `GENERATED ALWAYS AS IDENTITY` on the
+    /// target (unquoted names): they refuse the source's values until made
+    /// `BY DEFAULT`.
+    pub identity_always: Vec<String>,
 }
 
 /// For a table (and its partitions or children) on the target: whether a
@@ -110,6 +123,9 @@ SELECT EXISTS (
                         'pg_catalog.timestamptz'::pg_catalog.regtype))
                OR NOT COALESCE((pg_catalog.to_jsonb(co.*) ->> 'collisdeterministic')::bool, true))";
 
+/// OIDs below this are built-in objects, the same on every server.
+const FIRST_USER_OID: u32 = 16384;
+
 impl TableMap {
     /// Looks the relation's table up on the target and checks that every
     /// source column exists there. Target columns the source does not send
@@ -124,7 +140,13 @@ impl TableMap {
         let name = QualifiedName::new(&relation.namespace, &relation.name);
         let rows = client
             .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '',
+                "SELECT a.attname::text,
+                        CASE WHEN a.atttypid = 'pg_catalog.bit'::pg_catalog.regtype THEN 'pg_catalog.\"bit\"'
+                             ELSE format_type(a.atttypid, NULL) END,
+                        a.attgenerated <> '',
+                        a.attidentity = 'a',
+                        CASE WHEN a.atttypid < 16384 THEN a.atttypid END,
+                        a.atttypmod,
                         EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc
                                   JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
                                  WHERE am.amname = 'btree' AND oc.opcdefault
@@ -151,7 +173,10 @@ impl TableMap {
                 name: r.get(0),
                 type_sql: r.get(1),
                 generated: r.get(2),
-                orderable: r.get(3),
+                identity_always: r.get(3),
+                builtin_type: r.get(4),
+                type_modifier: r.get(5),
+                orderable: r.get(6),
             })
             .collect();
         let mut map = Self::from_target_columns(name, relation, &target_columns)?;
@@ -186,6 +211,8 @@ impl TableMap {
         let mut columns = Vec::new();
         let mut key = Vec::new();
         let mut missing = Vec::new();
+        let mut identity_always = Vec::new();
+        let mut differing = Vec::new();
         for source in &relation.columns {
             match target_columns.iter().find(|c| c.name == source.name) {
                 None => {
@@ -194,8 +221,24 @@ impl TableMap {
                 }
                 Some(column) if column.generated => source_to_column.push(None),
                 Some(column) => {
+                    let builtin_differs = source.type_id < FIRST_USER_OID
+                        && column.builtin_type.is_some_and(|oid| oid != source.type_id);
+                    if builtin_differs || column.type_modifier != source.type_modifier {
+                        differing.push(format!(
+                            "{} (type {} modifier {} on the source, {}{} modifier {} on the target)",
+                            quote_ident(&source.name),
+                            source.type_id,
+                            source.type_modifier,
+                            column.type_sql,
+                            column.builtin_type.map(|o| format!(" ({o})")).unwrap_or_default(),
+                            column.type_modifier
+                        ));
+                    }
                     if source.is_key() {
                         key.push(columns.len());
+                    }
+                    if column.identity_always {
+                        identity_always.push(column.name.clone());
                     }
                     source_to_column.push(Some(columns.len()));
                     columns.push(Column {
@@ -216,6 +259,16 @@ impl TableMap {
                 ),
             });
         }
+        if !differing.is_empty() {
+            return Err(Error::ShapeMismatch {
+                table: name.to_string(),
+                difference: format!(
+                    "the column type differs, so values could be changed on the way: {}; \
+                     make the target's columns the source's types",
+                    differing.join(", ")
+                ),
+            });
+        }
         let identity = match relation.replica_identity {
             ReplicaIdentity::Full => Identity::Full,
             ReplicaIdentity::Nothing => Identity::Nothing,
@@ -231,6 +284,7 @@ impl TableMap {
             identity,
             tied: true,
             spread: false,
+            identity_always,
         })
     }
 }

@@ -19,10 +19,12 @@
 //!    foreign keys after the indexes they need); then materialized views are
 //!    refreshed, once their tables are full and indexed.
 //!
-//! By default owners and privileges are not restored (`--no-owner
-//! --no-acl`), so a target role that merely owns its database — what
-//! managed services give — can restore everything; publications and
-//! subscriptions are never copied. Roles are copied only on request
+//! By default owners and privileges are restored as `pg_restore` would
+//! ([`SchemaOptions::keep_owners`], [`SchemaOptions::keep_privileges`]), in
+//! an order that a role which is not a superuser but is a member of the
+//! owners — what managed services give — can run: objects first, then
+//! privileges, then owners. Without them (`--no-owner --no-acl`) the target
+//! role owns everything. Publications and subscriptions are never copied. Roles are copied only on request
 //! ([`SchemaCopy::copy_roles`]), without passwords, which cannot be read
 //! without superuser rights.
 
@@ -45,9 +47,11 @@ pub struct SchemaOptions {
     /// Which schemas and tables.
     pub filter: ObjectFilter,
     /// Restore the source's owners (`ALTER … OWNER TO`); needs the roles on
-    /// the target and usually superuser rights. Default: off.
+    /// the target, and a target role that is a member of each owner (or a
+    /// superuser). Default: on.
     pub keep_owners: bool,
-    /// Restore privileges (`GRANT`/`REVOKE`). Default: off.
+    /// Restore privileges (`GRANT`/`REVOKE`, default privileges); needs the
+    /// grantees on the target. Default: on.
     pub keep_privileges: bool,
     /// Leave out `CREATE EXTENSION` (for targets where the provider installs
     /// extensions). Default: off.
@@ -68,8 +72,8 @@ impl Default for SchemaOptions {
     fn default() -> SchemaOptions {
         SchemaOptions {
             filter: ObjectFilter::default(),
-            keep_owners: false,
-            keep_privileges: false,
+            keep_owners: true,
+            keep_privileges: true,
             skip_extensions: false,
             drop_if_exists: false,
             reuse_schema: false,
@@ -196,6 +200,7 @@ pub struct SchemaCopy {
     options: SchemaOptions,
     work: WorkDir,
     dumped: Option<Dumped>,
+    skipped_privileges: Vec<String>,
 }
 
 impl SchemaCopy {
@@ -234,6 +239,7 @@ impl SchemaCopy {
             options,
             work: WorkDir::create()?,
             dumped: None,
+            skipped_privileges: Vec::new(),
         })
     }
 
@@ -245,6 +251,14 @@ impl SchemaCopy {
     /// The options.
     pub fn options(&self) -> &SchemaOptions {
         &self.options
+    }
+
+    /// Privileges on system catalogs that the pre-data restore left out
+    /// because the target role is not a superuser (archive entries such as
+    /// `ACL pg_catalog TABLE pg_largeobject postgres`); the caller reports
+    /// them.
+    pub fn skipped_privileges(&self) -> &[String] {
+        &self.skipped_privileges
     }
 
     /// Fails with [`Error::TargetNotEmpty`] if the target already holds
@@ -437,15 +451,22 @@ impl SchemaCopy {
         }
         self.ensure_dumped().await?;
         let dumped = self.dumped.as_ref().expect("dumped above");
-        let list = self.work.join("pre-data.list");
-        write(&list, &toc::list_file(&dumped.pre_entries))?;
-        let mut args = vec!["--single-transaction".to_owned()];
+        let mut args = Vec::new();
         if self.options.drop_if_exists {
-            args.push("--clean".into());
-            args.push("--if-exists".into());
+            args.push("--clean".to_owned());
+            args.push("--if-exists".to_owned());
         }
-        self.pg_restore(&dumped.pre_data, &list, &args, "pre-data")
-            .await?;
+        if !self.options.keep_owners && !self.options.keep_privileges {
+            let list = self.work.join("pre-data.list");
+            write(&list, &toc::list_file(&dumped.pre_entries))?;
+            args.push("--single-transaction".to_owned());
+            self.pg_restore(&dumped.pre_data, &list, &args, "pre-data")
+                .await?;
+        } else {
+            let (script, skipped) = self.pre_data_script(dumped, &args).await?;
+            self.psql(&script, "pre-data").await?;
+            self.skipped_privileges = skipped;
+        }
         Ok(RestoreReport {
             entries: dumped.pre_entries.len(),
             elapsed: started.elapsed(),
@@ -497,6 +518,117 @@ impl SchemaCopy {
             skipped: done.len(),
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The pre-data section as one script that a role which is not a
+    /// superuser can run: the objects (owned by the target role), then the
+    /// privileges, then the owners. `pg_restore` would give each object to
+    /// its owner as it creates it, before the privileges come (they are
+    /// restored last): an owner that may create in a schema only through a
+    /// GRANT would not be allowed to own an object there yet.
+    async fn pre_data_script(
+        &self,
+        dumped: &Dumped,
+        extra: &[String],
+    ) -> Result<(String, Vec<String>)> {
+        let (mut acl, objects): (Vec<TocEntry>, Vec<TocEntry>) = dumped
+            .pre_entries
+            .iter()
+            .cloned()
+            .partition(|e| e.rest.starts_with("ACL ") || e.rest.starts_with("DEFAULT ACL "));
+        // Privileges on the system catalogs (such as a GRANT on
+        // pg_largeobject made for a migration) only a superuser may change.
+        let system: Vec<TocEntry>;
+        (system, acl) = acl
+            .into_iter()
+            .partition(|e| e.rest.starts_with("ACL pg_catalog "));
+        let mut skipped = Vec::new();
+        if !system.is_empty() && !self.target_is_superuser().await? {
+            skipped = system.iter().map(|e| e.rest.clone()).collect();
+        } else {
+            acl.extend(system);
+        }
+        let objects_list = self.work.join("pre-data-objects.list");
+        write(&objects_list, &toc::list_file(&objects))?;
+        let mut extra = extra.to_vec();
+        extra.push("--no-acl".to_owned());
+        let mut no_owner = extra.clone();
+        no_owner.push("--no-owner".to_owned());
+        let without_owners = self
+            .restore_script(&dumped.pre_data, &objects_list, &no_owner)
+            .await?;
+        let mut script = without_owners.clone();
+        if self.options.keep_privileges && !acl.is_empty() {
+            let acl_list = self.work.join("pre-data-acl.list");
+            write(&acl_list, &toc::list_file(&acl))?;
+            script.push_str(
+                &self
+                    .restore_script(&dumped.pre_data, &acl_list, &["--no-owner".to_owned()])
+                    .await?,
+            );
+        }
+        if self.options.keep_owners {
+            let with_owners = self
+                .restore_script(&dumped.pre_data, &objects_list, &extra)
+                .await?;
+            script.push_str(&added_lines(&with_owners, &without_owners));
+        }
+        Ok((script, skipped))
+    }
+
+    async fn target_is_superuser(&self) -> Result<bool> {
+        let client = connect(&self.target).await?;
+        Ok(client
+            .query_one(
+                "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(query(format!(
+                "reading the role of {}",
+                self.target.describe()
+            )))?
+            .get(0))
+    }
+
+    /// `pg_restore --file=-` of the listed entries: the SQL it would run.
+    async fn restore_script(
+        &self,
+        archive: &Path,
+        list: &Path,
+        extra: &[String],
+    ) -> Result<String> {
+        let mut cmd = self.tools.command("pg_restore", &self.target);
+        cmd.arg("--use-list").arg(list).args(extra);
+        cmd.arg("--file=-").arg(archive);
+        let what = format!("pg_restore --file=- {}", archive.display());
+        let out = run(cmd, &what, None).await?;
+        String::from_utf8(out).map_err(|_| Error::Output {
+            command: what,
+            reason: "the script is not UTF-8".into(),
+        })
+    }
+
+    /// Runs `script` on the target in one transaction with `psql`.
+    async fn psql(&self, script: &str, what: &str) -> Result<()> {
+        let mut cmd = self.tools.command("psql", &self.target);
+        cmd.args([
+            "-X",
+            "-q",
+            "--echo-errors",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+        ])
+        .arg("--dbname")
+        .arg(conninfo(&self.target));
+        run(
+            cmd,
+            &format!("psql restoring {what} into {}", self.target.describe()),
+            Some(script.as_bytes()),
+        )
+        .await
+        .map(drop)
     }
 
     async fn pg_restore(
@@ -615,6 +747,29 @@ impl SchemaCopy {
     }
 }
 
+/// The lines of `with` that `without` lacks, in order, where `without` is
+/// `with` less some lines (a script with and without its owner statements).
+/// Comments (whose `Owner:` differs) and psql's `\restrict` lines, which
+/// hold a new random key in every script, are left out of both.
+fn added_lines(with: &str, without: &str) -> String {
+    let keep = |line: &&str| {
+        !line.starts_with("--")
+            && !line.starts_with("\\restrict")
+            && !line.starts_with("\\unrestrict")
+    };
+    let mut base = without.lines().filter(keep).peekable();
+    let mut added = String::new();
+    for line in with.lines().filter(keep) {
+        if base.peek() == Some(&line) {
+            base.next();
+        } else {
+            added.push_str(line);
+            added.push('\n');
+        }
+    }
+    added
+}
+
 /// The role script without the `CREATE ROLE` and `ALTER ROLE` lines of roles
 /// in `existing`, and how many roles it creates.
 fn roles_script(script: &str, existing: &[String]) -> (String, usize) {
@@ -714,6 +869,16 @@ fn write(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn added_lines_are_the_owner_statements() {
+        let without = "\\restrict abc\n-- Owner: -\nCREATE TABLE t ();\n\nCREATE VIEW v AS SELECT 1;\n\\unrestrict abc\n";
+        let with = "\\restrict xyz\n-- Owner: app\nCREATE TABLE t ();\n\nALTER TABLE t OWNER TO app;\n\nCREATE VIEW v AS SELECT 1;\nALTER VIEW v OWNER TO app;\n\\unrestrict xyz\n";
+        assert_eq!(
+            added_lines(with, without),
+            "ALTER TABLE t OWNER TO app;\n\nALTER VIEW v OWNER TO app;\n"
+        );
+    }
 
     #[test]
     fn existing_roles_are_left_alone() {

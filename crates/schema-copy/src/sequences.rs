@@ -3,8 +3,12 @@
 //! Logical decoding does not carry sequence advances, so the target's
 //! sequences stay where the pre-data restore left them (at their start)
 //! until cutover, when writes on the source have stopped and
-//! [`sync_sequences`] sets each one to the source's position. A sequence
-//! never used on the source is reset so that its next value is its start.
+//! [`sync_sequences`] sets each one to the source's exact state: its
+//! `last_value` and `is_called`, read from the sequence itself (the
+//! `pg_sequences` view shows NULL both for an unused sequence, one
+//! restarted by `ALTER SEQUENCE … RESTART`, and one the role may not read).
+//! A sequence the source role cannot read is an error with the GRANT to
+//! run, never a silent reset.
 
 use tokio_postgres::GenericClient;
 
@@ -17,7 +21,8 @@ use crate::filter::ObjectFilter;
 pub struct SyncedSequence {
     /// The sequence.
     pub name: QualifiedName,
-    /// The source's last value; `None` if it was never used.
+    /// The source's last value; `None` if its next value is `last_value`
+    /// itself (never used, or restarted).
     pub last_value: Option<i64>,
 }
 
@@ -33,10 +38,16 @@ pub async fn sync_sequences(
     let mut synced = Vec::with_capacity(catalog.sequences.len());
     for sequence in catalog.sequences {
         let name = sequence.name.quoted();
-        let (value, is_called) = match sequence.last_value {
-            Some(last) => (last, true),
-            None => (sequence.start_value, false),
-        };
+        let row = source
+            .query_one(
+                &format!("SELECT last_value, is_called FROM {name}"),
+                &[],
+            )
+            .await
+            .map_err(query(format!(
+                "reading sequence {name} on the source (GRANT SELECT ON SEQUENCE {name} TO the source role)"
+            )))?;
+        let (value, is_called): (i64, bool) = (row.get(0), row.get(1));
         target
             .execute(
                 "SELECT pg_catalog.setval($1::text::regclass, $2, $3)",
@@ -46,7 +57,7 @@ pub async fn sync_sequences(
             .map_err(query(format!("setting sequence {name} on the target")))?;
         synced.push(SyncedSequence {
             name: sequence.name,
-            last_value: sequence.last_value,
+            last_value: is_called.then_some(value),
         });
     }
     Ok(synced)

@@ -2,7 +2,7 @@
 //! run again; refuses while a migrate is running unless forced.
 
 use anyhow::{Context, Result, bail};
-use pglive_repl::{ReplicationClient, connect_sql, quote_ident};
+use pglive_repl::{ReplicationClient, connect_sql};
 
 use crate::cli::CleanArgs;
 use crate::state;
@@ -50,22 +50,8 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
         replication.close().await.ok();
         done.push(format!("dropped slot {slot:?}"));
     }
-    let exists = source
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await?
-        .is_some();
-    if exists {
-        source
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(&publication)
-            ))
-            .await
-            .context("dropping the publication")?;
-        done.push(format!("dropped publication {publication:?}"));
+    for dropped in crate::publication::drop(&source, &publication).await? {
+        done.push(format!("dropped publication {dropped:?}"));
     }
     let target_state = connect_sql(&target_config).await?;
     let has_state = target_state
@@ -74,8 +60,22 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
         .is_some();
     if has_state {
         pglive_apply::restore_triggers(&target_state).await.ok();
-        state::drop_all(&target_state).await?;
-        done.push("dropped the pglive state schema on the target".to_owned());
+        pglive_apply::restore_identity_columns(&target_state)
+            .await
+            .ok();
+        pglive_snapshot::reset(&target_state, name).await?;
+        pglive_apply::forget(&target_state, name).await?;
+        if migration.is_some() {
+            done.push(format!(
+                "removed migration {name:?} from the target's state"
+            ));
+        }
+        if state::remove(&target_state, name).await? {
+            done.push(
+                "dropped the pglive state schema on the target (no other migration uses it)"
+                    .to_owned(),
+            );
+        }
     }
     Ok(done)
 }

@@ -119,6 +119,15 @@ pub struct MigrateArgs {
     /// Use tables that already exist on the target instead of requiring an empty target.
     #[arg(long)]
     pub reuse_schema: bool,
+    /// Do not restore the source's owners: the target role owns everything (as pg_dump's --no-owner).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Do not restore privileges (GRANT/REVOKE, default privileges), as pg_dump's --no-acl.
+    #[arg(long)]
+    pub no_acl: bool,
+    /// Create on the target the source's roles it lacks, without passwords (needs CREATEROLE there).
+    #[arg(long)]
+    pub roles: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pglive_repl::{Lsn, PgTimestamp, connect_sql, quote_ident};
+use pglive_repl::{Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
 use crate::live::{self, Session};
@@ -127,7 +127,7 @@ pub async fn perform(
         "cutover: {} sequence(s) synchronized",
         sequences.len()
     ));
-    let large_objects = sync_large_objects(&source, &target).await?;
+    let large_objects = sync_large_objects(&source, &target, ctx.settings.keep_owners).await?;
     if large_objects > 0 {
         reporter.line(format!(
             "cutover: {large_objects} large object(s) synchronized"
@@ -145,19 +145,45 @@ pub async fn perform(
             "cutover: {restored} target trigger(s) enabled again"
         ));
     }
+    let identities = pglive_apply::restore_identity_columns(&target).await?;
+    if identities > 0 {
+        reporter.line(format!(
+            "cutover: {identities} identity column(s) made GENERATED ALWAYS again"
+        ));
+    }
+    let keyless = keyless_tables_changed(&source, migration, &ctx.filter).await?;
+    for (table, changes) in &keyless {
+        reporter.line(format!(
+            "cutover: WARNING {table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
+             on the source during the migration: they are not carried, so the target's copy differs; \
+             copy the table again after the switch (e.g. TRUNCATE it on the target and COPY it from the source), \
+             and give it a primary key before the next migration"
+        ));
+    }
 
     let comparison = verify::compare(&source, &target, &ctx.filter, false).await?;
-    if !comparison.mismatches().is_empty() {
-        for m in comparison.mismatches() {
+    // A keyless table reported above may differ: that is said already.
+    let (expected, mismatches): (Vec<_>, Vec<_>) = comparison
+        .mismatches()
+        .into_iter()
+        .partition(|m| keyless.iter().any(|(table, _)| *table == m.table));
+    for m in &expected {
+        reporter.line(format!(
+            "cutover: {m} (a keyless table, see the warning above)"
+        ));
+    }
+    if !mismatches.is_empty() {
+        for m in &mismatches {
             reporter.line(format!("cutover: MISMATCH {m}"));
         }
         bail!(
             "row counts differ on {} table(s); the slot is kept so nothing is lost: investigate, then run `pglive cutover` again",
-            comparison.mismatches().len()
+            mismatches.len()
         );
     }
     reporter.line(format!(
-        "cutover: row counts match on all {} tables ({} rows)",
+        "cutover: row counts match on {} of {} tables ({} rows)",
+        comparison.tables.len() - expected.len(),
         comparison.tables.len(),
         report::count(comparison.tables.iter().map(|t| t.source_rows).sum())
     ));
@@ -168,13 +194,7 @@ pub async fn perform(
         .await
         .with_context(|| format!("dropping slot {:?}", migration.slot))?;
     replication.close().await.ok();
-    source
-        .batch_execute(&format!(
-            "DROP PUBLICATION IF EXISTS {}",
-            quote_ident(&migration.publication)
-        ))
-        .await
-        .context("dropping the publication")?;
+    crate::publication::drop(&source, &migration.publication).await?;
 
     // With a fence, writes were blocked from the fence on; without one,
     // they stopped at the last source commit.
@@ -199,10 +219,34 @@ pub async fn perform(
             ""
         }
     );
+    let summary = match keyless.len() {
+        0 => summary,
+        n => format!(
+            "{summary}; {n} keyless table(s) received updates or deletes that were not carried"
+        ),
+    };
     state::finish(&target, &ctx.name, &summary).await?;
     reporter.line(format!("cutover: slot and publication dropped; {summary}"));
     println!("switch your application now: the target is complete ({summary})");
     Ok(summary)
+}
+
+/// The keyless tables whose UPDATE and DELETE count on the source grew
+/// since the migration started (those changes are not published).
+async fn keyless_tables_changed(
+    source: &Client,
+    migration: &Migration,
+    filter: &pglive_schema::ObjectFilter,
+) -> Result<Vec<(String, i64)>> {
+    let catalog = pglive_schema::Catalog::read(source, filter).await?;
+    let now = crate::publication::keyless_changes(source, &catalog).await?;
+    Ok(now
+        .into_iter()
+        .filter_map(|(table, count)| {
+            let before = migration.keyless_baseline.get(&table).copied().unwrap_or(0);
+            (count > before).then(|| (table, count - before))
+        })
+        .collect())
 }
 
 async fn refresh_materialized_views(target: &Client) -> Result<usize> {
@@ -226,33 +270,54 @@ async fn refresh_materialized_views(target: &Client) -> Result<usize> {
 
 /// Large objects are not in the change stream: make the target's set equal
 /// the source's (by OID and content) after writes stopped.
-async fn sync_large_objects(source: &Client, target: &Client) -> Result<usize> {
-    let digest = "SELECT m.oid::int8, md5(coalesce(string_agg(p.data, ''::bytea ORDER BY p.pageno), ''::bytea))
-                    FROM pg_largeobject_metadata m LEFT JOIN pg_largeobject p ON p.loid = m.oid GROUP BY m.oid";
-    let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::HashMap<i64, String> {
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-    };
-    let on_source = match source.query(digest, &[]).await {
-        Ok(rows) => read(rows),
-        // pg_largeobject is readable only by superusers: compare by metadata.
-        Err(_) => return Ok(0),
-    };
-    let on_target = match target.query(digest, &[]).await {
-        Ok(rows) => read(rows),
-        Err(_) => return Ok(0),
-    };
-    let mut changed = 0;
-    for (oid, _) in on_target
-        .iter()
-        .filter(|(oid, _)| !on_source.contains_key(oid))
-    {
+/// Makes the target's large objects the source's: their changes are not
+/// in the stream. Contents are compared by digest; a changed one is
+/// rewritten in place (keeping its owner and privileges), a new one is
+/// created and given its source owner. The source is read through
+/// `pg_largeobject` (preflight checks the role may), the target through
+/// `lo_get`, which works for objects the role owns or may read.
+async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool) -> Result<usize> {
+    let read =
+        |rows: Vec<tokio_postgres::Row>| -> std::collections::HashMap<i64, (String, String)> {
+            rows.iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                .collect()
+        };
+    let any = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata)";
+    let source_has: bool = source.query_one(any, &[]).await?.get(0);
+    let target_has: bool = target.query_one(any, &[]).await?.get(0);
+    if !source_has && !target_has {
+        return Ok(0);
+    }
+    let on_source = read(
+        source
+            .query(
+                "SELECT m.oid::int8, md5(coalesce(string_agg(p.data, ''::bytea ORDER BY p.pageno), ''::bytea)),
+                        pg_get_userbyid(m.lomowner)::text
+                   FROM pg_largeobject_metadata m LEFT JOIN pg_largeobject p ON p.loid = m.oid GROUP BY m.oid",
+                &[],
+            )
+            .await
+            .context("reading the source's large objects (GRANT SELECT ON pg_catalog.pg_largeobject TO the source role)")?,
+    );
+    let on_target = read(
         target
-            .execute("SELECT lo_unlink($1::oid)", &[&(*oid as u32)])
+            .query(
+                "SELECT oid::int8, md5(lo_get(oid)), pg_get_userbyid(lomowner)::text FROM pg_largeobject_metadata",
+                &[],
+            )
+            .await
+            .context("reading the target's large objects")?,
+    );
+    let mut changed = 0;
+    for oid in on_target.keys().filter(|oid| !on_source.contains_key(oid)) {
+        target
+            .execute("SELECT lo_unlink($1::int8::oid)", &[oid])
             .await?;
         changed += 1;
     }
-    for (oid, hash) in &on_source {
-        if on_target.get(oid) == Some(hash) {
+    for (oid, (hash, owner)) in &on_source {
+        if on_target.get(oid).map(|(h, _)| h) == Some(hash) {
             continue;
         }
         let data: Vec<u8> = source
@@ -260,13 +325,32 @@ async fn sync_large_objects(source: &Client, target: &Client) -> Result<usize> {
             .await?
             .get(0);
         if on_target.contains_key(oid) {
+            // Rewritten in place, in one transaction (131072 = INV_WRITE).
+            target.batch_execute("BEGIN").await?;
             target
-                .execute("SELECT lo_unlink($1::int8::oid)", &[oid])
+                .execute(
+                    "SELECT lo_truncate(lo_open($1::int8::oid, 131072), 0)",
+                    &[oid],
+                )
                 .await?;
+            target
+                .execute("SELECT lo_put($1::int8::oid, 0, $2)", &[oid, &data])
+                .await?;
+            target.batch_execute("COMMIT").await?;
+        } else {
+            target
+                .execute("SELECT lo_from_bytea($1::int8::oid, $2)", &[oid, &data])
+                .await?;
+            if keep_owners {
+                target
+                    .batch_execute(&format!(
+                        "ALTER LARGE OBJECT {oid} OWNER TO {}",
+                        pglive_repl::quote_ident(owner)
+                    ))
+                    .await
+                    .with_context(|| format!("giving large object {oid} to {owner}"))?;
+            }
         }
-        target
-            .execute("SELECT lo_from_bytea($1::int8::oid, $2)", &[oid, &data])
-            .await?;
         changed += 1;
     }
     Ok(changed)
@@ -332,6 +416,12 @@ pub async fn command(
                 );
                 return Ok(crate::ExitStatus::Success);
             }
+            if !state::is_running(&target, &name).await? {
+                bail!(
+                    "the running `pglive migrate` stopped before the cutover finished: its output says why; \
+                     run `pglive cutover` again once that is fixed"
+                );
+            }
             if Instant::now() > deadline {
                 bail!(
                     "cutover did not finish within {} s (see `pglive status`)",
@@ -340,18 +430,8 @@ pub async fn command(
             }
         }
     }
-    let ctx = Job {
-        source: source_config,
-        target: target_config,
-        name: name.clone(),
-        filter: pglive_schema::ObjectFilter::new(),
-        jobs: 1,
-        index_jobs: 1,
-        // The tail after writes stopped is short.
-        apply_sessions: 1,
-        reuse_schema: true,
-        hypertables: false,
-    };
+    // The tail after writes stopped is short: one session.
+    let ctx = Job::for_recorded(source_config, target_config, &migration);
     let session = live::connect(&ctx, &migration).await?;
     let result = tokio::time::timeout(
         Duration::from_secs(args.timeout),

@@ -198,6 +198,9 @@ pub async fn run(
         publication: None,
         cutover_when_ready: false,
         reuse_schema: false,
+        no_owner: false,
+        no_acl: false,
+        roles: false,
     };
     let migration_started = Instant::now();
     let migrate_task = tokio::spawn(crate::migrate::run(

@@ -61,7 +61,11 @@ pub async fn connect(ctx: &Job, migration: &Migration) -> Result<Session> {
     options.copied_at = copied_at;
     options.sessions = ctx.apply_sessions;
     let applier = Applier::connect(&ctx.target, options).await?;
-    let mut pgoutput = PgOutputOptions::new([migration.publication.clone()]);
+    let publications = {
+        let source = connect_sql(&ctx.source).await?;
+        crate::publication::stream_names(&source, &migration.publication).await?
+    };
+    let mut pgoutput = PgOutputOptions::new(publications);
     pgoutput.proto_version = proto;
     if proto >= 2 {
         pgoutput.streaming = Streaming::On;

@@ -11,6 +11,7 @@ mod latch;
 mod live;
 mod migrate;
 mod preflight;
+mod publication;
 mod report;
 mod state;
 mod status;

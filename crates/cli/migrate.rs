@@ -7,7 +7,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use pglive_repl::{
     ConnectConfig, CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction, connect_sql,
-    quote_ident,
 };
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyOptions, Snapshot};
@@ -17,7 +16,7 @@ use crate::cli::MigrateArgs;
 use crate::live::{self, LiveOutcome};
 use crate::preflight::{self, Plan};
 use crate::report::{self, Reporter};
-use crate::state::{self, Migration, Stage};
+use crate::state::{self, Migration, Settings, Stage};
 use crate::{ExitStatus, Interrupt};
 
 /// Everything a stage needs.
@@ -33,13 +32,31 @@ pub struct Job {
     pub reuse_schema: bool,
     /// Make TimescaleDB hypertables on the target before the data.
     pub hypertables: bool,
+    /// Filters and owner/privilege choices, as recorded with the migration.
+    pub settings: Settings,
 }
 
-pub fn filter_from(include: &[String], exclude: &[String]) -> ObjectFilter {
-    let mut filter = ObjectFilter::new();
-    filter.include_tables = include.to_vec();
-    filter.exclude_tables = exclude.to_vec();
-    filter
+impl Job {
+    /// A job for the commands that finish a recorded migration (cutover):
+    /// its recorded settings, one session each.
+    pub fn for_recorded(
+        source: ConnectConfig,
+        target: ConnectConfig,
+        migration: &Migration,
+    ) -> Job {
+        Job {
+            source,
+            target,
+            name: migration.name.clone(),
+            filter: migration.settings.filter(),
+            jobs: 1,
+            index_jobs: 1,
+            apply_sessions: 1,
+            reuse_schema: true,
+            hypertables: false,
+            settings: migration.settings.clone(),
+        }
+    }
 }
 
 pub async fn run(
@@ -52,17 +69,30 @@ pub async fn run(
     let name = args.servers.name.clone();
     let slot = args.slot.clone().unwrap_or_else(|| name.clone());
     let publication = args.publication.clone().unwrap_or_else(|| name.clone());
-    let filter = filter_from(&args.include, &args.exclude);
-    let ctx = Job {
+    let requested = Settings {
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        keep_owners: !args.no_owner,
+        keep_privileges: !args.no_acl,
+    };
+    if publication.len() > crate::publication::MAX_NAME_BYTES || slot.len() > 63 {
+        return Err(crate::preflight::failed(format!(
+            "the publication name {publication:?} (or the slot name {slot:?}) is too long: \
+             publications may have {} bytes and slots 63 (choose --name, --publication or --slot)",
+            crate::publication::MAX_NAME_BYTES
+        )));
+    }
+    let mut ctx = Job {
         source,
         target,
         name: name.clone(),
-        filter,
+        filter: requested.filter(),
         jobs: args.jobs.max(1),
         index_jobs: args.index_jobs.max(1),
         apply_sessions: usize::from(args.apply_sessions),
         reuse_schema: args.reuse_schema,
         hypertables: args.hypertables == crate::cli::Hypertables::Auto,
+        settings: requested.clone(),
     };
 
     // The lock first: whatever this process reads about the migration
@@ -82,6 +112,18 @@ pub async fn run(
                 m.publication
             );
         }
+        // A resumed migration keeps what it was started with.
+        let flags_given =
+            !args.include.is_empty() || !args.exclude.is_empty() || args.no_owner || args.no_acl;
+        if flags_given && m.settings != requested {
+            bail!(
+                "migration {name:?} was started with other --include/--exclude/--no-owner/--no-acl flags \
+                 ({:?}); run it with the same flags (or none), or `pglive clean` to start over",
+                m.settings
+            );
+        }
+        ctx.filter = m.settings.filter();
+        ctx.settings = m.settings.clone();
         if m.stage == Stage::Done {
             reporter.line(format!(
                 "migration {name:?} is already done: {}",
@@ -98,6 +140,8 @@ pub async fn run(
         filter: &ctx.filter,
         resuming: existing.is_some(),
         reuse_schema: ctx.reuse_schema,
+        settings: &ctx.settings,
+        copy_roles: args.roles,
     };
     let (findings, source_client, target_client, catalog) = preflight::run(&plan).await?;
     for warning in &findings.warnings {
@@ -107,6 +151,14 @@ pub async fn run(
         reporter.line(format!("preflight: {note}"));
     }
     state::create_tables(&target_client).await?;
+    if args.roles && existing.is_none() {
+        let schema =
+            SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), schema_options(&ctx)).await?;
+        let created = schema.copy_roles().await.context("copying roles")?;
+        reporter.line(format!(
+            "roles: {created} role(s) created on the target (without passwords)"
+        ));
+    }
 
     let migration = match existing {
         Some(m) => {
@@ -165,27 +217,17 @@ async fn start(
         )
         .await?
         .get(0);
-    let tables: Vec<String> = catalog
-        .tables
-        .iter()
-        .filter(|t| t.holds_rows())
-        .map(|t| t.name.quoted())
-        .collect();
-    let scope = if superuser && ctx.filter.is_empty() {
-        "FOR ALL TABLES".to_owned()
-    } else {
-        format!("FOR TABLE {}", tables.join(", "))
-    };
-    source
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {} {scope}",
-            quote_ident(publication)
-        ))
-        .await
-        .context("creating the publication on the source")?;
+    let keyless_baseline = crate::publication::keyless_changes(source, catalog).await?;
+    let (tables, keyed) = crate::publication::create(
+        source,
+        publication,
+        catalog,
+        superuser && ctx.filter.is_empty(),
+    )
+    .await?;
     reporter.line(format!(
-        "created publication {publication:?} ({} tables)",
-        tables.len()
+        "created publications {publication:?} ({tables} tables) and {:?} (updates and deletes of the {keyed} with a key)",
+        crate::publication::changes_name(publication)
     ));
 
     let mut replication = ReplicationClient::connect(&ctx.source).await?;
@@ -209,6 +251,8 @@ async fn start(
         fence: false,
         summary: None,
         verify_request: None,
+        settings: ctx.settings.clone(),
+        keyless_baseline,
     };
     state::insert(target, &migration).await?;
     let snapshot = Snapshot::from_slot(&created).context("the slot exported no snapshot")?;
@@ -229,6 +273,8 @@ fn schema_options(ctx: &Job) -> SchemaOptions {
     options.filter = ctx.filter.clone();
     options.jobs = ctx.index_jobs;
     options.reuse_schema = ctx.reuse_schema;
+    options.keep_owners = ctx.settings.keep_owners;
+    options.keep_privileges = ctx.settings.keep_privileges;
     options
 }
 
@@ -251,6 +297,12 @@ async fn schema_pre_data(
         report.entries,
         started.elapsed().as_secs_f64()
     ));
+    for skipped in schema.skipped_privileges() {
+        reporter.line(format!(
+            "warning: not restored, as only a superuser may change privileges on system catalogs: {skipped} \
+             (run that GRANT on the target as a superuser if it is needed there)"
+        ));
+    }
     if ctx.hypertables && !catalog.hypertables.is_empty() && !ctx.reuse_schema {
         // Chunks are made as rows arrive, so the table must be a hypertable
         // before the copy.

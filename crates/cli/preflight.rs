@@ -3,8 +3,12 @@
 //! either server.
 
 use pglive_repl::{ConnectConfig, ReplicationClient, connect_sql};
-use pglive_schema::{Catalog, ObjectFilter, PgTools, ReplicaIdentity, SchemaCopy, SchemaOptions};
+use pglive_schema::{Catalog, ObjectFilter, PgTools, SchemaCopy, SchemaOptions};
 use tokio_postgres::Client;
+
+use crate::state::Settings;
+
+mod privileges;
 
 /// What preflight found.
 #[derive(Debug, Default)]
@@ -47,6 +51,20 @@ pub struct Plan<'a> {
     /// The migration exists already: only what a resume needs is checked.
     pub resuming: bool,
     pub reuse_schema: bool,
+    /// Filters and the owner and privilege choices.
+    pub settings: &'a Settings,
+    /// `--roles`: missing roles will be created on the target.
+    pub copy_roles: bool,
+}
+
+/// A preflight failure with one finding.
+pub fn failed(text: String) -> anyhow::Error {
+    PreflightFailed(Findings {
+        failures: vec![text],
+        warnings: Vec::new(),
+        notes: Vec::new(),
+    })
+    .into()
 }
 
 /// Opens an SQL session, turning connection failures into preflight
@@ -258,23 +276,16 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
                 ),
             );
         }
-        let unidentified = matches!(table.replica_identity, ReplicaIdentity::Nothing)
-            || (matches!(table.replica_identity, ReplicaIdentity::Default)
-                && table.primary_key.is_empty());
-        if unidentified && table.holds_rows() && !table.unlogged {
-            let text = format!(
-                "{name} has no primary key or replica identity, so its UPDATEs and DELETEs cannot be replicated: add a primary key, or ALTER TABLE {name} REPLICA IDENTITY FULL"
-            );
-            if changes > 0 {
-                fail(
-                    &mut found,
-                    format!("{text} (it received {changes} updates/deletes)"),
-                );
-            } else {
-                found
-                    .warnings
-                    .push(format!("{text} (no updates or deletes seen so far)"));
-            }
+        if table.holds_rows() && !table.unlogged && !crate::publication::identifies_rows(table) {
+            let seen = match changes {
+                0 => "none seen so far".to_owned(),
+                n => format!("{n} seen before the migration"),
+            };
+            found.notes.push(format!(
+                "{name} has no primary key or replica identity: its INSERTs stream, but UPDATEs and DELETEs cannot be carried \
+                 ({seen}); pglive publishes it for inserts only, so the application's updates keep working, and cutover \
+                 reports any it received. To carry them, add a primary key or ALTER TABLE {name} REPLICA IDENTITY FULL first"
+            ));
         }
         if table.unlogged {
             found.warnings.push(format!(
@@ -286,6 +297,9 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
     // Tools and target.
     if let Err(e) = PgTools::find(catalog.server_major()) {
         fail(&mut found, chain(&e));
+    }
+    for failure in privileges::check(&source, &target, plan, &catalog).await {
+        fail(&mut found, failure);
     }
     if !plan.resuming {
         match scalar(

@@ -2,8 +2,11 @@
 //! it reached, its slot and publication, and requests from other pglive
 //! processes (cutover). The libraries keep their own tables beside it.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result};
 use pglive_repl::Lsn;
+use pglive_schema::ObjectFilter;
 use tokio_postgres::Client;
 
 /// How far a migration got; each stage is complete when the next begins.
@@ -65,6 +68,35 @@ pub struct Migration {
     /// A `pglive verify` request: the LSN it wants apply paused at and the
     /// request's state.
     pub verify_request: Option<(Lsn, String)>,
+    /// What the migration was started with; every later command uses it.
+    pub settings: Settings,
+    /// UPDATEs plus DELETEs the source's statistics counted for each keyless
+    /// table when the migration started (see `publication::keyless_changes`).
+    pub keyless_baseline: BTreeMap<String, i64>,
+}
+
+/// The choices a migration is started with that every later command
+/// (resume, cutover, verify) must keep.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    /// `--include` patterns.
+    pub include: Vec<String>,
+    /// `--exclude` patterns.
+    pub exclude: Vec<String>,
+    /// Owners are restored (not `--no-owner`).
+    pub keep_owners: bool,
+    /// Privileges are restored (not `--no-acl`).
+    pub keep_privileges: bool,
+}
+
+impl Settings {
+    /// The table filter of these settings.
+    pub fn filter(&self) -> ObjectFilter {
+        let mut filter = ObjectFilter::new();
+        filter.include_tables = self.include.clone();
+        filter.exclude_tables = self.exclude.clone();
+        filter
+    }
 }
 
 const SCHEMA_SQL: &str = "
@@ -84,7 +116,9 @@ CREATE TABLE IF NOT EXISTS pglive.migration (
     verify_state text,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
-);";
+);
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS settings jsonb;
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS keyless_baseline jsonb;";
 
 pub async fn create_tables(client: &Client) -> Result<()> {
     client
@@ -98,7 +132,7 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
     let row = match client
         .query_opt(
             "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
-                    verify_lsn::text, verify_state
+                    verify_lsn::text, verify_state, settings::text, keyless_baseline::text
                FROM pglive.migration WHERE name = $1",
             &[&name],
         )
@@ -120,16 +154,31 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
             fence: r.get(7),
             summary: r.get(8),
             verify_request: verify_request_of(r.get(9), r.get(10))?,
+            settings: json_or_default(r.get(11), "settings")?,
+            keyless_baseline: json_or_default(r.get(12), "keyless_baseline")?,
         })
     })
     .transpose()
 }
 
+/// A JSON column's value, or the default when the column is NULL (a
+/// migration recorded before the column existed).
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    text: Option<String>,
+    column: &str,
+) -> Result<T> {
+    match text {
+        None => Ok(T::default()),
+        Some(text) => serde_json::from_str(&text)
+            .with_context(|| format!("reading pglive.migration.{column}")),
+    }
+}
+
 pub async fn insert(client: &Client, m: &Migration) -> Result<()> {
     client
         .execute(
-            "INSERT INTO pglive.migration (name, slot, publication, stage, start_lsn, source)
-             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6)",
+            "INSERT INTO pglive.migration (name, slot, publication, stage, start_lsn, source, settings, keyless_baseline)
+             VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7::text::jsonb, $8::text::jsonb)",
             &[
                 &m.name,
                 &m.slot,
@@ -137,6 +186,8 @@ pub async fn insert(client: &Client, m: &Migration) -> Result<()> {
                 &m.stage.as_str(),
                 &m.start_lsn.to_string(),
                 &m.source,
+                &serde_json::to_string(&m.settings)?,
+                &serde_json::to_string(&m.keyless_baseline)?,
             ],
         )
         .await
@@ -299,12 +350,26 @@ pub async fn load_progress(client: &Client, name: &str) -> Result<Option<serde_j
     }))
 }
 
-/// Drops the state schema and everything the libraries kept in it.
-pub async fn drop_all(client: &Client) -> Result<()> {
+/// Removes one migration's row; the state schema goes with the last
+/// migration it holds. Returns whether the schema was dropped.
+pub async fn remove(client: &Client, name: &str) -> Result<bool> {
+    client
+        .execute("DELETE FROM pglive.migration WHERE name = $1", &[&name])
+        .await
+        .context("removing the migration from pglive.migration")?;
+    let others: i64 = client
+        .query_one("SELECT count(*) FROM pglive.migration", &[])
+        .await
+        .context("reading pglive.migration")?
+        .get(0);
+    if others > 0 {
+        return Ok(false);
+    }
     client
         .batch_execute("DROP SCHEMA IF EXISTS pglive CASCADE")
         .await
-        .context("dropping the pglive schema on the target")
+        .context("dropping the pglive schema on the target")?;
+    Ok(true)
 }
 
 /// The advisory lock a running `migrate` holds on the target for the life

@@ -191,7 +191,13 @@ pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> 
     let name = &args.servers.name;
     let source = crate::preflight::connect(&source_config, "source").await?;
     let target = crate::preflight::connect(&target_config, "target").await?;
-    let live = match crate::state::load(&target, name).await? {
+    let recorded = crate::state::load(&target, name).await?;
+    // The tables the migration moved, not every table of the database.
+    let filter = recorded
+        .as_ref()
+        .map(|m| m.settings.filter())
+        .unwrap_or_default();
+    let live = match recorded {
         Some(m) if m.stage < crate::state::Stage::Cutover => {
             if !crate::state::is_running(&target, name).await? {
                 anyhow::bail!(
@@ -210,9 +216,9 @@ pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> 
         _ => false,
     };
     let comparison = if live {
-        compare_live(&source_config, &source, &target, name, args.full).await?
+        compare_live(&source_config, &source, &target, name, &filter, args.full).await?
     } else {
-        compare(&source, &target, &ObjectFilter::new(), args.full).await?
+        compare(&source, &target, &filter, args.full).await?
     };
     print(&comparison, args.full);
     let mismatches = comparison.mismatches().len();
@@ -243,6 +249,7 @@ async fn compare_live(
     source: &Client,
     target: &Client,
     name: &str,
+    filter: &ObjectFilter,
     full: bool,
 ) -> Result<Comparison> {
     use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
@@ -294,7 +301,7 @@ async fn compare_live(
                 ))
                 .await
                 .context("importing the verification snapshot")?;
-            let comparison = compare(source, target, &ObjectFilter::new(), full).await;
+            let comparison = compare(source, target, filter, full).await;
             source.batch_execute("COMMIT").await.ok();
             comparison
         }

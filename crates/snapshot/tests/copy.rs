@@ -144,6 +144,20 @@ fn schema_dump(bin_dir: &Path, conninfo: &str) -> String {
 async fn schema_copy(source: &ConnectConfig, target: &ConnectConfig) -> SchemaCopy {
     let mut options = SchemaOptions::default();
     options.jobs = 2;
+    // A target role that only owns its database cannot give objects to
+    // the source's owners (pglive's --no-owner --no-acl).
+    let superuser: bool = connect_sql(target)
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    options.keep_owners = superuser;
+    options.keep_privileges = superuser;
     SchemaCopy::new(source.clone(), target.clone(), options)
         .await
         .unwrap()

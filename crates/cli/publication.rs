@@ -1,0 +1,152 @@
+//! The migration's publications on the source.
+//!
+//! A table in a publication that publishes UPDATE or DELETE must have a
+//! replica identity, or the source refuses the application's own UPDATEs
+//! and DELETEs of it ("cannot update table … because it does not have a
+//! replica identity and publishes updates"). So a migration uses two
+//! publications:
+//!
+//! - `<name>` publishes INSERT and TRUNCATE of every selected table (`FOR
+//!   ALL TABLES` for a superuser without filters, so that tables created
+//!   later are in it too);
+//! - `<name>_changes` publishes UPDATE and DELETE of the tables that have a
+//!   primary key or a replica identity.
+//!
+//! A keyless table is therefore migrated with its inserts only; the source
+//! keeps accepting its updates and deletes, and cutover reports any it
+//! received during the migration (see [`keyless_changes`]).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use pglive_repl::quote_ident;
+use pglive_schema::{Catalog, ReplicaIdentity, Table};
+use tokio_postgres::Client;
+
+/// The suffix of the second publication's name.
+const CHANGES_SUFFIX: &str = "_changes";
+
+/// The longest publication name a migration may have: PostgreSQL names
+/// hold 63 bytes, and the second publication adds a suffix.
+pub const MAX_NAME_BYTES: usize = 63 - CHANGES_SUFFIX.len();
+
+/// The name of the publication of UPDATEs and DELETEs.
+pub fn changes_name(publication: &str) -> String {
+    format!("{publication}{CHANGES_SUFFIX}")
+}
+
+/// Whether UPDATEs and DELETEs of `table` can be replicated: it has a
+/// primary key or a replica identity index, or is `REPLICA IDENTITY FULL`.
+pub fn identifies_rows(table: &Table) -> bool {
+    match table.replica_identity {
+        ReplicaIdentity::Nothing => false,
+        ReplicaIdentity::Default => !table.primary_key.is_empty(),
+        _ => true,
+    }
+}
+
+/// The tables whose changes reach the WAL, so can be published (an
+/// unlogged table cannot).
+fn publishable(catalog: &Catalog) -> impl Iterator<Item = &Table> {
+    catalog
+        .tables
+        .iter()
+        .filter(|t| t.holds_rows() && !t.unlogged)
+}
+
+/// Creates both publications; returns how many tables each holds.
+pub async fn create(
+    source: &Client,
+    publication: &str,
+    catalog: &Catalog,
+    all_tables: bool,
+) -> Result<(usize, usize)> {
+    let everything: Vec<String> = publishable(catalog).map(|t| t.name.quoted()).collect();
+    let keyed: Vec<String> = publishable(catalog)
+        .filter(|t| identifies_rows(t))
+        .map(|t| t.name.quoted())
+        .collect();
+    let scope = |tables: &[String]| match tables.is_empty() {
+        true => String::new(),
+        false => format!(" FOR TABLE {}", tables.join(", ")),
+    };
+    let inserts = if all_tables {
+        " FOR ALL TABLES".to_owned()
+    } else {
+        scope(&everything)
+    };
+    source
+        .batch_execute(&format!(
+            "BEGIN;
+             CREATE PUBLICATION {}{inserts} WITH (publish = 'insert, truncate');
+             CREATE PUBLICATION {}{} WITH (publish = 'update, delete');
+             COMMIT",
+            quote_ident(publication),
+            quote_ident(&changes_name(publication)),
+            scope(&keyed)
+        ))
+        .await
+        .context("creating the publications on the source")?;
+    Ok((everything.len(), keyed.len()))
+}
+
+/// The publications to stream from: both, or the one publication of a
+/// migration started before keyless tables had their own.
+pub async fn stream_names(source: &Client, publication: &str) -> Result<Vec<String>> {
+    let changes = changes_name(publication);
+    let exists = source
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&changes],
+        )
+        .await
+        .context("reading pg_publication")?
+        .is_some();
+    Ok(match exists {
+        true => vec![publication.to_owned(), changes],
+        false => vec![publication.to_owned()],
+    })
+}
+
+/// Drops both publications (those that exist); returns the names dropped.
+pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
+    let mut dropped = Vec::new();
+    for name in [publication.to_owned(), changes_name(publication)] {
+        let exists = source
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+            .await
+            .context("reading pg_publication")?
+            .is_some();
+        if exists {
+            source
+                .batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {}",
+                    quote_ident(&name)
+                ))
+                .await
+                .with_context(|| format!("dropping publication {name:?}"))?;
+            dropped.push(name);
+        }
+    }
+    Ok(dropped)
+}
+
+/// UPDATEs plus DELETEs the source's statistics count for each keyless
+/// table of `catalog`, by quoted name (`"schema"."table"`) (`pg_stat_user_tables`, which may lag a second
+/// behind the last commit of a session that is still open).
+pub async fn keyless_changes(source: &Client, catalog: &Catalog) -> Result<BTreeMap<String, i64>> {
+    let keyless: Vec<u32> = publishable(catalog)
+        .filter(|t| !identifies_rows(t))
+        .map(|t| t.oid)
+        .collect();
+    let rows = source
+        .query(
+            "SELECT '\"' || replace(schemaname, '\"', '\"\"') || '\".\"' || replace(relname, '\"', '\"\"') || '\"',
+                    n_tup_upd + n_tup_del
+               FROM pg_catalog.pg_stat_user_tables WHERE relid = ANY($1::oid[])",
+            &[&keyless],
+        )
+        .await
+        .context("reading the statistics of keyless tables")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

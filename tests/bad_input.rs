@@ -131,21 +131,64 @@ fn wal_level_replica() {
     assert_untouched(&cluster, &src, &dst);
 }
 
+/// Privileges a role that is not a superuser lacks are refusals with the
+/// statement that grants them: row-level security that would filter the
+/// copy, cascading foreign keys without `session_replication_role`, a
+/// sequence it may not read, an owner it may not give objects to.
 #[test]
-fn table_without_key_that_receives_updates() {
-    let cluster = Cluster::shared();
-    let (src, dst) = pair(cluster, "nokey");
-    cluster
-        .psql(&src, "CREATE TABLE nokey (a int, b text); INSERT INTO nokey VALUES (1, 'x'); UPDATE nokey SET b = 'y'")
-        .unwrap();
-    // Statistics reach the shared counters within a second of the session's end.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    expect_preflight(
-        &cluster.conninfo(&src),
-        &cluster.conninfo(&dst),
-        "REPLICA IDENTITY FULL",
+fn privileges_the_roles_lack() {
+    let cluster = Cluster::start(ClusterOptions::new().password_auth(true)).unwrap();
+    let role = cluster.role().unwrap().clone();
+    let src = cluster.create_database("privs_src").unwrap();
+    let dst = cluster.create_database("privs_dst").unwrap();
+    let (source, target) = (
+        cluster.role_conninfo(&src).unwrap(),
+        cluster.role_conninfo(&dst).unwrap(),
     );
-    assert_untouched(cluster, &src, &dst);
+    cluster
+        .psql_as(
+            &source,
+            Some(&role.password),
+            "CREATE TABLE parent (id int PRIMARY KEY);
+             CREATE TABLE child (id int PRIMARY KEY, parent int REFERENCES parent ON DELETE CASCADE);
+             CREATE TABLE secret (id int PRIMARY KEY, who text);
+             ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE secret FORCE ROW LEVEL SECURITY;
+             CREATE SEQUENCE hidden;",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            &src,
+            &format!(
+                "REVOKE ALL ON SEQUENCE hidden FROM {user};
+                 DO $$ BEGIN
+                   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'another_owner') THEN
+                     CREATE ROLE another_owner;
+                   END IF;
+                 END $$;
+                 CREATE TABLE theirs (id int PRIMARY KEY);
+                 ALTER TABLE theirs OWNER TO another_owner;
+                 GRANT SELECT ON theirs TO {user};",
+                user = role.user
+            ),
+        )
+        .unwrap();
+    let message = expect_preflight(&source, &target, "BYPASSRLS");
+    for expected in [
+        "GRANT SET ON PARAMETER session_replication_role",
+        "child_parent_fkey",
+        "GRANT SELECT ON SEQUENCE \"public\".\"hidden\"",
+        "GRANT \"another_owner\" TO",
+        "\"public\".\"theirs\"",
+    ] {
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in:\n{message}"
+        );
+    }
+    assert!(!message.contains(&role.password), "no password in output");
+    assert_untouched(&cluster, &src, &dst);
 }
 
 #[test]

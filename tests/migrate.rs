@@ -5,13 +5,10 @@
 
 mod util;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use pglive_testkit::{Cluster, ClusterOptions};
-use util::{finish, run, run_ok, spawn, text, wait_for_stage};
+use util::{Workload, finish, run, run_ok, spawn, text, wait_for_stage};
 
 const SCHEMA: &str = "
 CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric, tags text[], doc jsonb,
@@ -35,68 +32,20 @@ fn load(rows: u64) -> String {
     )
 }
 
-/// Source transactions in a loop until stopped.
-struct Workload {
-    stop: Arc<AtomicBool>,
-    count: Arc<AtomicU64>,
-    thread: JoinHandle<()>,
-}
-
-impl Workload {
-    fn start(conninfo: String) -> Workload {
-        let stop = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicU64::new(0));
-        let thread = {
-            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let config = pglive_repl::ConnectConfig::parse(&conninfo).unwrap();
-                    let mut client = None;
-                    let mut n: u64 = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        if client.is_none() {
-                            client = pglive_repl::connect_sql(&config).await.ok();
-                            if client.is_none() {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                continue;
-                            }
-                        }
-                        let id = 1 + (n * 7919) % 500;
-                        let sql = match n % 5 {
-                            0 => format!("INSERT INTO items (name, price) VALUES ('live {n}', {n})"),
-                            1 => format!("UPDATE items SET price = price + 1, tags = tags || 'u'::text WHERE id = {id}"),
-                            2 => format!("BEGIN; DELETE FROM events WHERE id = {id}; INSERT INTO events VALUES ({id}, date '2026-01-01', 'moved'); COMMIT"),
-                            3 => format!("INSERT INTO log (line) VALUES ('live {n}')"),
-                            _ => format!("UPDATE events SET day = day + 1 WHERE id = {}", id + 1000),
-                        };
-                        match client.as_ref().unwrap().batch_execute(&sql).await {
-                            Ok(()) => {
-                                n += 1;
-                                count.store(n, Ordering::Relaxed);
-                            }
-                            // The source may be restarting: reconnect.
-                            Err(_) => client = None,
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                });
-            })
-        };
-        Workload {
-            stop,
-            count,
-            thread,
+/// The live workload of these tests: inserts, updates, key moves between
+/// partitions and deletes.
+fn workload_sql(n: u64) -> String {
+    let id = 1 + (n * 7919) % 500;
+    match n % 5 {
+        0 => format!("INSERT INTO items (name, price) VALUES ('live {n}', {n})"),
+        1 => {
+            format!("UPDATE items SET price = price + 1, tags = tags || 'u'::text WHERE id = {id}")
         }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        self.count.load(Ordering::Relaxed)
+        2 => format!(
+            "BEGIN; DELETE FROM events WHERE id = {id}; INSERT INTO events VALUES ({id}, date '2026-01-01', 'moved'); COMMIT"
+        ),
+        3 => format!("INSERT INTO log (line) VALUES ('live {n}')"),
+        _ => format!("UPDATE events SET day = day + 1 WHERE id = {}", id + 1000),
     }
 }
 
@@ -150,7 +99,7 @@ fn migrate_with_live_workload_then_cutover_and_verify() {
     cluster.psql(&src, SCHEMA).unwrap();
     cluster.psql(&src, &load(20_000)).unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let workload = Workload::start(source.clone());
+    let workload = Workload::start(source.clone(), workload_sql);
     let mut migrate = spawn(&[
         "migrate", "--source", &source, "--target", &target, "--name", "e2e", "--jobs", "2",
     ]);
@@ -209,7 +158,7 @@ fn kill_9_in_copy_post_data_and_streaming_then_resume() {
         "--index-jobs",
         "1",
     ];
-    let workload = Workload::start(source.clone());
+    let workload = Workload::start(source.clone(), workload_sql);
     let mut killed_at = Vec::new();
     for stages in [&["copy"][..], &["post-data"][..], &["streaming"][..]] {
         let mut child = spawn(&args);
@@ -261,7 +210,7 @@ fn the_source_restarting_mid_stream_loses_nothing() {
     source_cluster.psql(&src, SCHEMA).unwrap();
     source_cluster.psql(&src, &load(5_000)).unwrap();
     let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
-    let workload = Workload::start(source.clone());
+    let workload = Workload::start(source.clone(), workload_sql);
     let mut migrate = spawn(&[
         "migrate", "--source", &source, "--target", &target, "--name", "r",
     ]);
@@ -306,7 +255,7 @@ fn non_superuser_roles_over_verify_full_tls() {
     cluster
         .psql_as(&source, Some(&role.password), &load(2_000))
         .unwrap();
-    let workload = Workload::start(source.clone());
+    let workload = Workload::start(source.clone(), workload_sql);
     let mut migrate = spawn(&[
         "migrate", "--source", &source, "--target", &target, "--name", "tls",
     ]);
@@ -319,9 +268,12 @@ fn non_superuser_roles_over_verify_full_tls() {
     );
     std::thread::sleep(Duration::from_secs(1));
     workload.stop();
-    let cutover = run_ok(&[
-        "cutover", "--source", &source, "--target", &target, "--name", "tls",
-    ]);
+    let cutover = util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "tls",
+        ],
+        &mut migrate,
+    );
     assert!(!cutover.contains(&role.password), "no password in output");
     let log = finish(migrate);
     assert!(!log.contains(&role.password), "no password in output");
@@ -342,7 +294,7 @@ fn ctrl_c_pauses_at_a_transaction_boundary_and_fence_blocks_writes() {
     let args = [
         "migrate", "--source", &source, "--target", &target, "--name", "p",
     ];
-    let workload = Workload::start(source.clone());
+    let workload = Workload::start(source.clone(), workload_sql);
     let mut migrate = spawn(&args);
     wait_for_stage(
         &target,
@@ -397,7 +349,7 @@ fn cutover_typed_in_the_migrate_terminal() {
     cluster.psql(&src, SCHEMA).unwrap();
     cluster.psql(&src, &load(2_000)).unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let workload = Workload::start(source.clone());
+    let workload = Workload::start(source.clone(), workload_sql);
     let line = format!(
         "'{}' migrate --source '{source}' --target '{target}' --name keys",
         env!("CARGO_BIN_EXE_pglive")
@@ -435,5 +387,68 @@ fn cutover_typed_in_the_migrate_terminal() {
     drop(keyboard);
     assert_eq!(util::stage(&target, "keys").as_deref(), Some("done"));
     assert_same_rows(cluster, &src, cluster, &dst);
+    no_leftovers(cluster, &src);
+}
+
+/// A table without a key never breaks the source: its UPDATEs and DELETEs
+/// keep working while the migration runs (it is published for inserts
+/// only), its inserts arrive, and cutover names it as changed.
+#[test]
+fn keyless_table_updated_during_the_migration() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("keyless_src").unwrap();
+    let dst = cluster.create_database("keyless_dst").unwrap();
+    cluster
+        .psql(
+            &src,
+            "CREATE TABLE readings (at int, value text); INSERT INTO readings SELECT g, 'v' FROM generate_series(1, 100) g;
+             CREATE TABLE keyed (id int PRIMARY KEY, v text); INSERT INTO keyed VALUES (1, 'a');",
+        )
+        .unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = spawn(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "kl",
+    ]);
+    wait_for_stage(
+        &target,
+        "kl",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    cluster
+        .psql(
+            &src,
+            "INSERT INTO readings VALUES (101, 'new'); UPDATE readings SET value = 'changed' WHERE at <= 3;
+             DELETE FROM readings WHERE at = 4; UPDATE keyed SET v = 'b'",
+        )
+        .expect("the source accepts UPDATE and DELETE of a keyless table during the migration");
+    // Statistics reach the shared counters within a second of the session's end.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cutover = util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "kl",
+        ],
+        &mut migrate,
+    );
+    let log = finish(migrate);
+    assert!(
+        log.contains("\"public\".\"readings\" has no primary key")
+            && log.contains("received 4 UPDATE/DELETE"),
+        "{log}"
+    );
+    assert!(cutover.contains("keyless"), "{cutover}");
+    assert_eq!(
+        cluster.psql(&dst, "SELECT v FROM keyed").unwrap(),
+        "b",
+        "keyed tables' updates arrive"
+    );
+    assert_eq!(
+        cluster
+            .psql(&dst, "SELECT count(*) FROM readings WHERE at = 101")
+            .unwrap(),
+        "1",
+        "keyless tables' inserts arrive"
+    );
     no_leftovers(cluster, &src);
 }

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A `pglive` command with a clean environment (no PGLIVE_* or PG*
@@ -116,6 +119,24 @@ fn poll_stage(
     }
 }
 
+/// Runs a `cutover` while `migrate` runs; on failure, shows both outputs.
+pub fn cutover_ok(args: &[&str], migrate: &mut Child) -> String {
+    let output = run(args);
+    if !output.status.success() {
+        migrate.kill().ok();
+        let mut log = String::new();
+        if let Some(mut e) = migrate.stderr.take() {
+            use std::io::Read;
+            e.read_to_string(&mut log).ok();
+        }
+        panic!(
+            "pglive {args:?} failed:\n{}\nmigrate said:\n{log}",
+            text(&output)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Waits for a child and asserts it succeeded.
 pub fn finish(child: Child) -> String {
     let output = child.wait_with_output().expect("pglive finishes");
@@ -156,4 +177,66 @@ pub fn wait_for_stage_fast(
         limit,
         Duration::from_millis(5),
     )
+}
+
+/// Source transactions in a loop until stopped.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
+}
+
+impl Workload {
+    /// Runs `sql(n)` for n = 0, 1, … on `conninfo` until stopped; a
+    /// failed statement reconnects (the source may be restarting) and is
+    /// not counted.
+    pub fn start(conninfo: String, sql: fn(u64) -> String) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let config = pglive_repl::ConnectConfig::parse(&conninfo).unwrap();
+                    let mut client = None;
+                    let mut n: u64 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if client.is_none() {
+                            client = pglive_repl::connect_sql(&config).await.ok();
+                            if client.is_none() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                        }
+                        let sql = sql(n);
+                        match client.as_ref().unwrap().batch_execute(&sql).await {
+                            Ok(()) => {
+                                n += 1;
+                                count.store(n, Ordering::Relaxed);
+                            }
+                            // The source may be restarting: reconnect.
+                            Err(_) => client = None,
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                });
+            })
+        };
+        Workload {
+            stop,
+            count,
+            thread,
+        }
+    }
+
+    /// Stops the loop; how many statements succeeded.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.count.load(Ordering::Relaxed)
+    }
 }

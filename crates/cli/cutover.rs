@@ -226,7 +226,7 @@ pub async fn perform(
         ),
     };
     state::finish(&target, &ctx.name, &summary).await?;
-    reporter.line(format!("cutover: slot and publication dropped; {summary}"));
+    reporter.line(format!("cutover: slot and publications dropped; {summary}"));
     println!("switch your application now: the target is complete ({summary})");
     Ok(summary)
 }
@@ -294,7 +294,7 @@ async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool)
             .query(
                 "SELECT m.oid::int8, md5(coalesce(string_agg(p.data, ''::bytea ORDER BY p.pageno), ''::bytea)),
                         pg_get_userbyid(m.lomowner)::text
-                   FROM pg_largeobject_metadata m LEFT JOIN pg_largeobject p ON p.loid = m.oid GROUP BY m.oid",
+                   FROM pg_largeobject_metadata m LEFT JOIN pg_largeobject p ON p.loid = m.oid GROUP BY m.oid, m.lomowner",
                 &[],
             )
             .await

@@ -297,10 +297,9 @@ async fn schema_pre_data(
         report.entries,
         started.elapsed().as_secs_f64()
     ));
-    for skipped in schema.skipped_privileges() {
+    for skipped in schema.left_for_superuser() {
         reporter.line(format!(
-            "warning: not restored, as only a superuser may change privileges on system catalogs: {skipped} \
-             (run that GRANT on the target as a superuser if it is needed there)"
+            "warning: not restored, as only a superuser may run it on the target: {skipped}"
         ));
     }
     if ctx.hypertables && !catalog.hypertables.is_empty() && !ctx.reuse_schema {

@@ -200,7 +200,7 @@ pub struct SchemaCopy {
     options: SchemaOptions,
     work: WorkDir,
     dumped: Option<Dumped>,
-    skipped_privileges: Vec<String>,
+    left_for_superuser: Vec<String>,
 }
 
 impl SchemaCopy {
@@ -239,7 +239,7 @@ impl SchemaCopy {
             options,
             work: WorkDir::create()?,
             dumped: None,
-            skipped_privileges: Vec::new(),
+            left_for_superuser: Vec::new(),
         })
     }
 
@@ -253,12 +253,14 @@ impl SchemaCopy {
         &self.options
     }
 
-    /// Privileges on system catalogs that the pre-data restore left out
-    /// because the target role is not a superuser (archive entries such as
-    /// `ACL pg_catalog TABLE pg_largeobject postgres`); the caller reports
-    /// them.
-    pub fn skipped_privileges(&self) -> &[String] {
-        &self.skipped_privileges
+    /// Statements of the pre-data section that only a superuser may run
+    /// and the target role is not one, so the restore left them out: GRANTs
+    /// on system catalogs (such as `GRANT SELECT ON TABLE
+    /// pg_catalog.pg_largeobject TO …`, made on the source for a
+    /// migration), and the public schema's owner from a source older than
+    /// PostgreSQL 15. The caller reports them.
+    pub fn left_for_superuser(&self) -> &[String] {
+        &self.left_for_superuser
     }
 
     /// Fails with [`Error::TargetNotEmpty`] if the target already holds
@@ -465,7 +467,7 @@ impl SchemaCopy {
         } else {
             let (script, skipped) = self.pre_data_script(dumped, &args).await?;
             self.psql(&script, "pre-data").await?;
-            self.skipped_privileges = skipped;
+            self.left_for_superuser = skipped;
         }
         Ok(RestoreReport {
             entries: dumped.pre_entries.len(),
@@ -542,11 +544,19 @@ impl SchemaCopy {
         (system, acl) = acl
             .into_iter()
             .partition(|e| e.rest.starts_with("ACL pg_catalog "));
+        let superuser = self.target_is_superuser().await?;
         let mut skipped = Vec::new();
-        if !system.is_empty() && !self.target_is_superuser().await? {
-            skipped = system.iter().map(|e| e.rest.clone()).collect();
-        } else {
-            acl.extend(system);
+        if !system.is_empty() && self.options.keep_privileges {
+            if superuser {
+                acl.extend(system);
+            } else {
+                let list = self.work.join("pre-data-system-acl.list");
+                write(&list, &toc::list_file(&system))?;
+                let text = self
+                    .restore_script(&dumped.pre_data, &list, &["--no-owner".to_owned()])
+                    .await?;
+                skipped.extend(statements(&text));
+            }
         }
         let objects_list = self.work.join("pre-data-objects.list");
         write(&objects_list, &toc::list_file(&objects))?;
@@ -571,7 +581,17 @@ impl SchemaCopy {
             let with_owners = self
                 .restore_script(&dumped.pre_data, &objects_list, &extra)
                 .await?;
-            script.push_str(&added_lines(&with_owners, &without_owners));
+            for line in added_lines(&with_owners, &without_owners).lines() {
+                // Before PostgreSQL 15 the public schema belonged to the
+                // bootstrap superuser; a newer target gives it to
+                // pg_database_owner, and only a superuser may change that.
+                if !superuser && line.starts_with("ALTER SCHEMA public OWNER TO ") {
+                    skipped.push(line.to_owned());
+                } else {
+                    script.push_str(line);
+                    script.push('\n');
+                }
+            }
         }
         Ok((script, skipped))
     }
@@ -745,6 +765,22 @@ impl SchemaCopy {
         .await?;
         Ok(created)
     }
+}
+
+/// The SQL statements of a `pg_restore` script, one per line, without its
+/// comments, settings and blank lines.
+fn statements(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("--")
+                && !l.starts_with('\\')
+                && !l.starts_with("SET ")
+                && !l.starts_with("SELECT pg_catalog.set_config")
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The lines of `with` that `without` lacks, in order, where `without` is

@@ -14,6 +14,10 @@ const REQUIRED: [&str; 3] = ["postgres", "initdb", "pg_ctl"];
 /// Where Debian and Ubuntu install each major version.
 const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
 
+/// Where `.ci/install-postgres-versions.sh` installs other server versions
+/// (`<root>/<major>/bin`), unless `PGLIVE_PG_ROOT` names another place.
+const VERSIONS_ROOT: &str = "/opt/pglive-pg";
+
 /// A directory of PostgreSQL server programs (`postgres`, `initdb`,
 /// `pg_ctl`, and usually `psql`, `pg_dump`, ... of the same version) and their
 /// major version.
@@ -26,7 +30,8 @@ pub struct PgBinaries {
 impl PgBinaries {
     /// Finds the server programs: `$PG_BINDIR`, then `pg_config --bindir`,
     /// then the directories on `PATH`, then `/usr/lib/postgresql/*/bin`,
-    /// newest major version first. A directory counts only if it holds
+    /// then `$PGLIVE_PG_ROOT/*/bin` (default `/opt/pglive-pg`, see
+    /// `.ci/install-postgres-versions.sh`), newest major version first. A directory counts only if it holds
     /// `postgres`, `initdb` and `pg_ctl`; symbolic links are followed to the
     /// real directory.
     pub fn find() -> Result<Self, Error> {
@@ -63,6 +68,20 @@ impl PgBinaries {
     pub fn program(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// A client program (`psql`, `pg_dump`, …) of this version or, for a
+    /// server-only installation, of the newest installation that has it.
+    pub fn client(&self, name: &str) -> PathBuf {
+        let own = self.dir.join(name);
+        if own.is_file() {
+            return own;
+        }
+        installation_dirs(None)
+            .into_iter()
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+            .unwrap_or(own)
+    }
 }
 
 fn search(major: Option<u32>) -> Result<PgBinaries, Error> {
@@ -79,7 +98,7 @@ fn search(major: Option<u32>) -> Result<PgBinaries, Error> {
     if let Some(path) = env::var_os("PATH") {
         dirs.extend(env::split_paths(&path).filter(|d| d.is_absolute()));
     }
-    dirs.extend(debian_dirs(major));
+    dirs.extend(installation_dirs(major));
 
     let mut searched: Vec<String> = Vec::new();
     let mut seen: Vec<PathBuf> = Vec::new();
@@ -100,19 +119,34 @@ fn search(major: Option<u32>) -> Result<PgBinaries, Error> {
     })
 }
 
-/// `/usr/lib/postgresql/<major>/bin`, newest first, or only `major`'s.
-fn debian_dirs(major: Option<u32>) -> Vec<PathBuf> {
-    let mut versions: Vec<u32> = fs::read_dir(DEBIAN_ROOT)
+/// `<root>/<major>/bin` under Debian's root, then under the versions root,
+/// each newest first, or only `major`'s: without a version asked for, the
+/// system's installation comes first.
+fn installation_dirs(major: Option<u32>) -> Vec<PathBuf> {
+    let versions_root = env::var_os("PGLIVE_PG_ROOT")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(VERSIONS_ROOT));
+    let mut found: Vec<(usize, u32, PathBuf)> = Vec::new();
+    for (rank, root) in [PathBuf::from(DEBIAN_ROOT), versions_root]
         .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|v| major.is_none_or(|m| m == *v))
-        .collect();
-    versions.sort_unstable_by(|a, b| b.cmp(a));
-    versions
-        .into_iter()
-        .map(|v| Path::new(DEBIAN_ROOT).join(v.to_string()).join("bin"))
-        .collect()
+        .enumerate()
+    {
+        for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+            let Some(version) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if major.is_none_or(|m| m == version) {
+                found.push((rank, version, root.join(version.to_string()).join("bin")));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    found.into_iter().map(|(_, _, dir)| dir).collect()
 }
 
 /// The server bin directory `dir` stands for, if any: the real directory of

@@ -506,7 +506,7 @@ impl Cluster {
         sql: &str,
         target: String,
     ) -> Result<String, Error> {
-        let mut cmd = command(self.binaries.program("psql"), None, &self.root);
+        let mut cmd = command(self.binaries.client("psql"), None, &self.root);
         cmd.args([
             "-X",
             "-q",

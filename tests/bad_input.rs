@@ -2,6 +2,7 @@
 //! changed on either server: no slot, no publication, no state.
 
 mod util;
+mod versions;
 
 use pglive_testkit::{Cluster, ClusterOptions};
 use util::{run, text};
@@ -154,7 +155,8 @@ fn privileges_the_roles_lack() {
              CREATE TABLE secret (id int PRIMARY KEY, who text);
              ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
              ALTER TABLE secret FORCE ROW LEVEL SECURITY;
-             CREATE SEQUENCE hidden;",
+             CREATE SEQUENCE hidden;
+             SELECT lo_from_bytea(0, 'x');",
         )
         .unwrap();
     cluster
@@ -181,6 +183,7 @@ fn privileges_the_roles_lack() {
         "GRANT SELECT ON SEQUENCE \"public\".\"hidden\"",
         "GRANT \"another_owner\" TO",
         "\"public\".\"theirs\"",
+        "GRANT SELECT ON pg_catalog.pg_largeobject",
     ] {
         assert!(
             message.contains(expected),
@@ -254,4 +257,41 @@ fn usage_errors_exit_with_2() {
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let output = run(&["frobnicate"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// A source newer than every pg_dump found is refused, naming the version
+/// needed; PostgreSQL 18's idle slot timeout, which would invalidate the
+/// slot during a long copy, is warned about.
+#[test]
+fn source_newer_than_pg_dump_and_idle_slot_timeout() {
+    let source_cluster = versions::cluster(18);
+    let target_cluster = versions::cluster(18);
+    let src = source_cluster.create_database("new_src").unwrap();
+    let dst = target_cluster.create_database("new_dst").unwrap();
+    source_cluster
+        .psql(
+            &src,
+            "CREATE TABLE t (id int PRIMARY KEY); ALTER SYSTEM SET idle_replication_slot_timeout = '30min'; SELECT pg_reload_conf()",
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
+    let output = util::pglive(&["migrate", "--source", &source, "--target", &target])
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let message = text(&output);
+    assert_eq!(output.status.code(), Some(PREFLIGHT), "{message}");
+    assert!(
+        message.contains("idle_replication_slot_timeout"),
+        "{message}"
+    );
+    assert!(message.contains("PostgreSQL 18 client"), "{message}");
+    assert_untouched(source_cluster, &src, &dst);
+    source_cluster
+        .psql(
+            &src,
+            "ALTER SYSTEM RESET idle_replication_slot_timeout; SELECT pg_reload_conf()",
+        )
+        .unwrap();
 }

@@ -452,3 +452,92 @@ fn keyless_table_updated_during_the_migration() {
     );
     no_leftovers(cluster, &src);
 }
+
+/// `--include` is part of the migration: a standalone `cutover` (no
+/// `migrate` running) and `verify` work on the included tables only, and
+/// sequence synchronization leaves the other tables' sequences alone.
+/// `clean` of another migration's name leaves this one's state alone.
+#[test]
+fn filters_are_kept_and_clean_removes_only_its_own_migration() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("filter_src").unwrap();
+    let dst = cluster.create_database("filter_dst").unwrap();
+    cluster
+        .psql(
+            &src,
+            "CREATE TABLE kept (id serial PRIMARY KEY, v text); INSERT INTO kept (v) SELECT 'k' FROM generate_series(1, 100);
+             CREATE TABLE left_out (id serial PRIMARY KEY, v text); INSERT INTO left_out (v) SELECT 'l' FROM generate_series(1, 100);",
+        )
+        .unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = spawn(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "f",
+        "--include",
+        "public.kept",
+    ]);
+    wait_for_stage(
+        &target,
+        "f",
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    // Cleaning another migration on the same target keeps this one's state.
+    let cleaned = run_ok(&[
+        "clean",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "someone_else",
+    ]);
+    assert!(
+        !cleaned.contains("dropped the pglive state schema"),
+        "{cleaned}"
+    );
+    migrate.kill().unwrap();
+    migrate.wait().unwrap();
+    cluster
+        .psql(
+            &src,
+            "INSERT INTO kept (v) VALUES ('late'); INSERT INTO left_out (v) VALUES ('late')",
+        )
+        .unwrap();
+    let cutover = run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "f",
+    ]);
+    assert!(
+        cutover.contains("1 tables"),
+        "only the included table: {cutover}"
+    );
+    assert_eq!(
+        cluster
+            .psql(&dst, "SELECT count(*), max(id) FROM kept")
+            .unwrap(),
+        "101|101"
+    );
+    assert_eq!(
+        cluster
+            .psql(&dst, "SELECT last_value FROM kept_id_seq")
+            .unwrap(),
+        "101"
+    );
+    assert_eq!(
+        cluster
+            .psql(&dst, "SELECT to_regclass('left_out') IS NULL")
+            .unwrap(),
+        "t"
+    );
+    let verify = run_ok(&[
+        "verify", "--source", &source, "--target", &target, "--name", "f", "--full",
+    ]);
+    assert!(verify.contains("verified 1 tables"), "{verify}");
+    no_leftovers(cluster, &src);
+}

@@ -186,6 +186,22 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
                 );
             }
         }
+        // PostgreSQL 18 invalidates slots idle for longer than this; the
+        // slot is idle for the whole copy.
+        if let Ok(timeout) = scalar(
+            &source,
+            "SELECT coalesce(current_setting('idle_replication_slot_timeout', true), '0')",
+        )
+        .await
+        {
+            if timeout != "0" && timeout != "0s" && timeout != "0min" {
+                found.warnings.push(format!(
+                    "the source has idle_replication_slot_timeout = {timeout}: the slot is idle while the copy runs and \
+                     would be invalidated after that long, losing the migration; set it to 0 for the migration \
+                     (ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf())"
+                ));
+            }
+        }
         match source
             .query_opt(
                 "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",

@@ -249,6 +249,54 @@ async fn schema_drift_stops_apply_with_the_table_and_column_named() {
     pair.assert_equal().await;
 }
 
+/// A column whose type modifier differs on the target would change values
+/// on the way (numeric rounded, varchar cut by an explicit cast): apply
+/// stops before the first row with the column named; with the target made
+/// like the source, everything arrives.
+#[tokio::test]
+async fn a_different_type_modifier_stops_apply_before_values_change() {
+    let pair = Pair::new(
+        "typmod",
+        "CREATE TABLE t (id int PRIMARY KEY, amount numeric(12,4), code varchar(10))",
+    )
+    .await;
+    pair.cluster
+        .psql(
+            &pair.target,
+            "ALTER TABLE t ALTER COLUMN amount TYPE numeric(12,2)",
+        )
+        .unwrap();
+    pair.source_sql("INSERT INTO t VALUES (1, 1.2345, 'abcdefghij')");
+    let stop_at = pair.source_lsn();
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
+        .await
+        .unwrap();
+    let mut stream = pair.stream(pair.start).await;
+    let mut run_options = pglive_apply::RunOptions::default();
+    run_options.stop_at = Some(stop_at);
+    let error = run_quietly(&mut applier, &mut stream, &run_options)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("\"amount\"") && message.contains("modifier"),
+        "{message}"
+    );
+    assert!(!message.contains("\"code\""), "{message}");
+    drop(stream);
+    drop(applier);
+    pair.cluster
+        .psql(
+            &pair.target,
+            "ALTER TABLE t ALTER COLUMN amount TYPE numeric(12,4)",
+        )
+        .unwrap();
+    pair.catch_up(&pair.target_conninfo(), options(&pair, 1))
+        .await;
+    pair.assert_equal().await;
+}
+
 #[tokio::test]
 async fn a_diverged_target_is_an_error_not_a_silent_skip() {
     let pair = Pair::new("diverged", "CREATE TABLE t (id int PRIMARY KEY, a text)").await;

@@ -412,25 +412,49 @@ fn filter_params(filter: &ObjectFilter) -> Result<FilterParams> {
     ))
 }
 
-/// The SQL condition of a filter on relation `c` in namespace `n`.
+/// The SQL condition of a filter on relation `c` in namespace `n`: its
+/// schema, and for `tables` its name. A sequence (`tables` false) is
+/// selected by its schema, and when table patterns are given, by its own
+/// name or the table that owns it (as `pg_dump --table` dumps a table's
+/// owned sequences with it).
 fn filter_condition(tables: bool) -> String {
     let mut sql = String::from(
         "(cardinality($1::text[]) = 0 OR n.nspname ~ ANY($1::text[])) \
          AND NOT n.nspname ~ ANY($2::text[])",
     );
+    let matches = |relation: &str, namespace: &str, schemas: &str, names: &str| {
+        format!(
+            "SELECT 1 FROM unnest({schemas}::text[], {names}::text[]) AS p(s, t) \
+             WHERE CASE WHEN p.s IS NULL THEN pg_catalog.pg_table_is_visible({relation}.oid) \
+                        ELSE {namespace}.nspname ~ p.s END \
+               AND {relation}.relname ~ p.t"
+        )
+    };
+    let owner = |schemas: &str, names: &str| {
+        format!(
+            "SELECT 1 FROM pg_catalog.pg_depend d \
+               JOIN pg_catalog.pg_class o ON o.oid = d.refobjid \
+               JOIN pg_catalog.pg_namespace onsp ON onsp.oid = o.relnamespace \
+              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid \
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                AND d.deptype IN ('a', 'i') AND EXISTS ({})",
+            matches("o", "onsp", schemas, names)
+        )
+    };
     if tables {
-        let matches = "SELECT 1 FROM unnest(%S, %N) AS p(s, t) \
-             WHERE CASE WHEN p.s IS NULL THEN pg_catalog.pg_table_is_visible(c.oid) \
-                        ELSE n.nspname ~ p.s END \
-               AND c.relname ~ p.t";
         sql.push_str(&format!(
             " AND (cardinality($4::text[]) = 0 OR EXISTS ({})) AND NOT EXISTS ({})",
-            matches
-                .replace("%S", "$3::text[]")
-                .replace("%N", "$4::text[]"),
-            matches
-                .replace("%S", "$5::text[]")
-                .replace("%N", "$6::text[]"),
+            matches("c", "n", "$3", "$4"),
+            matches("c", "n", "$5", "$6"),
+        ));
+    } else {
+        sql.push_str(&format!(
+            " AND (cardinality($4::text[]) = 0 OR EXISTS ({}) OR EXISTS ({})) \
+             AND NOT EXISTS ({}) AND NOT EXISTS ({})",
+            matches("c", "n", "$3", "$4"),
+            owner("$3", "$4"),
+            matches("c", "n", "$5", "$6"),
+            owner("$5", "$6"),
         ));
     }
     sql
@@ -669,7 +693,12 @@ async fn read_sequences(
         filter_condition(false)
     );
     let rows = client
-        .query(&sql, &[&params.0, &params.1])
+        .query(
+            &sql,
+            &[
+                &params.0, &params.1, &params.2, &params.3, &params.4, &params.5,
+            ],
+        )
         .await
         .map_err(query("reading sequences"))?;
     Ok(rows

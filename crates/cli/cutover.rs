@@ -120,6 +120,14 @@ pub async fn perform(
         "cutover: target caught up with the source at {final_lsn}"
     ));
 
+    let not_carried =
+        crate::publication::tables_not_carried(&source, &target, &ctx.name, &ctx.filter).await?;
+    if !not_carried.is_empty() {
+        bail!(
+            "the source has tables this migration does not carry; the slot is kept so nothing is lost:\n  - {}",
+            not_carried.join("\n  - ")
+        );
+    }
     let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter)
         .await
         .context("synchronizing sequences")?;

@@ -27,12 +27,20 @@ pub enum LiveOutcome {
 }
 
 /// Why the apply loop was asked to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Reason {
     Interrupt,
-    Cutover { fence: bool },
+    Cutover {
+        fence: bool,
+    },
     Verify(pglive_repl::Lsn),
+    /// Source tables the migration does not carry (see
+    /// `publication::tables_not_carried`).
+    NotCarried(Vec<String>),
 }
+
+/// How often streaming looks for tables created on the source.
+const NEW_TABLES_EVERY: Duration = Duration::from_secs(15);
 
 /// A connected applier and stream, ready to run.
 pub struct Session {
@@ -170,12 +178,13 @@ async fn session(
         mut stream,
     } = connect(ctx, migration).await?;
     let state_client = connect_sql(&ctx.target).await?;
+    let source_client = connect_sql(&ctx.source).await?;
     loop {
         let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
         let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
         let stop = watch_requests(
-            &state_client,
-            &ctx.name,
+            [&state_client, &source_client],
+            ctx,
             interrupt,
             keys,
             cutover_when_ready,
@@ -194,7 +203,7 @@ async fn session(
             },
         )
         .await?;
-        let why = *reason.lock().expect("not poisoned");
+        let why = reason.lock().expect("not poisoned").clone();
         match (stopped, why) {
             (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
                 reporter.streaming_finished();
@@ -218,6 +227,13 @@ async fn session(
                     return Ok(Some(LiveOutcome::Interrupted));
                 }
             }
+            (Stopped::Shutdown, Some(Reason::NotCarried(tables))) => {
+                stream.stop().await.ok();
+                anyhow::bail!(
+                    "stopped at a transaction boundary, before any change of a table the migration does not carry is lost:\n  - {}",
+                    tables.join("\n  - ")
+                );
+            }
             (Stopped::Shutdown, _) => {
                 stream.stop().await.ok();
                 return Ok(Some(LiveOutcome::Interrupted));
@@ -228,20 +244,38 @@ async fn session(
     }
 }
 
-/// Completes when Ctrl-C is pressed, a cutover is typed, or another pglive
-/// process asks for a cutover or a verification pause; records progress
-/// every second.
+/// Completes when Ctrl-C is pressed, a cutover is typed, another pglive
+/// process asks for a cutover or a verification pause, or a table appears
+/// on the source that the migration does not carry; records progress
+/// every second. The clients are the target's (state) and the source's.
 async fn watch_requests(
-    state_client: &tokio_postgres::Client,
-    name: &str,
+    [state_client, source_client]: [&tokio_postgres::Client; 2],
+    ctx: &Job,
     interrupt: &Interrupt,
     keys: &CutoverKeys,
     cutover_when_ready: bool,
     latest: Arc<Mutex<Option<Progress>>>,
     reason: Arc<Mutex<Option<Reason>>>,
 ) {
+    let name = ctx.name.as_str();
     let set = |r: Reason| *reason.lock().expect("not poisoned") = Some(r);
+    let mut next_table_check = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_table_check {
+            next_table_check += NEW_TABLES_EVERY;
+            if let Ok(tables) = crate::publication::tables_not_carried(
+                source_client,
+                state_client,
+                &ctx.name,
+                &ctx.filter,
+            )
+            .await
+            {
+                if !tables.is_empty() {
+                    return set(Reason::NotCarried(tables));
+                }
+            }
+        }
         tokio::select! {
             () = interrupt.wait() => return set(Reason::Interrupt),
             fence = keys.wait() => return set(Reason::Cutover { fence }),

@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> ExitStatus {
     let reporter = Arc::new(report::Reporter::new(cli.log_format == LogFormat::Json));
     let result = match cli.command {
         Command::Migrate(args) => {
-            migrate::run(args, Arc::clone(&reporter), interrupt.clone()).await
+            Box::pin(migrate::run(args, Arc::clone(&reporter), interrupt.clone())).await
         }
         Command::Cutover(args) => cutover::command(args, Arc::clone(&reporter)).await,
         Command::Status(args) => status::run(args).await.map(|()| ExitStatus::Success),

@@ -150,3 +150,33 @@ pub async fn keyless_changes(source: &Client, catalog: &Catalog) -> Result<BTree
         .context("reading the statistics of keyless tables")?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+/// The selected source tables that this migration does not carry: those
+/// created after it started, which its copy does not hold. Their rows may
+/// be missing from the stream (a publication that lists its tables) and
+/// their updates and deletes are (the second publication always lists its
+/// tables), so streaming stops with each one named instead.
+pub async fn tables_not_carried(
+    source: &Client,
+    target: &Client,
+    migration: &str,
+    filter: &pglive_schema::ObjectFilter,
+) -> Result<Vec<String>> {
+    let catalog = Catalog::read(source, filter).await?;
+    let copied = pglive_snapshot::copied_at(target, migration).await?;
+    let copied: std::collections::HashSet<String> =
+        copied.keys().map(|name| name.to_string()).collect();
+    Ok(catalog
+        .tables
+        .iter()
+        .filter(|t| t.holds_rows() && !copied.contains(&t.name.to_string()))
+        .map(|t| {
+            format!(
+                "{} was created on the source after the migration started, so its copy lacks it and its changes \
+                 are not all streamed: pglive cannot carry such a table yet. \
+                 Start the migration again (`pglive clean`, then `pglive migrate`) to include it, or with --exclude to leave it out",
+                t.name.quoted()
+            )
+        })
+        .collect())
+}

@@ -542,40 +542,65 @@ fn filters_are_kept_and_clean_removes_only_its_own_migration() {
     no_leftovers(cluster, &src);
 }
 
-/// Waits for `child` to exit; its status and output.
-fn exited(mut child: std::process::Child, limit: Duration) -> (std::process::ExitStatus, String) {
-    let deadline = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().ok();
-            panic!("pglive did not stop in time");
+/// Waits until the migration's copy of `table` is done on the target.
+fn wait_until_copied(cluster: &Cluster, db: &str, table: &str, child: &mut std::process::Child) {
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM pglive.copy_parts WHERE table_name = '{table}'"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = cluster.psql(db, &sql).unwrap();
+        if state
+            .split_once('/')
+            .is_some_and(|(done, all)| done == all && all != "0")
+        {
+            return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(child.try_wait().unwrap().is_none(), "migrate exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} was never copied ({state})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let output = child.wait_with_output().unwrap();
-    (output.status, text(&output))
 }
 
-/// A table created on the source while a superuser's unfiltered migration
-/// streams (FOR ALL TABLES) stops apply with the table named, and a
-/// restarted migrate stops again: its copy lacks the table, and its updates
-/// are not in the stream (pglive cannot carry it yet).
+/// Both sides of `tables`, row by row.
+fn assert_tables_equal(cluster: &Cluster, src: &str, dst: &str, tables: &[&str]) {
+    for table in tables {
+        let sql = format!(
+            "SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t"
+        );
+        assert_eq!(
+            cluster.psql(src, &sql).unwrap(),
+            cluster.psql(dst, &sql).unwrap(),
+            "{table} differs"
+        );
+    }
+}
+
+/// Tables and partitions created on the source while a superuser's
+/// unfiltered migration streams (FOR ALL TABLES) are copied and streamed
+/// from there: inserts, updates and deletes before and after they joined
+/// arrive exactly once.
 #[test]
-fn a_table_created_mid_run_stops_migrate_with_it_named() {
+fn tables_created_mid_run_are_carried() {
     let cluster = Cluster::shared();
     let src = cluster.create_database("newtab_src").unwrap();
     let dst = cluster.create_database("newtab_dst").unwrap();
     cluster
         .psql(
             &src,
-            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'a')",
+            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'a');
+             CREATE TABLE ev (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+             CREATE TABLE ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             INSERT INTO ev VALUES (1, '2025-02-01');",
         )
         .unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let args = [
+    let mut migrate = spawn(&[
         "migrate", "--source", &source, "--target", &target, "--name", "nt",
-    ];
-    let mut migrate = spawn(&args);
+    ]);
     wait_for_stage(
         &target,
         "nt",
@@ -583,34 +608,43 @@ fn a_table_created_mid_run_stops_migrate_with_it_named() {
         &mut migrate,
         Duration::from_secs(120),
     );
-    let table = "CREATE TABLE b (id int PRIMARY KEY, v text)";
     cluster
         .psql(
             &src,
-            &format!("{table}; INSERT INTO b SELECT g, 'b' FROM generate_series(1, 50) g"),
+            "CREATE TABLE b (id int PRIMARY KEY, v text);
+             INSERT INTO b SELECT g, 'b' FROM generate_series(1, 50) g;
+             UPDATE b SET v = 'early' WHERE id <= 5;
+             CREATE TABLE ev_2026 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+             INSERT INTO ev SELECT g, '2026-03-01' FROM generate_series(2, 20) g;
+             CREATE TABLE loose (at int, note text); INSERT INTO loose VALUES (1, 'x');",
         )
         .unwrap();
-    let (status, log) = exited(migrate, Duration::from_secs(60));
-    assert!(!status.success(), "{log}");
-    assert!(
-        log.contains("\"public\".\"b\""),
-        "the table is named: {log}"
+    for table in ["b", "ev_2026", "loose"] {
+        wait_until_copied(cluster, &dst, table, &mut migrate);
+    }
+    cluster
+        .psql(
+            &src,
+            "UPDATE b SET v = 'late' WHERE id BETWEEN 3 AND 8; DELETE FROM b WHERE id = 50;
+             INSERT INTO b VALUES (51, 'new'); UPDATE ev SET id = id + 100 WHERE day = '2026-03-01' AND id < 5;
+             INSERT INTO loose VALUES (2, 'y'); UPDATE a SET v = 'still'",
+        )
+        .unwrap();
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "nt",
+        ],
+        &mut migrate,
     );
-    // With the table made on the target by hand, migrate still refuses.
-    cluster.psql(&dst, table).unwrap();
-    let (status, log) = exited(spawn(&args), Duration::from_secs(60));
-    assert!(!status.success(), "{log}");
-    assert!(
-        log.contains("\"public\".\"b\" was created on the source after the migration started"),
-        "{log}"
-    );
+    let log = finish(migrate);
+    assert!(log.contains("new table(s)"), "{log}");
+    assert_tables_equal(cluster, &src, &dst, &["a", "b", "ev", "loose"]);
 }
 
-/// Without FOR ALL TABLES (a role that is not a superuser), a table
-/// created mid-run is not in the publication: migrate stops with it named
-/// instead of losing its rows.
+/// Without FOR ALL TABLES (a role that is not a superuser), a table created
+/// mid-run is added to the publications, then copied and streamed.
 #[test]
-fn a_table_created_mid_run_outside_the_publication_stops_migrate() {
+fn a_table_created_mid_run_outside_the_publication_is_carried() {
     let cluster = Cluster::start(ClusterOptions::new().password_auth(true)).unwrap();
     let role = cluster.role().unwrap().clone();
     let src = cluster.create_database("newpub_src").unwrap();
@@ -638,14 +672,25 @@ fn a_table_created_mid_run_outside_the_publication_stops_migrate() {
         .psql_as(
             &source,
             Some(&role.password),
-            "CREATE TABLE late (id int PRIMARY KEY); INSERT INTO late VALUES (1)",
+            "CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late SELECT g, 'x' FROM generate_series(1, 30) g",
         )
         .unwrap();
-    let (status, log) = exited(migrate, Duration::from_secs(60));
-    assert!(!status.success(), "{log}");
-    assert!(
-        log.contains("\"public\".\"late\" was created on the source after the migration started"),
-        "{log}"
+    wait_until_copied(&cluster, &dst, "late", &mut migrate);
+    cluster
+        .psql_as(
+            &source,
+            Some(&role.password),
+            "UPDATE late SET v = 'y' WHERE id < 10; DELETE FROM late WHERE id = 30; INSERT INTO a VALUES (1)",
+        )
+        .unwrap();
+    let cutover = util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "np",
+        ],
+        &mut migrate,
     );
+    assert!(!cutover.contains(&role.password), "no password in output");
+    let log = finish(migrate);
     assert!(!log.contains(&role.password), "no password in output");
+    assert_tables_equal(&cluster, &src, &dst, &["a", "late"]);
 }

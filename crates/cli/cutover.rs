@@ -123,9 +123,11 @@ pub async fn perform(
     let not_carried =
         crate::publication::tables_not_carried(&source, &target, &ctx.name, &ctx.filter).await?;
     if !not_carried.is_empty() {
+        let names: Vec<String> = not_carried.iter().map(ToString::to_string).collect();
         bail!(
-            "the source has tables this migration does not carry; the slot is kept so nothing is lost:\n  - {}",
-            not_carried.join("\n  - ")
+            "table(s) {} were created on the source since streaming last looked; the slot is kept so nothing is lost: \
+             run `pglive migrate` again (it copies them and streams them from there), then cut over",
+            names.join(", ")
         );
     }
     let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter)

@@ -34,13 +34,13 @@ enum Reason {
         fence: bool,
     },
     Verify(pglive_repl::Lsn),
-    /// Source tables the migration does not carry (see
+    /// Source tables the migration does not carry yet (see
     /// `publication::tables_not_carried`).
-    NotCarried(Vec<String>),
+    NotCarried(Vec<pglive_schema::QualifiedName>),
 }
 
 /// How often streaming looks for tables created on the source.
-const NEW_TABLES_EVERY: Duration = Duration::from_secs(15);
+const NEW_TABLES_EVERY: Duration = Duration::from_secs(10);
 
 /// A connected applier and stream, ready to run.
 pub struct Session {
@@ -173,73 +173,100 @@ async fn session(
     keys: &CutoverKeys,
     cutover_when_ready: bool,
 ) -> Result<Option<LiveOutcome>> {
-    let Session {
-        mut applier,
-        mut stream,
-    } = connect(ctx, migration).await?;
     let state_client = connect_sql(&ctx.target).await?;
     let source_client = connect_sql(&ctx.source).await?;
-    loop {
-        let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
-        let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
-        let stop = watch_requests(
-            [&state_client, &source_client],
-            ctx,
-            interrupt,
-            keys,
-            cutover_when_ready,
-            Arc::clone(&latest),
-            Arc::clone(&reason),
-        );
-        let display = Arc::clone(reporter);
-        let stopped = pglive_apply::run(
-            &mut applier,
-            &mut stream,
-            stop,
-            &RunOptions::default(),
-            |p| {
-                display.streaming(p);
-                *latest.lock().expect("not poisoned") = Some(p.clone());
-            },
-        )
-        .await?;
-        let why = reason.lock().expect("not poisoned").clone();
-        match (stopped, why) {
-            (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
-                reporter.streaming_finished();
-                cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter)
+    // Each round connects an applier and a stream; a round ends for good,
+    // or after tables created on the source were added to the migration.
+    'connect: loop {
+        let Session {
+            mut applier,
+            mut stream,
+        } = connect(ctx, migration).await?;
+        loop {
+            let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
+            let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
+            let stop = watch_requests(
+                [&state_client, &source_client],
+                ctx,
+                interrupt,
+                keys,
+                cutover_when_ready,
+                Arc::clone(&latest),
+                Arc::clone(&reason),
+            );
+            let display = Arc::clone(reporter);
+            let ran = pglive_apply::run(
+                &mut applier,
+                &mut stream,
+                stop,
+                &RunOptions::default(),
+                |p| {
+                    display.streaming(p);
+                    *latest.lock().expect("not poisoned") = Some(p.clone());
+                },
+            )
+            .await;
+            let stopped = match ran {
+                Ok(stopped) => stopped,
+                // Rows of a table created on the source (FOR ALL TABLES
+                // publishes it at once) before the periodic check saw it.
+                Err(pglive_apply::Error::TableMissing { table }) => {
+                    let new = crate::publication::tables_not_carried(
+                        &source_client,
+                        &state_client,
+                        &ctx.name,
+                        &ctx.filter,
+                    )
                     .await?;
-                return Ok(Some(LiveOutcome::CutoverDone));
-            }
-            (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
-                if !pause_for_verify(
-                    ctx,
-                    &mut applier,
-                    &mut stream,
-                    lsn,
-                    &state_client,
-                    reporter,
-                    interrupt,
-                )
-                .await?
-                {
+                    if new.is_empty() {
+                        return Err(pglive_apply::Error::TableMissing { table }.into());
+                    }
+                    stream.stop().await.ok();
+                    drop(applier);
+                    reporter.streaming_finished();
+                    crate::adopt::adopt(ctx, migration, &new, reporter).await?;
+                    continue 'connect;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let why = reason.lock().expect("not poisoned").clone();
+            match (stopped, why) {
+                (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
+                    reporter.streaming_finished();
+                    cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter)
+                        .await?;
+                    return Ok(Some(LiveOutcome::CutoverDone));
+                }
+                (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
+                    if !pause_for_verify(
+                        ctx,
+                        &mut applier,
+                        &mut stream,
+                        lsn,
+                        &state_client,
+                        reporter,
+                        interrupt,
+                    )
+                    .await?
+                    {
+                        stream.stop().await.ok();
+                        return Ok(Some(LiveOutcome::Interrupted));
+                    }
+                }
+                (Stopped::Shutdown, Some(Reason::NotCarried(tables))) => {
+                    stream.stop().await.ok();
+                    drop(applier);
+                    reporter.streaming_finished();
+                    crate::adopt::adopt(ctx, migration, &tables, reporter).await?;
+                    continue 'connect;
+                }
+                (Stopped::Shutdown, _) => {
                     stream.stop().await.ok();
                     return Ok(Some(LiveOutcome::Interrupted));
                 }
+                // The server ended the stream (it is shutting down): reconnect.
+                (_, _) => return Ok(None),
             }
-            (Stopped::Shutdown, Some(Reason::NotCarried(tables))) => {
-                stream.stop().await.ok();
-                anyhow::bail!(
-                    "stopped at a transaction boundary, before any change of a table the migration does not carry is lost:\n  - {}",
-                    tables.join("\n  - ")
-                );
-            }
-            (Stopped::Shutdown, _) => {
-                stream.stop().await.ok();
-                return Ok(Some(LiveOutcome::Interrupted));
-            }
-            // The server ended the stream (it is shutting down): reconnect.
-            (_, _) => return Ok(None),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the glue that composes the libraries. Nothing here is meant to be
 //! embedded; see the `pglive-*` crates for that.
 
+mod adopt;
 mod clean;
 mod cli;
 mod cutover;

@@ -268,7 +268,7 @@ async fn start(
     })
 }
 
-fn schema_options(ctx: &Job) -> SchemaOptions {
+pub fn schema_options(ctx: &Job) -> SchemaOptions {
     let mut options = SchemaOptions::default();
     options.filter = ctx.filter.clone();
     options.jobs = ctx.index_jobs;
@@ -441,7 +441,10 @@ async fn continue_from(
     }
 }
 
-async fn temporary_slot(replication: &mut ReplicationClient, name: &str) -> Result<CreatedSlot> {
+pub async fn temporary_slot(
+    replication: &mut ReplicationClient,
+    name: &str,
+) -> Result<CreatedSlot> {
     let slot_name = format!("{}_resume_{}", name, std::process::id());
     replication
         .create_slot(

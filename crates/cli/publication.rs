@@ -155,13 +155,13 @@ pub async fn keyless_changes(source: &Client, catalog: &Catalog) -> Result<BTree
 /// created after it started, which its copy does not hold. Their rows may
 /// be missing from the stream (a publication that lists its tables) and
 /// their updates and deletes are (the second publication always lists its
-/// tables), so streaming stops with each one named instead.
+/// tables), until `adopt` carries them.
 pub async fn tables_not_carried(
     source: &Client,
     target: &Client,
     migration: &str,
     filter: &pglive_schema::ObjectFilter,
-) -> Result<Vec<String>> {
+) -> Result<Vec<pglive_schema::QualifiedName>> {
     let catalog = Catalog::read(source, filter).await?;
     let copied = pglive_snapshot::copied_at(target, migration).await?;
     let copied: std::collections::HashSet<String> =
@@ -170,13 +170,57 @@ pub async fn tables_not_carried(
         .tables
         .iter()
         .filter(|t| t.holds_rows() && !copied.contains(&t.name.to_string()))
-        .map(|t| {
-            format!(
-                "{} was created on the source after the migration started, so its copy lacks it and its changes \
-                 are not all streamed: pglive cannot carry such a table yet. \
-                 Start the migration again (`pglive clean`, then `pglive migrate`) to include it, or with --exclude to leave it out",
-                t.name.quoted()
-            )
-        })
+        .map(|t| t.name.clone())
         .collect())
+}
+
+/// Adds the tables of `catalog` to the migration's publications where they
+/// are not in them yet: every one to `<name>` (unless it is `FOR ALL
+/// TABLES`), those with a key to `<name>_changes`.
+pub async fn add(source: &Client, publication: &str, catalog: &Catalog) -> Result<()> {
+    let all_tables: bool = source
+        .query_one(
+            "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .with_context(|| format!("reading publication {publication:?}"))?
+        .get(0);
+    let changes = changes_name(publication);
+    for table in publishable(catalog) {
+        let mut targets = Vec::new();
+        if !all_tables {
+            targets.push(publication.to_owned());
+        }
+        if identifies_rows(table) {
+            targets.push(changes.clone());
+        }
+        for name in targets {
+            let present = source
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_publication_tables
+                      WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                    &[&name, &table.name.schema, &table.name.name],
+                )
+                .await
+                .context("reading pg_publication_tables")?
+                .is_some();
+            if !present {
+                source
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} ADD TABLE {}",
+                        quote_ident(&name),
+                        table.name.quoted()
+                    ))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "adding {} to publication {name:?} (the source role must own the table)",
+                            table.name
+                        )
+                    })?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -64,6 +64,10 @@ pub struct SchemaOptions {
     /// Use the tables already on the target: skip the pre-data restore and
     /// the empty-target check. Default: off.
     pub reuse_schema: bool,
+    /// Restore the selected objects beside what the target already holds
+    /// (skip the empty-target check), e.g. a table created on the source
+    /// while a migration streams. Default: off.
+    pub add_to_existing: bool,
     /// Parallel `pg_restore` workers for post-data. Default: 4.
     pub jobs: usize,
 }
@@ -77,6 +81,7 @@ impl Default for SchemaOptions {
             skip_extensions: false,
             drop_if_exists: false,
             reuse_schema: false,
+            add_to_existing: false,
             jobs: 4,
         }
     }
@@ -448,7 +453,7 @@ impl SchemaCopy {
         }
         if self.options.drop_if_exists {
             self.drop_foreign_keys().await?;
-        } else {
+        } else if !self.options.add_to_existing {
             self.check_target().await?;
         }
         self.ensure_dumped().await?;

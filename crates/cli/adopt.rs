@@ -1,0 +1,91 @@
+//! Carrying tables created on the source while the migration streams.
+//!
+//! Such a table is in no copy, and its changes are not all in the stream
+//! (a publication that lists its tables lacks it, and the publication of
+//! UPDATEs and DELETEs always lists them). With apply stopped at a
+//! transaction boundary, each one is, in this order:
+//!
+//! 1. added to the publications;
+//! 2. copied under the snapshot of a new temporary slot, created after
+//!    step 1 (its creation waits for every transaction that was running,
+//!    so each change of the table is either committed before the slot's
+//!    consistent point, in the copy, or after it, in the stream with the
+//!    table published), after its pre-data is restored on the target;
+//!    the consistent point becomes the table's `copied_at`, below which
+//!    the applier skips its changes;
+//! 3. given its indexes and constraints (post-data).
+//!
+//! Streaming then resumes from the applied position.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use pglive_repl::{ReplicationClient, connect_sql};
+use pglive_schema::{Catalog, ObjectFilter, QualifiedName, SchemaCopy};
+use pglive_snapshot::{Copier, CopyOptions, Snapshot};
+
+use crate::migrate::{self, Job};
+use crate::report::Reporter;
+use crate::state::Migration;
+
+/// Publishes, creates, copies and indexes `tables` (see the module
+/// documentation).
+pub async fn adopt(
+    ctx: &Job,
+    migration: &Migration,
+    tables: &[QualifiedName],
+    reporter: &Arc<Reporter>,
+) -> Result<()> {
+    let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+    reporter.line(format!(
+        "new table(s) on the source: {}; adding them to the migration",
+        names.join(", ")
+    ));
+    let mut filter = ObjectFilter::new();
+    filter.include_tables = tables.iter().map(QualifiedName::quoted).collect();
+    let source = connect_sql(&ctx.source).await?;
+    let catalog = Catalog::read(&source, &filter).await?;
+    crate::publication::add(&source, &migration.publication, &catalog).await?;
+
+    let mut replication = ReplicationClient::connect(&ctx.source).await?;
+    let slot = migrate::temporary_slot(&mut replication, &ctx.name).await?;
+    let snapshot = Snapshot::from_slot(&slot).context("the temporary slot exported no snapshot")?;
+    let mut options = migrate::schema_options(ctx);
+    options.filter = filter;
+    options.reuse_schema = false;
+    options.add_to_existing = true;
+    let mut schema = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), options).await?;
+    schema
+        .dump(Some(&snapshot.name))
+        .await
+        .context("dumping the new tables' schema")?;
+    schema
+        .restore_pre_data()
+        .await
+        .context("creating the new tables on the target")?;
+    let mut copy_options = CopyOptions::default();
+    copy_options.migration = ctx.name.clone();
+    copy_options.workers = ctx.jobs;
+    copy_options.plan.large_objects = false;
+    let summary = Copier::new(
+        ctx.source.clone(),
+        ctx.target.clone(),
+        catalog.tables.clone(),
+        copy_options,
+    )
+    .run(&snapshot, |_| {})
+    .await
+    .context("copying the new tables")?;
+    replication.close().await.ok();
+    schema
+        .restore_post_data()
+        .await
+        .context("building the new tables' indexes and constraints")?;
+    reporter.line(format!(
+        "new table(s) {} copied ({} rows as of {}) and streamed from there",
+        names.join(", "),
+        summary.rows,
+        slot.consistent_point
+    ));
+    Ok(())
+}

@@ -619,7 +619,13 @@ fn tables_created_mid_run_are_carried() {
              CREATE TABLE loose (at int, note text); INSERT INTO loose VALUES (1, 'x');",
         )
         .unwrap();
-    for table in ["b", "ev_2026", "loose"] {
+    // As if an adoption had stopped after it created the table: it goes on.
+    let half_done = "CREATE TABLE c (id int PRIMARY KEY, v text)";
+    cluster.psql(&dst, half_done).unwrap();
+    cluster
+        .psql(&src, &format!("{half_done}; INSERT INTO c VALUES (1, 'c')"))
+        .unwrap();
+    for table in ["b", "ev_2026", "loose", "c"] {
         wait_until_copied(cluster, &dst, table, &mut migrate);
     }
     cluster
@@ -638,7 +644,7 @@ fn tables_created_mid_run_are_carried() {
     );
     let log = finish(migrate);
     assert!(log.contains("new table(s)"), "{log}");
-    assert_tables_equal(cluster, &src, &dst, &["a", "b", "ev", "loose"]);
+    assert_tables_equal(cluster, &src, &dst, &["a", "b", "ev", "loose", "c"]);
 }
 
 /// Without FOR ALL TABLES (a role that is not a superuser), a table created

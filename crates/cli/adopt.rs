@@ -50,19 +50,37 @@ pub async fn adopt(
     let mut replication = ReplicationClient::connect(&ctx.source).await?;
     let slot = migrate::temporary_slot(&mut replication, &ctx.name).await?;
     let snapshot = Snapshot::from_slot(&slot).context("the temporary slot exported no snapshot")?;
+    // An adoption interrupted after it created a table goes on with it.
+    let target = connect_sql(&ctx.target).await?;
+    let mut missing = Vec::new();
+    for table in tables {
+        let exists: bool = target
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
+            .await
+            .context("looking for a new table on the target")?
+            .get(0);
+        if !exists {
+            missing.push(table.quoted());
+        }
+    }
     let mut options = migrate::schema_options(ctx);
-    options.filter = filter;
     options.reuse_schema = false;
     options.add_to_existing = true;
+    if !missing.is_empty() {
+        let mut create = options.clone();
+        create.filter.include_tables = missing;
+        let mut pre_data = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), create).await?;
+        pre_data
+            .dump(Some(&snapshot.name))
+            .await
+            .context("dumping the new tables' schema")?;
+        pre_data
+            .restore_pre_data()
+            .await
+            .context("creating the new tables on the target")?;
+    }
+    options.filter = filter;
     let mut schema = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), options).await?;
-    schema
-        .dump(Some(&snapshot.name))
-        .await
-        .context("dumping the new tables' schema")?;
-    schema
-        .restore_pre_data()
-        .await
-        .context("creating the new tables on the target")?;
     let mut copy_options = CopyOptions::default();
     copy_options.migration = ctx.name.clone();
     copy_options.workers = ctx.jobs;

@@ -475,7 +475,28 @@ fn migrate_corpus(source_cluster: &Cluster, target_cluster: &Cluster) {
         &mut migrate,
         Duration::from_secs(180),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // A partition and a table created while the migration streams.
+    source_cluster
+        .psql(
+            &src,
+            "SET ROLE corpus_app;
+             CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+             INSERT INTO events SELECT g, date '2027-01-01' + g % 300, '{}' FROM generate_series(1, 500) g;
+             CREATE TABLE late_arrival (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text);
+             GRANT SELECT ON late_arrival TO corpus_reader;
+             INSERT INTO late_arrival (note) SELECT 'n' || g FROM generate_series(1, 100) g;",
+        )
+        .unwrap();
+    for table in ["events_2027", "late_arrival"] {
+        util::wait_until_copied(target_cluster, &dst, table, &mut migrate);
+    }
+    source_cluster
+        .psql(
+            &src,
+            "UPDATE late_arrival SET note = 'changed' WHERE id < 20; DELETE FROM events WHERE id < 50 AND day >= '2027-01-01';",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
     // Changes outside the stream, made late: a restarted sequence and a
     // changed large object.
     source_cluster
@@ -515,7 +536,7 @@ fn migrate_corpus(source_cluster: &Cluster, target_cluster: &Cluster) {
     source_cluster
         .psql(&src, "REFRESH MATERIALIZED VIEW mood_counts")
         .unwrap();
-    assert_same_rows(source_cluster, &src, target_cluster, &dst, 17);
+    assert_same_rows(source_cluster, &src, target_cluster, &dst, 19);
     assert_sequences_not_behind(source_cluster, &src, target_cluster, &dst);
     assert_same_schema(source_cluster, &src, target_cluster, &dst);
 }

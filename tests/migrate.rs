@@ -542,29 +542,6 @@ fn filters_are_kept_and_clean_removes_only_its_own_migration() {
     no_leftovers(cluster, &src);
 }
 
-/// Waits until the migration's copy of `table` is done on the target.
-fn wait_until_copied(cluster: &Cluster, db: &str, table: &str, child: &mut std::process::Child) {
-    let sql = format!(
-        "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM pglive.copy_parts WHERE table_name = '{table}'"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = cluster.psql(db, &sql).unwrap();
-        if state
-            .split_once('/')
-            .is_some_and(|(done, all)| done == all && all != "0")
-        {
-            return;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "migrate exited");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{table} was never copied ({state})"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Both sides of `tables`, row by row.
 fn assert_tables_equal(cluster: &Cluster, src: &str, dst: &str, tables: &[&str]) {
     for table in tables {
@@ -626,7 +603,7 @@ fn tables_created_mid_run_are_carried() {
         .psql(&src, &format!("{half_done}; INSERT INTO c VALUES (1, 'c')"))
         .unwrap();
     for table in ["b", "ev_2026", "loose", "c"] {
-        wait_until_copied(cluster, &dst, table, &mut migrate);
+        util::wait_until_copied(cluster, &dst, table, &mut migrate);
     }
     cluster
         .psql(
@@ -681,7 +658,7 @@ fn a_table_created_mid_run_outside_the_publication_is_carried() {
             "CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late SELECT g, 'x' FROM generate_series(1, 30) g",
         )
         .unwrap();
-    wait_until_copied(&cluster, &dst, "late", &mut migrate);
+    util::wait_until_copied(&cluster, &dst, "late", &mut migrate);
     cluster
         .psql_as(
             &source,

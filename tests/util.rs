@@ -119,6 +119,34 @@ fn poll_stage(
     }
 }
 
+/// Waits until the migration's copy of `table` is done on the target.
+pub fn wait_until_copied(
+    cluster: &pglive_testkit::Cluster,
+    db: &str,
+    table: &str,
+    child: &mut std::process::Child,
+) {
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM pglive.copy_parts WHERE table_name = '{table}'"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = cluster.psql(db, &sql).unwrap();
+        if state
+            .split_once('/')
+            .is_some_and(|(done, all)| done == all && all != "0")
+        {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "migrate exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} was never copied ({state})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs a `cutover` while `migrate` runs; on failure, shows both outputs.
 pub fn cutover_ok(args: &[&str], migrate: &mut Child) -> String {
     let output = run(args);

@@ -295,3 +295,63 @@ fn source_newer_than_pg_dump_and_idle_slot_timeout() {
         )
         .unwrap();
 }
+
+/// A role that owns source objects but is missing on the target is a
+/// preflight failure naming it and the ways out; `--roles` creates it
+/// (without a password) and the objects keep their owner.
+#[test]
+fn missing_roles_are_refused_or_copied_with_roles() {
+    let (source_cluster, target_cluster) = (versions::cluster(14), versions::cluster(16));
+    let src = source_cluster.create_database("roles_src").unwrap();
+    let dst = target_cluster.create_database("roles_dst").unwrap();
+    source_cluster
+        .psql(
+            &src,
+            "CREATE ROLE only_on_source NOLOGIN; CREATE ROLE reader_on_source NOLOGIN;
+             CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t OWNER TO only_on_source;
+             GRANT SELECT ON t TO reader_on_source;",
+        )
+        .unwrap();
+    let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
+    let message = expect_preflight(&source, &target, "\"only_on_source\"");
+    assert!(
+        message.contains("\"reader_on_source\"") && message.contains("--roles"),
+        "{message}"
+    );
+    assert_untouched(source_cluster, &src, &src);
+    assert_eq!(
+        target_cluster
+            .psql(
+                &dst,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'pglive'"
+            )
+            .unwrap(),
+        "0",
+        "no state was written to the target"
+    );
+    let mut migrate = util::spawn(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "roles", "--roles",
+    ]);
+    util::wait_for_stage(
+        &target,
+        "roles",
+        &["streaming"],
+        &mut migrate,
+        std::time::Duration::from_secs(120),
+    );
+    migrate.kill().unwrap();
+    migrate.wait().unwrap();
+    assert_eq!(
+        target_cluster
+            .psql(
+                &dst,
+                "SELECT pg_get_userbyid(relowner) || ' ' || has_table_privilege('reader_on_source', 'public.t', 'SELECT')
+                   FROM pg_class WHERE relname = 't'"
+            )
+            .unwrap(),
+        "only_on_source true"
+    );
+    util::run_ok(&[
+        "clean", "--source", &source, "--target", &target, "--name", "roles", "--force",
+    ]);
+}

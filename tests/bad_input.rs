@@ -355,3 +355,21 @@ fn missing_roles_are_refused_or_copied_with_roles() {
         "clean", "--source", &source, "--target", &target, "--name", "roles", "--force",
     ]);
 }
+
+/// A target older than the source is refused, naming both versions.
+#[test]
+fn target_older_than_source() {
+    let (source_cluster, target_cluster) = (versions::cluster(16), versions::cluster(14));
+    let src = source_cluster.create_database("older_src").unwrap();
+    let dst = target_cluster.create_database("older_dst").unwrap();
+    source_cluster
+        .psql(&src, "CREATE TABLE t (id int PRIMARY KEY)")
+        .unwrap();
+    let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
+    expect_preflight(
+        &source,
+        &target,
+        "the target runs PostgreSQL 14 but the source 16",
+    );
+    assert_untouched(source_cluster, &src, &src);
+}

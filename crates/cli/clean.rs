@@ -59,10 +59,14 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
         .await?
         .is_some();
     if has_state {
-        pglive_apply::restore_triggers(&target_state).await.ok();
-        pglive_apply::restore_identity_columns(&target_state)
-            .await
-            .ok();
+        // The applier's trigger and identity-column records are not kept per
+        // migration: they are undone only with the last migration.
+        if state::others(&target_state, name).await? == 0 {
+            pglive_apply::restore_triggers(&target_state).await.ok();
+            pglive_apply::restore_identity_columns(&target_state)
+                .await
+                .ok();
+        }
         pglive_snapshot::reset(&target_state, name).await?;
         pglive_apply::forget(&target_state, name).await?;
         if migration.is_some() {

@@ -221,16 +221,19 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
         }
         match source
             .query_opt(
-                "SELECT 1 FROM pg_publication WHERE pubname = $1",
-                &[&plan.publication],
+                "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1) LIMIT 1",
+                &[&vec![
+                    plan.publication.to_owned(),
+                    crate::publication::changes_name(plan.publication),
+                ]],
             )
             .await
         {
-            Ok(Some(_)) => fail(
+            Ok(Some(row)) => fail(
                 &mut found,
                 format!(
                     "a publication named {:?} already exists on the source: choose --publication, or run `pglive clean` if it is left over",
-                    plan.publication
+                    row.get::<_, String>(0)
                 ),
             ),
             Ok(None) => {}

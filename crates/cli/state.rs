@@ -350,6 +350,21 @@ pub async fn load_progress(client: &Client, name: &str) -> Result<Option<serde_j
     }))
 }
 
+/// How many migrations other than `name` the target's state holds.
+pub async fn others(client: &Client, name: &str) -> Result<i64> {
+    match client
+        .query_one(
+            "SELECT count(*) FROM pglive.migration WHERE name <> $1",
+            &[&name],
+        )
+        .await
+    {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(0),
+        Err(e) => Err(e).context("reading pglive.migration"),
+    }
+}
+
 /// Removes one migration's row; the state schema goes with the last
 /// migration it holds. Returns whether the schema was dropped.
 pub async fn remove(client: &Client, name: &str) -> Result<bool> {

@@ -71,6 +71,9 @@ CREATE TABLE orders (
     amount numeric(12,2),
     doubled numeric GENERATED ALWAYS AS (amount * 2) STORED,
     status varchar(10) NOT NULL DEFAULT 'new',
+    region char(4) NOT NULL DEFAULT 'emea',
+    flags bit(3) DEFAULT B'101',
+    codes char(2)[] DEFAULT '{ab,cd}',
     note text,
     CONSTRAINT amount_ok CHECK (amount >= 0)
 );
@@ -218,7 +221,7 @@ fn workload_sql(n: u64) -> String {
             n % 100
         ),
         2 => format!(
-            "UPDATE orders SET amount = amount + 1, status = 'paid' WHERE id = {}",
+            "UPDATE orders SET amount = amount + 1, status = 'paid', region = 'apac', flags = B'011' WHERE id = {}",
             pick(5000)
         ),
         // A new identity value for an ALWAYS column (accounts above 2000

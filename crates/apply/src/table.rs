@@ -36,7 +36,9 @@ pub(crate) struct Column {
 pub(crate) struct TargetColumn {
     pub name: String,
     /// The type without its modifier, for casts that never change a value
-    /// (the column's own modifier checks the value when it is stored).
+    /// (the column's own modifier checks the value when it is stored):
+    /// `format_type(type, -1)`, which names `bpchar` and `"bit"` rather than
+    /// `character` and `bit`, which a cast would read as length 1.
     pub type_sql: String,
     /// The type's OID, when it is a built-in type (the same on every
     /// server); `None` for types made by `CREATE TYPE` or extensions.
@@ -141,8 +143,7 @@ impl TableMap {
         let rows = client
             .query(
                 "SELECT a.attname::text,
-                        CASE WHEN a.atttypid = 'pg_catalog.bit'::pg_catalog.regtype THEN 'pg_catalog.\"bit\"'
-                             ELSE format_type(a.atttypid, NULL) END,
+                        format_type(a.atttypid, -1),
                         a.attgenerated <> '',
                         a.attidentity = 'a',
                         CASE WHEN a.atttypid < 16384 THEN a.atttypid END,

@@ -13,7 +13,10 @@ const PREFLIGHT: i32 = 3;
 fn assert_untouched(cluster: &Cluster, source_db: &str, target_db: &str) {
     assert_eq!(
         cluster
-            .psql(source_db, "SELECT count(*) FROM pg_replication_slots")
+            .psql(
+                source_db,
+                "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+            )
             .unwrap(),
         "0",
         "no slot was created"

@@ -593,7 +593,9 @@ fn tables_created_mid_run_are_carried() {
              UPDATE b SET v = 'early' WHERE id <= 5;
              CREATE TABLE ev_2026 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
              INSERT INTO ev SELECT g, '2026-03-01' FROM generate_series(2, 20) g;
-             CREATE TABLE loose (at int, note text); INSERT INTO loose VALUES (1, 'x');",
+             CREATE TABLE loose (at int, note text); INSERT INTO loose VALUES (1, 'x');
+             BEGIN; INSERT INTO a VALUES (2, 'parent');
+             CREATE TABLE child (id int PRIMARY KEY, a_id int REFERENCES a); INSERT INTO child VALUES (1, 2); COMMIT;",
         )
         .unwrap();
     // As if an adoption had stopped after it created the table: it goes on.
@@ -602,7 +604,7 @@ fn tables_created_mid_run_are_carried() {
     cluster
         .psql(&src, &format!("{half_done}; INSERT INTO c VALUES (1, 'c')"))
         .unwrap();
-    for table in ["b", "ev_2026", "loose", "c"] {
+    for table in ["b", "ev_2026", "loose", "c", "child"] {
         util::wait_until_copied(cluster, &dst, table, &mut migrate);
     }
     cluster
@@ -621,7 +623,19 @@ fn tables_created_mid_run_are_carried() {
     );
     let log = finish(migrate);
     assert!(log.contains("new table(s)"), "{log}");
-    assert_tables_equal(cluster, &src, &dst, &["a", "b", "ev", "loose", "c"]);
+    assert_tables_equal(
+        cluster,
+        &src,
+        &dst,
+        &["a", "b", "ev", "loose", "c", "child"],
+    );
+    // The new table's foreign key was built once its parent row arrived.
+    assert_eq!(
+        cluster
+            .psql(&dst, "SELECT count(*) FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype = 'f'")
+            .unwrap(),
+        "1"
+    );
 }
 
 /// Without FOR ALL TABLES (a role that is not a superuser), a table created

@@ -119,7 +119,8 @@ fn poll_stage(
     }
 }
 
-/// Waits until the migration's copy of `table` is done on the target.
+/// Waits until the migration's copy of `table` is done on the target, and
+/// its adoption (for a table created mid-run) finished.
 pub fn wait_until_copied(
     cluster: &pglive_testkit::Cluster,
     db: &str,
@@ -127,20 +128,22 @@ pub fn wait_until_copied(
     child: &mut std::process::Child,
 ) {
     let sql = format!(
-        "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) FROM pglive.copy_parts WHERE table_name = '{table}'"
+        "SELECT count(*) FILTER (WHERE state = 'done') || '/' || count(*) || '/' ||
+                (SELECT count(*) FROM pglive.adopting WHERE table_name = '{table}')
+           FROM pglive.copy_parts WHERE table_name = '{table}'"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let state = cluster.psql(db, &sql).unwrap();
-        if state
-            .split_once('/')
-            .is_some_and(|(done, all)| done == all && all != "0")
-        {
-            return;
+        let state = cluster.psql(db, &sql).unwrap_or_default();
+        let parts: Vec<&str> = state.split('/').collect();
+        if let [done, all, "0"] = parts[..] {
+            if done == all && all != "0" {
+                return;
+            }
         }
         assert!(child.try_wait().unwrap().is_none(), "migrate exited");
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{table} was never copied ({state})"
         );
         std::thread::sleep(Duration::from_millis(200));

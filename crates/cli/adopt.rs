@@ -13,7 +13,9 @@
 //!    table published), after its pre-data is restored on the target;
 //!    the consistent point becomes the table's `copied_at`, below which
 //!    the applier skips its changes;
-//! 3. given its indexes and constraints (post-data).
+//! 3. given its indexes and constraints (post-data); until then it is
+//!    recorded in `pglive.adopting`, so an adoption interrupted after the
+//!    copy, or whose constraints cannot be built yet, is taken up again.
 //!
 //! Streaming then resumes from the applied position.
 
@@ -81,6 +83,7 @@ pub async fn adopt(
     }
     options.filter = filter;
     let mut schema = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), options).await?;
+    crate::state::set_adopting(&target, &ctx.name, tables, false).await?;
     let mut copy_options = CopyOptions::default();
     copy_options.migration = ctx.name.clone();
     copy_options.workers = ctx.jobs;
@@ -95,10 +98,18 @@ pub async fn adopt(
     .await
     .context("copying the new tables")?;
     replication.close().await.ok();
-    schema
-        .restore_post_data()
-        .await
-        .context("building the new tables' indexes and constraints")?;
+    // Foreign keys may refer to rows the stream has not applied yet (apply
+    // stopped before the copy's point): then the post-data is retried at
+    // the next check, after apply went on.
+    if let Err(error) = schema.restore_post_data().await {
+        reporter.line(format!(
+            "new table(s) {}: indexes and constraints not built yet, retried shortly: {}",
+            names.join(", "),
+            crate::preflight::chain(&error)
+        ));
+        return Ok(());
+    }
+    crate::state::set_adopting(&target, &ctx.name, tables, true).await?;
     reporter.line(format!(
         "new table(s) {} copied ({} rows as of {}) and streamed from there",
         names.join(", "),

@@ -77,6 +77,7 @@ pub async fn perform(
     let source = connect_sql(&ctx.source).await?;
     state::set_stage(&target, &ctx.name, Stage::Cutover).await?;
     let started = Instant::now();
+    refuse_tables_not_carried(ctx, &source, &target).await?;
     if fence_source {
         let ended = fence(&source).await?;
         reporter.line(format!(
@@ -120,15 +121,13 @@ pub async fn perform(
         "cutover: target caught up with the source at {final_lsn}"
     ));
 
-    let not_carried =
-        crate::publication::tables_not_carried(&source, &target, &ctx.name, &ctx.filter).await?;
-    if !not_carried.is_empty() {
-        let names: Vec<String> = not_carried.iter().map(ToString::to_string).collect();
-        bail!(
-            "table(s) {} were created on the source since streaming last looked; the slot is kept so nothing is lost: \
-             run `pglive migrate` again (it copies them and streams them from there), then cut over",
-            names.join(", ")
-        );
+    // A table created between the check before the fence and the fence.
+    if let Err(error) = refuse_tables_not_carried(ctx, &source, &target).await {
+        if fence_source {
+            unfence(&source).await?;
+            reporter.line("cutover: the fence is lifted: the source is writable again");
+        }
+        return Err(error);
     }
     let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter)
         .await
@@ -239,6 +238,22 @@ pub async fn perform(
     reporter.line(format!("cutover: slot and publications dropped; {summary}"));
     println!("switch your application now: the target is complete ({summary})");
     Ok(summary)
+}
+
+/// Fails when the source has selected tables this migration's copy does not
+/// hold: `migrate` adopts them while it streams, and must run again.
+async fn refuse_tables_not_carried(ctx: &Job, source: &Client, target: &Client) -> Result<()> {
+    let not_carried =
+        crate::publication::tables_not_carried(source, target, &ctx.name, &ctx.filter).await?;
+    if not_carried.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = not_carried.iter().map(ToString::to_string).collect();
+    bail!(
+        "table(s) {} were created on the source since streaming last looked; the slot is kept so nothing is lost: \
+         run `pglive migrate` again (it copies them and streams them from there), then cut over",
+        names.join(", ")
+    )
 }
 
 /// The keyless tables whose UPDATE and DELETE count on the source grew

@@ -286,7 +286,9 @@ async fn watch_requests(
 ) {
     let name = ctx.name.as_str();
     let set = |r: Reason| *reason.lock().expect("not poisoned") = Some(r);
-    let mut next_table_check = tokio::time::Instant::now();
+    // Not at once: after an adoption whose post-data must wait for apply,
+    // apply goes on first.
+    let mut next_table_check = tokio::time::Instant::now() + NEW_TABLES_EVERY;
     loop {
         if tokio::time::Instant::now() >= next_table_check {
             next_table_check += NEW_TABLES_EVERY;

@@ -115,15 +115,19 @@ pub async fn run(
         // A resumed migration keeps what it was started with.
         let flags_given =
             !args.include.is_empty() || !args.exclude.is_empty() || args.no_owner || args.no_acl;
-        if flags_given && m.settings != requested {
+        if !m.settings_recorded {
+            state::save_settings(&lock_client, &name, &requested).await?;
+        } else if flags_given && m.settings != requested {
             bail!(
                 "migration {name:?} was started with other --include/--exclude/--no-owner/--no-acl flags \
                  ({:?}); run it with the same flags (or none), or `pglive clean` to start over",
                 m.settings
             );
         }
-        ctx.filter = m.settings.filter();
-        ctx.settings = m.settings.clone();
+        if m.settings_recorded {
+            ctx.filter = m.settings.filter();
+            ctx.settings = m.settings.clone();
+        }
         if m.stage == Stage::Done {
             reporter.line(format!(
                 "migration {name:?} is already done: {}",
@@ -252,6 +256,7 @@ async fn start(
         summary: None,
         verify_request: None,
         settings: ctx.settings.clone(),
+        settings_recorded: true,
         keyless_baseline,
     };
     state::insert(target, &migration).await?;

@@ -166,10 +166,15 @@ pub async fn tables_not_carried(
     let copied = pglive_snapshot::copied_at(target, migration).await?;
     let copied: std::collections::HashSet<String> =
         copied.keys().map(|name| name.to_string()).collect();
+    // An adoption that stopped after the copy still owes the post-data.
+    let unfinished = crate::state::adopting(target, migration).await?;
     Ok(catalog
         .tables
         .iter()
-        .filter(|t| t.holds_rows() && !copied.contains(&t.name.to_string()))
+        .filter(|t| {
+            t.holds_rows()
+                && (!copied.contains(&t.name.to_string()) || unfinished.contains(&t.name))
+        })
         .map(|t| t.name.clone())
         .collect())
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use pglive_repl::Lsn;
-use pglive_schema::ObjectFilter;
+use pglive_schema::{ObjectFilter, QualifiedName};
 use tokio_postgres::Client;
 
 /// How far a migration got; each stage is complete when the next begins.
@@ -70,6 +70,9 @@ pub struct Migration {
     pub verify_request: Option<(Lsn, String)>,
     /// What the migration was started with; every later command uses it.
     pub settings: Settings,
+    /// Whether `settings` were recorded (a migration started by an earlier
+    /// pglive has none: its first resume records the flags it is given).
+    pub settings_recorded: bool,
     /// UPDATEs plus DELETEs the source's statistics counted for each keyless
     /// table when the migration started (see `publication::keyless_changes`).
     pub keyless_baseline: BTreeMap<String, i64>,
@@ -118,7 +121,13 @@ CREATE TABLE IF NOT EXISTS pglive.migration (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS settings jsonb;
-ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS keyless_baseline jsonb;";
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS keyless_baseline jsonb;
+CREATE TABLE IF NOT EXISTS pglive.adopting (
+    migration text NOT NULL,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    PRIMARY KEY (migration, table_schema, table_name)
+);";
 
 pub async fn create_tables(client: &Client) -> Result<()> {
     client
@@ -154,11 +163,24 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
             fence: r.get(7),
             summary: r.get(8),
             verify_request: verify_request_of(r.get(9), r.get(10))?,
+            settings_recorded: r.get::<_, Option<String>>(11).is_some(),
             settings: json_or_default(r.get(11), "settings")?,
             keyless_baseline: json_or_default(r.get(12), "keyless_baseline")?,
         })
     })
     .transpose()
+}
+
+/// Records the settings of a migration started before they were kept.
+pub async fn save_settings(client: &Client, name: &str, settings: &Settings) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET settings = $2::text::jsonb WHERE name = $1",
+            &[&name, &serde_json::to_string(settings)?],
+        )
+        .await
+        .context("recording the migration's settings")?;
+    Ok(())
 }
 
 /// A JSON column's value, or the default when the column is NULL (a
@@ -350,6 +372,48 @@ pub async fn load_progress(client: &Client, name: &str) -> Result<Option<serde_j
     }))
 }
 
+/// Tables created on the source mid-run whose adoption began (they may be
+/// copied) but has not finished (their post-data may be missing).
+pub async fn adopting(client: &Client, name: &str) -> Result<Vec<QualifiedName>> {
+    match client
+        .query(
+            "SELECT table_schema, table_name FROM pglive.adopting WHERE migration = $1",
+            &[&name],
+        )
+        .await
+    {
+        Ok(rows) => Ok(rows
+            .iter()
+            .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect()),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(Vec::new()),
+        Err(e) => Err(e).context("reading pglive.adopting"),
+    }
+}
+
+/// Records that the adoption of `tables` began (`done` false) or finished.
+pub async fn set_adopting(
+    client: &Client,
+    name: &str,
+    tables: &[QualifiedName],
+    done: bool,
+) -> Result<()> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let sql = if done {
+        "DELETE FROM pglive.adopting a USING unnest($2::text[], $3::text[]) AS t(s, n)
+          WHERE a.migration = $1 AND a.table_schema = t.s AND a.table_name = t.n"
+    } else {
+        "INSERT INTO pglive.adopting SELECT $1, s, n FROM unnest($2::text[], $3::text[]) AS t(s, n)
+         ON CONFLICT DO NOTHING"
+    };
+    client
+        .execute(sql, &[&name, &schemas, &names])
+        .await
+        .context("recording an adoption in pglive.adopting")?;
+    Ok(())
+}
+
 /// How many migrations other than `name` the target's state holds.
 pub async fn others(client: &Client, name: &str) -> Result<i64> {
     match client
@@ -369,7 +433,10 @@ pub async fn others(client: &Client, name: &str) -> Result<i64> {
 /// migration it holds. Returns whether the schema was dropped.
 pub async fn remove(client: &Client, name: &str) -> Result<bool> {
     client
-        .execute("DELETE FROM pglive.migration WHERE name = $1", &[&name])
+        .batch_execute(&format!(
+            "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}",
+            pglive_repl::quote_literal(name)
+        ))
         .await
         .context("removing the migration from pglive.migration")?;
     let others: i64 = client

@@ -194,6 +194,10 @@ impl Applier {
             clients.push(Arc::new(client));
         }
         let positions = progress::load(&clients[0], &options.stream_id, options.sessions).await?;
+        // Before any batch holds a lock: a table met later (not copied by
+        // this migration) is prepared when its Relation message arrives.
+        let copied: Vec<&QualifiedName> = options.copied_at.keys().collect();
+        progress::allow_identity_values_of(&clients[0], &copied).await?;
         let applied = positions.lowest();
         let stats = ApplyStats {
             applied_lsn: applied,

@@ -404,6 +404,35 @@ pub(crate) async fn allow_identity_values(
     )))
 }
 
+/// [`allow_identity_values`] for every `GENERATED ALWAYS` identity column
+/// of `tables`.
+pub(crate) async fn allow_identity_values_of(
+    client: &Client,
+    tables: &[&QualifiedName],
+) -> Result<()> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN unnest($1::text[], $2::text[]) AS t(s, r) ON t.s = n.nspname AND t.r = c.relname
+              WHERE a.attidentity = 'a' AND a.attnum > 0 AND NOT a.attisdropped
+              GROUP BY 1, 2",
+            &[&schemas, &names],
+        )
+        .await
+        .map_err(target("reading the target's identity columns"))?;
+    for row in rows {
+        let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let columns: Vec<String> = row.get(2);
+        allow_identity_values(client, &table, &columns).await?;
+    }
+    Ok(())
+}
+
 /// Makes every identity column the applier made `BY DEFAULT` `ALWAYS`
 /// again; run at cutover. Returns how many were restored.
 pub async fn restore_identity_columns(client: &Client) -> Result<u64> {

@@ -279,8 +279,15 @@ async fn roles(
             continue;
         }
         if *owns && settings.keep_owners && !superuser {
+            // Writing to the owner's tables needs its privileges (USAGE);
+            // giving it objects needs SET from PostgreSQL 16 on.
             let member: bool = target
-                .query_one("SELECT pg_has_role($1::text::name, 'MEMBER')", &[role])
+                .query_one(
+                    "SELECT pg_has_role($1::text::name, 'USAGE')
+                        AND CASE WHEN current_setting('server_version_num')::int < 160000 THEN true
+                                 ELSE pg_has_role($1::text::name, 'SET') END",
+                    &[role],
+                )
                 .await?
                 .get(0);
             if !member {
@@ -297,7 +304,7 @@ async fn roles(
     }
     if !not_member.is_empty() {
         failures.push(format!(
-            "the target role {} cannot give objects to their owners {}: GRANT {} TO {} on the target, or pass --no-owner",
+            "the target role {} cannot give objects to their owners {} and write to them: GRANT {} TO {} (WITH INHERIT TRUE, SET TRUE) on the target, or pass --no-owner",
             quote_ident(&plan.target.user),
             not_member.join(", "),
             not_member.join(", "),

@@ -84,6 +84,9 @@ pub async fn adopt(
     options.filter = filter;
     let mut schema = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), options).await?;
     crate::state::set_adopting(&target, &ctx.name, tables, false).await?;
+    // Updates of an adopted keyless table before its copy are in the copy.
+    let keyless = crate::publication::keyless_changes(&source, &catalog).await?;
+    crate::state::add_keyless_baseline(&target, &ctx.name, &keyless).await?;
     let mut copy_options = CopyOptions::default();
     copy_options.migration = ctx.name.clone();
     copy_options.workers = ctx.jobs;

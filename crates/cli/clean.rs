@@ -62,10 +62,14 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
         // The applier's trigger and identity-column records are not kept per
         // migration: they are undone only with the last migration.
         if state::others(&target_state, name).await? == 0 {
-            pglive_apply::restore_triggers(&target_state).await.ok();
+            // A failure stops here: the records must outlive the schema's
+            // drop until they are undone.
+            pglive_apply::restore_triggers(&target_state)
+                .await
+                .context("enabling the target triggers pglive disabled")?;
             pglive_apply::restore_identity_columns(&target_state)
                 .await
-                .ok();
+                .context("making the target's identity columns GENERATED ALWAYS again")?;
         }
         pglive_snapshot::reset(&target_state, name).await?;
         pglive_apply::forget(&target_state, name).await?;

@@ -160,7 +160,7 @@ pub async fn perform(
             "cutover: {identities} identity column(s) made GENERATED ALWAYS again"
         ));
     }
-    let keyless = keyless_tables_changed(&source, migration, &ctx.filter).await?;
+    let keyless = keyless_tables_changed(&source, migration, &ctx.filter, reporter).await?;
     for (table, changes) in &keyless {
         reporter.line(format!(
             "cutover: WARNING {table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
@@ -262,16 +262,34 @@ async fn keyless_tables_changed(
     source: &Client,
     migration: &Migration,
     filter: &pglive_schema::ObjectFilter,
+    reporter: &Reporter,
 ) -> Result<Vec<(String, i64)>> {
+    // Keyless when the migration started (a key added since does not bring
+    // back what was not streamed) or now.
     let catalog = pglive_schema::Catalog::read(source, filter).await?;
-    let now = crate::publication::keyless_changes(source, &catalog).await?;
-    Ok(now
-        .into_iter()
-        .filter_map(|(table, count)| {
-            let before = migration.keyless_baseline.get(&table).copied().unwrap_or(0);
-            (count > before).then(|| (table, count - before))
-        })
-        .collect())
+    let mut tables: Vec<String> = migration.keyless_baseline.keys().cloned().collect();
+    tables.extend(
+        crate::publication::keyless_changes(source, &catalog)
+            .await?
+            .into_keys(),
+    );
+    tables.sort();
+    tables.dedup();
+    let now = crate::publication::change_counts(source, &tables).await?;
+    let mut changed = Vec::new();
+    for (table, count) in now {
+        let before = migration.keyless_baseline.get(&table).copied().unwrap_or(0);
+        if count < before {
+            reporter.line(format!(
+                "cutover: WARNING the source's statistics of {table} were reset during the migration, so whether this \
+                 keyless table received UPDATEs or DELETEs (which are not carried) cannot be told: compare it with \
+                 `pglive verify --full`"
+            ));
+        } else if count > before {
+            changed.push((table, count - before));
+        }
+    }
+    Ok(changed)
 }
 
 async fn refresh_materialized_views(target: &Client) -> Result<usize> {

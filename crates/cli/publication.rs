@@ -132,19 +132,26 @@ pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
 }
 
 /// UPDATEs plus DELETEs the source's statistics count for each keyless
-/// table of `catalog`, by quoted name (`"schema"."table"`) (`pg_stat_user_tables`, which may lag a second
-/// behind the last commit of a session that is still open).
+/// table of `catalog`, by quoted name (`"schema"."table"`), from
+/// `pg_stat_user_tables` (which may lag a second behind the last commit of
+/// a session that is still open).
 pub async fn keyless_changes(source: &Client, catalog: &Catalog) -> Result<BTreeMap<String, i64>> {
-    let keyless: Vec<u32> = publishable(catalog)
+    let keyless: Vec<String> = publishable(catalog)
         .filter(|t| !identifies_rows(t))
-        .map(|t| t.oid)
+        .map(|t| t.name.quoted())
         .collect();
+    change_counts(source, &keyless).await
+}
+
+/// UPDATEs plus DELETEs the source's statistics count for each of
+/// `tables` (quoted names) that still exists.
+pub async fn change_counts(source: &Client, tables: &[String]) -> Result<BTreeMap<String, i64>> {
     let rows = source
         .query(
-            "SELECT '\"' || replace(schemaname, '\"', '\"\"') || '\".\"' || replace(relname, '\"', '\"\"') || '\"',
-                    n_tup_upd + n_tup_del
-               FROM pg_catalog.pg_stat_user_tables WHERE relid = ANY($1::oid[])",
-            &[&keyless],
+            "SELECT t.name, s.n_tup_upd + s.n_tup_del
+               FROM unnest($1::text[]) AS t(name)
+               JOIN pg_catalog.pg_stat_user_tables s ON s.relid = pg_catalog.to_regclass(t.name)",
+            &[&tables],
         )
         .await
         .context("reading the statistics of keyless tables")?;

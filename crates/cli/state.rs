@@ -171,6 +171,27 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
     .transpose()
 }
 
+/// Adds tables to the migration's keyless baseline (tables adopted mid-run).
+pub async fn add_keyless_baseline(
+    client: &Client,
+    name: &str,
+    counts: &BTreeMap<String, i64>,
+) -> Result<()> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "UPDATE pglive.migration
+                SET keyless_baseline = coalesce(keyless_baseline, '{}'::jsonb) || $2::text::jsonb
+              WHERE name = $1",
+            &[&name, &serde_json::to_string(counts)?],
+        )
+        .await
+        .context("recording the keyless baseline")?;
+    Ok(())
+}
+
 /// Records the settings of a migration started before they were kept.
 pub async fn save_settings(client: &Client, name: &str, settings: &Settings) -> Result<()> {
     client

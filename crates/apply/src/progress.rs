@@ -355,13 +355,18 @@ pub async fn restore_triggers(client: &Client) -> Result<u64> {
     for row in rows {
         let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let trigger: String = row.get(2);
-        client
+        let enabled_now = client
             .batch_execute(&format!(
                 "ALTER TABLE {table} ENABLE TRIGGER {}",
                 pglive_repl::quote_ident(&trigger)
             ))
-            .await
-            .map_err(target(format!("enabling trigger {trigger} on {table}")))?;
+            .await;
+        match enabled_now {
+            Ok(()) => enabled += 1,
+            // The table or trigger is gone from the target: nothing to undo.
+            Err(e) if matches!(e.code().map(|c| c.code()), Some("42P01" | "42704")) => {}
+            Err(e) => return Err(target(format!("enabling trigger {trigger} on {table}"))(e)),
+        }
         client
             .execute(
                 "DELETE FROM pglive.apply_disabled_triggers WHERE table_schema = $1 AND table_name = $2 AND trigger_name = $3",
@@ -369,7 +374,6 @@ pub async fn restore_triggers(client: &Client) -> Result<u64> {
             )
             .await
             .map_err(target("forgetting a restored trigger"))?;
-        enabled += 1;
     }
     Ok(enabled)
 }
@@ -451,7 +455,7 @@ pub async fn restore_identity_columns(client: &Client) -> Result<u64> {
     for row in rows {
         let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let column: String = row.get(2);
-        client
+        let result = client
             .batch_execute(&format!(
                 "BEGIN;
                  ALTER TABLE {table} ALTER COLUMN {} SET GENERATED ALWAYS;
@@ -463,11 +467,28 @@ pub async fn restore_identity_columns(client: &Client) -> Result<u64> {
                 pglive_repl::quote_literal(&table.name),
                 pglive_repl::quote_literal(&column),
             ))
-            .await
-            .map_err(target(format!(
-                "making {table}.{column} GENERATED ALWAYS again"
-            )))?;
-        restored += 1;
+            .await;
+        match result {
+            Ok(()) => restored += 1,
+            // The table or column is gone from the target: nothing to undo.
+            Err(e) if matches!(e.code().map(|c| c.code()), Some("42P01" | "42703")) => {
+                client.batch_execute("ROLLBACK").await.ok();
+                client
+                    .execute(
+                        "DELETE FROM pglive.apply_identity_always
+                          WHERE table_schema = $1 AND table_name = $2 AND column_name = $3",
+                        &[&table.schema, &table.name, &column],
+                    )
+                    .await
+                    .map_err(target("forgetting an identity column"))?;
+            }
+            Err(e) => {
+                client.batch_execute("ROLLBACK").await.ok();
+                return Err(target(format!(
+                    "making {table}.{column} GENERATED ALWAYS again"
+                ))(e));
+            }
+        }
     }
     Ok(restored)
 }

@@ -594,6 +594,7 @@ fn tables_created_mid_run_are_carried() {
              CREATE TABLE ev_2026 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
              INSERT INTO ev SELECT g, '2026-03-01' FROM generate_series(2, 20) g;
              CREATE TABLE loose (at int, note text); INSERT INTO loose VALUES (1, 'x');
+             CREATE TABLE scratchpad (id int PRIMARY KEY); INSERT INTO scratchpad VALUES (1); DROP TABLE scratchpad;
              BEGIN; INSERT INTO a VALUES (2, 'parent');
              CREATE TABLE child (id int PRIMARY KEY, a_id int REFERENCES a); INSERT INTO child VALUES (1, 2); COMMIT;",
         )

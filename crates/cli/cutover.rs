@@ -475,7 +475,7 @@ pub async fn command(
     }
     // The tail after writes stopped is short: one session.
     let ctx = Job::for_recorded(source_config, target_config, &migration);
-    let session = live::connect(&ctx, &migration).await?;
+    let session = live::connect(&ctx, &migration, &Default::default()).await?;
     let result = tokio::time::timeout(
         Duration::from_secs(args.timeout),
         perform(&ctx, &migration, session, args.fence, &reporter),

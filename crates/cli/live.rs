@@ -1,7 +1,7 @@
 //! The streaming stage: apply the slot's changes until cutover, reconnecting
 //! with backoff when either server goes away.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,7 +50,11 @@ pub struct Session {
 
 /// Connects an applier to the target and a stream from the slot, resuming
 /// from the applied position.
-pub async fn connect(ctx: &Job, migration: &Migration) -> Result<Session> {
+pub async fn connect(
+    ctx: &Job,
+    migration: &Migration,
+    ignored: &HashSet<QualifiedName>,
+) -> Result<Session> {
     let target = connect_sql(&ctx.target).await?;
     let copied_at: HashMap<QualifiedName, pglive_repl::Lsn> =
         pglive_snapshot::copied_at(&target, &ctx.name)
@@ -67,6 +71,7 @@ pub async fn connect(ctx: &Job, migration: &Migration) -> Result<Session> {
     };
     let mut options = ApplyOptions::new(ctx.name.clone(), proto);
     options.copied_at = copied_at;
+    options.ignored_tables = ignored.clone();
     options.sessions = ctx.apply_sessions;
     let applier = Applier::connect(&ctx.target, options).await?;
     let publications = {
@@ -119,6 +124,8 @@ pub async fn stream(
         )
     });
     let mut backoff = Duration::from_secs(1);
+    // Tables created and dropped on the source during the migration.
+    let mut ignored = HashSet::new();
     loop {
         match session(
             ctx,
@@ -127,6 +134,7 @@ pub async fn stream(
             interrupt,
             &keys,
             cutover_when_ready,
+            &mut ignored,
         )
         .await
         {
@@ -172,6 +180,7 @@ async fn session(
     interrupt: &Interrupt,
     keys: &CutoverKeys,
     cutover_when_ready: bool,
+    ignored: &mut HashSet<QualifiedName>,
 ) -> Result<Option<LiveOutcome>> {
     let state_client = connect_sql(&ctx.target).await?;
     let source_client = connect_sql(&ctx.source).await?;
@@ -181,7 +190,7 @@ async fn session(
         let Session {
             mut applier,
             mut stream,
-        } = connect(ctx, migration).await?;
+        } = connect(ctx, migration, ignored).await?;
         loop {
             let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
             let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
@@ -211,6 +220,22 @@ async fn session(
                 // Rows of a table created on the source (FOR ALL TABLES
                 // publishes it at once) before the periodic check saw it.
                 Err(pglive_apply::Error::TableMissing { table }) => {
+                    stream.stop().await.ok();
+                    drop(applier);
+                    reporter.streaming_finished();
+                    // Created and dropped on the source while the migration
+                    // ran: the target never needs it.
+                    let gone: bool = source_client
+                        .query_one("SELECT to_regclass($1) IS NULL", &[&table.quoted()])
+                        .await?
+                        .get(0);
+                    if gone {
+                        reporter.line(format!(
+                            "{table} was created and dropped on the source during the migration: its changes are skipped"
+                        ));
+                        ignored.insert(table);
+                        continue 'connect;
+                    }
                     let new = crate::publication::tables_not_carried(
                         &source_client,
                         &state_client,
@@ -218,12 +243,9 @@ async fn session(
                         &ctx.filter,
                     )
                     .await?;
-                    if new.is_empty() {
+                    if !new.contains(&table) {
                         return Err(pglive_apply::Error::TableMissing { table }.into());
                     }
-                    stream.stop().await.ok();
-                    drop(applier);
-                    reporter.streaming_finished();
                     crate::adopt::adopt(ctx, migration, &new, reporter).await?;
                     continue 'connect;
                 }

@@ -32,6 +32,10 @@ pub struct ApplyOptions {
     /// Per table, the LSN its initial copy corresponds to: changes of
     /// transactions that committed before it are already in the copy.
     pub copied_at: HashMap<QualifiedName, Lsn>,
+    /// Tables whose changes are not applied at all: for example tables
+    /// created and dropped on the source while a migration ran, which the
+    /// target never had. Default: none.
+    pub ignored_tables: std::collections::HashSet<QualifiedName>,
     /// Commit the target transaction at the first source commit after this
     /// many changes…
     pub max_batch_changes: usize,
@@ -65,6 +69,7 @@ impl ApplyOptions {
             stream_id: stream_id.into(),
             protocol_version,
             copied_at: HashMap::new(),
+            ignored_tables: Default::default(),
             max_batch_changes: 20_000,
             max_batch_duration: Duration::from_secs(2),
             max_pending_bytes: 32 << 20,
@@ -132,6 +137,8 @@ pub struct Applier {
     /// Statements (and perhaps the commit) running on the target.
     in_flight: Option<InFlight>,
     relations: HashMap<u32, Arc<TableMap>>,
+    /// Relations of [`ApplyOptions::ignored_tables`].
+    ignored_relations: std::collections::HashSet<u32>,
     /// Tables whose triggers and identity columns were made ready for the
     /// source's rows.
     tables_prepared: std::collections::HashSet<QualifiedName>,
@@ -213,6 +220,7 @@ impl Applier {
             options,
             in_flight: None,
             relations: HashMap::new(),
+            ignored_relations: Default::default(),
             tables_prepared: Default::default(),
             target_config: target_config.clone(),
             applied,
@@ -396,7 +404,17 @@ impl Applier {
             LogicalMessage::Commit(commit) => {
                 self.end_source(commit.end_lsn, commit.commit_time).await
             }
+            LogicalMessage::Relation(relation)
+                if self
+                    .options
+                    .ignored_tables
+                    .contains(&QualifiedName::new(&relation.namespace, &relation.name)) =>
+            {
+                self.ignored_relations.insert(relation.id);
+                Ok(())
+            }
             LogicalMessage::Relation(relation) => {
+                self.ignored_relations.remove(&relation.id);
                 // Catalog reads and trigger changes go after the work in
                 // flight, as they would in a sequential applier.
                 self.settle().await?;
@@ -540,7 +558,7 @@ impl Applier {
             .txn
             .as_ref()
             .ok_or_else(|| Error::Protocol("a change outside of a transaction".to_owned()))?;
-        if txn.skip {
+        if txn.skip || self.ignored_relations.contains(&relation_id) {
             return Ok(None);
         }
         let map = self.relations.get(&relation_id).cloned().ok_or_else(|| {

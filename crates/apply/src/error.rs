@@ -27,7 +27,7 @@ pub enum Error {
     )]
     TableMissing {
         /// The schema-qualified name.
-        table: String,
+        table: pglive_schema::QualifiedName,
     },
     /// A source table's shape no longer matches the target's (DDL on the
     /// source during the migration).

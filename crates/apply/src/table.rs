@@ -164,9 +164,7 @@ impl TableMap {
             .await
             .map_err(target(format!("reading the columns of {name}")))?;
         if rows.is_empty() {
-            return Err(Error::TableMissing {
-                table: name.to_string(),
-            });
+            return Err(Error::TableMissing { table: name });
         }
         let target_columns: Vec<TargetColumn> = rows
             .iter()

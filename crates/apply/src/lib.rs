@@ -47,6 +47,16 @@
 //!   foreign keys hold) and the target tables' enabled user triggers are
 //!   disabled, recorded in `pglive.apply_disabled_triggers`, and enabled
 //!   again by [`restore_triggers`] at cutover.
+//! - **Identity columns.** `GENERATED ALWAYS` identity columns refuse the
+//!   source's values, so the applier makes them `BY DEFAULT` (for the
+//!   tables of [`ApplyOptions::copied_at`] when it connects, for others when
+//!   their first Relation message arrives), records them in
+//!   `pglive.apply_identity_always`, and [`restore_identity_columns`] makes
+//!   them `ALWAYS` again at cutover.
+//! - **Values are never changed on the way.** Casts from the stream's text
+//!   carry no type modifier (the column's own modifier checks the stored
+//!   value), and a column whose built-in type or modifier differs from the
+//!   source's stops apply ([`Error::ShapeMismatch`]).
 //! - **Rows must be there.** An UPDATE or DELETE that does not find every
 //!   row the source changed stops apply ([`Error::RowsMissing`]): the target
 //!   diverged and silently going on would hide it.

@@ -376,3 +376,60 @@ fn target_older_than_source() {
     );
     assert_untouched(source_cluster, &src, &src);
 }
+
+/// With --include, a table whose default uses a sequence left out (not
+/// owned by the table, so pg_dump would not dump it) is refused, naming the
+/// --include to add; with it, the migration goes ahead.
+#[test]
+fn include_without_the_sequence_a_default_uses() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "defseq");
+    cluster
+        .psql(
+            &src,
+            "CREATE SEQUENCE shared_ids; CREATE TABLE uses_it (id bigint PRIMARY KEY DEFAULT nextval('shared_ids'));",
+        )
+        .unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let output = run(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--include",
+        "public.uses_it",
+    ]);
+    let message = text(&output);
+    assert_eq!(output.status.code(), Some(PREFLIGHT), "{message}");
+    assert!(
+        message.contains("--include '\"public\".\"shared_ids\"'"),
+        "{message}"
+    );
+    assert_untouched(cluster, &src, &dst);
+    let mut migrate = util::spawn(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "defseq",
+        "--include",
+        "public.uses_it",
+        "--include",
+        "\"public\".\"shared_ids\"",
+    ]);
+    util::wait_for_stage(
+        &target,
+        "defseq",
+        &["streaming"],
+        &mut migrate,
+        std::time::Duration::from_secs(120),
+    );
+    migrate.kill().unwrap();
+    migrate.wait().unwrap();
+    util::run_ok(&[
+        "clean", "--source", &source, "--target", &target, "--name", "defseq", "--force",
+    ]);
+}

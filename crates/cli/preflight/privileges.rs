@@ -61,6 +61,11 @@ pub(super) async fn check(
     if let Err(e) = replica_role(source, target, plan, catalog, &mut failures).await {
         failures.push(format!("cannot check the target's foreign keys: {e:#}"));
     }
+    if let Err(e) = default_sequences(source, catalog, &mut failures).await {
+        failures.push(format!(
+            "cannot check the sequences of column defaults: {e:#}"
+        ));
+    }
     if !plan.resuming {
         if let Err(e) = roles(source, target, plan, &mut failures).await {
             failures.push(format!("cannot compare the roles: {e:#}"));
@@ -240,6 +245,45 @@ async fn replica_role(
             cascading.join(", "),
             quote_ident(&plan.target.user)
         ));
+    }
+    Ok(())
+}
+
+/// A selected table whose column default uses a sequence the filters leave
+/// out (not owned by the table, so `pg_dump --table` does not dump it)
+/// could not be created on the target.
+async fn default_sequences(
+    source: &Client,
+    catalog: &Catalog,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
+    let selected: Vec<String> = catalog.sequences.iter().map(|s| s.name.quoted()).collect();
+    let rows = source
+        .query(
+            "SELECT DISTINCT format('%I.%I', tn.nspname, t.relname),
+                    '\"' || replace(sn.nspname, '\"', '\"\"') || '\".\"' || replace(s.relname, '\"', '\"\"') || '\"'
+               FROM pg_catalog.pg_attrdef ad
+               JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+                                          AND d.objid = ad.oid
+                                          AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+               JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S'
+               JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+               JOIN pg_catalog.pg_class t ON t.oid = ad.adrelid
+               JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+              WHERE ad.adrelid = ANY($1::oid[])
+              ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await?;
+    for row in rows {
+        let (table, sequence): (String, String) = (row.get(0), row.get(1));
+        if !selected.contains(&sequence) {
+            failures.push(format!(
+                "a column default of {table} uses sequence {sequence}, which the filters leave out, so the table \
+                 could not be created on the target: add --include '{sequence}'"
+            ));
+        }
     }
     Ok(())
 }

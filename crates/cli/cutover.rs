@@ -129,7 +129,7 @@ pub async fn perform(
         }
         return Err(error);
     }
-    let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter)
+    let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter())
         .await
         .context("synchronizing sequences")?;
     reporter.line(format!(
@@ -160,7 +160,7 @@ pub async fn perform(
             "cutover: {identities} identity column(s) made GENERATED ALWAYS again"
         ));
     }
-    let keyless = keyless_tables_changed(&source, migration, &ctx.filter, reporter).await?;
+    let keyless = keyless_tables_changed(&source, migration, &ctx.filter(), reporter).await?;
     for (table, changes) in &keyless {
         reporter.line(format!(
             "cutover: WARNING {table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
@@ -170,7 +170,7 @@ pub async fn perform(
         ));
     }
 
-    let comparison = verify::compare(&source, &target, &ctx.filter, false).await?;
+    let comparison = verify::compare(&source, &target, &ctx.filter(), false).await?;
     // A keyless table reported above may differ: that is said already.
     let (expected, mismatches): (Vec<_>, Vec<_>) = comparison
         .mismatches()
@@ -244,7 +244,7 @@ pub async fn perform(
 /// hold: `migrate` adopts them while it streams, and must run again.
 async fn refuse_tables_not_carried(ctx: &Job, source: &Client, target: &Client) -> Result<()> {
     let not_carried =
-        crate::publication::tables_not_carried(source, target, &ctx.name, &ctx.filter).await?;
+        crate::publication::tables_not_carried(source, target, &ctx.name, &ctx.filter()).await?;
     if not_carried.is_empty() {
         return Ok(());
     }

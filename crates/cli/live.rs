@@ -240,7 +240,7 @@ async fn session(
                         &source_client,
                         &state_client,
                         &ctx.name,
-                        &ctx.filter,
+                        &ctx.filter(),
                     )
                     .await?;
                     if !new.contains(&table) {
@@ -318,7 +318,7 @@ async fn watch_requests(
                 source_client,
                 state_client,
                 &ctx.name,
-                &ctx.filter,
+                &ctx.filter(),
             )
             .await
             {

@@ -24,7 +24,6 @@ pub struct Job {
     pub source: ConnectConfig,
     pub target: ConnectConfig,
     pub name: String,
-    pub filter: ObjectFilter,
     pub jobs: usize,
     pub index_jobs: usize,
     /// Target sessions the applier spreads batches over.
@@ -37,6 +36,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// Which schemas and tables, from the settings.
+    pub fn filter(&self) -> ObjectFilter {
+        self.settings.filter()
+    }
+
     /// A job for the commands that finish a recorded migration (cutover):
     /// its recorded settings, one session each.
     pub fn for_recorded(
@@ -48,7 +52,6 @@ impl Job {
             source,
             target,
             name: migration.name.clone(),
-            filter: migration.settings.filter(),
             jobs: 1,
             index_jobs: 1,
             apply_sessions: 1,
@@ -86,7 +89,6 @@ pub async fn run(
         source,
         target,
         name: name.clone(),
-        filter: requested.filter(),
         jobs: args.jobs.max(1),
         index_jobs: args.index_jobs.max(1),
         apply_sessions: usize::from(args.apply_sessions),
@@ -125,7 +127,6 @@ pub async fn run(
             );
         }
         if m.settings_recorded {
-            ctx.filter = m.settings.filter();
             ctx.settings = m.settings.clone();
         }
         if m.stage == Stage::Done {
@@ -136,12 +137,13 @@ pub async fn run(
             return Ok(ExitStatus::Success);
         }
     }
+    let filter = ctx.filter();
     let plan = Plan {
         source: &ctx.source,
         target: &ctx.target,
         slot: &slot,
         publication: &publication,
-        filter: &ctx.filter,
+        filter: &filter,
         resuming: existing.is_some(),
         reuse_schema: ctx.reuse_schema,
         settings: &ctx.settings,
@@ -226,7 +228,7 @@ async fn start(
         source,
         publication,
         catalog,
-        superuser && ctx.filter.is_empty(),
+        superuser && ctx.filter().is_empty(),
     )
     .await?;
     reporter.line(format!(
@@ -275,7 +277,7 @@ async fn start(
 
 pub fn schema_options(ctx: &Job) -> SchemaOptions {
     let mut options = SchemaOptions::default();
-    options.filter = ctx.filter.clone();
+    options.filter = ctx.filter();
     options.jobs = ctx.index_jobs;
     options.reuse_schema = ctx.reuse_schema;
     options.keep_owners = ctx.settings.keep_owners;

@@ -268,11 +268,7 @@ async fn keyless_tables_changed(
     // back what was not streamed) or now.
     let catalog = pglive_schema::Catalog::read(source, filter).await?;
     let mut tables: Vec<String> = migration.keyless_baseline.keys().cloned().collect();
-    tables.extend(
-        crate::publication::keyless_changes(source, &catalog)
-            .await?
-            .into_keys(),
-    );
+    tables.extend(crate::publication::keyless_tables(&catalog));
     tables.sort();
     tables.dedup();
     let now = crate::publication::change_counts(source, &tables).await?;

@@ -94,30 +94,26 @@ pub async fn create(
 /// migration started before keyless tables had their own.
 pub async fn stream_names(source: &Client, publication: &str) -> Result<Vec<String>> {
     let changes = changes_name(publication);
-    let exists = source
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&changes],
-        )
-        .await
-        .context("reading pg_publication")?
-        .is_some();
-    Ok(match exists {
+    Ok(match exists(source, &changes).await? {
         true => vec![publication.to_owned(), changes],
         false => vec![publication.to_owned()],
     })
+}
+
+/// Whether the source has a publication called `name`.
+async fn exists(source: &Client, name: &str) -> Result<bool> {
+    Ok(source
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .context("reading pg_publication")?
+        .is_some())
 }
 
 /// Drops both publications (those that exist); returns the names dropped.
 pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
     let mut dropped = Vec::new();
     for name in [publication.to_owned(), changes_name(publication)] {
-        let exists = source
-            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-            .await
-            .context("reading pg_publication")?
-            .is_some();
-        if exists {
+        if exists(source, &name).await? {
             source
                 .batch_execute(&format!(
                     "DROP PUBLICATION IF EXISTS {}",
@@ -136,11 +132,15 @@ pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
 /// `pg_stat_user_tables` (which may lag a second behind the last commit of
 /// a session that is still open).
 pub async fn keyless_changes(source: &Client, catalog: &Catalog) -> Result<BTreeMap<String, i64>> {
-    let keyless: Vec<String> = publishable(catalog)
+    change_counts(source, &keyless_tables(catalog)).await
+}
+
+/// The quoted names of the tables of `catalog` published for inserts only.
+pub fn keyless_tables(catalog: &Catalog) -> Vec<String> {
+    publishable(catalog)
         .filter(|t| !identifies_rows(t))
         .map(|t| t.name.quoted())
-        .collect();
-    change_counts(source, &keyless).await
+        .collect()
 }
 
 /// UPDATEs plus DELETEs the source's statistics count for each of

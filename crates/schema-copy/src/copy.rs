@@ -471,7 +471,7 @@ impl SchemaCopy {
                 .await?;
         } else {
             let (script, skipped) = self.pre_data_script(dumped, &args).await?;
-            self.psql(&script, "pre-data").await?;
+            self.psql(&script, "restoring pre-data").await?;
             self.left_for_superuser = skipped;
         }
         Ok(RestoreReport {
@@ -634,7 +634,8 @@ impl SchemaCopy {
         })
     }
 
-    /// Runs `script` on the target in one transaction with `psql`.
+    /// Runs `script` on the target in one transaction with `psql`; `what`
+    /// names it in errors ("restoring pre-data").
     async fn psql(&self, script: &str, what: &str) -> Result<()> {
         let mut cmd = self.tools.command("psql", &self.target);
         cmd.args([
@@ -649,7 +650,7 @@ impl SchemaCopy {
         .arg(conninfo(&self.target));
         run(
             cmd,
-            &format!("psql restoring {what} into {}", self.target.describe()),
+            &format!("psql {what} on {}", self.target.describe()),
             Some(script.as_bytes()),
         )
         .await
@@ -758,16 +759,7 @@ impl SchemaCopy {
         if created == 0 {
             return Ok(0);
         }
-        let mut cmd = self.tools.command("psql", &self.target);
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"])
-            .arg("--dbname")
-            .arg(conninfo(&self.target));
-        run(
-            cmd,
-            &format!("psql creating roles on {}", self.target.describe()),
-            Some(script.as_bytes()),
-        )
-        .await?;
+        self.psql(&script, "creating roles").await?;
         Ok(created)
     }
 }

@@ -146,7 +146,7 @@ impl TableMap {
                         format_type(a.atttypid, -1),
                         a.attgenerated <> '',
                         a.attidentity = 'a',
-                        CASE WHEN a.atttypid < 16384 THEN a.atttypid END,
+                        a.atttypid,
                         a.atttypmod,
                         EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc
                                   JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
@@ -173,7 +173,7 @@ impl TableMap {
                 type_sql: r.get(1),
                 generated: r.get(2),
                 identity_always: r.get(3),
-                builtin_type: r.get(4),
+                builtin_type: Some(r.get::<_, u32>(4)).filter(|oid| *oid < FIRST_USER_OID),
                 type_modifier: r.get(5),
                 orderable: r.get(6),
             })

@@ -55,13 +55,14 @@ pub(super) async fn check(
     if let Err(e) = large_objects(source, plan, &mut failures).await {
         failures.push(format!("cannot check the large objects' privileges: {e:#}"));
     }
-    if let Err(e) = row_security(source, target, plan, catalog, &mut failures).await {
+    let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
+    if let Err(e) = row_security(source, target, plan, &oids, &mut failures).await {
         failures.push(format!("cannot check row-level security: {e:#}"));
     }
-    if let Err(e) = replica_role(source, target, plan, catalog, &mut failures).await {
+    if let Err(e) = replica_role(source, target, plan, &oids, &mut failures).await {
         failures.push(format!("cannot check the target's foreign keys: {e:#}"));
     }
-    if let Err(e) = default_sequences(source, catalog, &mut failures).await {
+    if let Err(e) = default_sequences(source, catalog, &oids, &mut failures).await {
         failures.push(format!(
             "cannot check the sequences of column defaults: {e:#}"
         ));
@@ -147,10 +148,9 @@ async fn row_security(
     source: &Client,
     target: &Client,
     plan: &Plan<'_>,
-    catalog: &Catalog,
+    oids: &[u32],
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
     let rows = source
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relforcerowsecurity,
@@ -214,7 +214,7 @@ async fn replica_role(
     source: &Client,
     target: &Client,
     plan: &Plan<'_>,
-    catalog: &Catalog,
+    oids: &[u32],
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let may_set = target
@@ -224,7 +224,6 @@ async fn replica_role(
     if may_set {
         return Ok(());
     }
-    let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
     let cascading: Vec<String> = source
         .query(
             "SELECT format('%I on %s', conname, conrelid::regclass) FROM pg_catalog.pg_constraint
@@ -255,9 +254,9 @@ async fn replica_role(
 async fn default_sequences(
     source: &Client,
     catalog: &Catalog,
+    oids: &[u32],
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
     let selected: Vec<String> = catalog.sequences.iter().map(|s| s.name.quoted()).collect();
     let rows = source
         .query(

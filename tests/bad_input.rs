@@ -332,16 +332,7 @@ fn missing_roles_are_refused_or_copied_with_roles() {
         "0",
         "no state was written to the target"
     );
-    let mut migrate = util::spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "roles", "--roles",
-    ]);
-    util::wait_for_stage(
-        &target,
-        "roles",
-        &["streaming"],
-        &mut migrate,
-        std::time::Duration::from_secs(120),
-    );
+    let mut migrate = util::migrate_until_streaming(&source, &target, "roles", &["--roles"]);
     migrate.kill().unwrap();
     migrate.wait().unwrap();
     assert_eq!(
@@ -407,25 +398,16 @@ fn include_without_the_sequence_a_default_uses() {
         "{message}"
     );
     assert_untouched(cluster, &src, &dst);
-    let mut migrate = util::spawn(&[
-        "migrate",
-        "--source",
+    let mut migrate = util::migrate_until_streaming(
         &source,
-        "--target",
-        &target,
-        "--name",
-        "defseq",
-        "--include",
-        "public.uses_it",
-        "--include",
-        "\"public\".\"shared_ids\"",
-    ]);
-    util::wait_for_stage(
         &target,
         "defseq",
-        &["streaming"],
-        &mut migrate,
-        std::time::Duration::from_secs(120),
+        &[
+            "--include",
+            "public.uses_it",
+            "--include",
+            "\"public\".\"shared_ids\"",
+        ],
     );
     migrate.kill().unwrap();
     migrate.wait().unwrap();

@@ -100,16 +100,7 @@ fn migrate_with_live_workload_then_cutover_and_verify() {
     cluster.psql(&src, &load(20_000)).unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let workload = Workload::start(source.clone(), workload_sql);
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "e2e", "--jobs", "2",
-    ]);
-    wait_for_stage(
-        &target,
-        "e2e",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let migrate = util::migrate_until_streaming(&source, &target, "e2e", &["--jobs", "2"]);
     std::thread::sleep(Duration::from_secs(2));
     let writes = workload.stop();
     assert!(writes > 50, "the workload ran ({writes} transactions)");
@@ -211,16 +202,7 @@ fn the_source_restarting_mid_stream_loses_nothing() {
     source_cluster.psql(&src, &load(5_000)).unwrap();
     let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
     let workload = Workload::start(source.clone(), workload_sql);
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "r",
-    ]);
-    wait_for_stage(
-        &target,
-        "r",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let migrate = util::migrate_until_streaming(&source, &target, "r", &[]);
     std::thread::sleep(Duration::from_secs(1));
     source_cluster.restart().unwrap();
     std::thread::sleep(Duration::from_secs(3));
@@ -256,16 +238,7 @@ fn non_superuser_roles_over_verify_full_tls() {
         .psql_as(&source, Some(&role.password), &load(2_000))
         .unwrap();
     let workload = Workload::start(source.clone(), workload_sql);
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "tls",
-    ]);
-    wait_for_stage(
-        &target,
-        "tls",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let mut migrate = util::migrate_until_streaming(&source, &target, "tls", &[]);
     std::thread::sleep(Duration::from_secs(1));
     workload.stop();
     let cutover = util::cutover_ok(
@@ -406,16 +379,7 @@ fn keyless_table_updated_during_the_migration() {
         )
         .unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "kl",
-    ]);
-    wait_for_stage(
-        &target,
-        "kl",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let mut migrate = util::migrate_until_streaming(&source, &target, "kl", &[]);
     cluster
         .psql(
             &src,
@@ -470,24 +434,8 @@ fn filters_are_kept_and_clean_removes_only_its_own_migration() {
         )
         .unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let mut migrate = spawn(&[
-        "migrate",
-        "--source",
-        &source,
-        "--target",
-        &target,
-        "--name",
-        "f",
-        "--include",
-        "public.kept",
-    ]);
-    wait_for_stage(
-        &target,
-        "f",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let mut migrate =
+        util::migrate_until_streaming(&source, &target, "f", &["--include", "public.kept"]);
     // Cleaning another migration on the same target keeps this one's state.
     let cleaned = run_ok(&[
         "clean",
@@ -575,16 +523,7 @@ fn tables_created_mid_run_are_carried() {
         )
         .unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "nt",
-    ]);
-    wait_for_stage(
-        &target,
-        "nt",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let mut migrate = util::migrate_until_streaming(&source, &target, "nt", &[]);
     cluster
         .psql(
             &src,
@@ -656,16 +595,7 @@ fn a_table_created_mid_run_outside_the_publication_is_carried() {
             "CREATE TABLE a (id int PRIMARY KEY)",
         )
         .unwrap();
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", "np",
-    ]);
-    wait_for_stage(
-        &target,
-        "np",
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let mut migrate = util::migrate_until_streaming(&source, &target, "np", &[]);
     cluster
         .psql_as(
             &source,

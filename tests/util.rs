@@ -168,6 +168,24 @@ pub fn cutover_ok(args: &[&str], migrate: &mut Child) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Starts `pglive migrate` of migration `name` (with `extra` flags) and
+/// waits up to two minutes until it streams.
+pub fn migrate_until_streaming(source: &str, target: &str, name: &str, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "migrate", "--source", source, "--target", target, "--name", name,
+    ];
+    args.extend_from_slice(extra);
+    let mut migrate = spawn(&args);
+    wait_for_stage(
+        target,
+        name,
+        &["streaming"],
+        &mut migrate,
+        Duration::from_secs(120),
+    );
+    migrate
+}
+
 /// Waits for a child and asserts it succeeded.
 pub fn finish(child: Child) -> String {
     let output = child.wait_with_output().expect("pglive finishes");

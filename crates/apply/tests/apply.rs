@@ -213,6 +213,21 @@ impl Pair {
     }
 }
 
+/// Applies the stream up to the source's current position, expecting an
+/// error, from the start on a single session.
+async fn apply_until_error(pair: &Pair) -> Error {
+    let stop_at = pair.source_lsn();
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(pair, 1))
+        .await
+        .unwrap();
+    let mut stream = pair.stream(pair.start).await;
+    let mut run_options = pglive_apply::RunOptions::default();
+    run_options.stop_at = Some(stop_at);
+    run_quietly(&mut applier, &mut stream, &run_options)
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn schema_drift_stops_apply_with_the_table_and_column_named() {
     let pair = Pair::new("drift", "CREATE TABLE t (id int PRIMARY KEY, a text)").await;
@@ -221,24 +236,13 @@ async fn schema_drift_stops_apply_with_the_table_and_column_named() {
          ALTER TABLE t ADD COLUMN added_later int;
          INSERT INTO t VALUES (2, 'after', 7);",
     );
-    let stop_at = pair.source_lsn();
-    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
-        .await
-        .unwrap();
-    let mut stream = pair.stream(pair.start).await;
-    let mut run_options = pglive_apply::RunOptions::default();
-    run_options.stop_at = Some(stop_at);
-    let error = run_quietly(&mut applier, &mut stream, &run_options)
-        .await
-        .unwrap_err();
+    let error = apply_until_error(&pair).await;
     assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
     let message = error.to_string();
     assert!(
         message.contains("\"public\".\"t\"") && message.contains("added_later"),
         "{message}"
     );
-    drop(stream);
-    drop(applier);
 
     // Fix the target, resume: everything arrives once.
     pair.cluster
@@ -267,16 +271,7 @@ async fn a_different_type_modifier_stops_apply_before_values_change() {
         )
         .unwrap();
     pair.source_sql("INSERT INTO t VALUES (1, 1.2345, 'abcdefghij')");
-    let stop_at = pair.source_lsn();
-    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
-        .await
-        .unwrap();
-    let mut stream = pair.stream(pair.start).await;
-    let mut run_options = pglive_apply::RunOptions::default();
-    run_options.stop_at = Some(stop_at);
-    let error = run_quietly(&mut applier, &mut stream, &run_options)
-        .await
-        .unwrap_err();
+    let error = apply_until_error(&pair).await;
     assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
     let message = error.to_string();
     assert!(
@@ -284,8 +279,6 @@ async fn a_different_type_modifier_stops_apply_before_values_change() {
         "{message}"
     );
     assert!(!message.contains("\"code\""), "{message}");
-    drop(stream);
-    drop(applier);
     pair.cluster
         .psql(
             &pair.target,

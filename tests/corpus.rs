@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pglive_testkit::Cluster;
-use util::{Workload, finish, spawn, wait_for_stage};
+use util::{PINNED, Workload, finish, spawn, wait_for_stage};
 
 /// Roles of the corpus: the migrating role (REPLICATION, not superuser,
 /// member of the owners, as a managed service's admin role is), two owners
@@ -273,11 +273,6 @@ fn workload_sql(n: u64) -> String {
     }
 }
 
-/// Pins what the comparisons print, whatever the database defaults.
-const PINNED: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = UTC; \
-     SET extra_float_digits = 3; SET bytea_output = hex; SET statement_timeout = 0; \
-     SET row_security = off; SET lc_monetary = 'C';";
-
 fn assert_same_rows(
     source: &Cluster,
     src: &str,
@@ -295,12 +290,7 @@ fn assert_same_rows(
         .unwrap();
     assert!(tables.lines().count() >= tables_at_least, "{tables}");
     for table in tables.lines() {
-        let sql = format!(
-            "{PINNED} SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t"
-        );
-        let s = source.psql(src, &sql).unwrap();
-        let t = target.psql(dst, &sql).unwrap();
-        assert_eq!(s, t, "{table} differs between source and target");
+        util::assert_table_equal(source, src, target, dst, table);
     }
     let objects = format!(
         "{PINNED} SELECT string_agg(m.oid || ':' || pg_get_userbyid(m.lomowner) || ':' || md5(lo_get(m.oid)), ',' ORDER BY m.oid)
@@ -597,16 +587,7 @@ fn migrate_short(source_cluster: &Cluster, target_cluster: &Cluster) {
         source_cluster.major_version(),
         target_cluster.major_version()
     );
-    let mut migrate = spawn(&[
-        "migrate", "--source", &source, "--target", &target, "--name", &name,
-    ]);
-    wait_for_stage(
-        &target,
-        &name,
-        &["streaming"],
-        &mut migrate,
-        Duration::from_secs(120),
-    );
+    let mut migrate = util::migrate_until_streaming(&source, &target, &name, &[]);
     std::thread::sleep(Duration::from_secs(2));
     let writes = workload.stop();
     assert!(writes > 20, "the workload ran ({writes} statements)");

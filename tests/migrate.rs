@@ -56,12 +56,7 @@ fn assert_same_rows(cluster_s: &Cluster, db_s: &str, cluster_t: &Cluster, db_t: 
         .psql(db_s, "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
         .unwrap();
     for table in tables.lines() {
-        let sql = format!(
-            "SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t"
-        );
-        let s = cluster_s.psql(db_s, &sql).unwrap();
-        let t = cluster_t.psql(db_t, &sql).unwrap();
-        assert_eq!(s, t, "{table} differs between source and target");
+        util::assert_table_equal(cluster_s, db_s, cluster_t, db_t, table);
     }
     // Sequences were synchronized at cutover.
     let seq = "SELECT last_value FROM items_id_seq";
@@ -493,14 +488,7 @@ fn filters_are_kept_and_clean_removes_only_its_own_migration() {
 /// Both sides of `tables`, row by row.
 fn assert_tables_equal(cluster: &Cluster, src: &str, dst: &str, tables: &[&str]) {
     for table in tables {
-        let sql = format!(
-            "SELECT count(*) || ' ' || coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') FROM {table} t"
-        );
-        assert_eq!(
-            cluster.psql(src, &sql).unwrap(),
-            cluster.psql(dst, &sql).unwrap(),
-            "{table} differs"
-        );
+        util::assert_table_equal(cluster, src, cluster, dst, table);
     }
 }
 

@@ -168,6 +168,31 @@ pub fn cutover_ok(args: &[&str], migrate: &mut Child) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Pins what the comparisons print, whatever the database defaults.
+pub const PINNED: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = UTC; \
+     SET extra_float_digits = 3; SET bytea_output = hex; SET statement_timeout = 0; \
+     SET row_security = off; SET lc_monetary = 'C';";
+
+/// Asserts that `table` holds the same rows in the source's database `src`
+/// and the target's `dst` (count and digest of every row's text, computed
+/// by the servers independently of pglive).
+pub fn assert_table_equal(
+    source: &pglive_testkit::Cluster,
+    src: &str,
+    target: &pglive_testkit::Cluster,
+    dst: &str,
+    table: &str,
+) {
+    let sql = format!(
+        "{PINNED} SELECT count(*) || ' ' || md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t"
+    );
+    assert_eq!(
+        source.psql(src, &sql).unwrap(),
+        target.psql(dst, &sql).unwrap(),
+        "{table} differs between source and target"
+    );
+}
+
 /// Starts `pglive migrate` of migration `name` (with `extra` flags) and
 /// waits up to two minutes until it streams.
 pub fn migrate_until_streaming(source: &str, target: &str, name: &str, extra: &[&str]) -> Child {

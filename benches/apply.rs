@@ -54,11 +54,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
+use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
 use pglive_repl::pgoutput::Decoder;
-use pglive_repl::{
-    ConnectConfig, Lsn, PgOutputOptions, ReplicationClient, ReplicationEvent, StreamOptions,
-    Streaming, connect_sql,
-};
+use pglive_repl::{PgOutputOptions, ReplicationClient, ReplicationEvent, StreamOptions, Streaming};
 use pglive_testkit::{Cluster, ClusterOptions};
 use tokio_postgres::Client;
 

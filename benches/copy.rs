@@ -29,7 +29,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pglive_repl::{ConnectConfig, ReplicationClient, SlotOptions, connect_sql};
+use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_repl::{ReplicationClient, SlotOptions};
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyOptions, Snapshot};
 use pglive_testkit::{Cluster, ClusterOptions};

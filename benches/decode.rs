@@ -14,11 +14,11 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pglive_postgres::{Lsn, PgTimestamp};
 use pglive_repl::pgoutput::{
     Begin, ColumnValue, Commit, Decoder, Delete, Insert, LogicalMessage, OldTuple, Relation,
     RelationColumn, ReplicaIdentity, TupleData, Update,
 };
-use pglive_repl::{Lsn, PgTimestamp};
 
 /// A small deterministic generator (xorshift64*), so that every run decodes
 /// the same stream.

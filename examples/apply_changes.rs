@@ -11,7 +11,8 @@
 //! in the target, and nothing is applied twice.
 
 use pglive_apply::{Applier, ApplyOptions, RunOptions};
-use pglive_repl::{ConnectConfig, PgOutputOptions, ReplicationClient, StreamOptions};
+use pglive_postgres::ConnectConfig;
+use pglive_repl::{PgOutputOptions, ReplicationClient, StreamOptions};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,7 +10,8 @@
 //! point once the copy is done (see `pglive-repl`), skipping each table's
 //! changes up to its `copied_at`.
 
-use pglive_repl::{ConnectConfig, ReplicationClient, SlotOptions, connect_sql};
+use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_repl::{ReplicationClient, SlotOptions};
 use pglive_schema::{Catalog, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyEvent, CopyOptions, Snapshot};
 

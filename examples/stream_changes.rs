@@ -9,10 +9,11 @@
 //! confirms only what it has durably applied.
 
 use futures_util::StreamExt;
+use pglive_postgres::ConnectConfig;
 use pglive_repl::pgoutput::{ColumnValue, Decoder, LogicalMessage};
 use pglive_repl::{
-    ConnectConfig, PgOutputOptions, ReplicationClient, ReplicationEvent, SlotOptions,
-    SnapshotAction, StreamOptions, Streaming,
+    PgOutputOptions, ReplicationClient, ReplicationEvent, SlotOptions, SnapshotAction,
+    StreamOptions, Streaming,
 };
 
 fn show(values: &[ColumnValue]) -> String {

@@ -275,12 +275,12 @@ impl Workload {
                     .build()
                     .unwrap();
                 runtime.block_on(async move {
-                    let config = pglive_repl::ConnectConfig::parse(&conninfo).unwrap();
+                    let config = pglive_postgres::ConnectConfig::parse(&conninfo).unwrap();
                     let mut client = None;
                     let mut n: u64 = 0;
                     while !stop.load(Ordering::Relaxed) {
                         if client.is_none() {
-                            client = pglive_repl::connect_sql(&config).await.ok();
+                            client = pglive_postgres::connect_sql(&config).await.ok();
                             if client.is_none() {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue;

@@ -22,8 +22,10 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use pglive_repl::{ReplicationClient, connect_sql};
-use pglive_schema::{Catalog, ObjectFilter, QualifiedName, SchemaCopy};
+use pglive_postgres::QualifiedName;
+use pglive_postgres::connect_sql;
+use pglive_repl::ReplicationClient;
+use pglive_schema::{Catalog, ObjectFilter, SchemaCopy};
 use pglive_snapshot::{Copier, CopyOptions, Snapshot};
 
 use crate::migrate::{self, Job};

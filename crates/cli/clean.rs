@@ -2,7 +2,8 @@
 //! run again; refuses while a migrate is running unless forced.
 
 use anyhow::{Context, Result, bail};
-use pglive_repl::{ReplicationClient, connect_sql};
+use pglive_postgres::connect_sql;
+use pglive_repl::ReplicationClient;
 
 use crate::cli::CleanArgs;
 use crate::state;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pglive_repl::{Lsn, PgTimestamp, connect_sql};
+use pglive_postgres::{Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
 use crate::live::{self, Session};
@@ -384,7 +384,7 @@ async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool)
                 target
                     .batch_execute(&format!(
                         "ALTER LARGE OBJECT {oid} OWNER TO {}",
-                        pglive_repl::quote_ident(owner)
+                        pglive_postgres::quote_ident(owner)
                     ))
                     .await
                     .with_context(|| format!("giving large object {oid} to {owner}"))?;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use pglive_repl::{ConnectConfig, connect_sql};
+use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_testkit::{Cluster, ClusterOptions};
 
 use crate::cli::{DemoArgs, Hypertables, MigrateArgs, Servers};

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use pglive_apply::{Applier, ApplyOptions, Progress, QualifiedName, RunOptions, Stopped};
+use pglive_apply::{Applier, ApplyOptions, Progress, RunOptions, Stopped};
+use pglive_postgres::QualifiedName;
+use pglive_postgres::connect_sql;
 use pglive_repl::{
-    PgOutputOptions, ReplicationClient, ReplicationStream, StreamOptions, Streaming, connect_sql,
+    PgOutputOptions, ReplicationClient, ReplicationStream, StreamOptions, Streaming,
 };
 
 use crate::Interrupt;
@@ -33,10 +35,10 @@ enum Reason {
     Cutover {
         fence: bool,
     },
-    Verify(pglive_repl::Lsn),
+    Verify(pglive_postgres::Lsn),
     /// Source tables the migration does not carry yet (see
     /// `publication::tables_not_carried`).
-    NotCarried(Vec<pglive_schema::QualifiedName>),
+    NotCarried(Vec<pglive_postgres::QualifiedName>),
 }
 
 /// How often streaming looks for tables created on the source.
@@ -56,7 +58,7 @@ pub async fn connect(
     ignored: &HashSet<QualifiedName>,
 ) -> Result<Session> {
     let target = connect_sql(&ctx.target).await?;
-    let copied_at: HashMap<QualifiedName, pglive_repl::Lsn> =
+    let copied_at: HashMap<QualifiedName, pglive_postgres::Lsn> =
         pglive_snapshot::copied_at(&target, &ctx.name)
             .await?
             .into_iter()
@@ -358,7 +360,7 @@ async fn pause_for_verify(
     ctx: &Job,
     applier: &mut Applier,
     stream: &mut ReplicationStream,
-    lsn: pglive_repl::Lsn,
+    lsn: pglive_postgres::Lsn,
     state_client: &tokio_postgres::Client,
     reporter: &Reporter,
     interrupt: &Interrupt,
@@ -401,7 +403,7 @@ async fn pause_for_verify(
 /// Runs the applier until everything up to `stop_at` is applied.
 pub async fn catch_up(
     session: &mut Session,
-    stop_at: pglive_repl::Lsn,
+    stop_at: pglive_postgres::Lsn,
     reporter: &Reporter,
 ) -> Result<()> {
     let mut options = RunOptions::default();

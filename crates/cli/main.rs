@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use pglive_repl::ConnectConfig;
+use pglive_postgres::ConnectConfig;
 
 use crate::cli::{Cli, Command, LogFormat};
 use crate::latch::Latch;

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use pglive_repl::{
-    ConnectConfig, CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction, connect_sql,
-};
+use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_repl::{CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyOptions, Snapshot};
 use tokio_postgres::Client;

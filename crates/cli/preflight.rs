@@ -2,7 +2,8 @@
 //! is reported here, with what to do about it, and nothing changes on
 //! either server.
 
-use pglive_repl::{ConnectConfig, ReplicationClient, connect_sql};
+use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_repl::ReplicationClient;
 use pglive_schema::{Catalog, ObjectFilter, PgTools, SchemaCopy, SchemaOptions};
 use tokio_postgres::Client;
 
@@ -155,7 +156,7 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
             format!(
                 "the source role {} lacks the REPLICATION attribute: ALTER ROLE {} REPLICATION (or on managed services grant the provider's replication role)",
                 plan.source.user,
-                pglive_repl::quote_ident(&plan.source.user)
+                pglive_postgres::quote_ident(&plan.source.user)
             ),
         ),
         Err(e) => fail(
@@ -283,7 +284,7 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
                 &mut found,
                 format!(
                     "the source role cannot read {name}: GRANT SELECT ON {name} TO {}",
-                    pglive_repl::quote_ident(&plan.source.user)
+                    pglive_postgres::quote_ident(&plan.source.user)
                 ),
             );
         }

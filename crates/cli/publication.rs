@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use pglive_repl::quote_ident;
+use pglive_postgres::quote_ident;
 use pglive_schema::{Catalog, ReplicaIdentity, Table};
 use tokio_postgres::Client;
 
@@ -168,7 +168,7 @@ pub async fn tables_not_carried(
     target: &Client,
     migration: &str,
     filter: &pglive_schema::ObjectFilter,
-) -> Result<Vec<pglive_schema::QualifiedName>> {
+) -> Result<Vec<pglive_postgres::QualifiedName>> {
     let catalog = Catalog::read(source, filter).await?;
     let copied = pglive_snapshot::copied_at(target, migration).await?;
     let copied: std::collections::HashSet<String> =

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use pglive_repl::Lsn;
-use pglive_schema::{ObjectFilter, QualifiedName};
+use pglive_postgres::Lsn;
+use pglive_postgres::QualifiedName;
+use pglive_schema::ObjectFilter;
 use tokio_postgres::Client;
 
 /// How far a migration got; each stage is complete when the next begins.
@@ -456,7 +457,7 @@ pub async fn remove(client: &Client, name: &str) -> Result<bool> {
     client
         .batch_execute(&format!(
             "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}",
-            pglive_repl::quote_literal(name)
+            pglive_postgres::quote_literal(name)
         ))
         .await
         .context("removing the migration from pglive.migration")?;

@@ -62,7 +62,7 @@ fn checksum_sql(table: &Table, condition: &str) -> String {
     // Generated columns are computed on each side; compare only copied ones.
     let columns: Vec<String> = table
         .copied_columns()
-        .map(|c| pglive_repl::quote_ident(&c.name))
+        .map(|c| pglive_postgres::quote_ident(&c.name))
         .collect();
     let row = if columns.is_empty() {
         "''".to_owned()
@@ -127,7 +127,7 @@ async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Re
     let Some(key) = table.integer_key() else {
         return Ok(Vec::new());
     };
-    let key = pglive_repl::quote_ident(key);
+    let key = pglive_postgres::quote_ident(key);
     let bounds = format!(
         "SELECT min({key})::int8, max({key})::int8 FROM ONLY {}",
         table.name.quoted()
@@ -245,7 +245,7 @@ pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> 
 }
 
 async fn compare_live(
-    source_config: &pglive_repl::ConnectConfig,
+    source_config: &pglive_postgres::ConnectConfig,
     source: &Client,
     target: &Client,
     name: &str,
@@ -297,7 +297,7 @@ async fn compare_live(
             source
                 .batch_execute(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-                    pglive_repl::quote_literal(&snapshot)
+                    pglive_postgres::quote_literal(&snapshot)
                 ))
                 .await
                 .context("importing the verification snapshot")?;

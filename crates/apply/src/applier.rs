@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pglive_postgres::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use pglive_repl::pgoutput::{self, ColumnValue, Decoder, LogicalMessage, OldTuple, TupleData};
-use pglive_repl::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
 use crate::batch::{InFlight, RunAs, Segment, Sessions, Work};
@@ -18,7 +18,7 @@ use crate::plan::{Change, TablePlan, Values};
 use crate::progress::{self, LanePositions};
 use crate::spool::Spools;
 use crate::table::{Identity, TableMap};
-use pglive_schema::QualifiedName;
+use pglive_postgres::QualifiedName;
 
 /// How the applier batches and where it keeps its state.
 #[derive(Clone, Debug)]

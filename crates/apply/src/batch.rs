@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use pglive_repl::{Lsn, PgTimestamp};
+use pglive_postgres::{Lsn, PgTimestamp};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 

@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use pglive_repl::Lsn;
+use pglive_postgres::Lsn;
 
 /// Everything that can stop the applier.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,9 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A session could not be opened (connection string, TLS, server).
+    #[error(transparent)]
+    Connect(#[from] pglive_postgres::Error),
     /// The replication connection or decoder failed.
     #[error(transparent)]
     Replication(#[from] pglive_repl::Error),
@@ -27,7 +30,7 @@ pub enum Error {
     )]
     TableMissing {
         /// The schema-qualified name.
-        table: pglive_schema::QualifiedName,
+        table: pglive_postgres::QualifiedName,
     },
     /// A source table's shape no longer matches the target's (DDL on the
     /// source during the migration).
@@ -117,6 +120,7 @@ impl Error {
                         .code()
                         .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
             }
+            Error::Connect(e) => e.is_transient(),
             Error::Replication(e) => e.is_transient(),
             _ => false,
         }

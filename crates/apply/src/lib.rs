@@ -85,6 +85,5 @@ mod table;
 
 pub use applier::{Applier, ApplyOptions, ApplyStats};
 pub use error::{Error, Result};
-pub use pglive_schema::QualifiedName;
 pub use progress::{applied_lsn, forget, restore_identity_columns, restore_triggers};
 pub use run::{Progress, RunOptions, Stopped, run};

@@ -356,7 +356,7 @@ mod tests {
     fn spread_table() -> crate::table::TableMap {
         use crate::table::{Column, Identity, TableMap};
         TableMap {
-            name: pglive_schema::QualifiedName::new("public", "t"),
+            name: pglive_postgres::QualifiedName::new("public", "t"),
             quoted: "\"public\".\"t\"".to_owned(),
             source_to_column: (0..COLUMNS).map(Some).collect(),
             columns: (0..COLUMNS)

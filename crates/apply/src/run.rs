@@ -5,7 +5,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use pglive_repl::{Lsn, PgTimestamp, ReplicationEvent, ReplicationStream};
+use pglive_postgres::{Lsn, PgTimestamp};
+use pglive_repl::{ReplicationEvent, ReplicationStream};
 
 use crate::applier::{Applier, ApplyStats};
 use crate::error::Result;

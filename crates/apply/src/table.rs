@@ -1,9 +1,9 @@
 //! Mapping a source relation (from a pgoutput Relation message) onto the
 //! target table of the same schema-qualified name, columns by name.
 
+use pglive_postgres::QualifiedName;
+use pglive_postgres::quote_ident;
 use pglive_repl::pgoutput::{Relation, ReplicaIdentity};
-use pglive_repl::quote_ident;
-use pglive_schema::QualifiedName;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, target};

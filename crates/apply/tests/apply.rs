@@ -189,7 +189,7 @@ async fn a_target_without_replica_role_keeps_order_and_silences_triggers() {
     assert!(!applier.stats().replica_role);
     pair.assert_equal_except_audit().await;
     drop(applier);
-    let target = pglive_repl::connect_sql(&config(&owner)).await.unwrap();
+    let target = pglive_postgres::connect_sql(&config(&owner)).await.unwrap();
     assert_eq!(pglive_apply::restore_triggers(&target).await.unwrap(), 1);
     let enabled: String = target
         .query_one(
@@ -330,7 +330,8 @@ async fn a_diverged_target_is_an_error_not_a_silent_skip() {
 
 #[tokio::test]
 async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
-    use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction, connect_sql};
+    use pglive_postgres::connect_sql;
+    use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
     let pair = Pair::new("pause", "CREATE TABLE t (id int PRIMARY KEY, n int)").await;
     pair.source_sql("INSERT INTO t SELECT g, 0 FROM generate_series(1, 1000) g; UPDATE t SET n = 1 WHERE id % 2 = 0;");
     // A temporary slot exports a snapshot and the exact LSN it stands for.
@@ -398,7 +399,7 @@ async fn pausing_at_a_consistent_point_matches_the_source_snapshot() {
 /// its applier went away is never applied a second time.
 #[tokio::test]
 async fn a_new_applier_waits_for_an_earlier_sessions_open_batch() {
-    use pglive_repl::{Lsn, connect_sql, quote_literal};
+    use pglive_postgres::{Lsn, connect_sql, quote_literal};
     let pair = Pair::new("handover", "CREATE TABLE t (id int PRIMARY KEY);").await;
     let target = config(&pair.target_conninfo());
     let first = Applier::connect(&target, options(&pair, 1)).await.unwrap();
@@ -443,7 +444,7 @@ async fn a_new_applier_waits_for_an_earlier_sessions_open_batch() {
 /// a different number of sessions.
 #[tokio::test]
 async fn spread_batches_resume_after_a_crash_between_lane_commits() {
-    use pglive_repl::quote_literal;
+    use pglive_postgres::quote_literal;
     let pair = Pair::new(
         "lanes",
         // Keys far apart, so that they spread over lanes one by one rather
@@ -482,7 +483,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
         .unwrap();
     let before = applier.applied_lsn();
     let stream_id = quote_literal(&pair.slot);
-    let holder = pglive_repl::connect_sql(&config(&pair.target_conninfo()))
+    let holder = pglive_postgres::connect_sql(&config(&pair.target_conninfo()))
         .await
         .unwrap();
     holder
@@ -534,7 +535,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
     drop(applier);
     holder.batch_execute("ROLLBACK").await.unwrap();
 
-    let positions = |pair: &Pair| -> Vec<pglive_repl::Lsn> {
+    let positions = |pair: &Pair| -> Vec<pglive_postgres::Lsn> {
         pair.cluster
             .psql(
                 &pair.target,
@@ -609,7 +610,7 @@ async fn spread_batches_resume_after_a_crash_between_lane_commits() {
 /// its recorded position.
 #[tokio::test]
 async fn a_progress_table_from_before_lanes_keeps_its_position() {
-    use pglive_repl::quote_literal;
+    use pglive_postgres::quote_literal;
     let pair = Pair::new("upgrade", "CREATE TABLE t (id int PRIMARY KEY);").await;
     pair.cluster
         .psql(

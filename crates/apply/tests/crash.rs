@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{Pair, apply_until, config};
 use pglive_apply::{Applier, ApplyOptions, Stopped};
-use pglive_repl::Lsn;
+use pglive_postgres::Lsn;
 
 const CHILD: &str = "PGLIVE_APPLY_CHILD";
 

@@ -1,7 +1,7 @@
 //! Preflight checks of what the two roles may do: each privilege pglive
 //! would lack later is a failure here, with the statement that grants it.
 
-use pglive_repl::quote_ident;
+use pglive_postgres::quote_ident;
 use pglive_schema::Catalog;
 use tokio_postgres::Client;
 

@@ -10,13 +10,14 @@ use postgres_protocol::authentication::sasl::{
 use postgres_protocol::message::frontend;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::conninfo::{ChannelBinding as ChannelBindingMode, ConnectConfig, Host, SslMode};
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
-use crate::session::SESSION_SETTINGS;
 use crate::stream::{ReplicationStream, StreamOptions};
-use crate::tls;
 use crate::wire::{self, Frame, Socket, Wire};
+use pglive_postgres::{
+    ChannelBinding as ChannelBindingMode, ConfigError, ConnectConfig, Host, Lsn, SESSION_SETTINGS,
+    SslMode, tls,
+};
+use pglive_postgres::{quote_ident, quote_literal};
 
 /// What `IDENTIFY_SYSTEM` reports about the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,7 +105,7 @@ impl ReplicationClient {
     /// Opens a replication connection, trying each host of `config` in turn,
     /// with TLS as `sslmode` asks and trust, password, MD5 or SCRAM-SHA-256
     /// authentication. The session's text formats are pinned (see
-    /// [`crate::SESSION_SETTINGS`]).
+    /// [`pglive_postgres::SESSION_SETTINGS`]).
     pub async fn connect(config: &ConnectConfig) -> Result<ReplicationClient> {
         let tls = tls::client_config(config)?;
         let mut last_error = None;
@@ -123,7 +124,7 @@ impl ReplicationClient {
                 Err(e) => return Err(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| Error::Config(crate::conninfo::ConfigError::no_hosts())))
+        Err(last_error.unwrap_or_else(|| Error::Postgres(ConfigError::no_hosts().into())))
     }
 
     async fn connect_one(
@@ -697,17 +698,6 @@ impl PgOutputOptions {
         }
         list
     }
-}
-
-/// Quotes an identifier for a replication command or SQL: `"name"` with
-/// inner quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes a string literal: `'text'` with inner quotes doubled.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The first words of a command, for error context without dumping data.

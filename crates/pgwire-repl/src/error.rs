@@ -3,8 +3,8 @@
 use std::fmt;
 use std::io;
 
-use crate::conninfo::{ConfigError, SslMode};
 use crate::pgoutput::DecodeError;
+use pglive_postgres::SslMode;
 
 /// An error reported by the server (an `ErrorResponse`), with the fields a
 /// user needs to act on it.
@@ -41,9 +41,9 @@ impl std::error::Error for ServerError {}
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The connection string is malformed or names an unknown parameter.
+    /// The connection string, the TLS settings or an SQL session failed.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Postgres(#[from] pglive_postgres::Error),
     /// A TCP or Unix socket connection could not be opened.
     #[error("could not connect to {server}")]
     Connect {
@@ -66,13 +66,6 @@ pub enum Error {
         server: String,
         /// The mode that required TLS.
         sslmode: SslMode,
-    },
-    /// The TLS settings could not be used (unreadable certificate file, bad
-    /// PEM, host name not valid for TLS).
-    #[error("TLS configuration: {reason}")]
-    TlsConfig {
-        /// What is wrong, naming the file or setting.
-        reason: String,
     },
     /// The TLS handshake failed (for example the server's certificate did not
     /// verify).
@@ -147,16 +140,6 @@ pub enum Error {
     /// A pgoutput message could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// An SQL session (tokio-postgres) failed.
-    #[error("SQL session with {server}")]
-    Sql {
-        /// `user@host:port/dbname`.
-        server: String,
-        /// The client's error; its SQLSTATE is available through
-        /// [`Error::sqlstate`].
-        #[source]
-        source: tokio_postgres::Error,
-    },
     /// The replication stream was stopped or its task ended.
     #[error("the replication stream has ended")]
     StreamEnded,
@@ -167,7 +150,7 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             Error::Server { source, .. } => Some(&source.code),
-            Error::Sql { source, .. } => source.code().map(|c| c.code()),
+            Error::Postgres(error) => error.sqlstate(),
             _ => None,
         }
     }
@@ -186,7 +169,7 @@ impl Error {
                 source.code.starts_with("08")
                     || matches!(source.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
             }
-            Error::Sql { source, .. } => source.is_closed() || source.code().is_none(),
+            Error::Postgres(error) => error.is_transient(),
             _ => false,
         }
     }
@@ -194,3 +177,9 @@ impl Error {
 
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<pglive_postgres::ConfigError> for Error {
+    fn from(error: pglive_postgres::ConfigError) -> Error {
+        Error::Postgres(error.into())
+    }
+}

@@ -7,11 +7,10 @@
 //!
 //! # The model
 //!
-//! - [`ConnectConfig`] parses the connection strings users already have
-//!   (libpq `key=value` or URIs, `PG*` variables, `~/.pgpass`, `sslmode`).
-//!   The same configuration opens ordinary SQL sessions ([`connect_sql`]), so
-//!   both kinds of session trust the same certificates and pin the same
-//!   [`SESSION_SETTINGS`].
+//! - A [`pglive_postgres::ConnectConfig`] (the connection strings users
+//!   already have) opens both kinds of session: this crate's replication
+//!   connection and ordinary SQL sessions (`pglive_postgres::connect_sql`),
+//!   so both trust the same certificates and pin the same session settings.
 //! - [`ReplicationClient`] is a connection in replication mode. It runs
 //!   replication commands: [`identify_system`](ReplicationClient::identify_system),
 //!   [`create_slot`](ReplicationClient::create_slot) (optionally exporting a
@@ -31,8 +30,8 @@
 //! ```no_run
 //! use futures_util::StreamExt;
 //! use pglive_repl::pgoutput::{Decoder, LogicalMessage};
-//! use pglive_repl::{ConnectConfig, PgOutputOptions, ReplicationClient, ReplicationEvent,
-//!                   SlotOptions, StreamOptions};
+//! use pglive_postgres::ConnectConfig;
+//! use pglive_repl::{PgOutputOptions, ReplicationClient, ReplicationEvent, //!                   SlotOptions, StreamOptions};
 //!
 //! # async fn run() -> Result<(), pglive_repl::Error> {
 //! let config = ConnectConfig::parse("host=db1 user=replicator dbname=shop sslmode=verify-full")?;
@@ -60,25 +59,14 @@
 
 mod channel_binding;
 mod client;
-mod conninfo;
 mod error;
-mod lsn;
 pub mod pgoutput;
-mod session;
-mod sql;
 mod stream;
-mod timestamp;
-pub mod tls;
 mod wire;
 
 pub use client::{
     CreatedSlot, PgOutputOptions, QueryResult, ReplicationClient, SlotOptions, SnapshotAction,
-    Streaming, SystemInfo, quote_ident, quote_literal,
+    Streaming, SystemInfo,
 };
-pub use conninfo::{ChannelBinding, ConfigError, ConnectConfig, Host, SslMode};
 pub use error::{Error, Result, ServerError};
-pub use lsn::{Lsn, ParseLsnError};
-pub use session::{SESSION_SETTINGS, session_options};
-pub use sql::{connect_sql, tokio_postgres_config};
 pub use stream::{Feedback, ReplicationEvent, ReplicationStream, StreamOptions};
-pub use timestamp::PgTimestamp;

@@ -28,9 +28,8 @@ use tokio::task::JoinHandle;
 
 use crate::client::ReplicationClient;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
-use crate::timestamp::PgTimestamp;
 use crate::wire::Wire;
+use pglive_postgres::{Lsn, PgTimestamp};
 
 /// Tuning of a [`ReplicationStream`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
 use pglive_repl::pgoutput::{ColumnValue, Decoder, LogicalMessage, OldTuple};
 use pglive_repl::{
-    ConnectConfig, Error, Lsn, PgOutputOptions, ReplicationClient, ReplicationEvent,
-    ReplicationStream, SlotOptions, SnapshotAction, StreamOptions, Streaming, connect_sql,
+    Error, PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, SlotOptions,
+    SnapshotAction, StreamOptions, Streaming,
 };
 use pglive_testkit::{Cluster, ClusterOptions};
 

@@ -14,51 +14,16 @@
 //! and not members of an extension.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use tokio_postgres::GenericClient;
 
 use crate::error::{Result, query};
 use crate::filter::ObjectFilter;
+use pglive_postgres::QualifiedName;
 
 /// The first OID handed out to user objects; lower OIDs are built in and the
 /// same on every server.
 const FIRST_NORMAL_OID: u32 = 16384;
-
-/// A schema-qualified name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QualifiedName {
-    /// The schema.
-    pub schema: String,
-    /// The object's name within the schema.
-    pub name: String,
-}
-
-impl QualifiedName {
-    /// A name from its parts.
-    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> QualifiedName {
-        QualifiedName {
-            schema: schema.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The name quoted for SQL: `"schema"."name"`, inner quotes doubled.
-    pub fn quoted(&self) -> String {
-        format!(
-            "{}.{}",
-            pglive_repl::quote_ident(&self.schema),
-            pglive_repl::quote_ident(&self.name)
-        )
-    }
-}
-
-impl fmt::Display for QualifiedName {
-    /// The quoted form, as in messages and SQL.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.quoted())
-    }
-}
 
 /// The kind of a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,15 +181,15 @@ impl Hypertable {
     /// target: `create_hypertable` for the time dimension and
     /// `add_dimension` for each further one.
     pub fn create_sql(&self) -> String {
-        let table = pglive_repl::quote_literal(&self.name.quoted());
+        let table = pglive_postgres::quote_literal(&self.name.quoted());
         let mut sql = String::new();
         for (i, d) in self.dimensions.iter().enumerate() {
-            let column = pglive_repl::quote_literal(&d.column);
+            let column = pglive_postgres::quote_literal(&d.column);
             let interval = d.interval.as_ref().map(|iv| {
                 if iv.chars().all(|c| c.is_ascii_digit()) {
                     iv.clone()
                 } else {
-                    format!("INTERVAL {}", pglive_repl::quote_literal(iv))
+                    format!("INTERVAL {}", pglive_postgres::quote_literal(iv))
                 }
             });
             match (i, interval, d.partitions) {

@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pglive_repl::{ConnectConfig, connect_sql, quote_literal};
+use pglive_postgres::{ConnectConfig, connect_sql, quote_literal};
 use tokio_postgres::GenericClient;
 
 use crate::error::{Error, Result, query};
@@ -298,7 +298,7 @@ impl SchemaCopy {
             .iter()
             .take(5)
             .map(|r| {
-                crate::catalog::QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1))
+                pglive_postgres::QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1))
                     .to_string()
             })
             .collect::<Vec<_>>()
@@ -691,7 +691,7 @@ impl SchemaCopy {
     async fn drop_foreign_keys(&self) -> Result<()> {
         let source = connect(&self.source).await?;
         let catalog = crate::Catalog::read(&source, &self.options.filter).await?;
-        let names: std::collections::HashSet<&crate::QualifiedName> =
+        let names: std::collections::HashSet<&pglive_postgres::QualifiedName> =
             catalog.tables.iter().map(|t| &t.name).collect();
         let target = connect(&self.target).await?;
         let context = format!("dropping foreign keys on {}", self.target.describe());
@@ -710,9 +710,14 @@ impl SchemaCopy {
             .await
             .map_err(query(context.clone()))?;
         for row in rows {
-            let table = crate::QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-            let referenced =
-                crate::QualifiedName::new(row.get::<_, String>(2), row.get::<_, String>(3));
+            let table = pglive_postgres::QualifiedName::new(
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+            );
+            let referenced = pglive_postgres::QualifiedName::new(
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+            );
             if !names.contains(&table) && !names.contains(&referenced) {
                 continue;
             }
@@ -720,7 +725,7 @@ impl SchemaCopy {
             target
                 .batch_execute(&format!(
                     "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {}",
-                    pglive_repl::quote_ident(&name)
+                    pglive_postgres::quote_ident(&name)
                 ))
                 .await
                 .map_err(query(format!("{context}: {table}")))?;

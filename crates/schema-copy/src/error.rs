@@ -62,7 +62,7 @@ pub enum Error {
         server: String,
         /// The connection error.
         #[source]
-        source: pglive_repl::Error,
+        source: pglive_postgres::Error,
     },
     /// A query failed.
     #[error("{context} (SQLSTATE {})", sqlstate(source))]

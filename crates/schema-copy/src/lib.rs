@@ -36,7 +36,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use pglive_repl::ConnectConfig;
+//! use pglive_postgres::ConnectConfig;
 //! use pglive_schema::{SchemaCopy, SchemaOptions};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -61,8 +61,7 @@ mod toc;
 mod tools;
 
 pub use catalog::{
-    Catalog, Column, Dimension, Extension, Hypertable, QualifiedName, ReplicaIdentity, Sequence,
-    Table, TableKind,
+    Catalog, Column, Dimension, Extension, Hypertable, ReplicaIdentity, Sequence, Table, TableKind,
 };
 pub use copy::{RestoreReport, SchemaCopy, SchemaOptions};
 pub use error::{Error, Result};

@@ -12,9 +12,10 @@
 
 use tokio_postgres::GenericClient;
 
-use crate::catalog::{Catalog, QualifiedName};
+use crate::catalog::Catalog;
 use crate::error::{Result, query};
 use crate::filter::ObjectFilter;
+use pglive_postgres::QualifiedName;
 
 /// One sequence set on the target.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use pglive_repl::{ConnectConfig, Host};
+use pglive_postgres::{ConnectConfig, Host};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -157,7 +157,6 @@ pub(crate) fn conninfo(server: &ConnectConfig) -> String {
         .map(|(host, _)| match host {
             Host::Tcp(name) => name.clone(),
             Host::Unix(dir) => dir.display().to_string(),
-            other => other.to_string(),
         })
         .collect::<Vec<_>>()
         .join(",");

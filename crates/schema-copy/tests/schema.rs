@@ -3,10 +3,11 @@
 //! empty-target check and its escapes, filters, skipped extensions,
 //! sequence sync and role copy.
 
-use pglive_repl::{ConnectConfig, connect_sql};
+use pglive_postgres::QualifiedName;
+use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_schema::{
-    Catalog, Error, ObjectFilter, QualifiedName, ReplicaIdentity, SchemaCopy, SchemaOptions,
-    TableKind, sync_sequences,
+    Catalog, Error, ObjectFilter, ReplicaIdentity, SchemaCopy, SchemaOptions, TableKind,
+    sync_sequences,
 };
 use pglive_testkit::{Cluster, ClusterOptions};
 

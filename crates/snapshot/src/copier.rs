@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use pglive_repl::{ConnectConfig, CreatedSlot, Lsn, connect_sql, quote_ident, quote_literal};
-use pglive_schema::{QualifiedName, Table};
+use pglive_postgres::QualifiedName;
+use pglive_postgres::{ConnectConfig, Lsn, connect_sql, quote_ident, quote_literal};
+use pglive_repl::CreatedSlot;
+use pglive_schema::Table;
 
 use crate::error::{Error, Result, source, target};
 use crate::plan::{Part, PartRange, PlanOptions, plan};

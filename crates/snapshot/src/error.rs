@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use pglive_schema::QualifiedName;
+use pglive_postgres::QualifiedName;
 
 /// Everything that can go wrong while copying data.
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +13,7 @@ pub enum Error {
         server: String,
         /// The connection error.
         #[source]
-        source: pglive_repl::Error,
+        source: pglive_postgres::Error,
     },
     /// The exported snapshot could not be imported: it is no longer valid
     /// (the exporting connection ran a command or closed) or never was.
@@ -63,7 +63,7 @@ pub enum Error {
         /// The table.
         table: QualifiedName,
         /// This process's snapshot LSN.
-        ours: pglive_repl::Lsn,
+        ours: pglive_postgres::Lsn,
         /// The other snapshot's LSN, as stored.
         theirs: String,
     },

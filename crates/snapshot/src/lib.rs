@@ -48,7 +48,8 @@
 //! # Example
 //!
 //! ```no_run
-//! use pglive_repl::{ConnectConfig, ReplicationClient, SlotOptions, connect_sql};
+//! use pglive_repl::{ReplicationClient, SlotOptions};
+//! use pglive_postgres::{ConnectConfig, connect_sql};
 //! use pglive_schema::{Catalog, ObjectFilter};
 //! use pglive_snapshot::{Copier, CopyOptions, Snapshot};
 //!

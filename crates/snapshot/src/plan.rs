@@ -17,7 +17,8 @@
 //! later snapshot holds beyond the planned bounds are still copied.
 //! Large objects form one more part of their own.
 
-use pglive_schema::{QualifiedName, Table};
+use pglive_postgres::QualifiedName;
+use pglive_schema::Table;
 use tokio_postgres::GenericClient;
 
 use crate::error::{Result, source};
@@ -98,7 +99,7 @@ impl PartRange {
         match self {
             PartRange::Whole | PartRange::LargeObjects => None,
             PartRange::Key { column, start, end } => {
-                bounds(&pglive_repl::quote_ident(column), start, end, &|v| {
+                bounds(&pglive_postgres::quote_ident(column), start, end, &|v| {
                     v.to_string()
                 })
             }
@@ -145,7 +146,7 @@ pub async fn plan(
         let ranges = if pieces <= 1 {
             vec![PartRange::Whole]
         } else if let Some(key) = table.integer_key() {
-            let quoted = pglive_repl::quote_ident(key);
+            let quoted = pglive_postgres::quote_ident(key);
             let row = client
                 .query_one(
                     &format!(

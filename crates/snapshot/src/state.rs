@@ -19,8 +19,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use pglive_repl::Lsn;
-use pglive_schema::QualifiedName;
+use pglive_postgres::Lsn;
+use pglive_postgres::QualifiedName;
 use tokio_postgres::GenericClient;
 
 use crate::error::{Error, Result, target};

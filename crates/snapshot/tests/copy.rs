@@ -9,8 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pglive_repl::{ConnectConfig, ReplicationClient, SlotOptions, SnapshotAction, connect_sql};
-use pglive_schema::{Catalog, ObjectFilter, QualifiedName, SchemaCopy, SchemaOptions};
+use pglive_postgres::QualifiedName;
+use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
+use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyEvent, CopyOptions, PlanOptions, Snapshot};
 use pglive_testkit::{Cluster, ClusterOptions};
 

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
+use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
 use pglive_repl::{
-    ConnectConfig, Lsn, PgOutputOptions, ReplicationClient, ReplicationStream, SlotOptions,
-    SnapshotAction, StreamOptions, Streaming, connect_sql,
+    PgOutputOptions, ReplicationClient, ReplicationStream, SlotOptions, SnapshotAction,
+    StreamOptions, Streaming,
 };
 use pglive_testkit::Cluster;
 

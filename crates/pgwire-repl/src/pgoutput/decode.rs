@@ -5,7 +5,7 @@ use std::str::Utf8Error;
 use bytes::Bytes;
 
 use super::message::*;
-use crate::{Lsn, PgTimestamp};
+use pglive_postgres::{Lsn, PgTimestamp};
 
 /// A pgoutput message could not be decoded: it is empty, truncated, has bytes
 /// left over, or a field holds a value the protocol does not allow.

@@ -4,7 +4,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::{Lsn, PgTimestamp};
+use pglive_postgres::{Lsn, PgTimestamp};
 
 /// One pgoutput message, as sent inside an `XLogData` ('w') frame of the
 /// replication stream.

@@ -5,7 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::{Lsn, PgTimestamp};
+use pglive_postgres::{Lsn, PgTimestamp};
 
 /// Concatenates the parts of a hand-built message.
 fn cat(parts: &[&[u8]]) -> Bytes {

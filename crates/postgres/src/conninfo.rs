@@ -6,8 +6,8 @@
 //! not say comes from libpq's `PG*` environment variables, then from libpq's
 //! defaults; a missing password is looked up in `~/.pgpass` (or `passfile`,
 //! `PGPASSFILE`) as libpq does. The parsed configuration serves both kinds of
-//! session: the replication connection of this crate and ordinary SQL
-//! sessions through `tokio-postgres` (see [`crate::sql`]).
+//! session: the replication connection of `pglive-repl` and ordinary SQL
+//! sessions through `tokio-postgres` (see [`crate::connect_sql`]).
 //!
 //! The password never appears in `Debug` output or in errors.
 
@@ -111,9 +111,8 @@ impl ChannelBinding {
     }
 }
 
-/// Where a server listens.
+/// Where a server listens: the two ways libpq knows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum Host {
     /// A host name or IP address, reached over TCP.
     Tcp(String),
@@ -144,7 +143,8 @@ impl ConfigError {
         }
     }
 
-    pub(crate) fn no_hosts() -> ConfigError {
+    /// The error for a configuration that names no host.
+    pub fn no_hosts() -> ConfigError {
         ConfigError::new("no host to connect to")
     }
 }

@@ -90,13 +90,13 @@ pub fn client_config(config: &ConnectConfig) -> Result<Option<Arc<rustls::Client
 }
 
 /// The TLS server name for `host`: a DNS name or an IP address.
-pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>> {
+pub fn server_name(host: &str) -> Result<ServerName<'static>> {
     ServerName::try_from(host.to_owned())
         .map_err(|_| tls_error(format!("{host:?} is not a valid host name for TLS")))
 }
 
 fn tls_error(reason: String) -> Error {
-    Error::TlsConfig { reason }
+    Error::Tls { reason }
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore> {

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use pglive_migrate::human::{bytes, count};
+use pglive_migrate::{Control, MigrateOptions, Outcome};
 use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_testkit::{Cluster, ClusterOptions};
 
-use crate::cli::{DemoArgs, Hypertables, MigrateArgs, Servers};
-use crate::report::{self, Reporter};
-use crate::state::{self, Stage};
-use crate::{ExitStatus, Interrupt, verify};
+use crate::ExitStatus;
+use crate::cli::DemoArgs;
+use crate::render::Renderer;
 
 /// The sample database: many types, a partitioned table, TOAST rows, a table
 /// with REPLICA IDENTITY FULL, generated columns, sequences. `:scale` rows
@@ -132,13 +133,9 @@ fn cluster_options() -> ClusterOptions {
         .setting("maintenance_work_mem", "256MB")
 }
 
-pub async fn run(
-    args: DemoArgs,
-    reporter: Arc<Reporter>,
-    interrupt: Interrupt,
-) -> Result<ExitStatus> {
+pub async fn run(args: DemoArgs, renderer: Arc<Renderer>, control: Control) -> Result<ExitStatus> {
     let started = Instant::now();
-    reporter.line("demo: starting two throwaway PostgreSQL clusters");
+    renderer.info("demo: starting two throwaway PostgreSQL clusters");
     let (source_cluster, target_cluster) = tokio::task::spawn_blocking(|| -> Result<_> {
         let source = Cluster::start(cluster_options()).context("starting the source cluster")?;
         let target = Cluster::start(cluster_options()).context("starting the target cluster")?;
@@ -151,7 +148,7 @@ pub async fn run(
     let target_info = target_cluster.conninfo("shop");
     let source = ConnectConfig::parse(&source_info)?;
     let units = args.size_mb.max(1);
-    reporter.line(format!(
+    renderer.info(&format!(
         "demo: loading a sample database of about {units} MB on the source"
     ));
     let load_started = Instant::now();
@@ -174,58 +171,42 @@ pub async fn run(
         .query_one("SELECT pg_database_size('shop')", &[])
         .await?
         .get(0);
-    reporter.line(format!(
+    renderer.info(&format!(
         "demo: source database is {} (loaded in {:.1}s)",
-        report::bytes(source_size as u64),
+        bytes(source_size as u64),
         load_started.elapsed().as_secs_f64()
     ));
 
-    reporter.line("demo: starting a live write workload on the source");
+    renderer.info("demo: starting a live write workload on the source");
     let workload = start_workload(source.clone());
-    let migrate_args = MigrateArgs {
-        servers: Servers {
-            source: source_info.clone(),
-            target: target_info.clone(),
-            name: "demo".to_owned(),
-        },
-        jobs: 4,
-        index_jobs: 2,
-        apply_sessions: 4,
-        include: Vec::new(),
-        exclude: Vec::new(),
-        hypertables: Hypertables::Auto,
-        slot: None,
-        publication: None,
-        cutover_when_ready: false,
-        reuse_schema: false,
-        no_owner: false,
-        no_acl: false,
-        roles: false,
-    };
+    let mut options = MigrateOptions::new("demo");
+    options.index_jobs = 2;
+    let target = ConnectConfig::parse(&target_info)?;
     let migration_started = Instant::now();
-    let migrate_task = tokio::spawn(crate::migrate::run(
-        migrate_args,
-        Arc::clone(&reporter),
-        interrupt.clone(),
-    ));
+    let migrate_task = {
+        let (source, target, renderer, control) = (
+            source.clone(),
+            target.clone(),
+            Arc::clone(&renderer),
+            control.clone(),
+        );
+        tokio::spawn(async move {
+            pglive_migrate::migrate(source, target, &options, renderer, &control).await
+        })
+    };
 
     // Let the workload run while streaming, then stop writes and cut over.
-    let target_state = connect_sql(&ConnectConfig::parse(&target_info)?).await?;
     let mut streaming_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if migrate_task.is_finished() {
+        if migrate_task.is_finished() || control.stop_requested() {
             break;
         }
-        if interrupt.requested() {
-            break;
-        }
-        let stage = state::load(&target_state, "demo")
+        let stage = pglive_migrate::status(target.clone(), "demo")
             .await
             .ok()
-            .flatten()
-            .map(|m| m.stage);
-        if stage == Some(Stage::Streaming) {
+            .map(|s| s.stage);
+        if stage == Some("streaming") {
             let since = *streaming_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= Duration::from_secs(args.workload_seconds) {
                 break;
@@ -236,70 +217,53 @@ pub async fn run(
     let writes_stopped = Instant::now();
     workload.task.await??;
     let transactions = workload.done.load(Ordering::Relaxed);
-    if migrate_task.is_finished() || interrupt.requested() {
+    if migrate_task.is_finished() || control.stop_requested() {
         let outcome = migrate_task.await?;
         bail!(
             "the migration stopped before cutover: {:?}",
             outcome.map(|_| ())
         );
     }
-    reporter.line(format!(
+    renderer.info(&format!(
         "demo: workload stopped after {transactions} transactions; cutting over"
     ));
-    state::request_cutover(&target_state, "demo", false).await?;
-    let status = migrate_task.await??;
+    control.request_cutover(false);
+    let outcome = migrate_task.await??;
     let downtime = writes_stopped.elapsed();
-    if status != ExitStatus::Success {
-        bail!("migrate ended with {status:?}");
-    }
+    let Outcome::CutOver { summary } = outcome else {
+        bail!("migrate ended without a cutover: {outcome:?}");
+    };
 
-    reporter.line("demo: verifying every table (counts and checksums)");
-    let source_client = connect_sql(&source).await?;
-    let target_client = connect_sql(&ConnectConfig::parse(&target_info)?).await?;
-    let comparison = verify::compare(
-        &source_client,
-        &target_client,
-        &pglive_schema::ObjectFilter::new(),
-        true,
-    )
-    .await?;
-    verify::print(&comparison, true);
-    let parts = pglive_snapshot::status(&target_client, "demo")
-        .await
-        .unwrap_or_default();
-    let copied_rows: i64 = parts.iter().filter_map(|p| p.rows).sum();
-    let copied_bytes: i64 = parts.iter().filter_map(|p| p.bytes).sum();
-    let progress = state::load_progress(&target_client, "demo")
-        .await?
-        .unwrap_or_default();
+    renderer.info("demo: verifying every table (counts and checksums)");
+    let verification =
+        pglive_migrate::verify(source.clone(), target.clone(), "demo", true, renderer).await?;
+    crate::commands::print_verification(&verification, true);
+    let comparison = verification.comparison;
+    let status = pglive_migrate::status(target.clone(), "demo").await?;
+    let copied_rows: i64 = status.copy.per_table.iter().map(|t| t.rows).sum();
+    let copied_bytes: i64 = status.copy.per_table.iter().map(|t| t.bytes).sum();
+    let progress = status.streaming.unwrap_or_default();
     let applied = ["rows_inserted", "rows_updated", "rows_deleted"]
         .iter()
         .map(|k| progress[k].as_u64().unwrap_or(0))
         .sum::<u64>();
-    let summary = state::load(&target_client, "demo")
-        .await?
-        .and_then(|m| m.summary)
-        .unwrap_or_default();
     let equal = comparison.mismatches().is_empty();
     println!();
     println!("pglive demo summary");
-    println!(
-        "  source database        {}",
-        report::bytes(source_size as u64)
-    );
+    println!("  source database        {}", bytes(source_size as u64));
     println!(
         "  copied                 {} rows, {} of COPY data",
-        report::count(copied_rows as u64),
-        report::bytes(copied_bytes as u64)
+        count(copied_rows as u64),
+        bytes(copied_bytes as u64)
     );
     println!(
         "  live workload          {} source transactions during the migration",
-        report::count(transactions)
+        count(transactions)
     );
     println!(
         "  applied from stream    {} rows ({} transactions)",
-        report::count(applied),
-        report::count(progress["transactions"].as_u64().unwrap_or(0))
+        count(applied),
+        count(progress["transactions"].as_u64().unwrap_or(0))
     );
     println!(
         "  lag when writes stopped {:.1}s",
@@ -329,9 +293,6 @@ pub async fn run(
         "  total                  {:.1}s; the throwaway clusters are removed now",
         started.elapsed().as_secs_f64()
     );
-    drop(source_client);
-    drop(target_client);
-    drop(target_state);
     tokio::task::spawn_blocking(move || {
         drop(source_cluster);
         drop(target_cluster);

@@ -2,31 +2,21 @@
 //! the glue that composes the libraries. Nothing here is meant to be
 //! embedded; see the `pglive-*` crates for that.
 
-mod adopt;
-mod clean;
 mod cli;
-mod cutover;
+mod commands;
 mod demo;
 mod keys;
-mod latch;
-mod live;
-mod migrate;
-mod preflight;
-mod publication;
-mod report;
-mod state;
+mod render;
 mod status;
-mod verify;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use pglive_postgres::ConnectConfig;
+use pglive_migrate::Control;
 
 use crate::cli::{Cli, Command, LogFormat};
-use crate::latch::Latch;
-use crate::preflight::{Findings, PreflightFailed};
+use crate::render::{Renderer, Style};
 
 /// The documented exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,40 +31,6 @@ pub enum ExitStatus {
     Mismatch = 4,
     /// Ctrl-C: stopped at a transaction boundary, resumable.
     Interrupted = 5,
-}
-
-/// Ctrl-C, seen by every stage.
-#[derive(Clone, Default)]
-pub struct Interrupt(Latch<()>);
-
-impl Interrupt {
-    /// Records a Ctrl-C and wakes every waiter.
-    pub fn trigger(&self) {
-        self.0.set(());
-    }
-
-    /// Whether Ctrl-C was pressed.
-    pub fn requested(&self) -> bool {
-        self.0.get().is_some()
-    }
-
-    /// Completes once Ctrl-C was pressed.
-    pub async fn wait(&self) {
-        self.0.wait().await;
-    }
-}
-
-/// Parses a connection string given for `flag`; a malformed one is a
-/// preflight failure (nothing has been touched yet).
-pub fn parse_conninfo(text: &str, flag: &str) -> anyhow::Result<ConnectConfig> {
-    ConnectConfig::parse(text).map_err(|e| {
-        PreflightFailed(Findings {
-            failures: vec![format!("{flag}: {e}")],
-            warnings: Vec::new(),
-            notes: Vec::new(),
-        })
-        .into()
-    })
 }
 
 fn init_logging(cli: &Cli) {
@@ -112,50 +68,47 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitStatus {
-    let interrupt = Interrupt::default();
+    let style = match cli.log_format {
+        LogFormat::Json => Style::Json,
+        LogFormat::Text => Style::Text,
+    };
+    let control = Control::new();
+    let keys_listening = matches!(cli.command, Command::Migrate(_)) && keys::listen(&control);
+    let renderer = Arc::new(Renderer::new(style, keys_listening));
     {
-        let interrupt = interrupt.clone();
+        let control = control.clone();
+        let renderer = Arc::clone(&renderer);
         tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
-                if interrupt.requested() {
-                    eprintln!("second Ctrl-C: stopping now");
+                if control.stop_requested() {
+                    renderer.info("second Ctrl-C: stopping now");
                     std::process::exit(ExitStatus::Interrupted as i32);
                 }
-                eprintln!("Ctrl-C: stopping at the next transaction boundary (again to stop now)");
-                interrupt.trigger();
+                renderer
+                    .info("Ctrl-C: stopping at the next transaction boundary (again to stop now)");
+                control.stop();
             }
         });
     }
-    let reporter = Arc::new(report::Reporter::new(cli.log_format == LogFormat::Json));
     let result = match cli.command {
-        Command::Migrate(args) => {
-            Box::pin(migrate::run(args, Arc::clone(&reporter), interrupt.clone())).await
-        }
-        Command::Cutover(args) => cutover::command(args, Arc::clone(&reporter)).await,
-        Command::Status(args) => status::run(args).await.map(|()| ExitStatus::Success),
-        Command::Verify(args) => verify::command(args).await,
-        Command::Clean(args) => clean::run(args).await.map(|done| {
-            if done.is_empty() {
-                println!("nothing to clean");
-            }
-            for line in done {
-                println!("{line}");
-            }
-            ExitStatus::Success
-        }),
-        Command::Demo(args) => demo::run(args, Arc::clone(&reporter), interrupt.clone()).await,
+        Command::Migrate(args) => commands::migrate(args, Arc::clone(&renderer), control).await,
+        Command::Cutover(args) => commands::cutover(args, Arc::clone(&renderer)).await,
+        Command::Status(args) => commands::status(args).await,
+        Command::Verify(args) => commands::verify(args, Arc::clone(&renderer)).await,
+        Command::Clean(args) => commands::clean(args).await,
+        Command::Demo(args) => demo::run(args, Arc::clone(&renderer), control).await,
     };
     match result {
         Ok(status) => status,
         Err(error) => {
-            if let Some(failed) = error.downcast_ref::<PreflightFailed>() {
-                eprint!("error: {failed}");
-                for warning in &failed.0.warnings {
-                    eprintln!("  warning: {warning}");
+            if let Some(pglive_migrate::Error::Preflight(findings)) = error.downcast_ref() {
+                renderer.error(findings.to_string().trim_end());
+                for warning in &findings.warnings {
+                    renderer.line("warn", warning, serde_json::json!({"event": "warning"}));
                 }
                 return ExitStatus::Preflight;
             }
-            eprintln!("error: {}", preflight::chain(error.as_ref()));
+            renderer.error(&pglive_migrate::chain(error.as_ref()));
             ExitStatus::Error
         }
     }

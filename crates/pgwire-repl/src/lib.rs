@@ -29,9 +29,11 @@
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
-//! use pglive_repl::pgoutput::{Decoder, LogicalMessage};
 //! use pglive_postgres::ConnectConfig;
-//! use pglive_repl::{PgOutputOptions, ReplicationClient, ReplicationEvent, //!                   SlotOptions, StreamOptions};
+//! use pglive_repl::pgoutput::{Decoder, LogicalMessage};
+//! use pglive_repl::{
+//!     PgOutputOptions, ReplicationClient, ReplicationEvent, SlotOptions, StreamOptions,
+//! };
 //!
 //! # async fn run() -> Result<(), pglive_repl::Error> {
 //! let config = ConnectConfig::parse("host=db1 user=replicator dbname=shop sslmode=verify-full")?;

@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use pglive_postgres::{Lsn, PgTimestamp, connect_sql};
+use pglive_postgres::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
 use tokio_postgres::Client;
 
+use crate::error::{Doing, Error, Result};
+use crate::events::{Event, Events, Step};
+use crate::human;
+use crate::job::Job;
 use crate::live::{self, Session};
-use crate::migrate::Job;
-use crate::report::{self, Reporter};
-use crate::state::{self, Migration, Stage};
+use crate::preflight;
+use crate::publication;
+use crate::state::{self, Record, Stage};
 use crate::verify;
 
 /// How long the stream must bring no new transaction before the source
@@ -23,20 +26,20 @@ async fn source_lsn(source: &Client) -> Result<Lsn> {
     let text: String = source
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
-        .context("reading the source's WAL position")?
+        .doing("reading the source's WAL position")?
         .get(0);
     Ok(text.parse()?)
 }
 
 /// Makes the source database read-only for new transactions and ends the
 /// other sessions on it, so no write can slip in after the last position.
-pub async fn fence(source: &Client) -> Result<u64> {
+async fn fence(source: &Client) -> Result<u64> {
     source
         .batch_execute(
             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
         )
         .await
-        .context("fencing the source (ALTER DATABASE … SET default_transaction_read_only)")?;
+        .doing("fencing the source (ALTER DATABASE … SET default_transaction_read_only)")?;
     let ended: i64 = source
         .query_one(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
@@ -45,33 +48,33 @@ pub async fn fence(source: &Client) -> Result<u64> {
             &[],
         )
         .await
-        .context("ending the source's other sessions")?
+        .doing("ending the source's other sessions")?
         .get(0);
     Ok(ended as u64)
 }
 
 /// Undoes [`fence`].
-pub async fn unfence(source: &Client) -> Result<()> {
+async fn unfence(source: &Client) -> Result<()> {
     // This session itself starts read-only while the fence is up.
     source
         .batch_execute("SET default_transaction_read_only = off")
         .await
-        .context("lifting the fence on the source")?;
+        .doing("lifting the fence on the source")?;
     source
         .batch_execute(
             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', current_database()); END $$",
         )
         .await
-        .context("lifting the fence on the source")
+        .doing("lifting the fence on the source")
 }
 
-/// Performs the cutover on a connected session.
-pub async fn perform(
+/// Performs the cutover on a connected session; returns its summary.
+pub(crate) async fn perform(
     ctx: &Job,
-    migration: &Migration,
+    migration: &Record,
     mut session: Session,
     fence_source: bool,
-    reporter: &Arc<Reporter>,
+    events: &dyn Events,
 ) -> Result<String> {
     let target = connect_sql(&ctx.target).await?;
     let source = connect_sql(&ctx.source).await?;
@@ -80,19 +83,23 @@ pub async fn perform(
     refuse_tables_not_carried(ctx, &source, &target).await?;
     if fence_source {
         let ended = fence(&source).await?;
-        reporter.line(format!(
-            "cutover: source fenced (read-only), {ended} session(s) ended"
-        ));
+        events.note(
+            Step::Cutover,
+            format!("cutover: source fenced (read-only), {ended} session(s) ended"),
+        );
     }
 
     // Wait until a catch-up round brings no new transaction for QUIET.
-    reporter.line("cutover: waiting for the source to go quiet and the target to catch up");
+    events.note(
+        Step::Cutover,
+        "cutover: waiting for the source to go quiet and the target to catch up",
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut last_change = Instant::now();
     let mut seen = session.applier.stats().transactions;
     let final_lsn = loop {
         let lsn = source_lsn(&source).await?;
-        live::catch_up(&mut session, lsn, reporter).await?;
+        live::catch_up(&mut session, lsn, events).await?;
         let now_seen = session.applier.stats().transactions;
         if now_seen != seen {
             seen = now_seen;
@@ -101,69 +108,75 @@ pub async fn perform(
             break lsn;
         }
         if Instant::now() > deadline {
-            bail!(
-                "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
-            );
+            return Err(Error::NotQuiet);
         }
         // `pglive cutover --abort` moves the stage back.
         if let Ok(Some(m)) = state::load(&target, &ctx.name).await {
             if m.stage != Stage::Cutover {
-                bail!("cutover aborted");
+                return Err(Error::CutoverAborted);
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    reporter.streaming_finished();
+    events.event(Event::StreamingFinished);
     let stats = session.applier.stats().clone();
     let last_write = stats.applied_commit_time;
     state::save_stats(&target, &ctx.name, &stats, final_lsn, final_lsn, 0, 0.0).await?;
-    reporter.line(format!(
-        "cutover: target caught up with the source at {final_lsn}"
-    ));
+    events.note(
+        Step::Cutover,
+        format!("cutover: target caught up with the source at {final_lsn}"),
+    );
 
     // A table created between the check before the fence and the fence.
     if let Err(error) = refuse_tables_not_carried(ctx, &source, &target).await {
         if fence_source {
             unfence(&source).await?;
-            reporter.line("cutover: the fence is lifted: the source is writable again");
+            events.note(
+                Step::Cutover,
+                "cutover: the fence is lifted: the source is writable again",
+            );
         }
         return Err(error);
     }
     let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter())
         .await
-        .context("synchronizing sequences")?;
-    reporter.line(format!(
-        "cutover: {} sequence(s) synchronized",
-        sequences.len()
-    ));
+        .doing("synchronizing sequences")?;
+    events.note(
+        Step::Cutover,
+        format!("cutover: {} sequence(s) synchronized", sequences.len()),
+    );
     let large_objects = sync_large_objects(&source, &target, ctx.settings.keep_owners).await?;
     if large_objects > 0 {
-        reporter.line(format!(
-            "cutover: {large_objects} large object(s) synchronized"
-        ));
+        events.note(
+            Step::Cutover,
+            format!("cutover: {large_objects} large object(s) synchronized"),
+        );
     }
     let refreshed = refresh_materialized_views(&target).await?;
     if refreshed > 0 {
-        reporter.line(format!(
-            "cutover: {refreshed} materialized view(s) refreshed"
-        ));
+        events.note(
+            Step::Cutover,
+            format!("cutover: {refreshed} materialized view(s) refreshed"),
+        );
     }
     let restored = pglive_apply::restore_triggers(&target).await?;
     if restored > 0 {
-        reporter.line(format!(
-            "cutover: {restored} target trigger(s) enabled again"
-        ));
+        events.note(
+            Step::Cutover,
+            format!("cutover: {restored} target trigger(s) enabled again"),
+        );
     }
     let identities = pglive_apply::restore_identity_columns(&target).await?;
     if identities > 0 {
-        reporter.line(format!(
-            "cutover: {identities} identity column(s) made GENERATED ALWAYS again"
-        ));
+        events.note(
+            Step::Cutover,
+            format!("cutover: {identities} identity column(s) made GENERATED ALWAYS again"),
+        );
     }
-    let keyless = keyless_tables_changed(&source, migration, &ctx.filter(), reporter).await?;
+    let keyless = keyless_tables_changed(&source, migration, &ctx.filter(), events).await?;
     for (table, changes) in &keyless {
-        reporter.line(format!(
-            "cutover: WARNING {table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
+        events.warn(Step::Cutover, format!(
+            "{table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
              on the source during the migration: they are not carried, so the target's copy differs; \
              copy the table again after the switch (e.g. TRUNCATE it on the target and COPY it from the source), \
              and give it a primary key before the next migration"
@@ -177,33 +190,36 @@ pub async fn perform(
         .into_iter()
         .partition(|m| keyless.iter().any(|(table, _)| *table == m.table));
     for m in &expected {
-        reporter.line(format!(
-            "cutover: {m} (a keyless table, see the warning above)"
-        ));
+        events.note(
+            Step::Cutover,
+            format!("cutover: {m} (a keyless table, see the warning above)"),
+        );
     }
     if !mismatches.is_empty() {
         for m in &mismatches {
-            reporter.line(format!("cutover: MISMATCH {m}"));
+            events.note(Step::Cutover, format!("cutover: MISMATCH {m}"));
         }
-        bail!(
-            "row counts differ on {} table(s); the slot is kept so nothing is lost: investigate, then run `pglive cutover` again",
-            mismatches.len()
-        );
+        return Err(Error::CountsDiffer {
+            tables: mismatches.iter().map(|m| m.table.clone()).collect(),
+        });
     }
-    reporter.line(format!(
-        "cutover: row counts match on {} of {} tables ({} rows)",
-        comparison.tables.len() - expected.len(),
-        comparison.tables.len(),
-        report::count(comparison.tables.iter().map(|t| t.source_rows).sum())
-    ));
+    events.note(
+        Step::Cutover,
+        format!(
+            "cutover: row counts match on {} of {} tables ({} rows)",
+            comparison.tables.len() - expected.len(),
+            comparison.tables.len(),
+            human::count(comparison.tables.iter().map(|t| t.source_rows).sum())
+        ),
+    );
 
     let mut replication = session.stream.stop().await?;
     replication
         .drop_slot(&migration.slot, true)
         .await
-        .with_context(|| format!("dropping slot {:?}", migration.slot))?;
+        .doing_with(|| format!("dropping slot {:?}", migration.slot))?;
     replication.close().await.ok();
-    crate::publication::drop(&source, &migration.publication).await?;
+    publication::drop(&source, &migration.publication).await?;
 
     // With a fence, writes were blocked from the fence on; without one,
     // they stopped at the last source commit.
@@ -220,7 +236,7 @@ pub async fn perform(
     let summary = format!(
         "cut over at {final_lsn}: {} tables, {} rows verified by count; writes blocked for {:.1}s{}",
         comparison.tables.len(),
-        report::count(comparison.tables.iter().map(|t| t.source_rows).sum()),
+        human::count(comparison.tables.iter().map(|t| t.source_rows).sum()),
         blocked.as_secs_f64(),
         if fence_source {
             " (source stays read-only)"
@@ -235,49 +251,49 @@ pub async fn perform(
         ),
     };
     state::finish(&target, &ctx.name, &summary).await?;
-    reporter.line(format!("cutover: slot and publications dropped; {summary}"));
-    println!("switch your application now: the target is complete ({summary})");
+    events.note(
+        Step::Cutover,
+        format!("cutover: slot and publications dropped; {summary}"),
+    );
+    events.event(Event::SwitchNow {
+        summary: summary.clone(),
+    });
     Ok(summary)
 }
 
 /// Fails when the source has selected tables this migration's copy does not
 /// hold: `migrate` adopts them while it streams, and must run again.
 async fn refuse_tables_not_carried(ctx: &Job, source: &Client, target: &Client) -> Result<()> {
-    let not_carried =
-        crate::publication::tables_not_carried(source, target, &ctx.name, &ctx.filter()).await?;
-    if not_carried.is_empty() {
-        return Ok(());
+    let tables = publication::tables_not_carried(source, target, &ctx.name, &ctx.filter()).await?;
+    if tables.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::TablesNotCarried { tables })
     }
-    let names: Vec<String> = not_carried.iter().map(ToString::to_string).collect();
-    bail!(
-        "table(s) {} were created on the source since streaming last looked; the slot is kept so nothing is lost: \
-         run `pglive migrate` again (it copies them and streams them from there), then cut over",
-        names.join(", ")
-    )
 }
 
 /// The keyless tables whose UPDATE and DELETE count on the source grew
 /// since the migration started (those changes are not published).
 async fn keyless_tables_changed(
     source: &Client,
-    migration: &Migration,
+    migration: &Record,
     filter: &pglive_schema::ObjectFilter,
-    reporter: &Reporter,
+    events: &dyn Events,
 ) -> Result<Vec<(String, i64)>> {
     // Keyless when the migration started (a key added since does not bring
     // back what was not streamed) or now.
     let catalog = pglive_schema::Catalog::read(source, filter).await?;
     let mut tables: Vec<String> = migration.keyless_baseline.keys().cloned().collect();
-    tables.extend(crate::publication::keyless_tables(&catalog));
+    tables.extend(publication::keyless_tables(&catalog));
     tables.sort();
     tables.dedup();
-    let now = crate::publication::change_counts(source, &tables).await?;
+    let now = publication::change_counts(source, &tables).await?;
     let mut changed = Vec::new();
     for (table, count) in now {
         let before = migration.keyless_baseline.get(&table).copied().unwrap_or(0);
         if count < before {
-            reporter.line(format!(
-                "cutover: WARNING the source's statistics of {table} were reset during the migration, so whether this \
+            events.warn(Step::Cutover, format!(
+                "the source's statistics of {table} were reset during the migration, so whether this \
                  keyless table received UPDATEs or DELETEs (which are not carried) cannot be told: compare it with \
                  `pglive verify --full`"
             ));
@@ -302,7 +318,7 @@ async fn refresh_materialized_views(target: &Client) -> Result<usize> {
         target
             .batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}"))
             .await
-            .with_context(|| format!("refreshing {view}"))?;
+            .doing_with(|| format!("refreshing {view}"))?;
     }
     Ok(views.len())
 }
@@ -337,7 +353,7 @@ async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool)
                 &[],
             )
             .await
-            .context("reading the source's large objects (GRANT SELECT ON pg_catalog.pg_largeobject TO the source role)")?,
+            .doing("reading the source's large objects (GRANT SELECT ON pg_catalog.pg_largeobject TO the source role)")?,
     );
     let on_target = read(
         target
@@ -346,7 +362,7 @@ async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool)
                 &[],
             )
             .await
-            .context("reading the target's large objects")?,
+            .doing("reading the target's large objects")?,
     );
     let mut changed = 0;
     for oid in on_target.keys().filter(|oid| !on_source.contains_key(oid)) {
@@ -387,7 +403,7 @@ async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool)
                         pglive_postgres::quote_ident(owner)
                     ))
                     .await
-                    .with_context(|| format!("giving large object {oid} to {owner}"))?;
+                    .doing_with(|| format!("giving large object {oid} to {owner}"))?;
             }
         }
         changed += 1;
@@ -395,94 +411,150 @@ async fn sync_large_objects(source: &Client, target: &Client, keep_owners: bool)
     Ok(changed)
 }
 
-/// `pglive cutover`: asks a running `migrate` to cut over and waits for it,
-/// or, when none runs, cuts over itself.
-pub async fn command(
-    args: crate::cli::CutoverArgs,
-    reporter: Arc<Reporter>,
-) -> Result<crate::ExitStatus> {
-    let source_config = crate::parse_conninfo(&args.servers.source, "--source")?;
-    let target_config = crate::parse_conninfo(&args.servers.target, "--target")?;
-    let name = args.servers.name.clone();
-    let target = crate::preflight::connect(&target_config, "target").await?;
-    let Some(migration) = state::load(&target, &name).await? else {
-        bail!(
-            "no migration named {name:?} on {}",
-            target_config.describe()
-        );
-    };
-    if args.abort {
-        if migration.fence {
-            let source = crate::preflight::connect(&source_config, "source").await?;
-            unfence(&source).await?;
-            reporter.line("cutover aborted: the source is writable again");
+/// How a cutover is asked for.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CutoverOptions {
+    /// The migration's name.
+    pub name: String,
+    /// Make the source read-only first (and end its other sessions).
+    pub fence: bool,
+    /// How long to wait for it to finish.
+    pub timeout: Duration,
+}
+
+impl CutoverOptions {
+    /// A cutover of migration `name`, unfenced, waiting up to 300 s.
+    pub fn new(name: impl Into<String>) -> CutoverOptions {
+        CutoverOptions {
+            name: name.into(),
+            fence: false,
+            timeout: Duration::from_secs(300),
         }
-        target
-            .execute(
-                "UPDATE pglive.migration SET cutover_requested = false, fence = false,
-                        stage = CASE WHEN stage = 'cutover' THEN 'streaming' ELSE stage END
-                  WHERE name = $1",
-                &[&name],
-            )
-            .await?;
-        return Ok(crate::ExitStatus::Success);
     }
-    match migration.stage {
+}
+
+/// How a cutover ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CutoverOutcome {
+    /// Done now; the summary says what it did.
+    Done {
+        /// What the cutover did, on one line.
+        summary: String,
+    },
+    /// The migration had been cut over before.
+    AlreadyDone {
+        /// What that cutover did.
+        summary: String,
+    },
+}
+
+/// Cuts migration `options.name` over: asks its running [`crate::migrate`]
+/// to do it (through the target's state) and waits, or, when none runs,
+/// does it on a session of its own. Needs the migration streaming.
+pub async fn cutover(
+    source: ConnectConfig,
+    target: ConnectConfig,
+    options: &CutoverOptions,
+    events: Arc<dyn Events>,
+) -> Result<CutoverOutcome> {
+    let name = options.name.clone();
+    let target_client = preflight::connect(&target, "target").await?;
+    let Some(record) = state::load(&target_client, &name).await? else {
+        return Err(Error::NotFound {
+            name,
+            target: target.describe(),
+        });
+    };
+    match record.stage {
         Stage::Done => {
-            println!("{}", migration.summary.unwrap_or_default());
-            return Ok(crate::ExitStatus::Success);
+            return Ok(CutoverOutcome::AlreadyDone {
+                summary: record.summary.unwrap_or_default(),
+            });
         }
         Stage::Streaming | Stage::Cutover => {}
-        other => bail!(
-            "migration {name:?} is still at stage {}: cutover needs the copy and indexes done (let `pglive migrate` get to streaming)",
-            other.as_str()
-        ),
+        stage => {
+            return Err(Error::WrongStage {
+                name,
+                stage,
+                needs: "cutover needs the copy and indexes done (let `pglive migrate` get to streaming)",
+            });
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    if !state::try_lock(&target, &name).await? {
+    let seconds = options.timeout.as_secs();
+    let deadline = Instant::now() + options.timeout;
+    if !state::try_lock(&target_client, &name).await? {
         // A migrate runs: ask it, and wait for the result.
-        state::request_cutover(&target, &name, args.fence).await?;
-        reporter.line("cutover requested from the running `pglive migrate`; waiting");
+        state::request_cutover(&target_client, &name, options.fence).await?;
+        events.note(
+            Step::Cutover,
+            "cutover requested from the running `pglive migrate`; waiting",
+        );
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let current = state::load(&target, &name)
-                .await?
-                .context("the migration disappeared")?;
+            let current =
+                state::load(&target_client, &name)
+                    .await?
+                    .ok_or_else(|| Error::NotFound {
+                        name: name.clone(),
+                        target: target.describe(),
+                    })?;
             if current.stage == Stage::Done {
-                println!(
-                    "switch your application now: {}",
-                    current.summary.unwrap_or_default()
-                );
-                return Ok(crate::ExitStatus::Success);
+                let summary = current.summary.unwrap_or_default();
+                events.event(Event::SwitchNow {
+                    summary: summary.clone(),
+                });
+                return Ok(CutoverOutcome::Done { summary });
             }
-            if !state::is_running(&target, &name).await? {
-                bail!(
-                    "the running `pglive migrate` stopped before the cutover finished: its output says why; \
-                     run `pglive cutover` again once that is fixed"
-                );
+            if !state::is_running(&target_client, &name).await? {
+                return Err(Error::MigrateStopped);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "cutover did not finish within {} s (see `pglive status`)",
-                    args.timeout
-                );
+                return Err(Error::Timeout {
+                    what: "the cutover",
+                    seconds,
+                });
             }
         }
     }
     // The tail after writes stopped is short: one session.
-    let ctx = Job::for_recorded(source_config, target_config, &migration);
-    let session = live::connect(&ctx, &migration, &Default::default()).await?;
+    let job = Job::for_recorded(source, target, &record);
+    let session = live::connect(&job, &record, &Default::default()).await?;
     let result = tokio::time::timeout(
-        Duration::from_secs(args.timeout),
-        perform(&ctx, &migration, session, args.fence, &reporter),
+        options.timeout,
+        perform(&job, &record, session, options.fence, events.as_ref()),
     )
     .await;
-    state::unlock(&target, &name).await.ok();
+    state::unlock(&target_client, &name).await.ok();
     match result {
-        Ok(summary) => summary.map(|_| crate::ExitStatus::Success),
-        Err(_) => bail!(
-            "cutover did not finish within {} s; run it again to continue",
-            args.timeout
-        ),
+        Ok(summary) => summary.map(|summary| CutoverOutcome::Done { summary }),
+        Err(_) => Err(Error::Timeout {
+            what: "the cutover",
+            seconds,
+        }),
     }
+}
+
+/// Ends a cutover that was asked for: lifts the fence if the migration
+/// recorded one, and moves it back to streaming. True when a fence was
+/// lifted.
+pub async fn abort_cutover(
+    source: ConnectConfig,
+    target: ConnectConfig,
+    name: &str,
+) -> Result<bool> {
+    let target_client = preflight::connect(&target, "target").await?;
+    let Some(record) = state::load(&target_client, name).await? else {
+        return Err(Error::NotFound {
+            name: name.to_owned(),
+            target: target.describe(),
+        });
+    };
+    if record.fence {
+        let source = preflight::connect(&source, "source").await?;
+        unfence(&source).await?;
+    }
+    state::abort_cutover(&target_client, name).await?;
+    Ok(record.fence)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use crate::error::{Doing, Error, Result};
 use pglive_postgres::Lsn;
 use pglive_postgres::QualifiedName;
 use pglive_schema::ObjectFilter;
@@ -28,6 +28,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The name stored in `pglive.migration.stage` and shown by `status`.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Schema => "schema",
@@ -47,14 +48,18 @@ impl Stage {
             "streaming" => Stage::Streaming,
             "cutover" => Stage::Cutover,
             "done" => Stage::Done,
-            other => anyhow::bail!("unknown stage {other:?} in pglive.migration"),
+            other => {
+                return Err(Error::State {
+                    reason: format!("unknown stage {other:?} in pglive.migration"),
+                });
+            }
         })
     }
 }
 
 /// One migration's row.
 #[derive(Clone, Debug)]
-pub struct Migration {
+pub(crate) struct Record {
     pub name: String,
     pub slot: String,
     pub publication: String,
@@ -81,7 +86,7 @@ pub struct Migration {
 
 /// The choices a migration is started with that every later command
 /// (resume, cutover, verify) must keep.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     /// `--include` patterns.
     pub include: Vec<String>,
@@ -91,6 +96,18 @@ pub struct Settings {
     pub keep_owners: bool,
     /// Privileges are restored (not `--no-acl`).
     pub keep_privileges: bool,
+}
+
+impl Default for Settings {
+    /// Every table, with owners and privileges.
+    fn default() -> Settings {
+        Settings {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            keep_owners: true,
+            keep_privileges: true,
+        }
+    }
 }
 
 impl Settings {
@@ -130,15 +147,15 @@ CREATE TABLE IF NOT EXISTS pglive.adopting (
     PRIMARY KEY (migration, table_schema, table_name)
 );";
 
-pub async fn create_tables(client: &Client) -> Result<()> {
+pub(crate) async fn create_tables(client: &Client) -> Result<()> {
     client
         .batch_execute(SCHEMA_SQL)
         .await
-        .context("creating the pglive state schema on the target")
+        .doing("creating the pglive state schema on the target")
 }
 
 /// The migration called `name`, if the target has one.
-pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
+pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> {
     let row = match client
         .query_opt(
             "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
@@ -150,10 +167,10 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
     {
         Ok(row) => row,
         Err(e) if e.code().map(|c| c.code()) == Some("42P01") => return Ok(None),
-        Err(e) => return Err(e).context("reading pglive.migration"),
+        Err(e) => return Err(e).doing("reading pglive.migration"),
     };
     row.map(|r| {
-        Ok(Migration {
+        Ok(Record {
             name: r.get(0),
             slot: r.get(1),
             publication: r.get(2),
@@ -173,7 +190,7 @@ pub async fn load(client: &Client, name: &str) -> Result<Option<Migration>> {
 }
 
 /// Adds tables to the migration's keyless baseline (tables adopted mid-run).
-pub async fn add_keyless_baseline(
+pub(crate) async fn add_keyless_baseline(
     client: &Client,
     name: &str,
     counts: &BTreeMap<String, i64>,
@@ -189,19 +206,19 @@ pub async fn add_keyless_baseline(
             &[&name, &serde_json::to_string(counts)?],
         )
         .await
-        .context("recording the keyless baseline")?;
+        .doing("recording the keyless baseline")?;
     Ok(())
 }
 
 /// Records the settings of a migration started before they were kept.
-pub async fn save_settings(client: &Client, name: &str, settings: &Settings) -> Result<()> {
+pub(crate) async fn save_settings(client: &Client, name: &str, settings: &Settings) -> Result<()> {
     client
         .execute(
             "UPDATE pglive.migration SET settings = $2::text::jsonb WHERE name = $1",
             &[&name, &serde_json::to_string(settings)?],
         )
         .await
-        .context("recording the migration's settings")?;
+        .doing("recording the migration's settings")?;
     Ok(())
 }
 
@@ -213,12 +230,13 @@ fn json_or_default<T: serde::de::DeserializeOwned + Default>(
 ) -> Result<T> {
     match text {
         None => Ok(T::default()),
-        Some(text) => serde_json::from_str(&text)
-            .with_context(|| format!("reading pglive.migration.{column}")),
+        Some(text) => {
+            serde_json::from_str(&text).doing_with(|| format!("reading pglive.migration.{column}"))
+        }
     }
 }
 
-pub async fn insert(client: &Client, m: &Migration) -> Result<()> {
+pub(crate) async fn insert(client: &Client, m: &Record) -> Result<()> {
     client
         .execute(
             "INSERT INTO pglive.migration (name, slot, publication, stage, start_lsn, source, settings, keyless_baseline)
@@ -235,65 +253,80 @@ pub async fn insert(client: &Client, m: &Migration) -> Result<()> {
             ],
         )
         .await
-        .context("recording the migration in pglive.migration")?;
+        .doing("recording the migration in pglive.migration")?;
     Ok(())
 }
 
-pub async fn set_stage(client: &Client, name: &str, stage: Stage) -> Result<()> {
+pub(crate) async fn set_stage(client: &Client, name: &str, stage: Stage) -> Result<()> {
     client
         .execute(
             "UPDATE pglive.migration SET stage = $2, updated_at = now() WHERE name = $1",
             &[&name, &stage.as_str()],
         )
         .await
-        .context("updating pglive.migration")?;
+        .doing("updating pglive.migration")?;
     Ok(())
 }
 
-pub async fn request_cutover(client: &Client, name: &str, fence: bool) -> Result<()> {
+pub(crate) async fn request_cutover(client: &Client, name: &str, fence: bool) -> Result<()> {
     client
         .execute(
             "UPDATE pglive.migration SET cutover_requested = true, fence = $2, updated_at = now() WHERE name = $1",
             &[&name, &fence],
         )
         .await
-        .context("requesting cutover")?;
+        .doing("requesting cutover")?;
     Ok(())
 }
 
-pub async fn finish(client: &Client, name: &str, summary: &str) -> Result<()> {
+/// Withdraws a cutover request (and its fence) and moves a cutover under
+/// way back to streaming.
+pub(crate) async fn abort_cutover(client: &Client, name: &str) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET cutover_requested = false, fence = false,
+                    stage = CASE WHEN stage = 'cutover' THEN 'streaming' ELSE stage END
+              WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .doing("withdrawing the cutover request")?;
+    Ok(())
+}
+
+pub(crate) async fn finish(client: &Client, name: &str, summary: &str) -> Result<()> {
     client
         .execute(
             "UPDATE pglive.migration SET stage = 'done', summary = $2, updated_at = now() WHERE name = $1",
             &[&name, &summary],
         )
         .await
-        .context("recording the end of the migration")?;
+        .doing("recording the end of the migration")?;
     Ok(())
 }
 
 /// A live verification's request: pause apply before `lsn` (the point of
 /// the verifier's exported snapshot).
-pub async fn request_verify(client: &Client, name: &str, lsn: Lsn) -> Result<()> {
+pub(crate) async fn request_verify(client: &Client, name: &str, lsn: Lsn) -> Result<()> {
     client
         .execute(
             "UPDATE pglive.migration SET verify_lsn = $2::text::pg_lsn, verify_state = 'requested' WHERE name = $1",
             &[&name, &lsn.to_string()],
         )
         .await
-        .context("requesting a verification pause")?;
+        .doing("requesting a verification pause")?;
     Ok(())
 }
 
 /// The pending verification request and its state, if any.
-pub async fn verify_request(client: &Client, name: &str) -> Result<Option<(Lsn, String)>> {
+pub(crate) async fn verify_request(client: &Client, name: &str) -> Result<Option<(Lsn, String)>> {
     let row = client
         .query_opt(
             "SELECT verify_lsn::text, verify_state FROM pglive.migration WHERE name = $1",
             &[&name],
         )
         .await
-        .context("reading the verification request")?;
+        .doing("reading the verification request")?;
     match row {
         Some(r) => verify_request_of(r.get(0), r.get(1)),
         None => Ok(None),
@@ -310,7 +343,7 @@ fn verify_request_of(lsn: Option<String>, state: Option<String>) -> Result<Optio
 }
 
 /// Answers or clears (`None`) the verification request.
-pub async fn set_verify_state(
+pub(crate) async fn set_verify_state(
     client: &Client,
     name: &str,
     verify_state: Option<&str>,
@@ -323,12 +356,12 @@ pub async fn set_verify_state(
             &[&name, &verify_state],
         )
         .await
-        .context("answering the verification request")?;
+        .doing("answering the verification request")?;
     Ok(())
 }
 
 /// Records the streaming progress (for `pglive status` from anywhere).
-pub async fn save_progress(
+pub(crate) async fn save_progress(
     client: &Client,
     name: &str,
     progress: &pglive_apply::Progress,
@@ -346,7 +379,7 @@ pub async fn save_progress(
 }
 
 /// Records the applier's counters with the given positions and lag.
-pub async fn save_stats(
+pub(crate) async fn save_stats(
     client: &Client,
     name: &str,
     stats: &pglive_apply::ApplyStats,
@@ -373,19 +406,22 @@ pub async fn save_stats(
             &[&name, &json.to_string()],
         )
         .await
-        .context("recording progress")?;
+        .doing("recording progress")?;
     Ok(())
 }
 
 /// The last recorded streaming progress, as JSON text.
-pub async fn load_progress(client: &Client, name: &str) -> Result<Option<serde_json::Value>> {
+pub(crate) async fn load_progress(
+    client: &Client,
+    name: &str,
+) -> Result<Option<serde_json::Value>> {
     let row = client
         .query_opt(
             "SELECT progress::text, extract(epoch FROM now() - updated_at)::float8 FROM pglive.migration WHERE name = $1",
             &[&name],
         )
         .await
-        .context("reading progress")?;
+        .doing("reading progress")?;
     Ok(row.and_then(|r| {
         let text: Option<String> = r.get(0);
         let mut value: serde_json::Value = serde_json::from_str(&text?).ok()?;
@@ -396,7 +432,7 @@ pub async fn load_progress(client: &Client, name: &str) -> Result<Option<serde_j
 
 /// Tables created on the source mid-run whose adoption began (they may be
 /// copied) but has not finished (their post-data may be missing).
-pub async fn adopting(client: &Client, name: &str) -> Result<Vec<QualifiedName>> {
+pub(crate) async fn adopting(client: &Client, name: &str) -> Result<Vec<QualifiedName>> {
     match client
         .query(
             "SELECT table_schema, table_name FROM pglive.adopting WHERE migration = $1",
@@ -409,12 +445,12 @@ pub async fn adopting(client: &Client, name: &str) -> Result<Vec<QualifiedName>>
             .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
             .collect()),
         Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(Vec::new()),
-        Err(e) => Err(e).context("reading pglive.adopting"),
+        Err(e) => Err(e).doing("reading pglive.adopting"),
     }
 }
 
 /// Records that the adoption of `tables` began (`done` false) or finished.
-pub async fn set_adopting(
+pub(crate) async fn set_adopting(
     client: &Client,
     name: &str,
     tables: &[QualifiedName],
@@ -432,12 +468,12 @@ pub async fn set_adopting(
     client
         .execute(sql, &[&name, &schemas, &names])
         .await
-        .context("recording an adoption in pglive.adopting")?;
+        .doing("recording an adoption in pglive.adopting")?;
     Ok(())
 }
 
 /// How many migrations other than `name` the target's state holds.
-pub async fn others(client: &Client, name: &str) -> Result<i64> {
+pub(crate) async fn others(client: &Client, name: &str) -> Result<i64> {
     match client
         .query_one(
             "SELECT count(*) FROM pglive.migration WHERE name <> $1",
@@ -447,24 +483,24 @@ pub async fn others(client: &Client, name: &str) -> Result<i64> {
     {
         Ok(row) => Ok(row.get(0)),
         Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(0),
-        Err(e) => Err(e).context("reading pglive.migration"),
+        Err(e) => Err(e).doing("reading pglive.migration"),
     }
 }
 
 /// Removes one migration's row; the state schema goes with the last
 /// migration it holds. Returns whether the schema was dropped.
-pub async fn remove(client: &Client, name: &str) -> Result<bool> {
+pub(crate) async fn remove(client: &Client, name: &str) -> Result<bool> {
     client
         .batch_execute(&format!(
             "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}",
             pglive_postgres::quote_literal(name)
         ))
         .await
-        .context("removing the migration from pglive.migration")?;
+        .doing("removing the migration from pglive.migration")?;
     let others: i64 = client
         .query_one("SELECT count(*) FROM pglive.migration", &[])
         .await
-        .context("reading pglive.migration")?
+        .doing("reading pglive.migration")?
         .get(0);
     if others > 0 {
         return Ok(false);
@@ -472,7 +508,7 @@ pub async fn remove(client: &Client, name: &str) -> Result<bool> {
     client
         .batch_execute("DROP SCHEMA IF EXISTS pglive CASCADE")
         .await
-        .context("dropping the pglive schema on the target")?;
+        .doing("dropping the pglive schema on the target")?;
     Ok(true)
 }
 
@@ -489,17 +525,17 @@ fn lock_key(name: &str) -> i64 {
 }
 
 /// Takes the migration's lock; false when another process holds it.
-pub async fn try_lock(client: &Client, name: &str) -> Result<bool> {
+pub(crate) async fn try_lock(client: &Client, name: &str) -> Result<bool> {
     let row = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
         .await
-        .context("taking the migration lock")?;
+        .doing("taking the migration lock")?;
     Ok(row.get(0))
 }
 
 /// Whether another process (a running `migrate`, or a `cutover` doing the
 /// work itself) holds the migration's lock.
-pub async fn is_running(client: &Client, name: &str) -> Result<bool> {
+pub(crate) async fn is_running(client: &Client, name: &str) -> Result<bool> {
     if try_lock(client, name).await? {
         unlock(client, name).await?;
         Ok(false)
@@ -510,7 +546,11 @@ pub async fn is_running(client: &Client, name: &str) -> Result<bool> {
 
 /// Takes the migration's lock, waiting up to `patience` for a previous
 /// holder's session to end (a process that just exited).
-pub async fn lock(client: &Client, name: &str, patience: std::time::Duration) -> Result<bool> {
+pub(crate) async fn lock(
+    client: &Client,
+    name: &str,
+    patience: std::time::Duration,
+) -> Result<bool> {
     let deadline = std::time::Instant::now() + patience;
     loop {
         if try_lock(client, name).await? {
@@ -523,10 +563,10 @@ pub async fn lock(client: &Client, name: &str, patience: std::time::Duration) ->
     }
 }
 
-pub async fn unlock(client: &Client, name: &str) -> Result<()> {
+pub(crate) async fn unlock(client: &Client, name: &str) -> Result<()> {
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&lock_key(name)])
         .await
-        .context("releasing the migration lock")?;
+        .doing("releasing the migration lock")?;
     Ok(())
 }

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use crate::error::{Doing, Result};
 use pglive_postgres::quote_ident;
 use pglive_schema::{Catalog, ReplicaIdentity, Table};
 use tokio_postgres::Client;
@@ -28,16 +28,16 @@ const CHANGES_SUFFIX: &str = "_changes";
 
 /// The longest publication name a migration may have: PostgreSQL names
 /// hold 63 bytes, and the second publication adds a suffix.
-pub const MAX_NAME_BYTES: usize = 63 - CHANGES_SUFFIX.len();
+pub(crate) const MAX_NAME_BYTES: usize = 63 - CHANGES_SUFFIX.len();
 
 /// The name of the publication of UPDATEs and DELETEs.
-pub fn changes_name(publication: &str) -> String {
+pub(crate) fn changes_name(publication: &str) -> String {
     format!("{publication}{CHANGES_SUFFIX}")
 }
 
 /// Whether UPDATEs and DELETEs of `table` can be replicated: it has a
 /// primary key or a replica identity index, or is `REPLICA IDENTITY FULL`.
-pub fn identifies_rows(table: &Table) -> bool {
+pub(crate) fn identifies_rows(table: &Table) -> bool {
     match table.replica_identity {
         ReplicaIdentity::Nothing => false,
         ReplicaIdentity::Default => !table.primary_key.is_empty(),
@@ -55,7 +55,7 @@ fn publishable(catalog: &Catalog) -> impl Iterator<Item = &Table> {
 }
 
 /// Creates both publications; returns how many tables each holds.
-pub async fn create(
+pub(crate) async fn create(
     source: &Client,
     publication: &str,
     catalog: &Catalog,
@@ -86,13 +86,13 @@ pub async fn create(
             scope(&keyed)
         ))
         .await
-        .context("creating the publications on the source")?;
+        .doing("creating the publications on the source")?;
     Ok((everything.len(), keyed.len()))
 }
 
 /// The publications to stream from: both, or the one publication of a
 /// migration started before keyless tables had their own.
-pub async fn stream_names(source: &Client, publication: &str) -> Result<Vec<String>> {
+pub(crate) async fn stream_names(source: &Client, publication: &str) -> Result<Vec<String>> {
     let changes = changes_name(publication);
     Ok(match exists(source, &changes).await? {
         true => vec![publication.to_owned(), changes],
@@ -105,12 +105,12 @@ async fn exists(source: &Client, name: &str) -> Result<bool> {
     Ok(source
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
         .await
-        .context("reading pg_publication")?
+        .doing("reading pg_publication")?
         .is_some())
 }
 
 /// Drops both publications (those that exist); returns the names dropped.
-pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
+pub(crate) async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
     let mut dropped = Vec::new();
     for name in [publication.to_owned(), changes_name(publication)] {
         if exists(source, &name).await? {
@@ -120,7 +120,7 @@ pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
                     quote_ident(&name)
                 ))
                 .await
-                .with_context(|| format!("dropping publication {name:?}"))?;
+                .doing_with(|| format!("dropping publication {name:?}"))?;
             dropped.push(name);
         }
     }
@@ -131,12 +131,15 @@ pub async fn drop(source: &Client, publication: &str) -> Result<Vec<String>> {
 /// table of `catalog`, by quoted name (`"schema"."table"`), from
 /// `pg_stat_user_tables` (which may lag a second behind the last commit of
 /// a session that is still open).
-pub async fn keyless_changes(source: &Client, catalog: &Catalog) -> Result<BTreeMap<String, i64>> {
+pub(crate) async fn keyless_changes(
+    source: &Client,
+    catalog: &Catalog,
+) -> Result<BTreeMap<String, i64>> {
     change_counts(source, &keyless_tables(catalog)).await
 }
 
 /// The quoted names of the tables of `catalog` published for inserts only.
-pub fn keyless_tables(catalog: &Catalog) -> Vec<String> {
+pub(crate) fn keyless_tables(catalog: &Catalog) -> Vec<String> {
     publishable(catalog)
         .filter(|t| !identifies_rows(t))
         .map(|t| t.name.quoted())
@@ -145,7 +148,10 @@ pub fn keyless_tables(catalog: &Catalog) -> Vec<String> {
 
 /// UPDATEs plus DELETEs the source's statistics count for each of
 /// `tables` (quoted names) that still exists.
-pub async fn change_counts(source: &Client, tables: &[String]) -> Result<BTreeMap<String, i64>> {
+pub(crate) async fn change_counts(
+    source: &Client,
+    tables: &[String],
+) -> Result<BTreeMap<String, i64>> {
     let rows = source
         .query(
             "SELECT t.name, s.n_tup_upd + s.n_tup_del
@@ -154,7 +160,7 @@ pub async fn change_counts(source: &Client, tables: &[String]) -> Result<BTreeMa
             &[&tables],
         )
         .await
-        .context("reading the statistics of keyless tables")?;
+        .doing("reading the statistics of keyless tables")?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -163,7 +169,7 @@ pub async fn change_counts(source: &Client, tables: &[String]) -> Result<BTreeMa
 /// be missing from the stream (a publication that lists its tables) and
 /// their updates and deletes are (the second publication always lists its
 /// tables), until `adopt` carries them.
-pub async fn tables_not_carried(
+pub(crate) async fn tables_not_carried(
     source: &Client,
     target: &Client,
     migration: &str,
@@ -189,14 +195,14 @@ pub async fn tables_not_carried(
 /// Adds the tables of `catalog` to the migration's publications where they
 /// are not in them yet: every one to `<name>` (unless it is `FOR ALL
 /// TABLES`), those with a key to `<name>_changes`.
-pub async fn add(source: &Client, publication: &str, catalog: &Catalog) -> Result<()> {
+pub(crate) async fn add(source: &Client, publication: &str, catalog: &Catalog) -> Result<()> {
     let all_tables: bool = source
         .query_one(
             "SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
-        .with_context(|| format!("reading publication {publication:?}"))?
+        .doing_with(|| format!("reading publication {publication:?}"))?
         .get(0);
     let changes = changes_name(publication);
     for table in publishable(catalog) {
@@ -215,7 +221,7 @@ pub async fn add(source: &Client, publication: &str, catalog: &Catalog) -> Resul
                     &[&name, &table.name.schema, &table.name.name],
                 )
                 .await
-                .context("reading pg_publication_tables")?
+                .doing("reading pg_publication_tables")?
                 .is_some();
             if !present {
                 source
@@ -225,7 +231,7 @@ pub async fn add(source: &Client, publication: &str, catalog: &Catalog) -> Resul
                         table.name.quoted()
                     ))
                     .await
-                    .with_context(|| {
+                    .doing_with(|| {
                         format!(
                             "adding {} to publication {name:?} (the source role must own the table)",
                             table.name

@@ -5,214 +5,187 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use backon::BackoffBuilder;
 use pglive_apply::{Applier, ApplyOptions, Progress, RunOptions, Stopped};
-use pglive_postgres::QualifiedName;
-use pglive_postgres::connect_sql;
+use pglive_postgres::{Lsn, QualifiedName, connect_sql};
 use pglive_repl::{
     PgOutputOptions, ReplicationClient, ReplicationStream, StreamOptions, Streaming,
 };
 
-use crate::Interrupt;
+use crate::control::Control;
 use crate::cutover;
-use crate::keys::CutoverKeys;
-use crate::migrate::Job;
-use crate::report::Reporter;
-use crate::state::{self, Migration};
+use crate::error::{Doing, Error, Result, chain};
+use crate::events::{Event, Events, Step};
+use crate::job::Job;
+use crate::publication;
+use crate::state::{self, Record};
 
 /// How streaming ended.
-pub enum LiveOutcome {
-    /// Ctrl-C: the last complete transaction is committed; resumable.
-    Interrupted,
-    /// Cutover finished.
-    CutoverDone,
+pub(crate) enum LiveOutcome {
+    /// Stopped on request: the last complete transaction is committed;
+    /// resumable.
+    Stopped,
+    /// Cutover finished, with its summary.
+    CutOver(String),
 }
 
 /// Why the apply loop was asked to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Reason {
-    Interrupt,
+    Stop,
     Cutover {
         fence: bool,
     },
-    Verify(pglive_postgres::Lsn),
+    Verify(Lsn),
     /// Source tables the migration does not carry yet (see
     /// `publication::tables_not_carried`).
-    NotCarried(Vec<pglive_postgres::QualifiedName>),
+    NotCarried(Vec<QualifiedName>),
 }
 
 /// How often streaming looks for tables created on the source.
 const NEW_TABLES_EVERY: Duration = Duration::from_secs(10);
 
 /// A connected applier and stream, ready to run.
-pub struct Session {
+pub(crate) struct Session {
     pub applier: Applier,
     pub stream: ReplicationStream,
 }
 
 /// Connects an applier to the target and a stream from the slot, resuming
 /// from the applied position.
-pub async fn connect(
-    ctx: &Job,
-    migration: &Migration,
+pub(crate) async fn connect(
+    job: &Job,
+    record: &Record,
     ignored: &HashSet<QualifiedName>,
 ) -> Result<Session> {
-    let target = connect_sql(&ctx.target).await?;
-    let copied_at: HashMap<QualifiedName, pglive_postgres::Lsn> =
-        pglive_snapshot::copied_at(&target, &ctx.name)
-            .await?
-            .into_iter()
-            .map(|(name, lsn)| (QualifiedName::new(name.schema, name.name), lsn))
-            .collect();
+    let target = connect_sql(&job.target).await?;
+    let copied_at: HashMap<QualifiedName, Lsn> = pglive_snapshot::copied_at(&target, &job.name)
+        .await?
+        .into_iter()
+        .collect();
     drop(target);
-    let replication = ReplicationClient::connect(&ctx.source).await?;
+    let replication = ReplicationClient::connect(&job.source).await?;
     let proto = if replication.server_version_num().unwrap_or(0) >= 140000 {
         2
     } else {
         1
     };
-    let mut options = ApplyOptions::new(ctx.name.clone(), proto);
+    let mut options = ApplyOptions::new(job.name.clone(), proto);
     options.copied_at = copied_at;
     options.ignored_tables = ignored.clone();
-    options.sessions = ctx.apply_sessions;
-    let applier = Applier::connect(&ctx.target, options).await?;
+    options.sessions = job.apply_sessions;
+    let applier = Applier::connect(&job.target, options).await?;
     let publications = {
-        let source = connect_sql(&ctx.source).await?;
-        crate::publication::stream_names(&source, &migration.publication).await?
+        let source = connect_sql(&job.source).await?;
+        publication::stream_names(&source, &record.publication).await?
     };
     let mut pgoutput = PgOutputOptions::new(publications);
     pgoutput.proto_version = proto;
     if proto >= 2 {
         pgoutput.streaming = Streaming::On;
     }
-    let start = applier.applied_lsn().max(migration.start_lsn);
+    let start = applier.applied_lsn().max(record.start_lsn);
     let stream = replication
-        .start_replication(&migration.slot, start, &pgoutput, StreamOptions::default())
+        .start_replication(&record.slot, start, &pgoutput, StreamOptions::default())
         .await
-        .with_context(|| format!("starting replication from slot {:?}", migration.slot))?;
+        .doing_with(|| format!("starting replication from slot {:?}", record.slot))?;
     Ok(Session { applier, stream })
 }
 
-/// Whether an error is worth a reconnect.
-pub fn transient(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<pglive_apply::Error>()
-            .is_some_and(pglive_apply::Error::is_transient)
-            || cause
-                .downcast_ref::<pglive_repl::Error>()
-                .is_some_and(pglive_repl::Error::is_transient)
-    })
+/// The waits between reconnects: 1 s doubling up to 30 s, without end.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build()
 }
 
-pub async fn stream(
-    ctx: &Job,
-    migration: &Migration,
-    reporter: &Arc<Reporter>,
-    interrupt: &Interrupt,
+/// Streams until a cutover is done or a stop is asked for, reconnecting
+/// with backoff when either server goes away.
+pub(crate) async fn stream(
+    job: &Job,
+    record: &Record,
+    events: &Arc<dyn Events>,
+    control: &Control,
     cutover_when_ready: bool,
 ) -> Result<LiveOutcome> {
-    let keys = CutoverKeys::listen();
-    reporter.line(if keys.listening() {
-        format!(
-            "streaming changes from slot {:?}; when ready type c + Enter to cut over \
-             (f + Enter: fence writes first) or run `pglive cutover` elsewhere; Ctrl-C pauses",
-            migration.slot
-        )
-    } else {
-        format!(
-            "streaming changes from slot {:?}; run `pglive cutover` (or Ctrl-C to pause) when ready",
-            migration.slot
-        )
+    events.event(Event::StreamingStarted {
+        slot: record.slot.clone(),
     });
-    let mut backoff = Duration::from_secs(1);
+    let mut delays = reconnect_delays();
     // Tables created and dropped on the source during the migration.
     let mut ignored = HashSet::new();
     loop {
-        match session(
-            ctx,
-            migration,
-            reporter,
-            interrupt,
-            &keys,
+        let reason = match session(
+            job,
+            record,
+            events,
+            control,
             cutover_when_ready,
             &mut ignored,
         )
         .await
         {
             Ok(Some(outcome)) => {
-                reporter.streaming_finished();
+                events.event(Event::StreamingFinished);
                 return Ok(outcome);
             }
-            Ok(None) => {
-                reporter.line(format!(
-                    "the source ended the stream (shutting down?); reconnecting in {}s",
-                    backoff.as_secs()
-                ));
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = interrupt.wait() => return Ok(LiveOutcome::Interrupted),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(error) if transient(&error) && !interrupt.requested() => {
-                reporter.line(format!(
-                    "connection lost ({}); reconnecting in {}s",
-                    crate::preflight::chain(error.as_ref()),
-                    backoff.as_secs()
-                ));
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = interrupt.wait() => return Ok(LiveOutcome::Interrupted),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+            Ok(None) => "the source ended the stream (shutting down?)".to_owned(),
+            Err(error) if error.is_transient() && !control.stop_requested() => {
+                format!("connection lost ({})", chain(&error))
             }
             Err(error) => {
-                reporter.streaming_finished();
+                events.event(Event::StreamingFinished);
                 return Err(error);
             }
+        };
+        let delay = delays.next().unwrap_or(Duration::from_secs(30));
+        events.event(Event::Reconnecting { reason, delay });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = control.stopped() => return Ok(LiveOutcome::Stopped),
         }
     }
 }
 
+/// One connected stretch of streaming; `None` when the source ended the
+/// stream.
 async fn session(
-    ctx: &Job,
-    migration: &Migration,
-    reporter: &Arc<Reporter>,
-    interrupt: &Interrupt,
-    keys: &CutoverKeys,
+    job: &Job,
+    record: &Record,
+    events: &Arc<dyn Events>,
+    control: &Control,
     cutover_when_ready: bool,
     ignored: &mut HashSet<QualifiedName>,
 ) -> Result<Option<LiveOutcome>> {
-    let state_client = connect_sql(&ctx.target).await?;
-    let source_client = connect_sql(&ctx.source).await?;
+    let state_client = connect_sql(&job.target).await?;
+    let source_client = connect_sql(&job.source).await?;
     // Each round connects an applier and a stream; a round ends for good,
     // or after tables created on the source were added to the migration.
     'connect: loop {
         let Session {
             mut applier,
             mut stream,
-        } = connect(ctx, migration, ignored).await?;
+        } = connect(job, record, ignored).await?;
         loop {
             let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
             let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
             let stop = watch_requests(
                 [&state_client, &source_client],
-                ctx,
-                interrupt,
-                keys,
+                job,
+                control,
                 cutover_when_ready,
                 Arc::clone(&latest),
                 Arc::clone(&reason),
             );
-            let display = Arc::clone(reporter);
             let ran = pglive_apply::run(
                 &mut applier,
                 &mut stream,
                 stop,
                 &RunOptions::default(),
                 |p| {
-                    display.streaming(p);
+                    events.event(Event::Streaming(p.clone()));
                     *latest.lock().expect("not poisoned") = Some(p.clone());
                 },
             )
@@ -224,7 +197,7 @@ async fn session(
                 Err(pglive_apply::Error::TableMissing { table }) => {
                     stream.stop().await.ok();
                     drop(applier);
-                    reporter.streaming_finished();
+                    events.event(Event::StreamingFinished);
                     // Created and dropped on the source while the migration
                     // ran: the target never needs it.
                     let gone: bool = source_client
@@ -232,23 +205,26 @@ async fn session(
                         .await?
                         .get(0);
                     if gone {
-                        reporter.line(format!(
-                            "{table} was created and dropped on the source during the migration: its changes are skipped"
-                        ));
+                        events.note(
+                            Step::Streaming,
+                            format!(
+                                "{table} was created and dropped on the source during the migration: its changes are skipped"
+                            ),
+                        );
                         ignored.insert(table);
                         continue 'connect;
                     }
-                    let new = crate::publication::tables_not_carried(
+                    let new = publication::tables_not_carried(
                         &source_client,
                         &state_client,
-                        &ctx.name,
-                        &ctx.filter(),
+                        &job.name,
+                        &job.filter(),
                     )
                     .await?;
                     if !new.contains(&table) {
                         return Err(pglive_apply::Error::TableMissing { table }.into());
                     }
-                    crate::adopt::adopt(ctx, migration, &new, reporter).await?;
+                    crate::adopt::adopt(job, record, &new, events.as_ref()).await?;
                     continue 'connect;
                 }
                 Err(error) => return Err(error.into()),
@@ -256,37 +232,43 @@ async fn session(
             let why = reason.lock().expect("not poisoned").clone();
             match (stopped, why) {
                 (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
-                    reporter.streaming_finished();
-                    cutover::perform(ctx, migration, Session { applier, stream }, fence, reporter)
-                        .await?;
-                    return Ok(Some(LiveOutcome::CutoverDone));
+                    events.event(Event::StreamingFinished);
+                    let summary = cutover::perform(
+                        job,
+                        record,
+                        Session { applier, stream },
+                        fence,
+                        events.as_ref(),
+                    )
+                    .await?;
+                    return Ok(Some(LiveOutcome::CutOver(summary)));
                 }
                 (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
                     if !pause_for_verify(
-                        ctx,
+                        job,
                         &mut applier,
                         &mut stream,
                         lsn,
                         &state_client,
-                        reporter,
-                        interrupt,
+                        events.as_ref(),
+                        control,
                     )
                     .await?
                     {
                         stream.stop().await.ok();
-                        return Ok(Some(LiveOutcome::Interrupted));
+                        return Ok(Some(LiveOutcome::Stopped));
                     }
                 }
                 (Stopped::Shutdown, Some(Reason::NotCarried(tables))) => {
                     stream.stop().await.ok();
                     drop(applier);
-                    reporter.streaming_finished();
-                    crate::adopt::adopt(ctx, migration, &tables, reporter).await?;
+                    events.event(Event::StreamingFinished);
+                    crate::adopt::adopt(job, record, &tables, events.as_ref()).await?;
                     continue 'connect;
                 }
                 (Stopped::Shutdown, _) => {
                     stream.stop().await.ok();
-                    return Ok(Some(LiveOutcome::Interrupted));
+                    return Ok(Some(LiveOutcome::Stopped));
                 }
                 // The server ended the stream (it is shutting down): reconnect.
                 (_, _) => return Ok(None),
@@ -295,20 +277,20 @@ async fn session(
     }
 }
 
-/// Completes when Ctrl-C is pressed, a cutover is typed, another pglive
-/// process asks for a cutover or a verification pause, or a table appears
-/// on the source that the migration does not carry; records progress
-/// every second. The clients are the target's (state) and the source's.
+/// Completes when a stop or a cutover is asked for through `control`,
+/// another pglive process asks for a cutover or a verification pause, or a
+/// table appears on the source that the migration does not carry; records
+/// progress every second. The clients are the target's (state) and the
+/// source's.
 async fn watch_requests(
     [state_client, source_client]: [&tokio_postgres::Client; 2],
-    ctx: &Job,
-    interrupt: &Interrupt,
-    keys: &CutoverKeys,
+    job: &Job,
+    control: &Control,
     cutover_when_ready: bool,
     latest: Arc<Mutex<Option<Progress>>>,
     reason: Arc<Mutex<Option<Reason>>>,
 ) {
-    let name = ctx.name.as_str();
+    let name = job.name.as_str();
     let set = |r: Reason| *reason.lock().expect("not poisoned") = Some(r);
     // Not at once: after an adoption whose post-data must wait for apply,
     // apply goes on first.
@@ -316,11 +298,11 @@ async fn watch_requests(
     loop {
         if tokio::time::Instant::now() >= next_table_check {
             next_table_check += NEW_TABLES_EVERY;
-            if let Ok(tables) = crate::publication::tables_not_carried(
+            if let Ok(tables) = publication::tables_not_carried(
                 source_client,
                 state_client,
-                &ctx.name,
-                &ctx.filter(),
+                &job.name,
+                &job.filter(),
             )
             .await
             {
@@ -330,8 +312,8 @@ async fn watch_requests(
             }
         }
         tokio::select! {
-            () = interrupt.wait() => return set(Reason::Interrupt),
-            fence = keys.wait() => return set(Reason::Cutover { fence }),
+            () = control.stopped() => return set(Reason::Stop),
+            fence = control.cutover_requested() => return set(Reason::Cutover { fence }),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let progress = latest.lock().expect("not poisoned").clone();
@@ -355,56 +337,57 @@ async fn watch_requests(
 }
 
 /// Applies exactly up to `lsn`, holds there while `pglive verify` compares,
-/// then resumes. False when Ctrl-C interrupted the pause.
+/// then resumes. False when a stop interrupted the pause.
 async fn pause_for_verify(
-    ctx: &Job,
+    job: &Job,
     applier: &mut Applier,
     stream: &mut ReplicationStream,
-    lsn: pglive_postgres::Lsn,
+    lsn: Lsn,
     state_client: &tokio_postgres::Client,
-    reporter: &Reporter,
-    interrupt: &Interrupt,
+    events: &dyn Events,
+    control: &Control,
 ) -> Result<bool> {
     if applier.applied_lsn() > lsn {
         // Already past the verifier's snapshot: it will take a newer one.
-        state::set_verify_state(state_client, &ctx.name, Some("missed")).await?;
+        state::set_verify_state(state_client, &job.name, Some("missed")).await?;
         return Ok(true);
     }
-    reporter.line(format!(
-        "verify: pausing apply at {lsn} for a consistent comparison"
-    ));
+    events.note(
+        Step::Verify,
+        format!("verify: pausing apply at {lsn} for a consistent comparison"),
+    );
     let mut options = RunOptions::default();
     options.pause_before = Some(lsn);
-    let stopped = pglive_apply::run(applier, stream, interrupt.wait(), &options, |p| {
-        reporter.streaming(p)
+    let stopped = pglive_apply::run(applier, stream, control.stopped(), &options, |p| {
+        events.event(Event::Streaming(p.clone()))
     })
     .await?;
     if stopped != Stopped::Paused(lsn) {
-        state::set_verify_state(state_client, &ctx.name, None).await?;
+        state::set_verify_state(state_client, &job.name, None).await?;
         return Ok(false);
     }
-    state::set_verify_state(state_client, &ctx.name, Some("paused")).await?;
+    state::set_verify_state(state_client, &job.name, Some("paused")).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(3600);
     loop {
         tokio::select! {
-            () = interrupt.wait() => break,
+            () = control.stopped() => break,
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let pending = state::verify_request(state_client, &ctx.name).await?;
+        let pending = state::verify_request(state_client, &job.name).await?;
         if pending.is_none_or(|(at, _)| at != lsn) || std::time::Instant::now() > deadline {
             break;
         }
     }
     applier.resume().await?;
-    reporter.line("verify: apply resumed");
-    Ok(!interrupt.requested())
+    events.note(Step::Verify, "verify: apply resumed");
+    Ok(!control.stop_requested())
 }
 
 /// Runs the applier until everything up to `stop_at` is applied.
-pub async fn catch_up(
+pub(crate) async fn catch_up(
     session: &mut Session,
-    stop_at: pglive_postgres::Lsn,
-    reporter: &Reporter,
+    stop_at: Lsn,
+    events: &dyn Events,
 ) -> Result<()> {
     let mut options = RunOptions::default();
     options.stop_at = Some(stop_at);
@@ -413,11 +396,14 @@ pub async fn catch_up(
         &mut session.stream,
         std::future::pending(),
         &options,
-        |p| reporter.streaming(p),
+        |p| events.event(Event::Streaming(p.clone())),
     )
     .await?;
     match stopped {
         Stopped::ReachedLsn(_) => Ok(()),
-        other => anyhow::bail!("catching up to {stop_at} stopped early ({other:?})"),
+        other => Err(Error::CatchUpStopped {
+            lsn: stop_at,
+            how: format!("{other:?}"),
+        }),
     }
 }

@@ -6,6 +6,7 @@ use pglive_schema::Catalog;
 use tokio_postgres::Client;
 
 use super::Plan;
+use crate::error::{Result, chain};
 
 /// The roles a database's objects need on the target: owners of its
 /// schemas, relations, types and functions, and every role its privileges,
@@ -47,39 +48,45 @@ pub(super) async fn check(
 ) -> Vec<String> {
     let mut failures = Vec::new();
     if let Err(e) = versions(source, target, &mut failures).await {
-        failures.push(format!("cannot compare the server versions: {e:#}"));
+        failures.push(format!("cannot compare the server versions: {}", chain(&e)));
     }
     if let Err(e) = sequences(source, plan, catalog, &mut failures).await {
-        failures.push(format!("cannot check the sequences' privileges: {e:#}"));
+        failures.push(format!(
+            "cannot check the sequences' privileges: {}",
+            chain(&e)
+        ));
     }
     if let Err(e) = large_objects(source, plan, &mut failures).await {
-        failures.push(format!("cannot check the large objects' privileges: {e:#}"));
+        failures.push(format!(
+            "cannot check the large objects' privileges: {}",
+            chain(&e)
+        ));
     }
     let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
     if let Err(e) = row_security(source, target, plan, &oids, &mut failures).await {
-        failures.push(format!("cannot check row-level security: {e:#}"));
+        failures.push(format!("cannot check row-level security: {}", chain(&e)));
     }
     if let Err(e) = replica_role(source, target, plan, &oids, &mut failures).await {
-        failures.push(format!("cannot check the target's foreign keys: {e:#}"));
+        failures.push(format!(
+            "cannot check the target's foreign keys: {}",
+            chain(&e)
+        ));
     }
     if let Err(e) = default_sequences(source, catalog, &oids, &mut failures).await {
         failures.push(format!(
-            "cannot check the sequences of column defaults: {e:#}"
+            "cannot check the sequences of column defaults: {}",
+            chain(&e)
         ));
     }
     if !plan.resuming {
         if let Err(e) = roles(source, target, plan, &mut failures).await {
-            failures.push(format!("cannot compare the roles: {e:#}"));
+            failures.push(format!("cannot compare the roles: {}", chain(&e)));
         }
     }
     failures
 }
 
-async fn versions(
-    source: &Client,
-    target: &Client,
-    failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+async fn versions(source: &Client, target: &Client, failures: &mut Vec<String>) -> Result<()> {
     let version = "SELECT current_setting('server_version_num')::int";
     let s: i32 = source.query_one(version, &[]).await?.get(0);
     let t: i32 = target.query_one(version, &[]).await?.get(0);
@@ -98,7 +105,7 @@ async fn sequences(
     plan: &Plan<'_>,
     catalog: &Catalog,
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     for sequence in &catalog.sequences {
         let name = sequence.name.quoted();
         let readable: bool = source
@@ -118,11 +125,7 @@ async fn sequences(
     Ok(())
 }
 
-async fn large_objects(
-    source: &Client,
-    plan: &Plan<'_>,
-    failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+async fn large_objects(source: &Client, plan: &Plan<'_>, failures: &mut Vec<String>) -> Result<()> {
     let row = source
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata),
@@ -150,7 +153,7 @@ async fn row_security(
     plan: &Plan<'_>,
     oids: &[u32],
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let rows = source
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relforcerowsecurity,
@@ -216,7 +219,7 @@ async fn replica_role(
     plan: &Plan<'_>,
     oids: &[u32],
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let may_set = target
         .batch_execute("SET session_replication_role = replica; RESET session_replication_role")
         .await
@@ -256,7 +259,7 @@ async fn default_sequences(
     catalog: &Catalog,
     oids: &[u32],
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let selected: Vec<String> = catalog.sequences.iter().map(|s| s.name.quoted()).collect();
     let rows = source
         .query(
@@ -294,7 +297,7 @@ async fn roles(
     target: &Client,
     plan: &Plan<'_>,
     failures: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let settings = plan.settings;
     if !settings.keep_owners && !settings.keep_privileges {
         return Ok(());

@@ -19,41 +19,45 @@
 //!
 //! Streaming then resumes from the applied position.
 
-use std::sync::Arc;
-
-use anyhow::{Context, Result};
+use crate::error::{Doing, Result};
 use pglive_postgres::QualifiedName;
 use pglive_postgres::connect_sql;
 use pglive_repl::ReplicationClient;
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy};
-use pglive_snapshot::{Copier, CopyOptions, Snapshot};
+use pglive_snapshot::{Copier, CopyOptions};
 
-use crate::migrate::{self, Job};
-use crate::report::Reporter;
-use crate::state::Migration;
+use crate::error::chain;
+use crate::events::{Events, Step};
+use crate::job::Job;
+use crate::publication;
+use crate::stages;
+use crate::state::{self, Record};
 
 /// Publishes, creates, copies and indexes `tables` (see the module
 /// documentation).
-pub async fn adopt(
+pub(crate) async fn adopt(
     ctx: &Job,
-    migration: &Migration,
+    migration: &Record,
     tables: &[QualifiedName],
-    reporter: &Arc<Reporter>,
+    events: &dyn Events,
 ) -> Result<()> {
     let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
-    reporter.line(format!(
-        "new table(s) on the source: {}; adding them to the migration",
-        names.join(", ")
-    ));
+    events.note(
+        Step::Adopt,
+        format!(
+            "new table(s) on the source: {}; adding them to the migration",
+            names.join(", ")
+        ),
+    );
     let mut filter = ObjectFilter::new();
     filter.include_tables = tables.iter().map(QualifiedName::quoted).collect();
     let source = connect_sql(&ctx.source).await?;
     let catalog = Catalog::read(&source, &filter).await?;
-    crate::publication::add(&source, &migration.publication, &catalog).await?;
+    publication::add(&source, &migration.publication, &catalog).await?;
 
     let mut replication = ReplicationClient::connect(&ctx.source).await?;
-    let slot = migrate::temporary_slot(&mut replication, &ctx.name).await?;
-    let snapshot = Snapshot::from_slot(&slot).context("the temporary slot exported no snapshot")?;
+    let slot = stages::temporary_slot(&mut replication, &ctx.name).await?;
+    let snapshot = stages::exported_snapshot(&slot)?;
     // An adoption interrupted after it created a table goes on with it.
     let target = connect_sql(&ctx.target).await?;
     let mut missing = Vec::new();
@@ -61,13 +65,13 @@ pub async fn adopt(
         let exists: bool = target
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.quoted()])
             .await
-            .context("looking for a new table on the target")?
+            .doing("looking for a new table on the target")?
             .get(0);
         if !exists {
             missing.push(table.quoted());
         }
     }
-    let mut options = migrate::schema_options(ctx);
+    let mut options = ctx.schema_options();
     options.reuse_schema = false;
     options.add_to_existing = true;
     if !missing.is_empty() {
@@ -77,18 +81,18 @@ pub async fn adopt(
         pre_data
             .dump(Some(&snapshot.name))
             .await
-            .context("dumping the new tables' schema")?;
+            .doing("dumping the new tables' schema")?;
         pre_data
             .restore_pre_data()
             .await
-            .context("creating the new tables on the target")?;
+            .doing("creating the new tables on the target")?;
     }
     options.filter = filter;
     let mut schema = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), options).await?;
-    crate::state::set_adopting(&target, &ctx.name, tables, false).await?;
+    state::set_adopting(&target, &ctx.name, tables, false).await?;
     // Updates of an adopted keyless table before its copy are in the copy.
-    let keyless = crate::publication::keyless_changes(&source, &catalog).await?;
-    crate::state::add_keyless_baseline(&target, &ctx.name, &keyless).await?;
+    let keyless = publication::keyless_changes(&source, &catalog).await?;
+    state::add_keyless_baseline(&target, &ctx.name, &keyless).await?;
     let mut copy_options = CopyOptions::default();
     copy_options.migration = ctx.name.clone();
     copy_options.workers = ctx.jobs;
@@ -101,25 +105,31 @@ pub async fn adopt(
     )
     .run(&snapshot, |_| {})
     .await
-    .context("copying the new tables")?;
+    .doing("copying the new tables")?;
     replication.close().await.ok();
     // Foreign keys may refer to rows the stream has not applied yet (apply
     // stopped before the copy's point): then the post-data is retried at
     // the next check, after apply went on.
     if let Err(error) = schema.restore_post_data().await {
-        reporter.line(format!(
-            "new table(s) {}: indexes and constraints not built yet, retried shortly: {}",
-            names.join(", "),
-            crate::preflight::chain(&error)
-        ));
+        events.note(
+            Step::Adopt,
+            format!(
+                "new table(s) {}: indexes and constraints not built yet, retried shortly: {}",
+                names.join(", "),
+                chain(&error)
+            ),
+        );
         return Ok(());
     }
-    crate::state::set_adopting(&target, &ctx.name, tables, true).await?;
-    reporter.line(format!(
-        "new table(s) {} copied ({} rows as of {}) and streamed from there",
-        names.join(", "),
-        summary.rows,
-        slot.consistent_point
-    ));
+    state::set_adopting(&target, &ctx.name, tables, true).await?;
+    events.note(
+        Step::Adopt,
+        format!(
+            "new table(s) {} copied ({} rows as of {}) and streamed from there",
+            names.join(", "),
+            summary.rows,
+            slot.consistent_point
+        ),
+    );
     Ok(())
 }

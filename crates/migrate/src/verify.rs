@@ -8,23 +8,38 @@
 
 use std::fmt;
 
-use anyhow::{Context, Result};
+use std::sync::Arc;
+
+use pglive_postgres::{ConnectConfig, quote_literal};
+use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, ObjectFilter, Table};
 use tokio_postgres::Client;
 
+use crate::error::{Doing, Error, Result};
+use crate::events::{Events, Step};
+use crate::preflight;
+use crate::state::{self, Stage};
+
 /// One table's figures on both sides.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TableComparison {
+    /// The table, quoted.
     pub table: String,
+    /// Rows on the source.
     pub source_rows: u64,
+    /// Rows on the target.
     pub target_rows: u64,
+    /// The source's checksum (with `full`).
     pub source_checksum: Option<String>,
+    /// The target's checksum (with `full`).
     pub target_checksum: Option<String>,
     /// Key ranges whose rows differ (integer keys only).
     pub differing_ranges: Vec<String>,
 }
 
 impl TableComparison {
+    /// Whether counts (and checksums) are equal.
     pub fn matches(&self) -> bool {
         self.source_rows == self.target_rows && self.source_checksum == self.target_checksum
     }
@@ -47,12 +62,16 @@ impl fmt::Display for TableComparison {
     }
 }
 
+/// Every compared table.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Comparison {
+    /// One entry per table, in catalog order.
     pub tables: Vec<TableComparison>,
 }
 
 impl Comparison {
+    /// The tables that differ.
     pub fn mismatches(&self) -> Vec<&TableComparison> {
         self.tables.iter().filter(|t| !t.matches()).collect()
     }
@@ -79,13 +98,13 @@ async fn figures(client: &Client, sql: &str, full: bool) -> Result<(u64, Option<
     let row = client
         .query_one(sql, &[])
         .await
-        .with_context(|| format!("running {sql}"))?;
+        .doing_with(|| format!("running {sql}"))?;
     let count: i64 = row.get(0);
     Ok((count as u64, full.then(|| row.get(1))))
 }
 
 /// Compares every table the filter selects; `full` adds checksums.
-pub async fn compare(
+pub(crate) async fn compare(
     source: &Client,
     target: &Client,
     filter: &ObjectFilter,
@@ -105,7 +124,7 @@ pub async fn compare(
         let (source_rows, source_checksum) = figures(source, &sql, full).await?;
         let (target_rows, target_checksum) = figures(target, &sql, full)
             .await
-            .with_context(|| format!("reading {} on the target", table.name))?;
+            .doing_with(|| format!("reading {} on the target", table.name))?;
         let mut comparison = TableComparison {
             table: table.name.to_string(),
             source_rows,
@@ -156,103 +175,84 @@ async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Re
     Ok(ranges)
 }
 
-/// Prints a comparison as a table.
-pub fn print(comparison: &Comparison, full: bool) {
-    println!(
-        "{:<48} {:>14} {:>14}  {}",
-        "table",
-        "source rows",
-        "target rows",
-        if full { "checksum" } else { "" }
-    );
-    for t in &comparison.tables {
-        let verdict = if t.matches() { "ok" } else { "DIFFERENT" };
-        println!(
-            "{:<48} {:>14} {:>14}  {verdict}",
-            t.table, t.source_rows, t.target_rows
-        );
-        if !t.differing_ranges.is_empty() {
-            println!(
-                "    differing key ranges: {}",
-                t.differing_ranges.join(", ")
-            );
-        }
-    }
+/// A finished verification.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Verification {
+    /// The figures per table.
+    pub comparison: Comparison,
+    /// Whether both sides were compared at one consistent point of a live
+    /// migration (apply paused there).
+    pub live: bool,
 }
 
-/// `pglive verify`: after cutover (or without a migration) a direct
-/// comparison; while a migration streams, a comparison at one consistent
-/// point: a temporary slot exports a source snapshot and its exact LSN, the
-/// running `migrate` applies up to that LSN and pauses, both sides are
-/// compared, and apply resumes.
-pub async fn command(args: crate::cli::VerifyArgs) -> Result<crate::ExitStatus> {
-    let source_config = crate::parse_conninfo(&args.servers.source, "--source")?;
-    let target_config = crate::parse_conninfo(&args.servers.target, "--target")?;
-    let name = &args.servers.name;
-    let source = crate::preflight::connect(&source_config, "source").await?;
-    let target = crate::preflight::connect(&target_config, "target").await?;
-    let recorded = crate::state::load(&target, name).await?;
+/// Compares the tables migration `name` carries (every table when the
+/// target records no such migration): after cutover, or without a
+/// migration, directly; while it streams, at one consistent point: a
+/// temporary slot exports a source snapshot and its exact LSN, the running
+/// [`crate::migrate`] applies up to that LSN and pauses, both sides are
+/// compared, and apply resumes. `full` adds checksums of every row.
+pub async fn verify(
+    source: ConnectConfig,
+    target: ConnectConfig,
+    name: &str,
+    full: bool,
+    events: Arc<dyn Events>,
+) -> Result<Verification> {
+    let source_client = preflight::connect(&source, "source").await?;
+    let target_client = preflight::connect(&target, "target").await?;
+    let recorded = state::load(&target_client, name).await?;
     // The tables the migration moved, not every table of the database.
     let filter = recorded
         .as_ref()
         .map(|m| m.settings.filter())
         .unwrap_or_default();
     let live = match recorded {
-        Some(m) if m.stage < crate::state::Stage::Cutover => {
-            if !crate::state::is_running(&target, name).await? {
-                anyhow::bail!(
-                    "migration {name:?} is live (stage {}) but no `pglive migrate` runs for it: start it, and verify pauses it at a consistent point; or verify after cutover",
-                    m.stage.as_str()
-                );
+        Some(m) if m.stage < Stage::Cutover => {
+            if !state::is_running(&target_client, name).await? {
+                return Err(Error::NotRunning {
+                    name: name.to_owned(),
+                    stage: m.stage,
+                });
             }
-            if m.stage != crate::state::Stage::Streaming {
-                anyhow::bail!(
-                    "migration {name:?} is still at stage {}: verify once it streams",
-                    m.stage.as_str()
-                );
+            if m.stage != Stage::Streaming {
+                return Err(Error::WrongStage {
+                    name: name.to_owned(),
+                    stage: m.stage,
+                    needs: "verify once it streams",
+                });
             }
             true
         }
         _ => false,
     };
     let comparison = if live {
-        compare_live(&source_config, &source, &target, name, &filter, args.full).await?
+        compare_live(
+            &source,
+            &source_client,
+            &target_client,
+            name,
+            &filter,
+            full,
+            events.as_ref(),
+        )
+        .await?
     } else {
-        compare(&source, &target, &filter, args.full).await?
+        compare(&source_client, &target_client, &filter, full).await?
     };
-    print(&comparison, args.full);
-    let mismatches = comparison.mismatches().len();
-    if mismatches == 0 {
-        println!(
-            "verified {} tables: source and target are equal{}{}",
-            comparison.tables.len(),
-            if args.full {
-                " (counts and checksums)"
-            } else {
-                " (counts)"
-            },
-            if live {
-                " at one consistent point of the live migration"
-            } else {
-                ""
-            }
-        );
-        Ok(crate::ExitStatus::Success)
-    } else {
-        println!("{mismatches} table(s) differ");
-        Ok(crate::ExitStatus::Mismatch)
-    }
+    Ok(Verification { comparison, live })
 }
 
 async fn compare_live(
-    source_config: &pglive_postgres::ConnectConfig,
+    source_config: &ConnectConfig,
     source: &Client,
     target: &Client,
     name: &str,
     filter: &ObjectFilter,
     full: bool,
+    events: &dyn Events,
 ) -> Result<Comparison> {
-    use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
+    let unanswered = |reason: String| Error::VerifyPoint { reason };
     for _attempt in 0..5 {
         let mut replication = ReplicationClient::connect(source_config).await?;
         let slot = replication
@@ -265,31 +265,41 @@ async fn compare_live(
                 },
             )
             .await
-            .context("creating a temporary slot for the verification snapshot")?;
-        let snapshot = slot.snapshot_name.clone().context("no snapshot exported")?;
-        crate::state::request_verify(target, name, slot.consistent_point).await?;
-        eprintln!(
-            "verify: waiting for apply to reach {} and pause",
-            slot.consistent_point
+            .doing("creating a temporary slot for the verification snapshot")?;
+        let snapshot = slot
+            .snapshot_name
+            .clone()
+            .ok_or_else(|| unanswered("the temporary slot exported no snapshot".to_owned()))?;
+        state::request_verify(target, name, slot.consistent_point).await?;
+        events.note(
+            Step::Verify,
+            format!(
+                "verify: waiting for apply to reach {} and pause",
+                slot.consistent_point
+            ),
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
         let answer = loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            match crate::state::verify_request(target, name).await? {
+            match state::verify_request(target, name).await? {
                 Some((_, state)) if state == "requested" => {}
                 Some((_, state)) => break state,
-                None => anyhow::bail!("the running migrate dropped the verification request"),
+                None => {
+                    return Err(unanswered(
+                        "the running migrate dropped the verification request".to_owned(),
+                    ));
+                }
             }
             if std::time::Instant::now() > deadline {
-                crate::state::set_verify_state(target, name, None).await?;
-                anyhow::bail!(
+                state::set_verify_state(target, name, None).await?;
+                return Err(unanswered(format!(
                     "apply did not reach {} within an hour",
                     slot.consistent_point
-                );
+                )));
             }
         };
         if answer == "missed" {
-            crate::state::set_verify_state(target, name, None).await?;
+            state::set_verify_state(target, name, None).await?;
             replication.close().await.ok();
             continue;
         }
@@ -297,18 +307,20 @@ async fn compare_live(
             source
                 .batch_execute(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-                    pglive_postgres::quote_literal(&snapshot)
+                    quote_literal(&snapshot)
                 ))
                 .await
-                .context("importing the verification snapshot")?;
+                .doing("importing the verification snapshot")?;
             let comparison = compare(source, target, filter, full).await;
             source.batch_execute("COMMIT").await.ok();
             comparison
         }
         .await;
-        crate::state::set_verify_state(target, name, None).await?;
+        state::set_verify_state(target, name, None).await?;
         replication.close().await.ok();
         return result;
     }
-    anyhow::bail!("apply kept passing the verification snapshot; try again")
+    Err(unanswered(
+        "apply kept passing the verification snapshot; try again".to_owned(),
+    ))
 }

@@ -7,12 +7,14 @@ use pglive_repl::ReplicationClient;
 use pglive_schema::{Catalog, ObjectFilter, PgTools, SchemaCopy, SchemaOptions};
 use tokio_postgres::Client;
 
+use crate::error::{Error, chain};
 use crate::state::Settings;
 
 mod privileges;
 
 /// What preflight found.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Findings {
     /// Problems that stop the migration.
     pub failures: Vec<String>,
@@ -22,28 +24,33 @@ pub struct Findings {
     pub notes: Vec<String>,
 }
 
-/// A failure of preflight: the findings, printed by the caller.
-#[derive(Debug)]
-pub struct PreflightFailed(pub Findings);
+impl Findings {
+    /// Findings of one failure (such as a malformed connection string).
+    pub fn failure(text: impl Into<String>) -> Findings {
+        Findings {
+            failures: vec![text.into()],
+            ..Findings::default()
+        }
+    }
+}
 
-impl std::fmt::Display for PreflightFailed {
+impl std::fmt::Display for Findings {
+    /// The failures, one per line, after a line that says nothing changed.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
             "preflight found {} problem(s); nothing was changed:",
-            self.0.failures.len()
+            self.failures.len()
         )?;
-        for failure in &self.0.failures {
+        for failure in &self.failures {
             writeln!(f, "  - {failure}")?;
         }
         Ok(())
     }
 }
 
-impl std::error::Error for PreflightFailed {}
-
 /// What preflight needs to know about the planned migration.
-pub struct Plan<'a> {
+pub(crate) struct Plan<'a> {
     pub source: &'a ConnectConfig,
     pub target: &'a ConnectConfig,
     pub slot: &'a str,
@@ -59,53 +66,29 @@ pub struct Plan<'a> {
 }
 
 /// A preflight failure with one finding.
-pub fn failed(text: String) -> anyhow::Error {
-    PreflightFailed(Findings {
-        failures: vec![text],
-        warnings: Vec::new(),
-        notes: Vec::new(),
-    })
-    .into()
+pub(crate) fn failed(text: String) -> Error {
+    Error::Preflight(Findings::failure(text))
 }
 
 /// Opens an SQL session, turning connection failures into preflight
 /// failures that name the server.
-pub async fn connect(config: &ConnectConfig, role: &str) -> Result<Client, PreflightFailed> {
+pub(crate) async fn connect(config: &ConnectConfig, role: &str) -> Result<Client, Error> {
     connect_sql(config).await.map_err(|e| {
-        PreflightFailed(Findings {
-            failures: vec![format!(
-                "cannot connect to the {role} {}: {}",
-                config.describe(),
-                chain(&e)
-            )],
-            warnings: Vec::new(),
-            notes: Vec::new(),
-        })
+        failed(format!(
+            "cannot connect to the {role} {}: {}",
+            config.describe(),
+            chain(&e)
+        ))
     })
 }
 
-/// An error with its causes, on one line.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-async fn scalar(client: &Client, sql: &str) -> anyhow::Result<String> {
+async fn scalar(client: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
     let row = client.query_one(sql, &[]).await?;
     Ok(row.get(0))
 }
 
 /// Runs every check; `Err` lists the failures.
-pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog), PreflightFailed> {
+pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog), Error> {
     let source = connect(plan.source, "source").await?;
     let target = connect(plan.target, "target").await?;
     let mut found = Findings::default();
@@ -250,7 +233,7 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
                 &mut found,
                 format!("cannot read the source catalog: {}", chain(&e)),
             );
-            return Err(PreflightFailed(found));
+            return Err(Error::Preflight(found));
         }
     };
     if catalog.tables.is_empty() {
@@ -389,7 +372,7 @@ pub async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Catalog),
     if found.failures.is_empty() {
         Ok((found, source, target, catalog))
     } else {
-        Err(PreflightFailed(found))
+        Err(Error::Preflight(found))
     }
 }
 
@@ -408,7 +391,7 @@ async fn disk_needed(source: &Client, catalog: &Catalog) -> Option<String> {
         .await
         .ok()?
         .get(0);
-    let size = |n: i64| crate::report::bytes(u64::try_from(n).unwrap_or(0));
+    let size = |n: i64| crate::human::bytes(u64::try_from(n).unwrap_or(0));
     Some(format!(
         "the target needs about {} of free disk for this data ({} of tables, {} of indexes, as on the source) \
          plus WAL while it loads; pglive cannot read free disk through SQL, so check it before the copy",

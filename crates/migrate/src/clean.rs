@@ -1,27 +1,39 @@
 //! `pglive clean`: remove the slot, the publication and the state. Safe to
 //! run again; refuses while a migrate is running unless forced.
 
-use anyhow::{Context, Result, bail};
-use pglive_postgres::connect_sql;
+use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_repl::ReplicationClient;
 
-use crate::cli::CleanArgs;
+use crate::error::{Doing, Error, Result};
+use crate::preflight;
+use crate::publication;
 use crate::state;
 
-pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
-    let source_config = crate::parse_conninfo(&args.servers.source, "--source")?;
-    let target_config = crate::parse_conninfo(&args.servers.target, "--target")?;
-    let name = &args.servers.name;
-    let target = crate::preflight::connect(&target_config, "target").await?;
-    let source = crate::preflight::connect(&source_config, "source").await?;
+/// Removes migration `name`: its slot and publications on the source, its
+/// state on the target (the `pglive` schema goes with the last migration),
+/// after undoing what the applier changed on the target tables. Returns
+/// what was done, a line each; nothing when there was nothing to clean.
+/// Refuses while a `pglive migrate` runs it, unless `force` (which also
+/// ends the process using the slot).
+pub async fn clean(
+    source_config: ConnectConfig,
+    target_config: ConnectConfig,
+    name: &str,
+    force: bool,
+) -> Result<Vec<String>> {
+    let target = preflight::connect(&target_config, "target").await?;
+    let source = preflight::connect(&source_config, "source").await?;
     let migration = state::load(&target, name).await?;
     let (slot, publication) = match &migration {
         Some(m) => (m.slot.clone(), m.publication.clone()),
-        None => (name.clone(), name.clone()),
+        None => (name.to_owned(), name.to_owned()),
     };
     let mut done = Vec::new();
-    if migration.is_some() && !args.force && state::is_running(&target, name).await? {
-        bail!("a `pglive migrate` is running migration {name:?}: stop it first, or pass --force");
+    if migration.is_some() && !force && state::is_running(&target, name).await? {
+        return Err(Error::Busy {
+            name: name.to_owned(),
+            hint: "stop it first, or pass --force",
+        });
     }
     // The slot: end whoever uses it when forced, then drop it.
     let active: Option<Option<i32>> = source
@@ -30,14 +42,12 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
             &[&slot],
         )
         .await
-        .context("reading pg_replication_slots")?
+        .doing("reading pg_replication_slots")?
         .map(|r| r.get(0));
     if let Some(pid) = active {
         if let Some(pid) = pid {
-            if !args.force {
-                bail!(
-                    "slot {slot:?} is in use by process {pid} on the source: stop it first, or pass --force"
-                );
+            if !force {
+                return Err(Error::SlotInUse { slot, pid });
             }
             source
                 .execute("SELECT pg_terminate_backend($1)", &[&pid])
@@ -47,11 +57,11 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
         replication
             .drop_slot(&slot, true)
             .await
-            .with_context(|| format!("dropping slot {slot:?}"))?;
+            .doing_with(|| format!("dropping slot {slot:?}"))?;
         replication.close().await.ok();
         done.push(format!("dropped slot {slot:?}"));
     }
-    for dropped in crate::publication::drop(&source, &publication).await? {
+    for dropped in publication::drop(&source, &publication).await? {
         done.push(format!("dropped publication {dropped:?}"));
     }
     let target_state = connect_sql(&target_config).await?;
@@ -67,10 +77,10 @@ pub async fn run(args: CleanArgs) -> Result<Vec<String>> {
             // drop until they are undone.
             pglive_apply::restore_triggers(&target_state)
                 .await
-                .context("enabling the target triggers pglive disabled")?;
+                .doing("enabling the target triggers pglive disabled")?;
             pglive_apply::restore_identity_columns(&target_state)
                 .await
-                .context("making the target's identity columns GENERATED ALWAYS again")?;
+                .doing("making the target's identity columns GENERATED ALWAYS again")?;
         }
         pglive_snapshot::reset(&target_state, name).await?;
         pglive_apply::forget(&target_state, name).await?;

@@ -1,0 +1,182 @@
+//! Each command: flags into library options, the library call, its result
+//! on stdout and as an exit status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use pglive_migrate::{
+    Control, CutoverOptions, CutoverOutcome, Findings, MigrateOptions, Outcome, Settings,
+    Verification,
+};
+use pglive_postgres::ConnectConfig;
+
+use crate::ExitStatus;
+use crate::cli::{
+    CleanArgs, CutoverArgs, Hypertables, MigrateArgs, Servers, StatusArgs, VerifyArgs,
+};
+use crate::render::Renderer;
+
+/// Parses a connection string given for `flag`; a malformed one is a
+/// preflight failure (nothing has been touched yet).
+pub fn conninfo(text: &str, flag: &str) -> Result<ConnectConfig> {
+    ConnectConfig::parse(text).map_err(|e| {
+        pglive_migrate::Error::Preflight(Findings::failure(format!("{flag}: {e}"))).into()
+    })
+}
+
+/// Both servers of `servers`.
+fn both(servers: &Servers) -> Result<(ConnectConfig, ConnectConfig)> {
+    Ok((
+        conninfo(&servers.source, "--source")?,
+        conninfo(&servers.target, "--target")?,
+    ))
+}
+
+/// The library's options for `args`.
+pub fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
+    let mut options = MigrateOptions::new(args.servers.name.clone());
+    options.slot = args.slot.clone();
+    options.publication = args.publication.clone();
+    options.jobs = args.jobs;
+    options.index_jobs = args.index_jobs;
+    options.apply_sessions = usize::from(args.apply_sessions);
+    options.reuse_schema = args.reuse_schema;
+    options.hypertables = args.hypertables == Hypertables::Auto;
+    options.settings = Settings {
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        keep_owners: !args.no_owner,
+        keep_privileges: !args.no_acl,
+    };
+    options.copy_roles = args.roles;
+    options.cutover_when_ready = args.cutover_when_ready;
+    options
+}
+
+/// `pglive migrate`.
+pub async fn migrate(
+    args: MigrateArgs,
+    renderer: Arc<Renderer>,
+    control: Control,
+) -> Result<ExitStatus> {
+    let (source, target) = both(&args.servers)?;
+    let options = migrate_options(&args);
+    let outcome =
+        pglive_migrate::migrate(source, target, &options, renderer.clone(), &control).await?;
+    Ok(match outcome {
+        Outcome::Stopped => {
+            renderer.info("stopped at a transaction boundary; run the same command to resume");
+            ExitStatus::Interrupted
+        }
+        Outcome::AlreadyDone { summary } => {
+            renderer.info(&format!(
+                "migration {:?} is already done: {summary}",
+                options.name
+            ));
+            ExitStatus::Success
+        }
+        _ => ExitStatus::Success,
+    })
+}
+
+/// `pglive cutover`.
+pub async fn cutover(args: CutoverArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
+    let (source, target) = both(&args.servers)?;
+    let name = &args.servers.name;
+    if args.abort {
+        if pglive_migrate::abort_cutover(source, target, name).await? {
+            renderer.info("cutover aborted: the source is writable again");
+        }
+        return Ok(ExitStatus::Success);
+    }
+    let mut options = CutoverOptions::new(name.clone());
+    options.fence = args.fence;
+    options.timeout = Duration::from_secs(args.timeout);
+    if let CutoverOutcome::AlreadyDone { summary } =
+        pglive_migrate::cutover(source, target, &options, renderer).await?
+    {
+        println!("{summary}");
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `pglive status`.
+pub async fn status(args: StatusArgs) -> Result<ExitStatus> {
+    let target = conninfo(&args.target, "--target")?;
+    let status = pglive_migrate::status(target, &args.name).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        crate::status::print(&status);
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `pglive verify`.
+pub async fn verify(args: VerifyArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
+    let (source, target) = both(&args.servers)?;
+    let verification =
+        pglive_migrate::verify(source, target, &args.servers.name, args.full, renderer).await?;
+    print_verification(&verification, args.full);
+    Ok(if verification.comparison.mismatches().is_empty() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Mismatch
+    })
+}
+
+/// A verification as a table and a verdict.
+pub fn print_verification(verification: &Verification, full: bool) {
+    let comparison = &verification.comparison;
+    println!(
+        "{:<48} {:>14} {:>14}  {}",
+        "table",
+        "source rows",
+        "target rows",
+        if full { "checksum" } else { "" }
+    );
+    for t in &comparison.tables {
+        let verdict = if t.matches() { "ok" } else { "DIFFERENT" };
+        println!(
+            "{:<48} {:>14} {:>14}  {verdict}",
+            t.table, t.source_rows, t.target_rows
+        );
+        if !t.differing_ranges.is_empty() {
+            println!(
+                "    differing key ranges: {}",
+                t.differing_ranges.join(", ")
+            );
+        }
+    }
+    match comparison.mismatches().len() {
+        0 => println!(
+            "verified {} tables: source and target are equal{}{}",
+            comparison.tables.len(),
+            if full {
+                " (counts and checksums)"
+            } else {
+                " (counts)"
+            },
+            if verification.live {
+                " at one consistent point of the live migration"
+            } else {
+                ""
+            }
+        ),
+        n => println!("{n} table(s) differ"),
+    }
+}
+
+/// `pglive clean`.
+pub async fn clean(args: CleanArgs) -> Result<ExitStatus> {
+    let (source, target) = both(&args.servers)?;
+    let done = pglive_migrate::clean(source, target, &args.servers.name, args.force).await?;
+    if done.is_empty() {
+        println!("nothing to clean");
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(ExitStatus::Success)
+}

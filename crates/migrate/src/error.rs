@@ -1,0 +1,268 @@
+//! The crate's error type.
+
+use pglive_postgres::{Lsn, QualifiedName};
+
+use crate::preflight::Findings;
+use crate::state::{Settings, Stage};
+
+/// Everything that can stop a migration, a cutover, a verification or a
+/// clean. Each message says what to do; [`chain`] puts an error and its
+/// causes on one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Preflight found problems; nothing was changed on either server.
+    #[error("{0}")]
+    Preflight(Findings),
+    /// A session could not be opened.
+    #[error(transparent)]
+    Connect(#[from] pglive_postgres::Error),
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] pglive_repl::Error),
+    /// Dumping or restoring the schema, or reading the catalog, failed.
+    #[error(transparent)]
+    Schema(#[from] pglive_schema::Error),
+    /// Copying the data failed.
+    #[error(transparent)]
+    Copy(#[from] pglive_snapshot::Error),
+    /// Applying the change stream failed.
+    #[error(transparent)]
+    Apply(#[from] pglive_apply::Error),
+    /// A statement failed.
+    #[error(transparent)]
+    Sql(#[from] tokio_postgres::Error),
+    /// A step failed; `doing` says which.
+    #[error("{doing}")]
+    During {
+        /// What was being done.
+        doing: String,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The state pglive keeps on the target cannot be read.
+    #[error("the pglive state on the target is unreadable: {reason}")]
+    State {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another process runs this migration.
+    #[error(
+        "a `pglive migrate` is running migration {name:?} (it holds its lock on the target): {hint}"
+    )]
+    Busy {
+        /// The migration's name.
+        name: String,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// The target records no migration of this name.
+    #[error("no migration named {name:?} on {target} (start one with `pglive migrate`)")]
+    NotFound {
+        /// The migration's name.
+        name: String,
+        /// The target, described without password.
+        target: String,
+    },
+    /// The migration was started with another slot or publication.
+    #[error(
+        "migration {name:?} on the target uses slot {slot:?} and publication {publication:?}; run with the same --slot/--publication, or `pglive clean` to start over"
+    )]
+    OtherNames {
+        /// The migration's name.
+        name: String,
+        /// Its recorded slot.
+        slot: String,
+        /// Its recorded publication.
+        publication: String,
+    },
+    /// The migration was started with other filters or owner choices.
+    #[error(
+        "migration {name:?} was started with other --include/--exclude/--no-owner/--no-acl flags ({recorded:?}); run it with the same flags (or none), or `pglive clean` to start over"
+    )]
+    OtherSettings {
+        /// The migration's name.
+        name: String,
+        /// What it was started with.
+        recorded: Settings,
+    },
+    /// The migration is not at a stage where the request can be done.
+    #[error("migration {name:?} is at stage {}: {needs}", stage.as_str())]
+    WrongStage {
+        /// The migration's name.
+        name: String,
+        /// Where it is.
+        stage: Stage,
+        /// What the request needs.
+        needs: &'static str,
+    },
+    /// The replication slot is in use by another process.
+    #[error(
+        "slot {slot:?} is in use by process {pid} on the source: stop it first, or pass --force"
+    )]
+    SlotInUse {
+        /// The slot.
+        slot: String,
+        /// The source backend using it.
+        pid: i32,
+    },
+    /// Source tables the migration does not carry yet.
+    #[error(
+        "table(s) {} were created on the source since streaming last looked; the slot is kept so nothing is lost: run `pglive migrate` again (it copies them and streams them from there), then cut over",
+        names(tables)
+    )]
+    TablesNotCarried {
+        /// The tables.
+        tables: Vec<QualifiedName>,
+    },
+    /// The source kept writing while the cutover waited for it to go quiet.
+    #[error(
+        "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
+    )]
+    NotQuiet,
+    /// `pglive cutover --abort` ended the cutover.
+    #[error("cutover aborted")]
+    CutoverAborted,
+    /// Row counts differ after the catch-up.
+    #[error(
+        "row counts differ on {} table(s) ({}); the slot is kept so nothing is lost: investigate, then run `pglive cutover` again",
+        tables.len(), tables.join(", ")
+    )]
+    CountsDiffer {
+        /// The tables that differ.
+        tables: Vec<String>,
+    },
+    /// Applying up to a position stopped before it got there.
+    #[error("catching up to {lsn} stopped early ({how})")]
+    CatchUpStopped {
+        /// The position.
+        lsn: Lsn,
+        /// How the applier stopped.
+        how: String,
+    },
+    /// The `pglive migrate` a cutover asked stopped before it finished.
+    #[error(
+        "the running `pglive migrate` stopped before the cutover finished: its output says why; run `pglive cutover` again once that is fixed"
+    )]
+    MigrateStopped,
+    /// A wait ran out of time.
+    #[error(
+        "{what} did not finish within {seconds} s; run it again to continue (see `pglive status`)"
+    )]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// The limit.
+        seconds: u64,
+    },
+    /// A live verification needs a running `pglive migrate`.
+    #[error(
+        "migration {name:?} is live (stage {}) but no `pglive migrate` runs for it: start it, and verify pauses it at a consistent point; or verify after cutover",
+        stage.as_str()
+    )]
+    NotRunning {
+        /// The migration's name.
+        name: String,
+        /// Where it is.
+        stage: Stage,
+    },
+    /// A slot created to export a snapshot exported none.
+    #[error("replication slot {slot:?} exported no snapshot")]
+    NoSnapshot {
+        /// The slot.
+        slot: String,
+    },
+    /// A live verification could not agree on a point with the applier.
+    #[error("verify: {reason}")]
+    VerifyPoint {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying on new connections may succeed: a connection was
+    /// lost, or a server is shutting down.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect(e) => e.is_transient(),
+            Error::Replication(e) => e.is_transient(),
+            Error::Apply(e) => e.is_transient(),
+            Error::During { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Error {
+        Error::State {
+            reason: error.to_string(),
+        }
+    }
+}
+
+impl From<pglive_postgres::ParseLsnError> for Error {
+    fn from(error: pglive_postgres::ParseLsnError) -> Error {
+        Error::State {
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Names what was being done when a step fails.
+pub(crate) trait Doing<T> {
+    /// Wraps the error as [`Error::During`] `what`.
+    fn doing(self, what: impl Into<String>) -> Result<T>;
+    /// As [`Doing::doing`], with the text made only on failure.
+    fn doing_with(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Doing<T> for std::result::Result<T, E> {
+    fn doing(self, what: impl Into<String>) -> Result<T> {
+        self.map_err(|e| Error::During {
+            doing: what.into(),
+            source: Box::new(e.into()),
+        })
+    }
+
+    fn doing_with(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::During {
+            doing: what(),
+            source: Box::new(e.into()),
+        })
+    }
+}
+
+/// An error with its causes, on one line (each cause once).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn names(tables: &[QualifiedName]) -> String {
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<pglive_postgres::ConfigError> for Error {
+    fn from(error: pglive_postgres::ConfigError) -> Error {
+        Error::Connect(error.into())
+    }
+}

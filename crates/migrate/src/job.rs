@@ -1,0 +1,132 @@
+//! What a migration is asked to do, and the resolved form every stage
+//! reads.
+
+use pglive_postgres::ConnectConfig;
+use pglive_schema::{ObjectFilter, SchemaOptions};
+
+use crate::state::{Record, Settings};
+
+/// How to run a migration; [`MigrateOptions::new`] gives the defaults of
+/// `pglive migrate`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MigrateOptions {
+    /// The migration's name: names its slot, publications and state.
+    pub name: String,
+    /// The replication slot (default: the name).
+    pub slot: Option<String>,
+    /// The publication (default: the name; a second one gets `_changes`).
+    pub publication: Option<String>,
+    /// Parallel copy workers.
+    pub jobs: usize,
+    /// Parallel index and constraint builds.
+    pub index_jobs: usize,
+    /// Target sessions the applier spreads batches over.
+    pub apply_sessions: usize,
+    /// Use tables that already exist on the target.
+    pub reuse_schema: bool,
+    /// Make TimescaleDB hypertables on the target before the data.
+    pub hypertables: bool,
+    /// Filters and owner and privilege choices; recorded with the
+    /// migration, and kept by every later command.
+    pub settings: Settings,
+    /// Create on the target the source's roles it lacks (no passwords).
+    pub copy_roles: bool,
+    /// Cut over by itself once the stream has caught up.
+    pub cutover_when_ready: bool,
+}
+
+impl MigrateOptions {
+    /// The defaults for a migration called `name`.
+    pub fn new(name: impl Into<String>) -> MigrateOptions {
+        MigrateOptions {
+            name: name.into(),
+            slot: None,
+            publication: None,
+            jobs: 4,
+            index_jobs: 4,
+            apply_sessions: 4,
+            reuse_schema: false,
+            hypertables: true,
+            settings: Settings::default(),
+            copy_roles: false,
+            cutover_when_ready: false,
+        }
+    }
+
+    /// The slot's name.
+    pub fn slot_name(&self) -> &str {
+        self.slot.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The publication's name.
+    pub fn publication_name(&self) -> &str {
+        self.publication.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Everything a stage needs: the servers and the options as resolved
+/// against the recorded migration.
+pub(crate) struct Job {
+    pub source: ConnectConfig,
+    pub target: ConnectConfig,
+    pub name: String,
+    pub jobs: usize,
+    pub index_jobs: usize,
+    /// Target sessions the applier spreads batches over.
+    pub apply_sessions: usize,
+    pub reuse_schema: bool,
+    /// Make TimescaleDB hypertables on the target before the data.
+    pub hypertables: bool,
+    /// Filters and owner/privilege choices, as recorded with the migration.
+    pub settings: Settings,
+}
+
+impl Job {
+    /// A job from the caller's options.
+    pub fn new(source: ConnectConfig, target: ConnectConfig, options: &MigrateOptions) -> Job {
+        Job {
+            source,
+            target,
+            name: options.name.clone(),
+            jobs: options.jobs.max(1),
+            index_jobs: options.index_jobs.max(1),
+            apply_sessions: options.apply_sessions.max(1),
+            reuse_schema: options.reuse_schema,
+            hypertables: options.hypertables,
+            settings: options.settings.clone(),
+        }
+    }
+
+    /// A job for the commands that finish a recorded migration (cutover):
+    /// its recorded settings, one session each.
+    pub fn for_recorded(source: ConnectConfig, target: ConnectConfig, record: &Record) -> Job {
+        Job {
+            source,
+            target,
+            name: record.name.clone(),
+            jobs: 1,
+            index_jobs: 1,
+            apply_sessions: 1,
+            reuse_schema: true,
+            hypertables: false,
+            settings: record.settings.clone(),
+        }
+    }
+
+    /// Which schemas and tables, from the settings.
+    pub fn filter(&self) -> ObjectFilter {
+        self.settings.filter()
+    }
+
+    /// The schema copy's options for this job.
+    pub fn schema_options(&self) -> SchemaOptions {
+        let mut options = SchemaOptions::default();
+        options.filter = self.filter();
+        options.jobs = self.index_jobs;
+        options.reuse_schema = self.reuse_schema;
+        options.keep_owners = self.settings.keep_owners;
+        options.keep_privileges = self.settings.keep_privileges;
+        options
+    }
+}

@@ -1,0 +1,93 @@
+//! A whole live PostgreSQL migration, as a library.
+//!
+//! The stage crates each do one thing (`pglive-repl` speaks replication,
+//! `pglive-schema` runs `pg_dump`, `pglive-snapshot` copies tables under a
+//! snapshot, `pglive-apply` applies the change stream). This crate composes
+//! them into a migration that survives crashes, and is what the `pglive`
+//! command runs: the binary only turns flags into options and events into
+//! bars, lines or JSON.
+//!
+//! # The model
+//!
+//! A migration has a name and lives in the target database (schema
+//! `pglive`): its stage, slot, publications, settings and positions. Every
+//! call reads that state first, so any call can run from any machine, and a
+//! call that stopped (a crash, a lost connection, [`Control::stop`]) is
+//! resumed by making it again.
+//!
+//! - [`migrate`]: preflight (every refusal before anything is created, as
+//!   [`Error::Preflight`]), publications and a replication slot with an
+//!   exported snapshot, the schema with `pg_dump` (pre-data), the parallel
+//!   copy under the snapshot, indexes and constraints, then the change
+//!   stream applied until a cutover is asked for. Tables created on the
+//!   source meanwhile join the migration.
+//! - [`cutover`]: waits for the source to go quiet (optionally fencing it
+//!   first), applies up to its position, carries what logical decoding
+//!   does not (sequences, large objects, materialized views), compares row
+//!   counts and drops the slot. Asked of a running [`migrate`] through the
+//!   target, or done directly when none runs.
+//! - [`verify`]: counts and checksums on both sides, at one consistent
+//!   point even while the migration streams.
+//! - [`status`] and [`clean`].
+//!
+//! Progress and messages arrive through an [`Events`] sink; a [`Control`]
+//! asks a running migration to stop or to cut over.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pglive_migrate::{Control, Event, MigrateOptions, Outcome};
+//! use pglive_postgres::ConnectConfig;
+//!
+//! # async fn run() -> Result<(), pglive_migrate::Error> {
+//! let source = ConnectConfig::parse("postgresql://repl@old-db/shop")?;
+//! let target = ConnectConfig::parse("postgresql://app@new-db/shop")?;
+//! let mut options = MigrateOptions::new("shop");
+//! options.cutover_when_ready = true;
+//! let events = Arc::new(|event: Event| {
+//!     if let Event::Note { text, .. } = event {
+//!         println!("{text}");
+//!     }
+//! });
+//! match pglive_migrate::migrate(source, target, &options, events, &Control::new()).await? {
+//!     Outcome::CutOver { summary } => println!("switch the application now: {summary}"),
+//!     other => println!("{other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod adopt;
+mod clean;
+mod control;
+mod cutover;
+mod error;
+mod events;
+pub mod human;
+mod job;
+mod live;
+mod preflight;
+mod publication;
+mod stages;
+mod state;
+mod status;
+mod verify;
+
+pub use clean::clean;
+pub use control::Control;
+pub use cutover::{CutoverOptions, CutoverOutcome, abort_cutover, cutover};
+pub use error::{Error, Result, chain};
+pub use events::{Event, Events, Ignore, Step};
+pub use job::MigrateOptions;
+pub use preflight::Findings;
+pub use stages::{Outcome, migrate};
+pub use state::{Settings, Stage};
+pub use status::{CopyStatus, Status, TableCopy, status};
+pub use verify::{Comparison, TableComparison, Verification, verify};
+
+/// The applier's figures, as [`Event::Streaming`] carries them.
+pub use pglive_apply::Progress;
+/// A copy worker's progress, as [`Event::Copy`] carries it.
+pub use pglive_snapshot::CopyEvent;

@@ -1,0 +1,466 @@
+//! A migration's stages in order, each resumable, then streaming until
+//! cutover.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_repl::{CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction};
+use pglive_schema::{Catalog, SchemaCopy};
+use pglive_snapshot::{Copier, CopyOptions, Snapshot};
+use tokio_postgres::Client;
+
+use crate::control::Control;
+use crate::error::{Doing, Error, Result};
+use crate::events::{Event, Events, Step};
+use crate::human;
+use crate::job::{Job, MigrateOptions};
+use crate::live::{self, LiveOutcome};
+use crate::preflight::{self, Plan};
+use crate::publication;
+use crate::state::{self, Record, Stage};
+
+/// How a migration run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Stopped at a transaction boundary on request; run it again to
+    /// resume.
+    Stopped,
+    /// The cutover is done; the summary says what it did.
+    CutOver {
+        /// What the cutover did, on one line.
+        summary: String,
+    },
+    /// The migration had been finished before.
+    AlreadyDone {
+        /// What its cutover did.
+        summary: String,
+    },
+}
+
+/// Runs the migration `options` describes from `source` to `target`:
+/// preflight, publications and a slot with an exported snapshot, schema,
+/// parallel copy, indexes and constraints, then the change stream until a
+/// cutover is asked for (through `control`, `pglive cutover`, or
+/// [`MigrateOptions::cutover_when_ready`]). Whatever stopped an earlier
+/// run, the same call resumes it from the state on the target.
+///
+/// Only one process runs a migration at a time (an advisory lock on the
+/// target); a second gets [`Error::Busy`]. Preflight failures are
+/// [`Error::Preflight`], returned before anything is created.
+pub async fn migrate(
+    source: ConnectConfig,
+    target: ConnectConfig,
+    options: &MigrateOptions,
+    events: Arc<dyn Events>,
+    control: &Control,
+) -> Result<Outcome> {
+    // The whole migration's state machine is a large future: on the heap,
+    // so callers need not box it.
+    Box::pin(run(source, target, options, events, control)).await
+}
+
+async fn run(
+    source: ConnectConfig,
+    target: ConnectConfig,
+    options: &MigrateOptions,
+    events: Arc<dyn Events>,
+    control: &Control,
+) -> Result<Outcome> {
+    let name = options.name.clone();
+    let slot = options.slot_name().to_owned();
+    let publication = options.publication_name().to_owned();
+    if publication.len() > publication::MAX_NAME_BYTES || slot.len() > 63 {
+        return Err(preflight::failed(format!(
+            "the publication name {publication:?} (or the slot name {slot:?}) is too long: \
+             publications may have {} bytes and slots 63 (choose --name, --publication or --slot)",
+            publication::MAX_NAME_BYTES
+        )));
+    }
+    let mut job = Job::new(source, target, options);
+
+    // The lock first: whatever this process reads about the migration
+    // stays true while it runs.
+    let lock_client = preflight::connect(&job.target, "target").await?;
+    if !state::lock(&lock_client, &name, Duration::from_secs(5)).await? {
+        return Err(Error::Busy {
+            name,
+            hint: "stop it first",
+        });
+    }
+    let existing = state::load(&lock_client, &name).await?;
+    if let Some(m) = &existing {
+        if m.slot != slot || m.publication != publication {
+            return Err(Error::OtherNames {
+                name,
+                slot: m.slot.clone(),
+                publication: m.publication.clone(),
+            });
+        }
+        // A resumed migration keeps what it was started with.
+        if !m.settings_recorded {
+            state::save_settings(&lock_client, &name, &options.settings).await?;
+        } else if options.settings != Default::default() && m.settings != options.settings {
+            return Err(Error::OtherSettings {
+                name,
+                recorded: m.settings.clone(),
+            });
+        }
+        if m.settings_recorded {
+            job.settings = m.settings.clone();
+        }
+        if m.stage == Stage::Done {
+            return Ok(Outcome::AlreadyDone {
+                summary: m.summary.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let filter = job.filter();
+    let plan = Plan {
+        source: &job.source,
+        target: &job.target,
+        slot: &slot,
+        publication: &publication,
+        filter: &filter,
+        resuming: existing.is_some(),
+        reuse_schema: job.reuse_schema,
+        settings: &job.settings,
+        copy_roles: options.copy_roles,
+    };
+    let (findings, source_client, target_client, catalog) = preflight::run(&plan).await?;
+    for warning in &findings.warnings {
+        events.warn(Step::Preflight, warning.as_str());
+    }
+    for note in &findings.notes {
+        events.note(Step::Preflight, format!("preflight: {note}"));
+    }
+    state::create_tables(&target_client).await?;
+    if options.copy_roles && existing.is_none() {
+        let schema =
+            SchemaCopy::new(job.source.clone(), job.target.clone(), job.schema_options()).await?;
+        let created = schema.copy_roles().await.doing("copying roles")?;
+        events.note(
+            Step::Schema,
+            format!("roles: {created} role(s) created on the target (without passwords)"),
+        );
+    }
+
+    let record = match existing {
+        Some(m) => {
+            events.note(
+                Step::Schema,
+                format!(
+                    "resuming migration {name:?} at stage {} (slot {:?}, stream from {})",
+                    m.stage.as_str(),
+                    m.slot,
+                    m.start_lsn
+                ),
+            );
+            m
+        }
+        None => {
+            start(
+                &job,
+                &source_client,
+                &target_client,
+                &catalog,
+                &slot,
+                &publication,
+                &events,
+            )
+            .await?
+        }
+    };
+    drop(source_client);
+    let outcome = continue_from(
+        &job,
+        record,
+        &target_client,
+        &catalog,
+        &events,
+        control,
+        options.cutover_when_ready,
+    )
+    .await;
+    let _ = state::unlock(&lock_client, &name).await;
+    outcome
+}
+
+/// A new migration: publication, slot with exported snapshot, schema, copy,
+/// post-data — the snapshot is held (the replication connection stays idle)
+/// until the copy is done.
+async fn start(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+    catalog: &Catalog,
+    slot: &str,
+    publication: &str,
+    events: &Arc<dyn Events>,
+) -> Result<Record> {
+    let superuser: bool = source
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    let keyless_baseline = publication::keyless_changes(source, catalog).await?;
+    let (tables, keyed) = publication::create(
+        source,
+        publication,
+        catalog,
+        superuser && job.filter().is_empty(),
+    )
+    .await?;
+    events.note(
+        Step::Schema,
+        format!(
+            "created publications {publication:?} ({tables} tables) and {:?} (updates and deletes of the {keyed} with a key)",
+            publication::changes_name(publication)
+        ),
+    );
+
+    let mut replication = ReplicationClient::connect(&job.source).await?;
+    let created = replication
+        .create_slot(slot, &SlotOptions::default())
+        .await
+        .doing("creating the replication slot")?;
+    events.note(
+        Step::Schema,
+        format!(
+            "created slot {slot:?}: consistent point {}, snapshot {}",
+            created.consistent_point,
+            created.snapshot_name.as_deref().unwrap_or("-")
+        ),
+    );
+    let record = Record {
+        name: job.name.clone(),
+        slot: slot.to_owned(),
+        publication: publication.to_owned(),
+        stage: Stage::Schema,
+        start_lsn: created.consistent_point,
+        source: job.source.describe(),
+        cutover_requested: false,
+        fence: false,
+        summary: None,
+        verify_request: None,
+        settings: job.settings.clone(),
+        settings_recorded: true,
+        keyless_baseline,
+    };
+    state::insert(target, &record).await?;
+    let snapshot = exported_snapshot(&created)?;
+    schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
+    state::set_stage(target, &job.name, Stage::Copy).await?;
+    copy(job, catalog, &snapshot, events).await?;
+    // The snapshot is no longer needed.
+    replication.close().await.ok();
+    state::set_stage(target, &job.name, Stage::PostData).await?;
+    Ok(Record {
+        stage: Stage::PostData,
+        ..record
+    })
+}
+
+async fn schema_pre_data(
+    job: &Job,
+    snapshot: Option<&str>,
+    catalog: &Catalog,
+    events: &dyn Events,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut schema =
+        SchemaCopy::new(job.source.clone(), job.target.clone(), job.schema_options()).await?;
+    schema.dump(snapshot).await.doing("dumping the schema")?;
+    let report = schema
+        .restore_pre_data()
+        .await
+        .doing("restoring the schema (pre-data)")?;
+    events.note(
+        Step::Schema,
+        format!(
+            "schema: {} objects created in {:.1}s",
+            report.entries,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    for skipped in schema.left_for_superuser() {
+        events.warn(
+            Step::Schema,
+            format!("not restored, as only a superuser may run it on the target: {skipped}"),
+        );
+    }
+    if job.hypertables && !catalog.hypertables.is_empty() && !job.reuse_schema {
+        // Chunks are made as rows arrive, so the table must be a hypertable
+        // before the copy.
+        let target = connect_sql(&job.target).await?;
+        for hypertable in &catalog.hypertables {
+            target
+                .batch_execute(&hypertable.create_sql())
+                .await
+                .doing_with(|| format!("making {} a hypertable on the target", hypertable.name))?;
+        }
+        events.note(
+            Step::Schema,
+            format!(
+                "schema: {} hypertable(s) created",
+                catalog.hypertables.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
+async fn copy(
+    job: &Job,
+    catalog: &Catalog,
+    snapshot: &Snapshot,
+    events: &Arc<dyn Events>,
+) -> Result<()> {
+    let started = Instant::now();
+    let total: u64 = catalog
+        .tables_with_rows()
+        .map(|t| t.bytes.max(0) as u64)
+        .sum();
+    let tables = catalog.tables_with_rows().count();
+    events.note(
+        Step::Copy,
+        format!(
+            "copying {tables} tables (~{}) with {} workers",
+            human::bytes(total),
+            job.jobs
+        ),
+    );
+    let mut options = CopyOptions::default();
+    options.migration = job.name.clone();
+    options.workers = job.jobs;
+    let copier = Copier::new(
+        job.source.clone(),
+        job.target.clone(),
+        catalog.tables.clone(),
+        options,
+    );
+    events.event(Event::CopyStarted {
+        tables,
+        bytes: total,
+        workers: job.jobs,
+    });
+    let sink = Arc::clone(events);
+    let summary = copier
+        .run(snapshot, move |event| sink.event(Event::Copy(event)))
+        .await;
+    events.event(Event::CopyFinished);
+    let summary = summary.doing("copying the data")?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    events.note(
+        Step::Copy,
+        format!(
+            "copy: {} rows, {} in {:.1}s ({}/s)",
+            human::count(summary.rows),
+            human::bytes(summary.bytes),
+            secs,
+            human::bytes((summary.bytes as f64 / secs) as u64)
+        ),
+    );
+    Ok(())
+}
+
+/// Runs the remaining stages of `record`.
+async fn continue_from(
+    job: &Job,
+    mut record: Record,
+    target: &Client,
+    catalog: &Catalog,
+    events: &Arc<dyn Events>,
+    control: &Control,
+    cutover_when_ready: bool,
+) -> Result<Outcome> {
+    if record.stage <= Stage::Copy {
+        // The exported snapshot died with the process that made it: copy
+        // what is left under a new one from a temporary slot, whose later
+        // consistent point becomes those tables' copied_at.
+        let mut replication = ReplicationClient::connect(&job.source).await?;
+        let temporary = temporary_slot(&mut replication, &job.name).await?;
+        let snapshot = exported_snapshot(&temporary)?;
+        if record.stage == Stage::Schema {
+            let tables_exist = target
+                .query_opt(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pglive') AND n.nspname !~ '^pg_' AND c.relkind IN ('r', 'p') LIMIT 1",
+                    &[],
+                )
+                .await?
+                .is_some();
+            if !tables_exist {
+                schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
+            }
+            state::set_stage(target, &job.name, Stage::Copy).await?;
+        }
+        copy(job, catalog, &snapshot, events).await?;
+        replication.close().await.ok();
+        state::set_stage(target, &job.name, Stage::PostData).await?;
+        record.stage = Stage::PostData;
+    }
+    if control.stop_requested() {
+        return Ok(Outcome::Stopped);
+    }
+    if record.stage == Stage::PostData {
+        let started = Instant::now();
+        let mut schema =
+            SchemaCopy::new(job.source.clone(), job.target.clone(), job.schema_options()).await?;
+        let report = schema
+            .restore_post_data()
+            .await
+            .doing("building indexes and constraints (post-data)")?;
+        events.note(
+            Step::PostData,
+            format!(
+                "post-data: {} objects ({} keys first) with {} jobs in {:.1}s",
+                report.entries,
+                report.key_entries,
+                job.index_jobs,
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        state::set_stage(target, &job.name, Stage::Streaming).await?;
+        record.stage = Stage::Streaming;
+    }
+    if record.stage == Stage::Done {
+        return Ok(Outcome::AlreadyDone {
+            summary: record.summary.clone().unwrap_or_default(),
+        });
+    }
+    match live::stream(job, &record, events, control, cutover_when_ready).await? {
+        LiveOutcome::Stopped => Ok(Outcome::Stopped),
+        LiveOutcome::CutOver(summary) => Ok(Outcome::CutOver { summary }),
+    }
+}
+
+/// A temporary slot exporting a new snapshot, for copies made after the
+/// migration's own snapshot is gone.
+pub(crate) async fn temporary_slot(
+    replication: &mut ReplicationClient,
+    name: &str,
+) -> Result<CreatedSlot> {
+    let slot_name = format!("{}_resume_{}", name, std::process::id());
+    replication
+        .create_slot(
+            &slot_name,
+            &SlotOptions {
+                temporary: true,
+                snapshot: SnapshotAction::Export,
+                ..SlotOptions::default()
+            },
+        )
+        .await
+        .doing("creating a temporary slot for a new snapshot")
+}
+
+/// The snapshot `slot` exported.
+pub(crate) fn exported_snapshot(slot: &CreatedSlot) -> Result<Snapshot> {
+    Snapshot::from_slot(slot).ok_or_else(|| Error::NoSnapshot {
+        slot: slot.name.clone(),
+    })
+}

@@ -18,6 +18,9 @@ pub enum Error {
     /// A session could not be opened (connection string, TLS, server).
     #[error(transparent)]
     Connect(#[from] pglive_postgres::Error),
+    /// The applier's state tables could not be created or upgraded.
+    #[error(transparent)]
+    State(#[from] pglive_postgres::StateSchemaError),
     /// The replication connection or decoder failed.
     #[error(transparent)]
     Replication(#[from] pglive_repl::Error),

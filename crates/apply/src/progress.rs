@@ -4,14 +4,21 @@
 //! `GENERATED ALWAYS` identity columns it made `BY DEFAULT` so that the
 //! source's values can be written into them.
 
-use pglive_postgres::Lsn;
+use pglive_postgres::{Lsn, StateSchema};
 use tokio_postgres::Client;
 
 use crate::error::{Result, target};
 use pglive_postgres::QualifiedName;
 
-const SCHEMA_SQL: &str = "
-CREATE SCHEMA IF NOT EXISTS pglive;
+/// The applier's tables, by version (see [`StateSchema`]).
+pub(crate) const STATE: StateSchema = StateSchema {
+    component: "apply",
+    steps: &[VERSION_1],
+};
+
+/// Version 1, which also brings the layouts made before versions were kept
+/// (no lanes, no spread tables) up to it.
+const VERSION_1: &str = "
 CREATE TABLE IF NOT EXISTS pglive.apply_progress (
     stream_id text NOT NULL,
     lane integer NOT NULL DEFAULT 0,
@@ -94,10 +101,7 @@ impl LanePositions {
 /// dropped while a batch was open or committing) can still change them:
 /// the positions read are final.
 pub(crate) async fn load(client: &Client, stream_id: &str, lanes: usize) -> Result<LanePositions> {
-    client
-        .batch_execute(SCHEMA_SQL)
-        .await
-        .map_err(target("creating the pglive state tables"))?;
+    STATE.upgrade(client).await?;
     client
         .execute(
             "INSERT INTO pglive.apply_progress (stream_id, lane, applied_lsn)

@@ -47,6 +47,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The state tables could not be created or upgraded.
+    #[error(transparent)]
+    StateSchema(#[from] pglive_postgres::StateSchemaError),
     /// Another process runs this migration.
     #[error(
         "a `pglive migrate` is running migration {name:?} (it holds its lock on the target): {hint}"

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Doing, Error, Result};
-use pglive_postgres::Lsn;
-use pglive_postgres::QualifiedName;
+use pglive_postgres::{Lsn, QualifiedName, StateSchema};
 use pglive_schema::ObjectFilter;
 use tokio_postgres::Client;
 
@@ -120,8 +119,15 @@ impl Settings {
     }
 }
 
-const SCHEMA_SQL: &str = "
-CREATE SCHEMA IF NOT EXISTS pglive;
+/// The migration's tables, by version (see [`StateSchema`]).
+const STATE: StateSchema = StateSchema {
+    component: "migrate",
+    steps: &[VERSION_1],
+};
+
+/// Version 1, which also brings the layouts made before versions were kept
+/// (no settings, no keyless baseline) up to it.
+const VERSION_1: &str = "
 CREATE TABLE IF NOT EXISTS pglive.migration (
     name text PRIMARY KEY,
     slot text NOT NULL,
@@ -147,11 +153,10 @@ CREATE TABLE IF NOT EXISTS pglive.adopting (
     PRIMARY KEY (migration, table_schema, table_name)
 );";
 
+/// Creates or upgrades the migration's tables on the target.
 pub(crate) async fn create_tables(client: &Client) -> Result<()> {
-    client
-        .batch_execute(SCHEMA_SQL)
-        .await
-        .doing("creating the pglive state schema on the target")
+    STATE.upgrade(client).await?;
+    Ok(())
 }
 
 /// The migration called `name`, if the target has one.

@@ -22,6 +22,9 @@
 //!   is cancelled.
 //! - [`Lsn`], [`PgTimestamp`], [`QualifiedName`], [`quote_ident`] and
 //!   [`quote_literal`] are the small values every stage passes around.
+//! - [`StateSchema`] creates and upgrades each stage's tables in the
+//!   target's `pglive` schema by numbered steps, recorded in
+//!   `pglive.schema_version`.
 //!
 //! # Example
 //!
@@ -47,6 +50,7 @@ mod name;
 mod quote;
 mod session;
 mod sql;
+mod state_schema;
 mod timestamp;
 pub mod tls;
 
@@ -57,4 +61,5 @@ pub use name::QualifiedName;
 pub use quote::{quote_ident, quote_literal};
 pub use session::{SESSION_SETTINGS, session_options};
 pub use sql::{connect_sql, tokio_postgres_config};
+pub use state_schema::{StateSchema, StateSchemaError};
 pub use timestamp::PgTimestamp;

@@ -70,6 +70,9 @@ pub enum Error {
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] pglive_schema::Error),
+    /// The copy's state table could not be created or upgraded.
+    #[error(transparent)]
+    State(#[from] pglive_postgres::StateSchemaError),
     /// A worker task panicked or was cancelled.
     #[error("copy worker {worker} stopped unexpectedly")]
     Worker {

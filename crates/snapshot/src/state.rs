@@ -19,8 +19,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use pglive_postgres::Lsn;
-use pglive_postgres::QualifiedName;
+use pglive_postgres::{Lsn, QualifiedName, StateSchema};
 use tokio_postgres::GenericClient;
 
 use crate::error::{Error, Result, target};
@@ -30,8 +29,13 @@ use crate::plan::{Part, PartRange};
 /// parts ("pglive" in ASCII).
 const STATE_LOCK: i64 = 0x70_67_6c_69_76_65;
 
-const CREATE: &str = "
-CREATE SCHEMA IF NOT EXISTS pglive;
+/// The copy's table, by version (see [`StateSchema`]).
+pub(crate) const STATE: StateSchema = StateSchema {
+    component: "snapshot",
+    steps: &[VERSION_1],
+};
+
+const VERSION_1: &str = "
 CREATE TABLE IF NOT EXISTS pglive.copy_parts (
     migration text NOT NULL,
     table_schema text NOT NULL,
@@ -64,6 +68,7 @@ pub(crate) async fn seed(
     parts: &[Part],
     lsn: Lsn,
 ) -> Result<Vec<QualifiedName>> {
+    STATE.upgrade(client).await?;
     let tx = client
         .transaction()
         .await
@@ -74,11 +79,6 @@ pub(crate) async fn seed(
     )
     .await
     .map_err(target("locking pglive.copy_parts"))?;
-    if !state_exists(&tx).await? {
-        tx.batch_execute(CREATE)
-            .await
-            .map_err(target("creating pglive.copy_parts"))?;
-    }
     // Tables that have parts keep them, whoever planned them.
     let planned: HashSet<QualifiedName> = tx
         .query(

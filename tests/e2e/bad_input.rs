@@ -1,11 +1,10 @@
 //! Every bad input gets its documented message and exit code, and nothing is
 //! changed on either server: no slot, no publication, no state.
 
-mod util;
-mod versions;
-
 use pglive_testkit::{Cluster, ClusterOptions};
-use util::{run, text};
+
+use crate::util::{self, run, text};
+use crate::versions;
 
 /// Exit code for a failed preflight.
 const PREFLIGHT: i32 = 3;

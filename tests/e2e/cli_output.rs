@@ -1,11 +1,10 @@
 //! Snapshots of what users read: the help texts and `status --json`.
 
-mod util;
-
 use std::time::Duration;
 
 use pglive_testkit::Cluster;
-use util::{finish, run_ok, spawn, wait_for_stage};
+
+use crate::util::{finish, run_ok, spawn, wait_for_stage};
 
 #[test]
 fn help_texts() {

@@ -5,14 +5,13 @@
 //! behind, large objects equal, and `pg_dump --schema-only` of both sides
 //! equal entry by entry (owners and grants included).
 
-mod util;
-mod versions;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pglive_testkit::Cluster;
-use util::{PINNED, Workload, finish, spawn, wait_for_stage};
+
+use crate::util::{self, PINNED, Workload, finish, spawn, wait_for_stage};
+use crate::versions;
 
 /// Roles of the corpus: the migrating role (REPLICATION, not superuser,
 /// member of the owners, as a managed service's admin role is), two owners

@@ -1,7 +1,5 @@
 //! Running the real `pglive` binary from tests.
 
-#![allow(dead_code)]
-
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -231,26 +229,6 @@ pub fn wait_until_running(target: &str, name: &str, child: &mut Child, limit: Du
         assert!(Instant::now() < deadline, "migrate never started running");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Like [`wait_for_stage`], polling the state table directly (much more
-/// often than a `pglive status` process allows), for short stages.
-pub fn wait_for_stage_fast(
-    cluster: &pglive_testkit::Cluster,
-    db: &str,
-    name: &str,
-    stages: &[&str],
-    child: &mut Child,
-    limit: Duration,
-) -> String {
-    let sql = format!("SELECT stage FROM pglive.migration WHERE name = '{name}'");
-    poll_stage(
-        || cluster.psql(db, &sql).ok(),
-        stages,
-        child,
-        limit,
-        Duration::from_millis(5),
-    )
 }
 
 /// Source transactions in a loop until stopped.

@@ -3,14 +3,14 @@
 //! verify-full TLS. Each ends with the target equal to the source, checked
 //! by `pglive verify --full` and independently row by row.
 
-mod util;
-
 use std::time::Duration;
 
 use pglive_testkit::{Cluster, ClusterOptions};
-use util::{Workload, finish, run, run_ok, spawn, text, wait_for_stage};
 
-const SCHEMA: &str = "
+use crate::util::{self, Workload, finish, run, run_ok, spawn, text, wait_for_stage};
+
+/// The schema of these tests (also the example's).
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric, tags text[], doc jsonb,
                     price_x2 numeric GENERATED ALWAYS AS (price * 2) STORED);
 CREATE TABLE events (id bigint, day date, note text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
@@ -22,7 +22,8 @@ CREATE INDEX ON items (name);
 CREATE INDEX ON items ((lower(name)));
 ";
 
-fn load(rows: u64) -> String {
+/// Rows for [`SCHEMA`]'s tables.
+pub(crate) fn load(rows: u64) -> String {
     format!(
         "INSERT INTO items (name, price, tags, doc) SELECT 'item ' || g, CASE WHEN g % 50 = 0 THEN 'NaN' ELSE g / 4.0 END,
                 ARRAY['t' || g % 5, NULL], jsonb_build_object('g', g) FROM generate_series(1, {rows}) g;
@@ -34,7 +35,7 @@ fn load(rows: u64) -> String {
 
 /// The live workload of these tests: inserts, updates, key moves between
 /// partitions and deletes.
-fn workload_sql(n: u64) -> String {
+pub(crate) fn workload_sql(n: u64) -> String {
     let id = 1 + (n * 7919) % 500;
     match n % 5 {
         0 => format!("INSERT INTO items (name, price) VALUES ('live {n}', {n})"),
@@ -51,7 +52,7 @@ fn workload_sql(n: u64) -> String {
 
 /// Row-by-row equality of every user table, computed by the servers
 /// independently of pglive's own verify.
-fn assert_same_rows(cluster_s: &Cluster, db_s: &str, cluster_t: &Cluster, db_t: &str) {
+pub(crate) fn assert_same_rows(cluster_s: &Cluster, db_s: &str, cluster_t: &Cluster, db_t: &str) {
     let tables = cluster_s
         .psql(db_s, "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
         .unwrap();

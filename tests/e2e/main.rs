@@ -1,0 +1,10 @@
+//! End-to-end tests, one binary: the real `pglive` binary and the
+//! library's example against real servers, sharing one set of helpers.
+
+mod bad_input;
+mod cli_output;
+mod corpus;
+mod example;
+mod migrate;
+mod util;
+mod versions;

@@ -472,6 +472,19 @@ impl Cluster {
         Ok(name)
     }
 
+    /// The size of database `dbname` in bytes (`pg_database_size`).
+    pub fn database_size(&self, dbname: &str) -> Result<u64, Error> {
+        let text = self.psql(
+            "postgres",
+            &format!("SELECT pg_database_size({})", quote_literal(dbname)),
+        )?;
+        text.trim().parse().map_err(|_| Error::Psql {
+            target: format!("database {dbname}"),
+            status: "ok".to_owned(),
+            stderr: format!("pg_database_size gave {text:?}"),
+        })
+    }
+
     /// Runs `sql` (any number of statements and psql meta-commands) as the
     /// superuser in database `dbname` over the Unix socket, with this
     /// cluster's own `psql` (`-X -q -A -t -v ON_ERROR_STOP=1`), stopping at

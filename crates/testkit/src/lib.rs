@@ -82,6 +82,7 @@ mod binaries;
 mod cluster;
 mod error;
 mod process;
+pub mod sample;
 mod ssl;
 mod supervisor;
 

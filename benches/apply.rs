@@ -44,6 +44,7 @@
 //! (seconds; default 300 × scale, at least 30; `0` skips pgcopydb),
 //! `PGCOPYDB` (the program, default `pgcopydb` on the `PATH`).
 
+use pglive_migrate::human::count;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -180,17 +181,17 @@ impl Sizes {
         match kind {
             Kind::Inserts => format!(
                 "{} single-row INSERTs, {TXN_STATEMENTS} per transaction",
-                thousands(self.inserts)
+                count(self.inserts)
             ),
             Kind::Updates => format!(
                 "{} single-row UPDATEs by primary key (distinct keys of a {}-row table), {TXN_STATEMENTS} per transaction",
-                thousands(self.updates),
-                thousands(self.table_rows)
+                count(self.updates),
+                count(self.table_rows)
             ),
             Kind::Deletes => format!(
                 "{} single-row DELETEs by primary key (distinct keys of a {}-row table), {TXN_STATEMENTS} per transaction",
-                thousands(self.deletes),
-                thousands(self.table_rows)
+                count(self.deletes),
+                count(self.table_rows)
             ),
             Kind::Pgbench => format!(
                 "pgbench TPC-B-like, -c 2 -j 2 -T {} on scale {} (3 UPDATEs + 1 INSERT per transaction)",
@@ -279,7 +280,7 @@ impl Outcome {
             return format!(
                 "{:.2} s · {}/s{}",
                 self.seconds,
-                thousands(self.rate() as u64),
+                count(self.rate() as u64),
                 if self.verified == Some(false) {
                     " · **WRONG DATA**"
                 } else {
@@ -291,22 +292,22 @@ impl Outcome {
         if let Some(ending) = &self.ending {
             format!(
                 "{} changes applied by {at:.0} s ({}/s), then {ending}",
-                thousands(self.applied),
-                thousands(self.rate() as u64),
+                count(self.applied),
+                count(self.rate() as u64),
             )
         } else if self.seconds - at > 30.0 || self.applied == 0 {
             format!(
                 "stalled after {} changes at {at:.0} s ({}/s until then); stopped at {:.0} s",
-                thousands(self.applied),
-                thousands(self.rate() as u64),
+                count(self.applied),
+                count(self.rate() as u64),
                 self.seconds
             )
         } else {
             format!(
                 "unfinished: {} changes in {:.0} s ({}/s)",
-                thousands(self.applied),
+                count(self.applied),
                 self.seconds,
-                thousands(self.rate() as u64)
+                count(self.rate() as u64)
             )
         }
     }
@@ -636,7 +637,7 @@ async fn scenario_in(
     }
     eprintln!(
         "[{name}] backlog: {} changes, {:.1} MB of WAL, generated in {:.1} s; end LSN {stop}",
-        thousands(result.changes),
+        count(result.changes),
         result.wal_bytes as f64 / 1e6,
         result.generate_seconds
     );
@@ -998,7 +999,7 @@ async fn read_and_discard(
                 0,
                 format!(
                     "{} messages, {:.1} MB of pgoutput",
-                    thousands(messages),
+                    count(messages),
                     bytes as f64 / 1e6
                 ),
             );
@@ -1074,15 +1075,15 @@ async fn pglive(
         notes: [
             format!(
                 "{} source transactions in {} target batches ({} changes per batch)",
-                thousands(stats.transactions),
-                thousands(stats.batches),
-                thousands(changes / stats.batches.max(1))
+                count(stats.transactions),
+                count(stats.batches),
+                count(changes / stats.batches.max(1))
             ),
             format!(
                 "{} rows inserted, {} updated, {} deleted on the target (repeated changes of a key merged)",
-                thousands(stats.inserted),
-                thousands(stats.updated),
-                thousands(stats.deleted)
+                count(stats.inserted),
+                count(stats.updated),
+                count(stats.deleted)
             ),
             format!(
                 "connected after {connected:.2} s; last data read from the socket at {received_at:.2} s; \
@@ -1335,7 +1336,7 @@ async fn pgcopydb(
         _ if complete => None,
         Some(status) if status.success() => Some(format!(
             "exited at its --endpos with {} changes never applied",
-            thousands(changes.saturating_sub(applied))
+            count(changes.saturating_sub(applied))
         )),
         Some(status) => Some(format!(
             "failed ({status}): {}",
@@ -1374,8 +1375,8 @@ async fn pgcopydb(
                 } else {
                     "stopped at the time limit"
                 },
-                thousands(applied),
-                thousands(changes),
+                count(applied),
+                count(changes),
                 if exit.is_none() && seconds - last_progress_at > 30.0 {
                     ": stalled"
                 } else {
@@ -1700,13 +1701,10 @@ fn segments_note(cpu: &Cpu, pgoutput_bytes: Option<u64>) -> String {
     match pgoutput_bytes {
         Some(bytes) => format!(
             "{} TCP segments sent on the machine ({} bytes of pgoutput per segment)",
-            thousands(cpu.segments),
+            count(cpu.segments),
             bytes / cpu.segments.max(1)
         ),
-        None => format!(
-            "{} TCP segments sent on the machine",
-            thousands(cpu.segments)
-        ),
+        None => format!("{} TCP segments sent on the machine", count(cpu.segments)),
     }
 }
 
@@ -1714,14 +1712,14 @@ fn report_line(scenario: &str, consumer: &str, changes: u64, outcome: &Outcome) 
     eprintln!(
         "[{scenario}] {consumer}: {:.2} s, {} changes/s{}; CPU s: source {:.1}, target {:.1}, client {:.1}, rest of the machine {:.1}{}",
         outcome.seconds,
-        thousands(outcome.rate() as u64),
+        count(outcome.rate() as u64),
         if outcome.complete {
             String::new()
         } else {
             format!(
                 " (INCOMPLETE: {} of {})",
-                thousands(outcome.applied),
-                thousands(changes)
+                count(outcome.applied),
+                count(changes)
             )
         },
         outcome.cpu.source,
@@ -1796,7 +1794,7 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
             md,
             "| {} | {} | {:.0} MB | {} | {pglive} | {native} | {} |",
             name(r),
-            thousands(r.changes),
+            count(r.changes),
             r.wal_bytes as f64 / 1e6,
             cell(r.fastest_discard()),
             cell(r.pgcopydb.as_ref()),
@@ -1833,7 +1831,7 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
         };
         let vs_pgcopydb = match (pglive, &r.pgcopydb) {
             (Some(p), Some(o)) if o.rate() > 0.0 => ratio(p.rate(), o.rate()),
-            (Some(_), Some(o)) => format!("∞ (it applied {} changes)", thousands(o.applied)),
+            (Some(_), Some(o)) => format!("∞ (it applied {} changes)", count(o.applied)),
             _ => "–".into(),
         };
         let vs_discard = match (pglive, r.fastest_discard()) {
@@ -1976,16 +1974,4 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join(" | ")
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -36,8 +36,8 @@ use crate::state::{self, Record};
 /// Publishes, creates, copies and indexes `tables` (see the module
 /// documentation).
 pub(crate) async fn adopt(
-    ctx: &Job,
-    migration: &Record,
+    job: &Job,
+    record: &Record,
     tables: &[QualifiedName],
     events: &dyn Events,
 ) -> Result<()> {
@@ -51,15 +51,15 @@ pub(crate) async fn adopt(
     );
     let mut filter = ObjectFilter::new();
     filter.include_tables = tables.iter().map(QualifiedName::quoted).collect();
-    let source = connect_sql(&ctx.source).await?;
+    let source = connect_sql(&job.source).await?;
     let catalog = Catalog::read(&source, &filter).await?;
-    publication::add(&source, &migration.publication, &catalog).await?;
+    publication::add(&source, &record.publication, &catalog).await?;
 
-    let mut replication = ReplicationClient::connect(&ctx.source).await?;
-    let slot = stages::temporary_slot(&mut replication, &ctx.name).await?;
+    let mut replication = ReplicationClient::connect(&job.source).await?;
+    let slot = stages::temporary_slot(&mut replication, &job.name()).await?;
     let snapshot = stages::exported_snapshot(&slot)?;
     // An adoption interrupted after it created a table goes on with it.
-    let target = connect_sql(&ctx.target).await?;
+    let target = connect_sql(&job.target).await?;
     let mut missing = Vec::new();
     for table in tables {
         let exists: bool = target
@@ -71,13 +71,13 @@ pub(crate) async fn adopt(
             missing.push(table.quoted());
         }
     }
-    let mut options = ctx.schema_options();
+    let mut options = job.schema_options();
     options.reuse_schema = false;
     options.add_to_existing = true;
     if !missing.is_empty() {
         let mut create = options.clone();
         create.filter.include_tables = missing;
-        let mut pre_data = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), create).await?;
+        let mut pre_data = SchemaCopy::new(job.source.clone(), job.target.clone(), create).await?;
         pre_data
             .dump(Some(&snapshot.name))
             .await
@@ -88,18 +88,18 @@ pub(crate) async fn adopt(
             .doing("creating the new tables on the target")?;
     }
     options.filter = filter;
-    let mut schema = SchemaCopy::new(ctx.source.clone(), ctx.target.clone(), options).await?;
-    state::set_adopting(&target, &ctx.name, tables, false).await?;
+    let mut schema = SchemaCopy::new(job.source.clone(), job.target.clone(), options).await?;
+    state::set_adopting(&target, &job.name(), tables, false).await?;
     // Updates of an adopted keyless table before its copy are in the copy.
     let keyless = publication::keyless_changes(&source, &catalog).await?;
-    state::add_keyless_baseline(&target, &ctx.name, &keyless).await?;
+    state::add_keyless_baseline(&target, &job.name(), &keyless).await?;
     let mut copy_options = CopyOptions::default();
-    copy_options.migration = ctx.name.clone();
-    copy_options.workers = ctx.jobs;
+    copy_options.migration = job.name().to_owned();
+    copy_options.workers = job.options.jobs;
     copy_options.plan.large_objects = false;
     let summary = Copier::new(
-        ctx.source.clone(),
-        ctx.target.clone(),
+        job.source.clone(),
+        job.target.clone(),
         catalog.tables.clone(),
         copy_options,
     )
@@ -121,7 +121,7 @@ pub(crate) async fn adopt(
         );
         return Ok(());
     }
-    state::set_adopting(&target, &ctx.name, tables, true).await?;
+    state::set_adopting(&target, &job.name(), tables, true).await?;
     events.note(
         Step::Adopt,
         format!(

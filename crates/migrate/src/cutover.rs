@@ -70,17 +70,17 @@ async fn unfence(source: &Client) -> Result<()> {
 
 /// Performs the cutover on a connected session; returns its summary.
 pub(crate) async fn perform(
-    ctx: &Job,
-    migration: &Record,
+    job: &Job,
+    record: &Record,
     mut session: Session,
     fence_source: bool,
     events: &dyn Events,
 ) -> Result<String> {
-    let target = connect_sql(&ctx.target).await?;
-    let source = connect_sql(&ctx.source).await?;
-    state::set_stage(&target, &ctx.name, Stage::Cutover).await?;
+    let target = connect_sql(&job.target).await?;
+    let source = connect_sql(&job.source).await?;
+    state::set_stage(&target, &job.name(), Stage::Cutover).await?;
     let started = Instant::now();
-    refuse_tables_not_carried(ctx, &source, &target).await?;
+    refuse_tables_not_carried(job, &source, &target).await?;
     if fence_source {
         let ended = fence(&source).await?;
         events.note(
@@ -111,7 +111,7 @@ pub(crate) async fn perform(
             return Err(Error::NotQuiet);
         }
         // `pglive cutover --abort` moves the stage back.
-        if let Ok(Some(m)) = state::load(&target, &ctx.name).await {
+        if let Ok(Some(m)) = state::load(&target, &job.name()).await {
             if m.stage != Stage::Cutover {
                 return Err(Error::CutoverAborted);
             }
@@ -121,14 +121,14 @@ pub(crate) async fn perform(
     events.event(Event::StreamingFinished);
     let stats = session.applier.stats().clone();
     let last_write = stats.applied_commit_time;
-    state::save_stats(&target, &ctx.name, &stats, final_lsn, final_lsn, 0, 0.0).await?;
+    state::save_stats(&target, &job.name(), &stats, final_lsn, final_lsn, 0, 0.0).await?;
     events.note(
         Step::Cutover,
         format!("cutover: target caught up with the source at {final_lsn}"),
     );
 
     // A table created between the check before the fence and the fence.
-    if let Err(error) = refuse_tables_not_carried(ctx, &source, &target).await {
+    if let Err(error) = refuse_tables_not_carried(job, &source, &target).await {
         if fence_source {
             unfence(&source).await?;
             events.note(
@@ -138,14 +138,15 @@ pub(crate) async fn perform(
         }
         return Err(error);
     }
-    let sequences = pglive_schema::sync_sequences(&source, &target, &ctx.filter())
+    let sequences = pglive_schema::sync_sequences(&source, &target, &job.filter())
         .await
         .doing("synchronizing sequences")?;
     events.note(
         Step::Cutover,
         format!("cutover: {} sequence(s) synchronized", sequences.len()),
     );
-    let large_objects = sync_large_objects(&source, &target, ctx.settings.keep_owners).await?;
+    let large_objects =
+        sync_large_objects(&source, &target, job.options.settings.keep_owners).await?;
     if large_objects > 0 {
         events.note(
             Step::Cutover,
@@ -173,7 +174,7 @@ pub(crate) async fn perform(
             format!("cutover: {identities} identity column(s) made GENERATED ALWAYS again"),
         );
     }
-    let keyless = keyless_tables_changed(&source, migration, &ctx.filter(), events).await?;
+    let keyless = keyless_tables_changed(&source, record, &job.filter(), events).await?;
     for (table, changes) in &keyless {
         events.warn(Step::Cutover, format!(
             "{table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
@@ -183,7 +184,7 @@ pub(crate) async fn perform(
         ));
     }
 
-    let comparison = verify::compare(&source, &target, &ctx.filter(), false).await?;
+    let comparison = verify::compare(&source, &target, &job.filter(), false).await?;
     // A keyless table reported above may differ: that is said already.
     let (expected, mismatches): (Vec<_>, Vec<_>) = comparison
         .mismatches()
@@ -215,11 +216,11 @@ pub(crate) async fn perform(
 
     let mut replication = session.stream.stop().await?;
     replication
-        .drop_slot(&migration.slot, true)
+        .drop_slot(&record.slot, true)
         .await
-        .doing_with(|| format!("dropping slot {:?}", migration.slot))?;
+        .doing_with(|| format!("dropping slot {:?}", record.slot))?;
     replication.close().await.ok();
-    publication::drop(&source, &migration.publication).await?;
+    publication::drop(&source, &record.publication).await?;
 
     // With a fence, writes were blocked from the fence on; without one,
     // they stopped at the last source commit.
@@ -250,7 +251,7 @@ pub(crate) async fn perform(
             "{summary}; {n} keyless table(s) received updates or deletes that were not carried"
         ),
     };
-    state::finish(&target, &ctx.name, &summary).await?;
+    state::finish(&target, &job.name(), &summary).await?;
     events.note(
         Step::Cutover,
         format!("cutover: slot and publications dropped; {summary}"),
@@ -263,8 +264,9 @@ pub(crate) async fn perform(
 
 /// Fails when the source has selected tables this migration's copy does not
 /// hold: `migrate` adopts them while it streams, and must run again.
-async fn refuse_tables_not_carried(ctx: &Job, source: &Client, target: &Client) -> Result<()> {
-    let tables = publication::tables_not_carried(source, target, &ctx.name, &ctx.filter()).await?;
+async fn refuse_tables_not_carried(job: &Job, source: &Client, target: &Client) -> Result<()> {
+    let tables =
+        publication::tables_not_carried(source, target, &job.name(), &job.filter()).await?;
     if tables.is_empty() {
         Ok(())
     } else {
@@ -276,21 +278,21 @@ async fn refuse_tables_not_carried(ctx: &Job, source: &Client, target: &Client) 
 /// since the migration started (those changes are not published).
 async fn keyless_tables_changed(
     source: &Client,
-    migration: &Record,
+    record: &Record,
     filter: &pglive_schema::ObjectFilter,
     events: &dyn Events,
 ) -> Result<Vec<(String, i64)>> {
     // Keyless when the migration started (a key added since does not bring
     // back what was not streamed) or now.
     let catalog = pglive_schema::Catalog::read(source, filter).await?;
-    let mut tables: Vec<String> = migration.keyless_baseline.keys().cloned().collect();
+    let mut tables: Vec<String> = record.keyless_baseline.keys().cloned().collect();
     tables.extend(publication::keyless_tables(&catalog));
     tables.sort();
     tables.dedup();
     let now = publication::change_counts(source, &tables).await?;
     let mut changed = Vec::new();
     for (table, count) in now {
-        let before = migration.keyless_baseline.get(&table).copied().unwrap_or(0);
+        let before = record.keyless_baseline.get(&table).copied().unwrap_or(0);
         if count < before {
             events.warn(Step::Cutover, format!(
                 "the source's statistics of {table} were reset during the migration, so whether this \

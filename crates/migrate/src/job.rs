@@ -65,68 +65,63 @@ impl MigrateOptions {
     }
 }
 
-/// Everything a stage needs: the servers and the options as resolved
-/// against the recorded migration.
+/// Everything a stage needs: the servers and the options, with the
+/// settings as recorded with the migration.
 pub(crate) struct Job {
     pub source: ConnectConfig,
     pub target: ConnectConfig,
-    pub name: String,
-    pub jobs: usize,
-    pub index_jobs: usize,
-    /// Target sessions the applier spreads batches over.
-    pub apply_sessions: usize,
-    pub reuse_schema: bool,
-    /// Make TimescaleDB hypertables on the target before the data.
-    pub hypertables: bool,
-    /// Filters and owner/privilege choices, as recorded with the migration.
-    pub settings: Settings,
+    pub options: MigrateOptions,
 }
 
 impl Job {
     /// A job from the caller's options.
     pub fn new(source: ConnectConfig, target: ConnectConfig, options: &MigrateOptions) -> Job {
+        let mut options = options.clone();
+        options.jobs = options.jobs.max(1);
+        options.index_jobs = options.index_jobs.max(1);
+        options.apply_sessions = options.apply_sessions.max(1);
         Job {
             source,
             target,
-            name: options.name.clone(),
-            jobs: options.jobs.max(1),
-            index_jobs: options.index_jobs.max(1),
-            apply_sessions: options.apply_sessions.max(1),
-            reuse_schema: options.reuse_schema,
-            hypertables: options.hypertables,
-            settings: options.settings.clone(),
+            options,
         }
     }
 
     /// A job for the commands that finish a recorded migration (cutover):
     /// its recorded settings, one session each.
     pub fn for_recorded(source: ConnectConfig, target: ConnectConfig, record: &Record) -> Job {
+        let mut options = MigrateOptions::new(record.name.clone());
+        options.jobs = 1;
+        options.index_jobs = 1;
+        options.apply_sessions = 1;
+        options.reuse_schema = true;
+        options.hypertables = false;
+        options.settings = record.settings.clone();
         Job {
             source,
             target,
-            name: record.name.clone(),
-            jobs: 1,
-            index_jobs: 1,
-            apply_sessions: 1,
-            reuse_schema: true,
-            hypertables: false,
-            settings: record.settings.clone(),
+            options,
         }
+    }
+
+    /// The migration's name.
+    pub fn name(&self) -> &str {
+        &self.options.name
     }
 
     /// Which schemas and tables, from the settings.
     pub fn filter(&self) -> ObjectFilter {
-        self.settings.filter()
+        self.options.settings.filter()
     }
 
     /// The schema copy's options for this job.
     pub fn schema_options(&self) -> SchemaOptions {
         let mut options = SchemaOptions::default();
         options.filter = self.filter();
-        options.jobs = self.index_jobs;
-        options.reuse_schema = self.reuse_schema;
-        options.keep_owners = self.settings.keep_owners;
-        options.keep_privileges = self.settings.keep_privileges;
+        options.jobs = self.options.index_jobs;
+        options.reuse_schema = self.options.reuse_schema;
+        options.keep_owners = self.options.settings.keep_owners;
+        options.keep_privileges = self.options.settings.keep_privileges;
         options
     }
 }

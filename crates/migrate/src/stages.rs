@@ -108,7 +108,7 @@ async fn run(
             });
         }
         if m.settings_recorded {
-            job.settings = m.settings.clone();
+            job.options.settings = m.settings.clone();
         }
         if m.stage == Stage::Done {
             return Ok(Outcome::AlreadyDone {
@@ -124,8 +124,8 @@ async fn run(
         publication: &publication,
         filter: &filter,
         resuming: existing.is_some(),
-        reuse_schema: job.reuse_schema,
-        settings: &job.settings,
+        reuse_schema: job.options.reuse_schema,
+        settings: &job.options.settings,
         copy_roles: options.copy_roles,
     };
     let (findings, source_client, target_client, catalog) = preflight::run(&plan).await?;
@@ -236,7 +236,7 @@ async fn start(
         ),
     );
     let record = Record {
-        name: job.name.clone(),
+        name: job.name().to_owned(),
         slot: slot.to_owned(),
         publication: publication.to_owned(),
         stage: Stage::Schema,
@@ -246,18 +246,18 @@ async fn start(
         fence: false,
         summary: None,
         verify_request: None,
-        settings: job.settings.clone(),
+        settings: job.options.settings.clone(),
         settings_recorded: true,
         keyless_baseline,
     };
     state::insert(target, &record).await?;
     let snapshot = exported_snapshot(&created)?;
     schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
-    state::set_stage(target, &job.name, Stage::Copy).await?;
+    state::set_stage(target, &job.name(), Stage::Copy).await?;
     copy(job, catalog, &snapshot, events).await?;
     // The snapshot is no longer needed.
     replication.close().await.ok();
-    state::set_stage(target, &job.name, Stage::PostData).await?;
+    state::set_stage(target, &job.name(), Stage::PostData).await?;
     Ok(Record {
         stage: Stage::PostData,
         ..record
@@ -292,7 +292,7 @@ async fn schema_pre_data(
             format!("not restored, as only a superuser may run it on the target: {skipped}"),
         );
     }
-    if job.hypertables && !catalog.hypertables.is_empty() && !job.reuse_schema {
+    if job.options.hypertables && !catalog.hypertables.is_empty() && !job.options.reuse_schema {
         // Chunks are made as rows arrive, so the table must be a hypertable
         // before the copy.
         let target = connect_sql(&job.target).await?;
@@ -330,12 +330,12 @@ async fn copy(
         format!(
             "copying {tables} tables (~{}) with {} workers",
             human::bytes(total),
-            job.jobs
+            job.options.jobs
         ),
     );
     let mut options = CopyOptions::default();
-    options.migration = job.name.clone();
-    options.workers = job.jobs;
+    options.migration = job.name().to_owned();
+    options.workers = job.options.jobs;
     let copier = Copier::new(
         job.source.clone(),
         job.target.clone(),
@@ -345,7 +345,7 @@ async fn copy(
     events.event(Event::CopyStarted {
         tables,
         bytes: total,
-        workers: job.jobs,
+        workers: job.options.jobs,
     });
     let sink = Arc::clone(events);
     let summary = copier
@@ -382,7 +382,7 @@ async fn continue_from(
         // what is left under a new one from a temporary slot, whose later
         // consistent point becomes those tables' copied_at.
         let mut replication = ReplicationClient::connect(&job.source).await?;
-        let temporary = temporary_slot(&mut replication, &job.name).await?;
+        let temporary = temporary_slot(&mut replication, &job.name()).await?;
         let snapshot = exported_snapshot(&temporary)?;
         if record.stage == Stage::Schema {
             let tables_exist = target
@@ -396,11 +396,11 @@ async fn continue_from(
             if !tables_exist {
                 schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
             }
-            state::set_stage(target, &job.name, Stage::Copy).await?;
+            state::set_stage(target, &job.name(), Stage::Copy).await?;
         }
         copy(job, catalog, &snapshot, events).await?;
         replication.close().await.ok();
-        state::set_stage(target, &job.name, Stage::PostData).await?;
+        state::set_stage(target, &job.name(), Stage::PostData).await?;
         record.stage = Stage::PostData;
     }
     if control.stop_requested() {
@@ -420,11 +420,11 @@ async fn continue_from(
                 "post-data: {} objects ({} keys first) with {} jobs in {:.1}s",
                 report.entries,
                 report.key_entries,
-                job.index_jobs,
+                job.options.index_jobs,
                 started.elapsed().as_secs_f64()
             ),
         );
-        state::set_stage(target, &job.name, Stage::Streaming).await?;
+        state::set_stage(target, &job.name(), Stage::Streaming).await?;
         record.stage = Stage::Streaming;
     }
     if record.stage == Stage::Done {

@@ -56,7 +56,7 @@ pub(crate) async fn adopt(
     publication::add(&source, &record.publication, &catalog).await?;
 
     let mut replication = ReplicationClient::connect(&job.source).await?;
-    let slot = stages::temporary_slot(&mut replication, &job.name()).await?;
+    let slot = stages::temporary_slot(&mut replication, job.name()).await?;
     let snapshot = stages::exported_snapshot(&slot)?;
     // An adoption interrupted after it created a table goes on with it.
     let target = connect_sql(&job.target).await?;
@@ -89,10 +89,10 @@ pub(crate) async fn adopt(
     }
     options.filter = filter;
     let mut schema = SchemaCopy::new(job.source.clone(), job.target.clone(), options).await?;
-    state::set_adopting(&target, &job.name(), tables, false).await?;
+    state::set_adopting(&target, job.name(), tables, false).await?;
     // Updates of an adopted keyless table before its copy are in the copy.
     let keyless = publication::keyless_changes(&source, &catalog).await?;
-    state::add_keyless_baseline(&target, &job.name(), &keyless).await?;
+    state::add_keyless_baseline(&target, job.name(), &keyless).await?;
     let mut copy_options = CopyOptions::default();
     copy_options.migration = job.name().to_owned();
     copy_options.workers = job.options.jobs;
@@ -121,7 +121,7 @@ pub(crate) async fn adopt(
         );
         return Ok(());
     }
-    state::set_adopting(&target, &job.name(), tables, true).await?;
+    state::set_adopting(&target, job.name(), tables, true).await?;
     events.note(
         Step::Adopt,
         format!(

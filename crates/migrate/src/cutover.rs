@@ -78,7 +78,7 @@ pub(crate) async fn perform(
 ) -> Result<String> {
     let target = connect_sql(&job.target).await?;
     let source = connect_sql(&job.source).await?;
-    state::set_stage(&target, &job.name(), Stage::Cutover).await?;
+    state::set_stage(&target, job.name(), Stage::Cutover).await?;
     let started = Instant::now();
     refuse_tables_not_carried(job, &source, &target).await?;
     if fence_source {
@@ -111,7 +111,7 @@ pub(crate) async fn perform(
             return Err(Error::NotQuiet);
         }
         // `pglive cutover --abort` moves the stage back.
-        if let Ok(Some(m)) = state::load(&target, &job.name()).await {
+        if let Ok(Some(m)) = state::load(&target, job.name()).await {
             if m.stage != Stage::Cutover {
                 return Err(Error::CutoverAborted);
             }
@@ -121,7 +121,7 @@ pub(crate) async fn perform(
     events.event(Event::StreamingFinished);
     let stats = session.applier.stats().clone();
     let last_write = stats.applied_commit_time;
-    state::save_stats(&target, &job.name(), &stats, final_lsn, final_lsn, 0, 0.0).await?;
+    state::save_stats(&target, job.name(), &stats, final_lsn, final_lsn, 0, 0.0).await?;
     events.note(
         Step::Cutover,
         format!("cutover: target caught up with the source at {final_lsn}"),
@@ -251,7 +251,7 @@ pub(crate) async fn perform(
             "{summary}; {n} keyless table(s) received updates or deletes that were not carried"
         ),
     };
-    state::finish(&target, &job.name(), &summary).await?;
+    state::finish(&target, job.name(), &summary).await?;
     events.note(
         Step::Cutover,
         format!("cutover: slot and publications dropped; {summary}"),
@@ -266,7 +266,7 @@ pub(crate) async fn perform(
 /// hold: `migrate` adopts them while it streams, and must run again.
 async fn refuse_tables_not_carried(job: &Job, source: &Client, target: &Client) -> Result<()> {
     let tables =
-        publication::tables_not_carried(source, target, &job.name(), &job.filter()).await?;
+        publication::tables_not_carried(source, target, job.name(), &job.filter()).await?;
     if tables.is_empty() {
         Ok(())
     } else {

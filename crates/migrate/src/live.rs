@@ -59,7 +59,7 @@ pub(crate) async fn connect(
     ignored: &HashSet<QualifiedName>,
 ) -> Result<Session> {
     let target = connect_sql(&job.target).await?;
-    let copied_at: HashMap<QualifiedName, Lsn> = pglive_snapshot::copied_at(&target, &job.name())
+    let copied_at: HashMap<QualifiedName, Lsn> = pglive_snapshot::copied_at(&target, job.name())
         .await?
         .into_iter()
         .collect();
@@ -217,7 +217,7 @@ async fn session(
                     let new = publication::tables_not_carried(
                         &source_client,
                         &state_client,
-                        &job.name(),
+                        job.name(),
                         &job.filter(),
                     )
                     .await?;
@@ -301,7 +301,7 @@ async fn watch_requests(
             if let Ok(tables) = publication::tables_not_carried(
                 source_client,
                 state_client,
-                &job.name(),
+                job.name(),
                 &job.filter(),
             )
             .await
@@ -349,7 +349,7 @@ async fn pause_for_verify(
 ) -> Result<bool> {
     if applier.applied_lsn() > lsn {
         // Already past the verifier's snapshot: it will take a newer one.
-        state::set_verify_state(state_client, &job.name(), Some("missed")).await?;
+        state::set_verify_state(state_client, job.name(), Some("missed")).await?;
         return Ok(true);
     }
     events.note(
@@ -363,17 +363,17 @@ async fn pause_for_verify(
     })
     .await?;
     if stopped != Stopped::Paused(lsn) {
-        state::set_verify_state(state_client, &job.name(), None).await?;
+        state::set_verify_state(state_client, job.name(), None).await?;
         return Ok(false);
     }
-    state::set_verify_state(state_client, &job.name(), Some("paused")).await?;
+    state::set_verify_state(state_client, job.name(), Some("paused")).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(3600);
     loop {
         tokio::select! {
             () = control.stopped() => break,
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let pending = state::verify_request(state_client, &job.name()).await?;
+        let pending = state::verify_request(state_client, job.name()).await?;
         if pending.is_none_or(|(at, _)| at != lsn) || std::time::Instant::now() > deadline {
             break;
         }

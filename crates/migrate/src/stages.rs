@@ -253,11 +253,11 @@ async fn start(
     state::insert(target, &record).await?;
     let snapshot = exported_snapshot(&created)?;
     schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
-    state::set_stage(target, &job.name(), Stage::Copy).await?;
+    state::set_stage(target, job.name(), Stage::Copy).await?;
     copy(job, catalog, &snapshot, events).await?;
     // The snapshot is no longer needed.
     replication.close().await.ok();
-    state::set_stage(target, &job.name(), Stage::PostData).await?;
+    state::set_stage(target, job.name(), Stage::PostData).await?;
     Ok(Record {
         stage: Stage::PostData,
         ..record
@@ -382,7 +382,7 @@ async fn continue_from(
         // what is left under a new one from a temporary slot, whose later
         // consistent point becomes those tables' copied_at.
         let mut replication = ReplicationClient::connect(&job.source).await?;
-        let temporary = temporary_slot(&mut replication, &job.name()).await?;
+        let temporary = temporary_slot(&mut replication, job.name()).await?;
         let snapshot = exported_snapshot(&temporary)?;
         if record.stage == Stage::Schema {
             let tables_exist = target
@@ -396,11 +396,11 @@ async fn continue_from(
             if !tables_exist {
                 schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
             }
-            state::set_stage(target, &job.name(), Stage::Copy).await?;
+            state::set_stage(target, job.name(), Stage::Copy).await?;
         }
         copy(job, catalog, &snapshot, events).await?;
         replication.close().await.ok();
-        state::set_stage(target, &job.name(), Stage::PostData).await?;
+        state::set_stage(target, job.name(), Stage::PostData).await?;
         record.stage = Stage::PostData;
     }
     if control.stop_requested() {
@@ -424,7 +424,7 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
-        state::set_stage(target, &job.name(), Stage::Streaming).await?;
+        state::set_stage(target, job.name(), Stage::Streaming).await?;
         record.stage = Stage::Streaming;
     }
     if record.stage == Stage::Done {

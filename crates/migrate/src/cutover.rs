@@ -265,8 +265,7 @@ pub(crate) async fn perform(
 /// Fails when the source has selected tables this migration's copy does not
 /// hold: `migrate` adopts them while it streams, and must run again.
 async fn refuse_tables_not_carried(job: &Job, source: &Client, target: &Client) -> Result<()> {
-    let tables =
-        publication::tables_not_carried(source, target, job.name(), &job.filter()).await?;
+    let tables = publication::tables_not_carried(source, target, job.name(), &job.filter()).await?;
     if tables.is_empty() {
         Ok(())
     } else {

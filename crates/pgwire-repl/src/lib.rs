@@ -59,16 +59,19 @@
 //! ```
 #![deny(missing_docs)]
 
+mod auth;
 mod channel_binding;
 mod client;
+mod commands;
 mod error;
 pub mod pgoutput;
+mod startup;
 mod stream;
 mod wire;
 
-pub use client::{
-    CreatedSlot, PgOutputOptions, QueryResult, ReplicationClient, SlotOptions, SnapshotAction,
-    Streaming, SystemInfo,
+pub use client::ReplicationClient;
+pub use commands::{
+    CreatedSlot, PgOutputOptions, QueryResult, SlotOptions, SnapshotAction, Streaming, SystemInfo,
 };
 pub use error::{Error, Result, ServerError};
 pub use stream::{Feedback, ReplicationEvent, ReplicationStream, StreamOptions};

@@ -73,14 +73,19 @@
 #![deny(missing_docs)]
 
 mod applier;
-mod batch;
+mod batcher;
+mod changes;
 mod error;
 mod execute;
+mod intake;
 mod lanes;
 mod plan;
 mod progress;
+mod relations;
 mod run;
+mod sessions;
 mod spool;
+mod spread;
 mod table;
 
 pub use applier::{Applier, ApplyOptions, ApplyStats};

@@ -7,6 +7,7 @@ use pglive_repl::pgoutput::{Relation, ReplicaIdentity};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, target};
+use crate::spread;
 
 /// How rows of a table are found for UPDATE and DELETE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,8 +72,7 @@ pub(crate) struct TableMap {
     /// from one row to another).
     pub tied: bool,
     /// Whether the table's rows may be applied over several sessions by
-    /// key (see `lanes`): it has a key whose equal values print the same,
-    /// its rows are not tied, and no foreign key from or to it is checked.
+    /// key (see `spread`).
     pub spread: bool,
     /// The written columns that are `GENERATED ALWAYS AS IDENTITY` on the
     /// target (unquoted names): they refuse the source's values until made
@@ -194,7 +194,7 @@ impl TableMap {
                 (ties.get(0), ties.get(1), ties.get(2));
             map.tied = tied;
             let foreign_keys_checked = checks_foreign_keys && foreign_keys;
-            map.spread = canonical_key && !(tied || foreign_keys_checked);
+            map.spread = spread::table_spreads(canonical_key, tied, foreign_keys_checked);
         }
         Ok(map)
     }

@@ -1,6 +1,6 @@
-//! Target work in flight: one batch's statements, and optionally its
-//! commit, running on the target in a background task while the applier
-//! decodes and plans the next batch.
+//! Execution, the last step: the target sessions, and one batch's
+//! statements (and optionally its commit) running on them in a background
+//! task while the applier decodes and plans the next batch.
 //!
 //! At most one piece of work is in flight, and each starts only after the
 //! previous one finished, so the target sees exactly the statement order a
@@ -18,23 +18,15 @@ use pglive_postgres::{Lsn, PgTimestamp};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+use pglive_postgres::{ConnectConfig, connect_sql};
+
+use crate::batcher::Segment;
 use crate::error::{Error, Result, target};
 use crate::execute::{self, StatementCache};
 use crate::lanes;
-use crate::plan::{Statement, TablePlan};
+use crate::plan::Statement;
 use crate::progress::{self, Record};
 use crate::table::TableMap;
-
-/// A group of changes whose statements run in order; inside a `Tables`
-/// segment, tables are independent of each other.
-pub(crate) enum Segment {
-    Tables(Vec<(Arc<TableMap>, TablePlan)>),
-    Truncate {
-        tables: Vec<Arc<TableMap>>,
-        cascade: bool,
-        restart_identity: bool,
-    },
-}
 
 /// What one piece of work does on the target.
 pub(crate) struct Work {
@@ -86,26 +78,108 @@ impl Done {
     }
 }
 
-/// The target sessions, one per lane, and their statement caches.
+/// The target sessions, one per lane, and the work running on them.
 pub(crate) struct Sessions {
-    pub clients: Vec<Arc<Client>>,
-    pub caches: Vec<StatementCache>,
+    clients: Vec<Arc<Client>>,
+    /// The prepared statements of each session; away while work is in
+    /// flight.
+    caches: Option<Vec<StatementCache>>,
+    in_flight: Option<InFlight>,
+}
+
+impl Sessions {
+    /// Opens `count` sessions on the target; whether all of them may set
+    /// `session_replication_role = replica`.
+    pub async fn open(target: &ConnectConfig, count: usize) -> Result<(Sessions, bool)> {
+        let opened = futures_util::future::join_all((0..count).map(|_| open_session(target))).await;
+        let mut clients = Vec::with_capacity(opened.len());
+        let mut replica_role = true;
+        for session in opened {
+            let (client, role) = session?;
+            replica_role &= role;
+            clients.push(Arc::new(client));
+        }
+        let sessions = Sessions {
+            caches: Some(new_caches(clients.len())),
+            clients,
+            in_flight: None,
+        };
+        Ok((sessions, replica_role))
+    }
+
+    /// The first session, which runs everything that is not spread.
+    pub fn first(&self) -> &Client {
+        &self.clients[0]
+    }
+
+    /// How many sessions (lanes) there are.
+    pub fn count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether work is running on the target.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Starts `work`; the previous work must be settled.
+    pub fn start(&mut self, work: Work) {
+        let caches = self
+            .caches
+            .take()
+            .unwrap_or_else(|| new_caches(self.clients.len()));
+        let lanes = Lanes {
+            clients: self.clients.clone(),
+            caches,
+        };
+        self.in_flight = Some(InFlight::start(lanes, work));
+    }
+
+    /// Waits for the work in flight, if any, and returns what it did.
+    /// Cancel-safe: dropped early, the work stays in flight.
+    pub async fn settle(&mut self) -> Result<Option<Done>> {
+        let Some(in_flight) = &mut self.in_flight else {
+            return Ok(None);
+        };
+        let finished = in_flight.finish().await;
+        self.in_flight = None;
+        let (caches, done) = finished?;
+        self.caches = Some(caches);
+        done.map(Some)
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        // Whatever the task has not committed is rolled back when its
+        // session closes; a later applier waits for that (see
+        // `progress::load`).
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.abort();
+        }
+    }
+}
+
+/// The sessions and their statement caches, lent to one piece of work.
+struct Lanes {
+    clients: Vec<Arc<Client>>,
+    caches: Vec<StatementCache>,
 }
 
 /// Work running on the target.
-pub(crate) struct InFlight {
+struct InFlight {
     handle: JoinHandle<(Vec<StatementCache>, Result<Done>)>,
 }
 
 impl InFlight {
     /// Starts `work` on the target. The statement caches travel with the
     /// work and come back when it is done.
-    pub fn start(sessions: Sessions, work: Work) -> InFlight {
+    fn start(lanes: Lanes, work: Work) -> InFlight {
         InFlight {
             handle: tokio::spawn(async move {
                 match work.run_as {
-                    RunAs::OneSession { lanes } => perform_on_one(sessions, work, lanes).await,
-                    RunAs::Spread => perform_spread(sessions, work).await,
+                    RunAs::OneSession { lanes: count } => perform_on_one(lanes, work, count).await,
+                    RunAs::Spread => perform_spread(lanes, work).await,
                 }
             }),
         }
@@ -113,7 +187,7 @@ impl InFlight {
 
     /// Waits for the work to finish. Cancel-safe: dropping the future
     /// leaves the work running and `self` waitable again.
-    pub async fn finish(&mut self) -> Result<(Vec<StatementCache>, Result<Done>)> {
+    async fn finish(&mut self) -> Result<(Vec<StatementCache>, Result<Done>)> {
         (&mut self.handle)
             .await
             .map_err(|e| Error::Protocol(format!("the target task ended abnormally: {e}")))
@@ -121,7 +195,7 @@ impl InFlight {
 
     /// Stops the work: the target sessions are closed by the tasks' end,
     /// and the server rolls back whatever they did not commit.
-    pub fn abort(&self) {
+    fn abort(&self) {
         self.handle.abort();
     }
 }
@@ -183,11 +257,11 @@ impl Drop for AbortOnDrop {
 
 /// Runs the work on the first session, which records `lanes` lanes.
 async fn perform_on_one(
-    sessions: Sessions,
+    sessions: Lanes,
     work: Work,
     lanes: usize,
 ) -> (Vec<StatementCache>, Result<Done>) {
-    let Sessions {
+    let Lanes {
         clients,
         mut caches,
     } = sessions;
@@ -207,8 +281,8 @@ async fn perform_on_one(
 /// transaction each; every lane records its own position, even one without
 /// rows, so all lanes stay at the same batch boundary, and the tables the
 /// batch spread.
-async fn perform_spread(sessions: Sessions, work: Work) -> (Vec<StatementCache>, Result<Done>) {
-    let Sessions { clients, caches } = sessions;
+async fn perform_spread(sessions: Lanes, work: Work) -> (Vec<StatementCache>, Result<Done>) {
+    let Lanes { clients, caches } = sessions;
     let count = clients.len();
     let mut by_lane: Vec<Vec<Step>> = (0..count).map(|_| Vec::new()).collect();
     let mut spread_tables = Vec::new();
@@ -364,4 +438,38 @@ async fn perform(
         done.committed = Some((lsn, commit_time));
     }
     Ok(done)
+}
+
+/// Empty statement caches for `sessions` sessions.
+fn new_caches(sessions: usize) -> Vec<StatementCache> {
+    (0..sessions).map(|_| StatementCache::default()).collect()
+}
+
+/// Opens one apply session on the target and pins its settings; whether it
+/// may set `session_replication_role = replica`.
+async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
+    let client = connect_sql(target_config).await?;
+    // Fully qualified type names for casts; local durability before a
+    // position is confirmed to the source.
+    // Keyed statements find each row through the key's index, whatever
+    // the table's size: a hash join would scan the whole table. JIT
+    // compiles a batch's statement afresh whenever its estimated cost
+    // passes jit_above_cost (10-15 ms for a 40,000-row UPDATE) and does
+    // not make these short statements run faster.
+    client
+        .batch_execute(
+            "SET search_path = pg_catalog; SET synchronous_commit = local;
+             SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off",
+        )
+        .await
+        .map_err(target("setting up the apply session"))?;
+    let replica_role = match client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+    {
+        Ok(()) => true,
+        Err(e) if e.code().map(|c| c.code()) == Some("42501") => false,
+        Err(e) => return Err(target("setting session_replication_role")(e)),
+    };
+    Ok((client, replica_role))
 }

@@ -1,0 +1,101 @@
+//! The source's relations as target tables, by relation id.
+//!
+//! A Relation message describes a source table before its first change in
+//! a session (and again after it changed). Each is resolved against the
+//! target's catalog into a [`TableMap`]; the first time a table is met,
+//! its target triggers are disabled (when the sessions cannot silence them
+//! with `session_replication_role`) and its `GENERATED ALWAYS` identity
+//! columns are made to accept the source's values. Tables the caller
+//! ignores are remembered by id, and their changes skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use pglive_postgres::{ConnectConfig, QualifiedName, connect_sql};
+use pglive_repl::pgoutput::Relation;
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::progress;
+use crate::table::TableMap;
+
+/// The relations described so far.
+pub(crate) struct Relations {
+    by_id: HashMap<u32, Arc<TableMap>>,
+    /// Tables whose changes are not applied, by name…
+    ignored_tables: HashSet<QualifiedName>,
+    /// …and by the ids their Relation messages gave them.
+    ignored_ids: HashSet<u32>,
+    /// Tables whose triggers and identity columns are ready for the
+    /// source's rows.
+    prepared: HashSet<QualifiedName>,
+    /// For the short sessions that change a table's identity columns.
+    target: ConnectConfig,
+}
+
+impl Relations {
+    /// No relation described yet; `ignored_tables` are never applied.
+    pub fn new(target: ConnectConfig, ignored_tables: HashSet<QualifiedName>) -> Relations {
+        Relations {
+            by_id: HashMap::new(),
+            ignored_tables,
+            ignored_ids: HashSet::new(),
+            prepared: HashSet::new(),
+            target,
+        }
+    }
+
+    /// Notes whether `relation` is of an ignored table; true when it is
+    /// (nothing more needs describing).
+    pub fn ignore(&mut self, relation: &Relation) -> bool {
+        let ignored = self
+            .ignored_tables
+            .contains(&QualifiedName::new(&relation.namespace, &relation.name));
+        if ignored {
+            self.ignored_ids.insert(relation.id);
+        } else {
+            self.ignored_ids.remove(&relation.id);
+        }
+        ignored
+    }
+
+    /// Resolves `relation` against the target (through `client`) and
+    /// prepares its table the first time it is met; `checks_foreign_keys`
+    /// when the sessions cannot silence triggers. True when the relation
+    /// had been described before.
+    pub async fn describe(
+        &mut self,
+        relation: &Relation,
+        client: &Client,
+        checks_foreign_keys: bool,
+    ) -> Result<bool> {
+        let again = self.by_id.contains_key(&relation.id);
+        let map = TableMap::resolve(client, relation, checks_foreign_keys).await?;
+        if self.prepared.insert(map.name.clone()) {
+            if checks_foreign_keys {
+                progress::disable_user_triggers(client, &map.name).await?;
+            }
+            if !map.identity_always.is_empty() {
+                // A session of its own: the apply sessions may be in a
+                // batch's transaction, which would hold the table's lock
+                // until the batch commits.
+                let session = connect_sql(&self.target).await?;
+                progress::allow_identity_values(&session, &map.name, &map.identity_always).await?;
+            }
+        }
+        self.by_id.insert(relation.id, Arc::new(map));
+        Ok(again)
+    }
+
+    /// The table of relation `id`; `None` when it is ignored.
+    pub fn table(&self, id: u32) -> Result<Option<Arc<TableMap>>> {
+        if self.ignored_ids.contains(&id) {
+            return Ok(None);
+        }
+        self.by_id
+            .get(&id)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| Error::Protocol(format!("a change for relation {id}, never described")))
+    }
+}

@@ -44,7 +44,6 @@
 //! (seconds; default 300 × scale, at least 30; `0` skips pgcopydb),
 //! `PGCOPYDB` (the program, default `pgcopydb` on the `PATH`).
 
-use pglive_migrate::human::count;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -55,6 +54,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
+use pglive_migrate::human::count;
 use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
 use pglive_repl::pgoutput::Decoder;
 use pglive_repl::{PgOutputOptions, ReplicationClient, ReplicationEvent, StreamOptions, Streaming};

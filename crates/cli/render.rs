@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pglive_migrate::human::{bytes, count};
-use pglive_migrate::{CopyEvent, Event, Events, Progress, Step};
+use pglive_migrate::{CopyEvent, Event, Events, PostDataProgress, Progress, Step};
 use pglive_postgres::QualifiedName;
 use serde_json::{Value, json};
 
-/// How often progress is written as a line when there are no bars.
+/// How often copy and post-data progress is written as a line when there
+/// are no bars.
 const COPY_LINE_EVERY: Duration = Duration::from_secs(5);
 const STREAM_LINE_EVERY: Duration = Duration::from_secs(10);
 
@@ -33,7 +34,14 @@ pub struct Renderer {
     /// Whether `c`/`f` + Enter are read (for the streaming hint).
     keys_listening: bool,
     copy: Mutex<Option<CopyDisplay>>,
+    post_data: Mutex<PostDataDisplay>,
     stream: Mutex<StreamDisplay>,
+}
+
+#[derive(Default)]
+struct PostDataDisplay {
+    bar: Option<ProgressBar>,
+    last_line: Option<Instant>,
 }
 
 struct CopyDisplay {
@@ -63,6 +71,7 @@ impl Renderer {
             bars,
             keys_listening,
             copy: Mutex::new(None),
+            post_data: Mutex::new(PostDataDisplay::default()),
             stream: Mutex::new(StreamDisplay::default()),
         }
     }
@@ -204,6 +213,55 @@ impl Renderer {
         }
     }
 
+    /// Shows which post-data object is being built, of how many; a line
+    /// at most every few seconds without bars.
+    fn post_data(&self, progress: &PostDataProgress) {
+        let mut display = self.post_data.lock().expect("not poisoned");
+        let text = format!("{} {}", progress.kind, progress.name);
+        if let Some(bars) = &self.bars {
+            let bar = display.bar.get_or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(progress.total as u64));
+                bar.set_style(
+                    ProgressStyle::with_template("post-data [{bar:30}] {pos}/{len} {msg}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar
+            });
+            bar.set_position(progress.started as u64);
+            bar.set_message(text);
+            if progress.started >= progress.total {
+                bar.finish_and_clear();
+                display.bar = None;
+            }
+            return;
+        }
+        let due = display
+            .last_line
+            .is_none_or(|t| t.elapsed() >= COPY_LINE_EVERY)
+            || progress.started == progress.total;
+        if !due {
+            return;
+        }
+        display.last_line = Some(Instant::now());
+        drop(display);
+        self.line(
+            "info",
+            &format!(
+                "post-data: building {text} ({} of {})",
+                progress.started, progress.total
+            ),
+            json!({
+                "event": "post_data_progress",
+                "step": "post-data",
+                "started": progress.started,
+                "total": progress.total,
+                "kind": progress.kind,
+                "name": progress.name,
+            }),
+        );
+    }
+
     /// Shows the streaming status; throttled here.
     fn streaming(&self, progress: &Progress) {
         let mut display = self.stream.lock().expect("not poisoned");
@@ -284,6 +342,7 @@ impl Events for Renderer {
             Event::CopyStarted { bytes, .. } => self.copy_started(bytes),
             Event::Copy(event) => self.copy_event(&event),
             Event::CopyFinished => self.copy_finished(),
+            Event::PostData(progress) => self.post_data(&progress),
             Event::StreamingStarted { slot } => {
                 let hint = if self.keys_listening {
                     "when ready type c + Enter to cut over (f + Enter: fence writes first) \

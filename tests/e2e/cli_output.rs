@@ -83,3 +83,60 @@ fn status_json_of_a_finished_migration() {
         serde_json::to_string_pretty(&status).unwrap()
     );
 }
+
+#[test]
+fn json_log_format_writes_only_json_objects() {
+    let cluster = Cluster::shared();
+    let src = cluster.create_database("jsonlog_src").unwrap();
+    let dst = cluster.create_database("jsonlog_dst").unwrap();
+    cluster
+        .psql(
+            &src,
+            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' FROM generate_series(1, 1000) g;
+             CREATE INDEX ON a (v);",
+        )
+        .unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let output = crate::util::run(&[
+        "--log-format",
+        "json",
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "jsonlog",
+        "--cutover-when-ready",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let mut events = std::collections::BTreeSet::new();
+    for line in stderr.lines() {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        for field in ["time", "level", "message", "event"] {
+            assert!(object.get(field).is_some(), "no {field:?} in {line}");
+        }
+        events.insert(object["event"].as_str().unwrap().to_owned());
+    }
+    for event in [
+        "note",
+        "post_data_progress",
+        "streaming_started",
+        "switch_now",
+    ] {
+        assert!(events.contains(event), "no {event} event in:\n{stderr}");
+    }
+    // Bad input is a JSON object too.
+    let output = crate::util::run(&[
+        "--log-format",
+        "json",
+        "status",
+        "--target",
+        "postgresql://x@/db?port=bad",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(error["event"], "error", "{stderr}");
+}

@@ -106,6 +106,9 @@ fn migrate_with_live_workload_then_cutover_and_verify() {
     assert!(cutover.contains("switch your application now"), "{cutover}");
     let log = finish(migrate);
     assert!(log.contains("copy:") && log.contains("post-data:"), "{log}");
+    // Post-data reports each object as its build starts (the last one
+    // always, whatever the throttle).
+    assert!(log.contains("post-data: building"), "{log}");
     assert!(log.contains("the target needs about"), "{log}");
     let verify = run_ok(&["verify", "--source", &source, "--target", &target, "--full"]);
     assert!(verify.contains("equal"), "{verify}");

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use pglive_apply::Progress;
+use pglive_schema::PostDataProgress;
 use pglive_snapshot::CopyEvent;
 
 /// The step an event belongs to.
@@ -79,6 +80,8 @@ pub enum Event {
     Copy(CopyEvent),
     /// The copy ended (done or failed).
     CopyFinished,
+    /// An index, constraint or other post-data object's build started.
+    PostData(PostDataProgress),
     /// Changes stream from `slot`; a cutover may be asked for now.
     StreamingStarted {
         /// The replication slot.

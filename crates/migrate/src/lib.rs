@@ -89,5 +89,7 @@ pub use verify::{Comparison, TableComparison, Verification, verify};
 
 /// The applier's figures, as [`Event::Streaming`] carries them.
 pub use pglive_apply::Progress;
+/// A post-data build starting, as [`Event::PostData`] carries it.
+pub use pglive_schema::PostDataProgress;
 /// A copy worker's progress, as [`Event::Copy`] carries it.
 pub use pglive_snapshot::CopyEvent;

@@ -411,7 +411,7 @@ async fn continue_from(
         let mut schema =
             SchemaCopy::new(job.source.clone(), job.target.clone(), job.schema_options()).await?;
         let report = schema
-            .restore_post_data()
+            .restore_post_data_reporting(|progress| events.event(Event::PostData(progress)))
             .await
             .doing("building indexes and constraints (post-data)")?;
         events.note(

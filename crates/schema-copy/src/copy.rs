@@ -38,7 +38,7 @@ use tokio_postgres::GenericClient;
 use crate::error::{Error, Result, query};
 use crate::filter::ObjectFilter;
 use crate::toc::{self, KeyObjects, TocEntry};
-use crate::tools::{PgTools, WorkDir, conninfo, run, server_major};
+use crate::tools::{PgTools, WorkDir, conninfo, run, run_reporting, server_major};
 
 /// How the schema is copied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +103,31 @@ pub struct RestoreReport {
     pub skipped: usize,
     /// How long it took.
     pub elapsed: Duration,
+}
+
+/// An object of the post-data section whose build started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PostDataProgress {
+    /// Objects whose build started so far, this one included.
+    pub started: usize,
+    /// Objects the restore builds.
+    pub total: usize,
+    /// Its kind as `pg_restore` names it: `INDEX`, `CONSTRAINT`,
+    /// `FK CONSTRAINT`, `TRIGGER`, `MATERIALIZED VIEW DATA`, …
+    pub kind: String,
+    /// Its name as `pg_restore` prints it (`schema.name`, or
+    /// `schema.table name` for constraints).
+    pub name: String,
+}
+
+/// The kind and name of the object a `pg_restore --verbose` line says it
+/// starts to create (`pg_restore: creating INDEX "public.c_w"`), in serial
+/// and parallel restores alike.
+fn building(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix("pg_restore: creating ")?;
+    let (kind, quoted) = rest.split_once(" \"")?;
+    Some((kind, quoted.strip_suffix('"').unwrap_or(quoted)))
 }
 
 /// The two sections dumped from the source.
@@ -467,7 +492,7 @@ impl SchemaCopy {
             let list = self.work.join("pre-data.list");
             write(&list, &toc::list_file(&dumped.pre_entries))?;
             args.push("--single-transaction".to_owned());
-            self.pg_restore(&dumped.pre_data, &list, &args, "pre-data")
+            self.pg_restore(&dumped.pre_data, &list, &args, "pre-data", &mut |_| {})
                 .await?;
         } else {
             let (script, skipped) = self.pre_data_script(dumped, &args).await?;
@@ -485,6 +510,16 @@ impl SchemaCopy {
     /// [`SchemaOptions::jobs`] parallel workers, then materialized view
     /// refreshes (see the module documentation).
     pub async fn restore_post_data(&mut self) -> Result<RestoreReport> {
+        self.restore_post_data_reporting(|_| {}).await
+    }
+
+    /// As [`SchemaCopy::restore_post_data`], calling `progress` as each
+    /// object's build starts (an index build can take hours on a large
+    /// table).
+    pub async fn restore_post_data_reporting(
+        &mut self,
+        mut progress: impl FnMut(PostDataProgress) + Send,
+    ) -> Result<RestoreReport> {
         let started = Instant::now();
         self.ensure_dumped().await?;
         let dumped = self.dumped.as_ref().expect("dumped above");
@@ -504,6 +539,19 @@ impl SchemaCopy {
         } else {
             Vec::new()
         };
+        let total = phases.keys.len() + phases.rest.len() + phases.refresh.len();
+        let mut builds = 0;
+        let mut on_line = |line: &str| {
+            if let Some((kind, name)) = building(line) {
+                builds += 1;
+                progress(PostDataProgress {
+                    started: builds,
+                    total,
+                    kind: kind.to_owned(),
+                    name: name.to_owned(),
+                });
+            }
+        };
         for (name, entries, args) in [
             ("post-data keys", &phases.keys, &parallel),
             ("post-data", &phases.rest, &parallel),
@@ -515,7 +563,7 @@ impl SchemaCopy {
             let list = self.work.join(format!("{}.list", name.replace(' ', "-")));
             write(&list, &toc::list_file(entries))?;
             tracing::debug!(phase = name, entries = entries.len(), "restoring");
-            self.pg_restore(&dumped.post_data, &list, args, name)
+            self.pg_restore(&dumped.post_data, &list, args, name, &mut on_line)
                 .await?;
         }
         Ok(RestoreReport {
@@ -663,9 +711,11 @@ impl SchemaCopy {
         list: &Path,
         extra: &[String],
         what: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<()> {
         let mut cmd = self.tools.command("pg_restore", &self.target);
         cmd.arg("--exit-on-error")
+            .arg("--verbose")
             .arg("--use-list")
             .arg(list)
             .args(extra);
@@ -676,13 +726,12 @@ impl SchemaCopy {
             cmd.arg("--no-acl");
         }
         cmd.arg("--dbname").arg(conninfo(&self.target)).arg(archive);
-        run(
+        run_reporting(
             cmd,
             &format!("pg_restore of {what} into {}", self.target.describe()),
-            None,
+            on_line,
         )
         .await
-        .map(drop)
     }
 
     /// Drops the foreign keys of the target's tables that the source's
@@ -907,6 +956,24 @@ fn write(path: &Path, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbose_lines_that_start_a_build() {
+        // As PostgreSQL 15's pg_restore prints them, serial or with --jobs.
+        assert_eq!(
+            building(r#"pg_restore: creating INDEX "public.we ird""#),
+            Some(("INDEX", "public.we ird"))
+        );
+        assert_eq!(
+            building(r#"pg_restore: creating FK CONSTRAINT "public.c c_p_fkey""#),
+            Some(("FK CONSTRAINT", "public.c c_p_fkey"))
+        );
+        assert_eq!(
+            building("pg_restore: finished item 3210 FK CONSTRAINT c c_p_fkey"),
+            None
+        );
+        assert_eq!(building("pg_restore: launching item 3209 INDEX c_w"), None);
+    }
 
     #[test]
     fn added_lines_are_the_owner_statements() {

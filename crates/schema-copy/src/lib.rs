@@ -63,7 +63,7 @@ mod tools;
 pub use catalog::{
     Catalog, Column, Dimension, Extension, Hypertable, ReplicaIdentity, Sequence, Table, TableKind,
 };
-pub use copy::{RestoreReport, SchemaCopy, SchemaOptions};
+pub use copy::{PostDataProgress, RestoreReport, SchemaCopy, SchemaOptions};
 pub use error::{Error, Result};
 pub use filter::ObjectFilter;
 pub use sequences::{SyncedSequence, sync_sequences};

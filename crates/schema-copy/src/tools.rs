@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use pglive_postgres::{ConnectConfig, Host};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 use crate::error::{Error, Result};
@@ -218,6 +218,45 @@ pub(crate) async fn run(mut cmd: Command, what: &str, input: Option<&[u8]>) -> R
         });
     }
     Ok(output.stdout)
+}
+
+/// Runs `cmd` to completion, handing each line it writes to standard error
+/// to `on_line` as it comes (for a program's `--verbose` progress); a
+/// non-zero exit is [`Error::Command`] with `what` and the last lines.
+pub(crate) async fn run_reporting(
+    mut cmd: Command,
+    what: &str,
+    mut on_line: impl FnMut(&str),
+) -> Result<()> {
+    let program = PathBuf::from(cmd.as_std().get_program());
+    cmd.stderr(Stdio::piped()).stdout(Stdio::null());
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let mut last = std::collections::VecDeque::with_capacity(STDERR_LINES);
+    if let Some(stderr) = child.stderr.take() {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            on_line(&line);
+            if last.len() == STDERR_LINES {
+                last.pop_front();
+            }
+            last.push_back(line);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|source| Error::Spawn { program, source })?;
+    if !status.success() {
+        return Err(Error::Command {
+            command: what.to_owned(),
+            status: status.to_string(),
+            stderr: Vec::from(last).join("\n"),
+        });
+    }
+    Ok(())
 }
 
 /// The last `lines` lines of `text`.

@@ -20,20 +20,20 @@ Exit codes: 0 success, 1 error, 2 bad usage, 3 preflight failed (nothing was cha
 /// Migrate a live PostgreSQL database to another server with seconds of downtime.
 #[derive(Debug, Parser)]
 #[command(name = "pglive", version, about, after_help = AFTER_HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
     /// Log format for diagnostics on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// More diagnostics (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 }
 
 /// How diagnostics are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines; progress bars on a terminal.
     Text,
     /// One JSON object per line, for machines; no progress bars.
@@ -41,7 +41,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Copy schema and data, then stream changes until cutover (resumes after any stop).
     #[command(
         after_help = "Example:\n  pglive migrate --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop --jobs 8\n\nWhile it streams on a terminal, type c + Enter to cut over (f + Enter to fence writes on the source first),\nor run `pglive cutover` from another shell."
@@ -73,65 +73,65 @@ pub enum Command {
 
 /// The two servers.
 #[derive(Debug, Clone, Args)]
-pub struct Servers {
+pub(crate) struct Servers {
     /// The database to migrate (libpq connection string or URI).
     #[arg(long, env = "PGLIVE_SOURCE", hide_env_values = true)]
-    pub source: String,
+    pub(crate) source: String,
     /// The database to migrate into.
     #[arg(long, env = "PGLIVE_TARGET", hide_env_values = true)]
-    pub target: String,
+    pub(crate) target: String,
     /// The migration's name: names its slot, publication and state.
     #[arg(long, default_value = "pglive")]
-    pub name: String,
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     #[command(flatten)]
-    pub servers: Servers,
+    pub(crate) servers: Servers,
     /// Parallel copy workers.
     #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
+    pub(crate) jobs: usize,
     /// Parallel index and constraint builds.
     #[arg(long, default_value_t = 4)]
-    pub index_jobs: usize,
+    pub(crate) index_jobs: usize,
     /// Target sessions that apply the change stream; batches are spread over them by row key.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub apply_sessions: u16,
+    pub(crate) apply_sessions: u16,
     /// Only these tables or schemas (pg_dump patterns: 'public.*', 'sales.orders'); repeatable.
     #[arg(long = "include", value_name = "PATTERN")]
-    pub include: Vec<String>,
+    pub(crate) include: Vec<String>,
     /// Leave out these tables (pg_dump patterns); repeatable.
     #[arg(long = "exclude", value_name = "PATTERN")]
-    pub exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     /// Create TimescaleDB hypertables on the target before the data (auto: when the source has them).
     #[arg(long, value_enum, default_value_t = Hypertables::Auto)]
-    pub hypertables: Hypertables,
+    pub(crate) hypertables: Hypertables,
     /// Replication slot name (default: the migration's name).
     #[arg(long)]
-    pub slot: Option<String>,
+    pub(crate) slot: Option<String>,
     /// Publication name (default: the migration's name).
     #[arg(long)]
-    pub publication: Option<String>,
+    pub(crate) publication: Option<String>,
     /// Cut over by itself as soon as the copy is done and the stream has caught up.
     #[arg(long)]
-    pub cutover_when_ready: bool,
+    pub(crate) cutover_when_ready: bool,
     /// Use tables that already exist on the target instead of requiring an empty target.
     #[arg(long)]
-    pub reuse_schema: bool,
+    pub(crate) reuse_schema: bool,
     /// Do not restore the source's owners: the target role owns everything (as pg_dump's --no-owner).
     #[arg(long)]
-    pub no_owner: bool,
+    pub(crate) no_owner: bool,
     /// Do not restore privileges (GRANT/REVOKE, default privileges), as pg_dump's --no-acl.
     #[arg(long)]
-    pub no_acl: bool,
+    pub(crate) no_acl: bool,
     /// Create on the target the source's roles it lacks, without passwords (needs CREATEROLE there).
     #[arg(long)]
-    pub roles: bool,
+    pub(crate) roles: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Hypertables {
+pub(crate) enum Hypertables {
     /// Create hypertables when the source uses TimescaleDB.
     Auto,
     /// Copy hypertables as plain tables.
@@ -139,57 +139,57 @@ pub enum Hypertables {
 }
 
 #[derive(Debug, Args)]
-pub struct CutoverArgs {
+pub(crate) struct CutoverArgs {
     #[command(flatten)]
-    pub servers: Servers,
+    pub(crate) servers: Servers,
     /// Make the source database read-only for its application roles while cutting over.
     #[arg(long)]
-    pub fence: bool,
+    pub(crate) fence: bool,
     /// Undo a --fence (make the source writable again) and stop waiting.
     #[arg(long)]
-    pub abort: bool,
+    pub(crate) abort: bool,
     /// Seconds to wait for the source to go quiet and the target to catch up.
     #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
+    pub(crate) timeout: u64,
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// The target database holding the migration state.
     #[arg(long, env = "PGLIVE_TARGET", hide_env_values = true)]
-    pub target: String,
+    pub(crate) target: String,
     /// The migration's name.
     #[arg(long, default_value = "pglive")]
-    pub name: String,
+    pub(crate) name: String,
     /// Print JSON instead of text.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     #[command(flatten)]
-    pub servers: Servers,
+    pub(crate) servers: Servers,
     /// Compare checksums of every row, not only counts.
     #[arg(long)]
-    pub full: bool,
+    pub(crate) full: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct CleanArgs {
+pub(crate) struct CleanArgs {
     #[command(flatten)]
-    pub servers: Servers,
+    pub(crate) servers: Servers,
     /// Clean even while a migrate seems to be running.
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Approximate size of the sample database, in MB.
     #[arg(long, default_value_t = 300)]
-    pub size_mb: u64,
+    pub(crate) size_mb: u64,
     /// Seconds of live workload before cutting over.
     #[arg(long, default_value_t = 20)]
-    pub workload_seconds: u64,
+    pub(crate) workload_seconds: u64,
 }

@@ -19,7 +19,7 @@ use crate::render::Renderer;
 
 /// Parses a connection string given for `flag`; a malformed one is a
 /// preflight failure (nothing has been touched yet).
-pub fn conninfo(text: &str, flag: &str) -> Result<ConnectConfig> {
+pub(crate) fn conninfo(text: &str, flag: &str) -> Result<ConnectConfig> {
     ConnectConfig::parse(text).map_err(|e| {
         pglive_migrate::Error::Preflight(Findings::failure(format!("{flag}: {e}"))).into()
     })
@@ -34,7 +34,7 @@ fn both(servers: &Servers) -> Result<(ConnectConfig, ConnectConfig)> {
 }
 
 /// The library's options for `args`.
-pub fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
+pub(crate) fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
     let mut options = MigrateOptions::new(args.servers.name.clone());
     options.slot = args.slot.clone();
     options.publication = args.publication.clone();
@@ -55,7 +55,7 @@ pub fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
 }
 
 /// `pglive migrate`.
-pub async fn migrate(
+pub(crate) async fn migrate(
     args: MigrateArgs,
     renderer: Arc<Renderer>,
     control: Control,
@@ -81,7 +81,7 @@ pub async fn migrate(
 }
 
 /// `pglive cutover`.
-pub async fn cutover(args: CutoverArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
+pub(crate) async fn cutover(args: CutoverArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
     let (source, target) = both(&args.servers)?;
     let name = &args.servers.name;
     if args.abort {
@@ -102,7 +102,7 @@ pub async fn cutover(args: CutoverArgs, renderer: Arc<Renderer>) -> Result<ExitS
 }
 
 /// `pglive status`.
-pub async fn status(args: StatusArgs) -> Result<ExitStatus> {
+pub(crate) async fn status(args: StatusArgs) -> Result<ExitStatus> {
     let target = conninfo(&args.target, "--target")?;
     let status = pglive_migrate::status(target, &args.name).await?;
     if args.json {
@@ -114,7 +114,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitStatus> {
 }
 
 /// `pglive verify`.
-pub async fn verify(args: VerifyArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
+pub(crate) async fn verify(args: VerifyArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
     let (source, target) = both(&args.servers)?;
     let verification =
         pglive_migrate::verify(source, target, &args.servers.name, args.full, renderer).await?;
@@ -127,7 +127,7 @@ pub async fn verify(args: VerifyArgs, renderer: Arc<Renderer>) -> Result<ExitSta
 }
 
 /// A verification as a table and a verdict.
-pub fn print_verification(verification: &Verification, full: bool) {
+pub(crate) fn print_verification(verification: &Verification, full: bool) {
     let comparison = &verification.comparison;
     println!(
         "{:<48} {:>14} {:>14}  {}",
@@ -169,7 +169,7 @@ pub fn print_verification(verification: &Verification, full: bool) {
 }
 
 /// `pglive clean`.
-pub async fn clean(args: CleanArgs) -> Result<ExitStatus> {
+pub(crate) async fn clean(args: CleanArgs) -> Result<ExitStatus> {
     let (source, target) = both(&args.servers)?;
     let done = pglive_migrate::clean(source, target, &args.servers.name, args.force).await?;
     if done.is_empty() {

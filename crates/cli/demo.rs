@@ -55,7 +55,7 @@ fn cluster_options() -> ClusterOptions {
         .setting("maintenance_work_mem", "256MB")
 }
 
-pub async fn run(args: DemoArgs, renderer: Arc<Renderer>, control: Control) -> Result<ExitStatus> {
+pub(crate) async fn run(args: DemoArgs, renderer: Arc<Renderer>, control: Control) -> Result<ExitStatus> {
     let started = Instant::now();
     renderer.info("demo: starting two throwaway PostgreSQL clusters");
     let (source_cluster, target_cluster, databases) =

@@ -9,7 +9,7 @@ use pglive_migrate::Control;
 /// fences writes on the source first, like `pglive cutover [--fence]` from
 /// another shell. Otherwise (scripts, pipes, CI) leaves it alone. Returns
 /// whether it listens.
-pub fn listen(control: &Control) -> bool {
+pub(crate) fn listen(control: &Control) -> bool {
     if !std::io::stdin().is_terminal() {
         return false;
     }

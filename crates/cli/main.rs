@@ -20,7 +20,7 @@ use crate::render::{Renderer, Style};
 
 /// The documented exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitStatus {
+pub(crate) enum ExitStatus {
     /// Everything asked for was done.
     Success = 0,
     /// An error stopped the command (the message says what to do).

@@ -20,7 +20,7 @@ const STREAM_LINE_EVERY: Duration = Duration::from_secs(10);
 
 /// How lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// Bars on a terminal, else plain lines.
     Text,
     /// One JSON object per line.
@@ -28,7 +28,7 @@ pub enum Style {
 }
 
 /// Renders events on stderr.
-pub struct Renderer {
+pub(crate) struct Renderer {
     style: Style,
     bars: Option<MultiProgress>,
     /// Whether `c`/`f` + Enter are read (for the streaming hint).
@@ -63,7 +63,7 @@ struct StreamDisplay {
 
 impl Renderer {
     /// Progress bars when stderr is a terminal and the style is text.
-    pub fn new(style: Style, keys_listening: bool) -> Renderer {
+    pub(crate) fn new(style: Style, keys_listening: bool) -> Renderer {
         let bars = (style == Style::Text && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)));
         Renderer {
@@ -77,7 +77,7 @@ impl Renderer {
     }
 
     /// A line that stays: a stage starting or finishing, a message.
-    pub fn line(&self, level: &str, text: &str, fields: Value) {
+    pub(crate) fn line(&self, level: &str, text: &str, fields: Value) {
         match self.style {
             Style::Json => {
                 let mut object = json!({
@@ -108,12 +108,12 @@ impl Renderer {
     }
 
     /// A line of the command itself (not of a step).
-    pub fn info(&self, text: &str) {
+    pub(crate) fn info(&self, text: &str) {
         self.line("info", text, json!({"event": "note"}));
     }
 
     /// An error line: the command's last.
-    pub fn error(&self, text: &str) {
+    pub(crate) fn error(&self, text: &str) {
         self.line("error", text, json!({"event": "error"}));
     }
 

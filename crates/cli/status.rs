@@ -4,7 +4,7 @@ use pglive_migrate::Status;
 use pglive_migrate::human::{bytes, count};
 
 /// Prints `status` for people.
-pub fn print(status: &Status) {
+pub(crate) fn print(status: &Status) {
     println!(
         "migration {:?}: stage {}{}",
         status.name,

@@ -49,7 +49,8 @@ pub fn client_config(config: &ConnectConfig) -> Result<Option<Arc<rustls::Client
                 config.sslmode
             )));
         }
-        (_, None) => Arc::new(AcceptAnyCertificate {
+        (_, None) => Arc::new(CertificateCheck {
+            chain: None,
             algorithms: provider.signature_verification_algorithms,
         }),
         (mode, Some(path)) => {
@@ -61,7 +62,10 @@ pub fn client_config(config: &ConnectConfig) -> Result<Option<Arc<rustls::Client
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
-                Arc::new(AnyHostName { inner: webpki })
+                Arc::new(CertificateCheck {
+                    chain: Some(webpki),
+                    algorithms: provider.signature_verification_algorithms,
+                })
             }
         }
     };
@@ -133,14 +137,20 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// `verify-ca`: the chain must lead to a trusted CA; the host name is not
-/// checked.
+/// The certificate checks below `verify-full` (which is rustls's own):
+/// with a `chain` verifier (`verify-ca`, or `require` with a root
+/// certificate) the chain must lead to a trusted CA but the host name is
+/// not checked; without one (`prefer`, `require` without a root
+/// certificate) any certificate is accepted — encryption without
+/// authentication of the server, as libpq does. Handshake signatures are
+/// verified either way.
 #[derive(Debug)]
-struct AnyHostName {
-    inner: Arc<WebPkiServerVerifier>,
+struct CertificateCheck {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AnyHostName {
+impl ServerCertVerifier for CertificateCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -149,61 +159,15 @@ impl ServerCertVerifier for AnyHostName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a root certificate: encryption without
-/// authentication of the server, as libpq does. Handshake signatures are
-/// still verified.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

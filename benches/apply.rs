@@ -55,10 +55,10 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
 use pglive_migrate::human::count;
-use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
+use pglive_postgres::{Lsn, connect_sql};
 use pglive_repl::pgoutput::Decoder;
 use pglive_repl::{PgOutputOptions, ReplicationClient, ReplicationEvent, StreamOptions, Streaming};
-use pglive_testkit::{Cluster, ClusterOptions};
+use pglive_testkit::{Cluster, ClusterOptions, config};
 use tokio_postgres::Client;
 
 /// The publication pglive, read-and-discard and native read.
@@ -395,10 +395,7 @@ async fn bench() -> Result<()> {
 
     eprintln!("apply: starting source and target clusters (scale {scale})");
     let options = || {
-        ClusterOptions::new()
-            .setting("shared_buffers", "256MB")
-            .setting("max_wal_size", "4GB")
-            .setting("checkpoint_timeout", "30min")
+        ClusterOptions::bulk()
             // Nothing in the background while consumers are timed: every
             // target starts VACUUMed, and no consumer pays for another's
             // dead rows.
@@ -945,7 +942,7 @@ async fn read_and_discard(
     let sampler = Sampler::start(env, slot, None).await?;
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
-    let client = ReplicationClient::connect(&config(&env.source.conninfo(db))?).await?;
+    let client = ReplicationClient::connect(&config(&env.source.conninfo(db))).await?;
     let mut stream = client
         .start_replication(slot, start, &pgoutput_options(), StreamOptions::default())
         .await?;
@@ -1020,8 +1017,8 @@ async fn pglive(
     let cpu = CpuMeter::start(env);
     let started = Instant::now();
     let options = apply_options(&run.slot);
-    let mut applier = Applier::connect(&config(&env.target.conninfo(&run.db))?, options).await?;
-    let client = ReplicationClient::connect(&config(&env.source.conninfo(source_db))?).await?;
+    let mut applier = Applier::connect(&config(&env.target.conninfo(&run.db)), options).await?;
+    let client = ReplicationClient::connect(&config(&env.source.conninfo(source_db))).await?;
     let mut stream = client
         .start_replication(
             &run.slot,
@@ -1098,8 +1095,8 @@ async fn pglive(
 }
 
 async fn native(env: &Env, source_db: &str, run: &Target, stop: Lsn) -> Result<Outcome> {
-    let source = connect_sql(&config(&env.source.conninfo(source_db))?).await?;
-    let target = connect_sql(&config(&env.target.conninfo(&run.db))?).await?;
+    let source = connect_sql(&config(&env.source.conninfo(source_db))).await?;
+    let target = connect_sql(&config(&env.target.conninfo(&run.db))).await?;
     let origin: String = target
         .query_one(
             "SELECT 'pg_' || oid FROM pg_subscription WHERE subname = $1",
@@ -1239,8 +1236,8 @@ async fn pgcopydb(
         ],
         &dir.join("sentinel.log"),
     )?;
-    let source = connect_sql(&config(&env.source.conninfo(&names.source_db))?).await?;
-    let target = connect_sql(&config(&env.target.conninfo(&names.pgcopydb_db))?).await?;
+    let source = connect_sql(&config(&env.source.conninfo(&names.source_db))).await?;
+    let target = connect_sql(&config(&env.target.conninfo(&names.pgcopydb_db))).await?;
     let progress_sql = match kind {
         Kind::Inserts => "SELECT count(*) FROM bench_insert".to_owned(),
         Kind::Updates => "SELECT count(*) FROM bench_update WHERE version > 0".to_owned(),
@@ -1442,8 +1439,8 @@ fn pgcopydb_command(program: &Path, args: &[&str], log: &Path) -> Result<()> {
 /// Compares every table of the scenario between the source and `db` on the
 /// target; prints differences loudly. Returns whether they are equal.
 async fn verify(env: &Env, kind: Kind, source_db: &str, db: &str, who: &str) -> Result<bool> {
-    let source = connect_sql(&config(&env.source.conninfo(source_db))?).await?;
-    let target = connect_sql(&config(&env.target.conninfo(db))?).await?;
+    let source = connect_sql(&config(&env.source.conninfo(source_db))).await?;
+    let target = connect_sql(&config(&env.target.conninfo(db))).await?;
     let mut equal = true;
     for table in kind.tables() {
         let s = table_summary(&source, table).await?;
@@ -1502,10 +1499,10 @@ impl Sampler {
     /// `target`: the database and the `backend_type` of the applying
     /// session there.
     async fn start(env: &Env, slot: &str, target: Option<(&str, &str)>) -> Result<Sampler> {
-        let source = connect_sql(&config(&env.source.conninfo("postgres"))?).await?;
+        let source = connect_sql(&config(&env.source.conninfo("postgres"))).await?;
         let target = match target {
             Some((db, kind)) => Some((
-                connect_sql(&config(&env.target.conninfo("postgres"))?).await?,
+                connect_sql(&config(&env.target.conninfo("postgres"))).await?,
                 db.to_owned(),
                 kind.to_owned(),
             )),
@@ -1926,10 +1923,6 @@ fn report(env: &Env, server_version: &str, results: &[ScenarioResult]) -> String
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-fn config(conninfo: &str) -> Result<ConnectConfig> {
-    ConnectConfig::parse(conninfo).map_err(|e| anyhow::anyhow!("{conninfo}: {e}"))
-}
 
 fn parse_lsn(text: &str) -> Result<Lsn> {
     text.trim()

@@ -47,11 +47,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let cluster = Cluster::start(
-        ClusterOptions::new()
+        ClusterOptions::bulk()
             .setting("shared_buffers", "512MB")
             .setting("max_wal_size", "16GB")
             .setting("checkpoint_timeout", "1h")
-            .setting("maintenance_work_mem", "256MB")
             .setting("autovacuum", "off"),
     )
     .expect("start a cluster");

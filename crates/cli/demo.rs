@@ -47,23 +47,19 @@ fn start_workload(source: ConnectConfig) -> Workload {
     Workload { stop, done, task }
 }
 
-fn cluster_options() -> ClusterOptions {
-    ClusterOptions::new()
-        .setting("shared_buffers", "256MB")
-        .setting("max_wal_size", "4GB")
-        .setting("checkpoint_timeout", "30min")
-        .setting("maintenance_work_mem", "256MB")
-}
-
-pub(crate) async fn run(args: DemoArgs, renderer: Arc<Renderer>, control: Control) -> Result<ExitStatus> {
+pub(crate) async fn run(
+    args: DemoArgs,
+    renderer: Arc<Renderer>,
+    control: Control,
+) -> Result<ExitStatus> {
     let started = Instant::now();
     renderer.info("demo: starting two throwaway PostgreSQL clusters");
     let (source_cluster, target_cluster, databases) =
         tokio::task::spawn_blocking(|| -> Result<_> {
             let source =
-                Cluster::start(cluster_options()).context("starting the source cluster")?;
+                Cluster::start(ClusterOptions::bulk()).context("starting the source cluster")?;
             let target =
-                Cluster::start(cluster_options()).context("starting the target cluster")?;
+                Cluster::start(ClusterOptions::bulk()).context("starting the target cluster")?;
             let databases = (
                 source.create_database("shop")?,
                 target.create_database("shop")?,

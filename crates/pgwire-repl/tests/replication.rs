@@ -5,17 +5,13 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
+use pglive_postgres::{Lsn, connect_sql};
 use pglive_repl::pgoutput::{ColumnValue, Decoder, LogicalMessage, OldTuple};
 use pglive_repl::{
     Error, PgOutputOptions, ReplicationClient, ReplicationEvent, ReplicationStream, SlotOptions,
     SnapshotAction, StreamOptions, Streaming,
 };
-use pglive_testkit::{Cluster, ClusterOptions};
-
-fn config(conninfo: &str) -> ConnectConfig {
-    ConnectConfig::parse(conninfo).expect("testkit connection strings parse")
-}
+use pglive_testkit::{Cluster, ClusterOptions, config};
 
 async fn connect(conninfo: &str) -> ReplicationClient {
     ReplicationClient::connect(&config(conninfo))

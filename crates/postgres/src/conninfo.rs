@@ -120,6 +120,15 @@ pub enum Host {
     Unix(PathBuf),
 }
 
+impl std::str::FromStr for ConnectConfig {
+    type Err = ConfigError;
+
+    /// As [`ConnectConfig::parse`].
+    fn from_str(conninfo: &str) -> Result<ConnectConfig, ConfigError> {
+        ConnectConfig::parse(conninfo)
+    }
+}
+
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

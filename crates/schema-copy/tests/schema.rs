@@ -9,7 +9,7 @@ use pglive_schema::{
     Catalog, Error, ObjectFilter, ReplicaIdentity, SchemaCopy, SchemaOptions, TableKind,
     sync_sequences,
 };
-use pglive_testkit::{Cluster, ClusterOptions};
+use pglive_testkit::{Cluster, ClusterOptions, config};
 
 const SCHEMA: &str = r#"
 CREATE EXTENSION hstore;
@@ -44,10 +44,6 @@ INSERT INTO t_index SELECT 'c' || g, g FROM generate_series(1, 10) g;
 INSERT INTO t_ref SELECT g, g FROM generate_series(1, 50) g;
 SELECT lo_from_bytea(777, 'hello');
 "#;
-
-fn config(conninfo: &str) -> ConnectConfig {
-    ConnectConfig::parse(conninfo).expect("testkit connection strings parse")
-}
 
 fn source_db(cluster: &Cluster, name: &str) -> String {
     let db = cluster.create_database(name).unwrap();
@@ -192,8 +188,8 @@ async fn pre_data_then_post_data_with_keys_first() {
     let cluster = Cluster::shared();
     let source_name = source_db(cluster, "prepost");
     let target_name = cluster.create_database("prepost_dst").unwrap();
-    let source = config(&cluster.conninfo(&source_name));
-    let target = config(&cluster.conninfo(&target_name));
+    let source: ConnectConfig = config(&cluster.conninfo(&source_name));
+    let target: ConnectConfig = config(&cluster.conninfo(&target_name));
 
     let mut copy = SchemaCopy::new(source.clone(), target.clone(), options(2))
         .await
@@ -323,7 +319,7 @@ async fn sequences_follow_the_source() {
     let cluster = Cluster::shared();
     let source_name = source_db(cluster, "seq");
     let target_name = cluster.create_database("seq_dst").unwrap();
-    let (source, target) = (
+    let (source, target): (ConnectConfig, ConnectConfig) = (
         config(&cluster.conninfo(&source_name)),
         config(&cluster.conninfo(&target_name)),
     );

@@ -14,17 +14,13 @@ use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyEvent, CopyOptions, PlanOptions, Snapshot};
-use pglive_testkit::{Cluster, ClusterOptions};
+use pglive_testkit::{Cluster, ClusterOptions, config};
 
 const ZOO: &str = include_str!("fixtures/zoo.sql");
 
 /// The environment variable that turns `crash_child` into the copy process
 /// that `crash_midway_then_resume` kills.
 const CRASH_CHILD: &str = "PGLIVE_SNAPSHOT_TEST_CRASH_CHILD";
-
-fn config(conninfo: &str) -> ConnectConfig {
-    ConnectConfig::parse(conninfo).expect("testkit connection strings parse")
-}
 
 /// A source database loaded with the zoo and an empty target database.
 fn zoo_databases(cluster: &Cluster, name: &str) -> (String, String) {
@@ -169,7 +165,8 @@ async fn schema_copy(source: &ConnectConfig, target: &ConnectConfig) -> SchemaCo
 /// slot, the copy, post-data; then the target must equal the source as it
 /// was at the slot.
 async fn copy_and_verify(cluster: &Cluster, source_info: &str, target_info: &str, slot: &str) {
-    let (source, target) = (config(source_info), config(target_info));
+    let (source, target): (ConnectConfig, ConnectConfig) =
+        (config(source_info), config(target_info));
     let before = checksums(&source).await;
     let (_replication, snapshot) = export_snapshot(&source, slot).await;
 
@@ -303,7 +300,7 @@ async fn target_role_owning_only_its_database_is_enough() {
 async fn two_copies_share_the_parts() {
     let cluster = Cluster::shared();
     let (source_db, target_db) = zoo_databases(cluster, "shared");
-    let (source, target) = (
+    let (source, target): (ConnectConfig, ConnectConfig) = (
         config(&cluster.conninfo(&source_db)),
         config(&cluster.conninfo(&target_db)),
     );
@@ -365,7 +362,7 @@ async fn a_snapshot_that_is_gone_is_a_clear_error() {
     let cluster = Cluster::shared();
     let source = cluster.create_database("gone_src").unwrap();
     let target = cluster.create_database("gone_dst").unwrap();
-    let (source, target) = (
+    let (source, target): (ConnectConfig, ConnectConfig) = (
         config(&cluster.conninfo(&source)),
         config(&cluster.conninfo(&target)),
     );
@@ -389,7 +386,8 @@ async fn crash_child() {
         return;
     };
     let (source_info, target_info) = spec.split_once('\t').unwrap();
-    let (source, target) = (config(source_info), config(target_info));
+    let (source, target): (ConnectConfig, ConnectConfig) =
+        (config(source_info), config(target_info));
     let (_replication, snapshot) = export_snapshot(&source, "crash_child").await;
     let catalog = tables(&source).await;
     let copier = Copier::new(source, target, catalog.tables, options(2, small_parts()));
@@ -409,7 +407,8 @@ async fn crash_midway_then_resume() {
     let cluster = Cluster::shared();
     let (source_db, target_db) = zoo_databases(cluster, "crash");
     let (source_info, target_info) = (cluster.conninfo(&source_db), cluster.conninfo(&target_db));
-    let (source, target) = (config(&source_info), config(&target_info));
+    let (source, target): (ConnectConfig, ConnectConfig) =
+        (config(&source_info), config(&target_info));
     let before = checksums(&source).await;
     let mut schema = schema_copy(&source, &target).await;
     schema.dump(None).await.unwrap();

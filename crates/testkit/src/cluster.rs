@@ -109,6 +109,19 @@ impl ClusterOptions {
         self
     }
 
+    /// The defaults, with the memory and checkpoint spacing a server needs
+    /// to load and copy hundreds of megabytes without checkpointing all
+    /// the time (256 MB of shared buffers and of maintenance work memory,
+    /// 4 GB of WAL between checkpoints, at most every 30 minutes): what
+    /// the demo and the benchmarks start from.
+    pub fn bulk() -> Self {
+        Self::new()
+            .setting("shared_buffers", "256MB")
+            .setting("maintenance_work_mem", "256MB")
+            .setting("max_wal_size", "4GB")
+            .setting("checkpoint_timeout", "30min")
+    }
+
     /// Uses the server programs of this major version (e.g. `15`).
     pub fn major_version(mut self, major: u32) -> Self {
         self.major = Some(major);

@@ -89,3 +89,16 @@ mod supervisor;
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterOptions, Credentials};
 pub use error::Error;
+
+/// Parses a connection string a test built (such as [`Cluster::conninfo`]'s)
+/// into a client's configuration type (such as `pglive_postgres::ConnectConfig`),
+/// panicking with the string when it does not parse.
+pub fn config<T>(conninfo: &str) -> T
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    conninfo
+        .parse()
+        .unwrap_or_else(|e| panic!("connection string {conninfo:?}: {e}"))
+}

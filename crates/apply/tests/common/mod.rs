@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use pglive_apply::{Applier, ApplyOptions, RunOptions, Stopped};
-use pglive_postgres::{ConnectConfig, Lsn, connect_sql};
+use pglive_postgres::{Lsn, connect_sql};
 use pglive_repl::{
     PgOutputOptions, ReplicationClient, ReplicationStream, SlotOptions, SnapshotAction,
     StreamOptions, Streaming,
 };
 use pglive_testkit::Cluster;
+pub use pglive_testkit::config;
 
 /// Two databases of one cluster: `source` with a publication of every
 /// table and a slot, `target` with the same tables.
@@ -167,10 +168,6 @@ impl Pair {
             }
         }
     }
-}
-
-pub fn config(conninfo: &str) -> ConnectConfig {
-    ConnectConfig::parse(conninfo).unwrap()
 }
 
 /// Streams from the slot and applies until `stop_at`.

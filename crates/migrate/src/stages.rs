@@ -56,21 +56,8 @@ pub async fn migrate(
     events: Arc<dyn Events>,
     control: &Control,
 ) -> Result<Outcome> {
-    // The whole migration's state machine is a large future: on the heap,
-    // so callers need not box it.
-    Box::pin(run(source, target, options, events, control)).await
-}
-
-async fn run(
-    source: ConnectConfig,
-    target: ConnectConfig,
-    options: &MigrateOptions,
-    events: Arc<dyn Events>,
-    control: &Control,
-) -> Result<Outcome> {
-    let name = options.name.clone();
-    let slot = options.slot_name().to_owned();
-    let publication = options.publication_name().to_owned();
+    let slot = options.slot_name();
+    let publication = options.publication_name();
     if publication.len() > publication::MAX_NAME_BYTES || slot.len() > 63 {
         return Err(preflight::failed(format!(
             "the publication name {publication:?} (or the slot name {slot:?}) is too long: \
@@ -78,7 +65,27 @@ async fn run(
             publication::MAX_NAME_BYTES
         )));
     }
-    let mut job = Job::new(source, target, options);
+    // The whole migration's state machine is a large future: on the heap,
+    // so callers need not box it.
+    Box::pin(run(
+        Job::new(source, target, options),
+        options,
+        events,
+        control,
+    ))
+    .await
+}
+
+/// [`migrate`] with its names checked.
+async fn run(
+    mut job: Job,
+    options: &MigrateOptions,
+    events: Arc<dyn Events>,
+    control: &Control,
+) -> Result<Outcome> {
+    let name = options.name.clone();
+    let slot = options.slot_name().to_owned();
+    let publication = options.publication_name().to_owned();
 
     // The lock first: whatever this process reads about the migration
     // stays true while it runs.

@@ -234,6 +234,11 @@ const SKIPPED_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_sche
      AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)' \
      AND n.nspname !~ '^_?timescaledb_'";
 
+/// Relation `c` is not a member of an extension (the extension's own
+/// script creates it on the target).
+const NOT_IN_EXTENSION: &str = "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
+
 impl Catalog {
     /// Reads the catalog of the database `client` is connected to, limited
     /// to what `filter` selects.
@@ -356,6 +361,26 @@ type FilterParams = (
     Vec<String>,
 );
 
+/// Runs `sql`, whose `$1`…`$6` are [`filter_condition`]'s parameters, with
+/// the values of `filter`.
+async fn query_selected(
+    client: &impl GenericClient,
+    sql: &str,
+    filter: &ObjectFilter,
+    what: &'static str,
+) -> Result<Vec<tokio_postgres::Row>> {
+    let params = filter_params(filter)?;
+    client
+        .query(
+            sql,
+            &[
+                &params.0, &params.1, &params.2, &params.3, &params.4, &params.5,
+            ],
+        )
+        .await
+        .map_err(query(what))
+}
+
 fn filter_params(filter: &ObjectFilter) -> Result<FilterParams> {
     let (include_schemas, exclude_schemas) = filter.schema_regexes()?;
     let (include_tables, exclude_tables) = filter.table_patterns()?;
@@ -426,7 +451,6 @@ fn filter_condition(tables: bool) -> String {
 }
 
 async fn read_tables(client: &impl GenericClient, filter: &ObjectFilter) -> Result<Vec<Table>> {
-    let params = filter_params(filter)?;
     let sql = format!(
         "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
                 c.relpersistence = 'u', c.reltuples::float8, \
@@ -438,22 +462,12 @@ async fn read_tables(client: &impl GenericClient, filter: &ObjectFilter) -> Resu
          LEFT JOIN pg_catalog.pg_class pc ON pc.oid = inh.inhparent \
          LEFT JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
          WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND {SKIPPED_SCHEMAS} \
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                           WHERE d.classid = 'pg_catalog.pg_class'::regclass \
-                             AND d.objid = c.oid AND d.deptype = 'e') \
+           AND {NOT_IN_EXTENSION} \
            AND {} \
          ORDER BY 2, 3",
         filter_condition(true)
     );
-    let rows = client
-        .query(
-            &sql,
-            &[
-                &params.0, &params.1, &params.2, &params.3, &params.4, &params.5,
-            ],
-        )
-        .await
-        .map_err(query("reading tables"))?;
+    let rows = query_selected(client, &sql, filter, "reading tables").await?;
     let replident: Vec<String> = rows.iter().map(|r| r.get(7)).collect();
     let mut tables: Vec<Table> = rows
         .iter()
@@ -643,29 +657,18 @@ async fn read_sequences(
     client: &impl GenericClient,
     filter: &ObjectFilter,
 ) -> Result<Vec<Sequence>> {
-    let params = filter_params(filter)?;
     let sql = format!(
         "SELECT n.nspname::text, c.relname::text, s.last_value, s.start_value \
          FROM pg_catalog.pg_sequences s \
          JOIN pg_catalog.pg_namespace n ON n.nspname = s.schemaname \
          JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = s.sequencename \
          WHERE {SKIPPED_SCHEMAS} \
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
-                           WHERE d.classid = 'pg_catalog.pg_class'::regclass \
-                             AND d.objid = c.oid AND d.deptype = 'e') \
+           AND {NOT_IN_EXTENSION} \
            AND {} \
          ORDER BY 1, 2",
         filter_condition(false)
     );
-    let rows = client
-        .query(
-            &sql,
-            &[
-                &params.0, &params.1, &params.2, &params.3, &params.4, &params.5,
-            ],
-        )
-        .await
-        .map_err(query("reading sequences"))?;
+    let rows = query_selected(client, &sql, filter, "reading sequences").await?;
     Ok(rows
         .iter()
         .map(|r| Sequence {

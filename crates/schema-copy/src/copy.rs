@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pglive_postgres::{ConnectConfig, connect_sql, quote_literal};
+use pglive_postgres::{ConnectConfig, SnapshotError, connect_sql, read_only_transaction};
 use tokio_postgres::GenericClient;
 
 use crate::error::{Error, Result, query};
@@ -409,21 +409,14 @@ impl SchemaCopy {
     async fn key_objects(&self, snapshot: Option<&str>) -> Result<(KeyObjects, Identities)> {
         let mut client = connect(&self.source).await?;
         let context = format!("reading keys of {}", self.source.describe());
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
+        let tx = read_only_transaction(&mut client, snapshot)
             .await
-            .map_err(query(context.clone()))?;
-        if let Some(snapshot) = snapshot {
-            tx.batch_execute(&format!(
-                "SET TRANSACTION SNAPSHOT {}",
-                quote_literal(snapshot)
-            ))
-            .await
-            .map_err(query(format!("importing snapshot {snapshot}")))?;
-        }
+            .map_err(|e| match e {
+                SnapshotError::Import { name, source } => {
+                    query(format!("importing snapshot {name}"))(source)
+                }
+                SnapshotError::Begin(source) => query(context.clone())(source),
+            })?;
         let keys = read_key_objects(&tx)
             .await
             .map_err(query(context.clone()))?;

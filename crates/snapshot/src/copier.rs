@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use pglive_postgres::QualifiedName;
-use pglive_postgres::{ConnectConfig, Lsn, connect_sql, quote_ident, quote_literal};
+use pglive_postgres::{
+    ConnectConfig, Lsn, QualifiedName, SnapshotError, connect_sql, quote_ident,
+    read_only_transaction,
+};
 use pglive_repl::CreatedSlot;
 use pglive_schema::Table;
 
@@ -385,24 +387,16 @@ async fn begin_snapshot<'a>(
     snapshot: &Snapshot,
     server: &ConnectConfig,
 ) -> Result<tokio_postgres::Transaction<'a>> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    read_only_transaction(client, Some(&snapshot.name))
         .await
-        .map_err(source("starting the snapshot transaction"))?;
-    tx.batch_execute(&format!(
-        "SET TRANSACTION SNAPSHOT {}",
-        quote_literal(&snapshot.name)
-    ))
-    .await
-    .map_err(|source| Error::Snapshot {
-        name: snapshot.name.clone(),
-        server: server.describe(),
-        source,
-    })?;
-    Ok(tx)
+        .map_err(|e| match e {
+            SnapshotError::Import { name, source } => Error::Snapshot {
+                name,
+                server: server.describe(),
+                source,
+            },
+            SnapshotError::Begin(e) => source("starting the snapshot transaction")(e),
+        })
 }
 
 async fn connect(config: &ConnectConfig) -> Result<tokio_postgres::Client> {

@@ -178,13 +178,16 @@ async fn row_security(
     for row in rows {
         let (table, forced, owner, source_bypasses): (String, bool, String, bool) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        if !source_bypasses {
-            failures.push(format!(
-                "{table} has row-level security{} that hides rows from the source role: \
-                 ALTER ROLE {} BYPASSRLS (as a superuser), or migrate as a role that does",
+        let hidden = |whom: &str, user: &str| {
+            format!(
+                "{table} has row-level security{} that {whom}: ALTER ROLE {} BYPASSRLS (as a superuser), \
+                 or migrate as a role that has it",
                 if forced { " (FORCE)" } else { "" },
-                quote_ident(&plan.source.user)
-            ));
+                quote_ident(user)
+            )
+        };
+        if !source_bypasses {
+            failures.push(hidden("hides rows from the source role", &plan.source.user));
         }
         // On the target the table is owned by the source's owner (or by
         // the target role with --no-owner).
@@ -199,11 +202,9 @@ async fn row_security(
                 .get::<_, bool>(0)
         };
         if !target_bypasses && (forced || !target_owner_member) {
-            failures.push(format!(
-                "{table} has row-level security{} that would hide rows from the target role while applying changes: \
-                 ALTER ROLE {} BYPASSRLS on the target (as a superuser), or migrate as a role that has it",
-                if forced { " (FORCE)" } else { "" },
-                quote_ident(&plan.target.user)
+            failures.push(hidden(
+                "would hide rows from the target role while applying changes (run it on the target)",
+                &plan.target.user,
             ));
         }
     }

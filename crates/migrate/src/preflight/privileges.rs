@@ -39,6 +39,21 @@ SELECT pg_catalog.pg_get_userbyid(o.owner)::text, true FROM (
                     WHERE d.classid = o.catalog AND d.objid = o.oid AND d.deptype IN ('e', 'i'))
 ORDER BY 1";
 
+/// What every check reads.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    source: &'a Client,
+    target: &'a Client,
+    plan: &'a Plan<'a>,
+    catalog: &'a Catalog,
+    /// The selected tables.
+    oids: &'a [u32],
+}
+
+/// A check's failures, or why it could not check.
+type Checked<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>>> + Send + 'a>>;
+
 /// Every failure found; empty when the roles may do all pglive will ask.
 pub(super) async fn check(
     source: &Client,
@@ -46,47 +61,50 @@ pub(super) async fn check(
     plan: &Plan<'_>,
     catalog: &Catalog,
 ) -> Vec<String> {
-    let mut failures = Vec::new();
-    if let Err(e) = versions(source, target, &mut failures).await {
-        failures.push(format!("cannot compare the server versions: {}", chain(&e)));
-    }
-    if let Err(e) = sequences(source, plan, catalog, &mut failures).await {
-        failures.push(format!(
-            "cannot check the sequences' privileges: {}",
-            chain(&e)
-        ));
-    }
-    if let Err(e) = large_objects(source, plan, &mut failures).await {
-        failures.push(format!(
-            "cannot check the large objects' privileges: {}",
-            chain(&e)
-        ));
-    }
     let oids: Vec<u32> = catalog.tables.iter().map(|t| t.oid).collect();
-    if let Err(e) = row_security(source, target, plan, &oids, &mut failures).await {
-        failures.push(format!("cannot check row-level security: {}", chain(&e)));
-    }
-    if let Err(e) = replica_role(source, target, plan, &oids, &mut failures).await {
-        failures.push(format!(
-            "cannot check the target's foreign keys: {}",
-            chain(&e)
-        ));
-    }
-    if let Err(e) = default_sequences(source, catalog, &oids, &mut failures).await {
-        failures.push(format!(
-            "cannot check the sequences of column defaults: {}",
-            chain(&e)
-        ));
-    }
+    let sides = Sides {
+        source,
+        target,
+        plan,
+        catalog,
+        oids: &oids,
+    };
+    let mut checks: Vec<(&str, Checked<'_>)> = vec![
+        ("compare the server versions", Box::pin(versions(&sides))),
+        (
+            "check the sequences' privileges",
+            Box::pin(sequences(&sides)),
+        ),
+        (
+            "check the large objects' privileges",
+            Box::pin(large_objects(&sides)),
+        ),
+        ("check row-level security", Box::pin(row_security(&sides))),
+        (
+            "check the target's foreign keys",
+            Box::pin(replica_role(&sides)),
+        ),
+        (
+            "check the sequences of column defaults",
+            Box::pin(default_sequences(&sides)),
+        ),
+    ];
     if !plan.resuming {
-        if let Err(e) = roles(source, target, plan, &mut failures).await {
-            failures.push(format!("cannot compare the roles: {}", chain(&e)));
+        checks.push(("compare the roles", Box::pin(roles(&sides))));
+    }
+    let mut failures = Vec::new();
+    for (what, checked) in checks {
+        match checked.await {
+            Ok(found) => failures.extend(found),
+            Err(e) => failures.push(format!("cannot {what}: {}", chain(&e))),
         }
     }
     failures
 }
 
-async fn versions(source: &Client, target: &Client, failures: &mut Vec<String>) -> Result<()> {
+async fn versions(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides { source, target, .. } = *sides;
+    let mut failures = Vec::new();
     let version = "SELECT current_setting('server_version_num')::int";
     let s: i32 = source.query_one(version, &[]).await?.get(0);
     let t: i32 = target.query_one(version, &[]).await?.get(0);
@@ -97,15 +115,17 @@ async fn versions(source: &Client, target: &Client, failures: &mut Vec<String>) 
             s / 10000
         ));
     }
-    Ok(())
+    Ok(failures)
 }
 
-async fn sequences(
-    source: &Client,
-    plan: &Plan<'_>,
-    catalog: &Catalog,
-    failures: &mut Vec<String>,
-) -> Result<()> {
+async fn sequences(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides {
+        source,
+        plan,
+        catalog,
+        ..
+    } = *sides;
+    let mut failures = Vec::new();
     for sequence in &catalog.sequences {
         let name = sequence.name.quoted();
         let readable: bool = source
@@ -122,10 +142,12 @@ async fn sequences(
             ));
         }
     }
-    Ok(())
+    Ok(failures)
 }
 
-async fn large_objects(source: &Client, plan: &Plan<'_>, failures: &mut Vec<String>) -> Result<()> {
+async fn large_objects(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides { source, plan, .. } = *sides;
+    let mut failures = Vec::new();
     let row = source
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata),
@@ -141,19 +163,21 @@ async fn large_objects(source: &Client, plan: &Plan<'_>, failures: &mut Vec<Stri
             quote_ident(&plan.source.user)
         ));
     }
-    Ok(())
+    Ok(failures)
 }
 
 /// Tables with row-level security that a role would see filtered: pglive
 /// sessions set `row_security = off`, which makes reading or writing them
 /// an error rather than a silent filter.
-async fn row_security(
-    source: &Client,
-    target: &Client,
-    plan: &Plan<'_>,
-    oids: &[u32],
-    failures: &mut Vec<String>,
-) -> Result<()> {
+async fn row_security(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides {
+        source,
+        target,
+        plan,
+        oids,
+        ..
+    } = *sides;
+    let mut failures = Vec::new();
     let rows = source
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relforcerowsecurity,
@@ -166,7 +190,7 @@ async fn row_security(
         )
         .await?;
     if rows.is_empty() {
-        return Ok(());
+        return Ok(failures);
     }
     let target_bypasses: bool = target
         .query_one(
@@ -208,25 +232,27 @@ async fn row_security(
             ));
         }
     }
-    Ok(())
+    Ok(failures)
 }
 
 /// Without `session_replication_role = replica` on the target, a cascading
 /// foreign key deletes (or changes) rows there before the source's own
 /// changes of them arrive, which then find nothing.
-async fn replica_role(
-    source: &Client,
-    target: &Client,
-    plan: &Plan<'_>,
-    oids: &[u32],
-    failures: &mut Vec<String>,
-) -> Result<()> {
+async fn replica_role(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides {
+        source,
+        target,
+        plan,
+        oids,
+        ..
+    } = *sides;
+    let mut failures = Vec::new();
     let may_set = target
         .batch_execute("SET session_replication_role = replica; RESET session_replication_role")
         .await
         .is_ok();
     if may_set {
-        return Ok(());
+        return Ok(failures);
     }
     let cascading: Vec<String> = source
         .query(
@@ -249,18 +275,20 @@ async fn replica_role(
             quote_ident(&plan.target.user)
         ));
     }
-    Ok(())
+    Ok(failures)
 }
 
 /// A selected table whose column default uses a sequence the filters leave
 /// out (not owned by the table, so `pg_dump --table` does not dump it)
 /// could not be created on the target.
-async fn default_sequences(
-    source: &Client,
-    catalog: &Catalog,
-    oids: &[u32],
-    failures: &mut Vec<String>,
-) -> Result<()> {
+async fn default_sequences(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides {
+        source,
+        catalog,
+        oids,
+        ..
+    } = *sides;
+    let mut failures = Vec::new();
     let selected: Vec<String> = catalog.sequences.iter().map(|s| s.name.quoted()).collect();
     let rows = source
         .query(
@@ -288,20 +316,22 @@ async fn default_sequences(
             ));
         }
     }
-    Ok(())
+    Ok(failures)
 }
 
 /// The roles that own or are granted the source's objects exist on the
 /// target, and the target role may give objects to the owners.
-async fn roles(
-    source: &Client,
-    target: &Client,
-    plan: &Plan<'_>,
-    failures: &mut Vec<String>,
-) -> Result<()> {
+async fn roles(sides: &Sides<'_>) -> Result<Vec<String>> {
+    let Sides {
+        source,
+        target,
+        plan,
+        ..
+    } = *sides;
+    let mut failures = Vec::new();
     let settings = plan.settings;
     if !settings.keep_owners && !settings.keep_privileges {
-        return Ok(());
+        return Ok(failures);
     }
     let needed: Vec<(String, bool)> = source
         .query(ROLES_SQL, &[])
@@ -358,5 +388,5 @@ async fn roles(
             quote_ident(&plan.target.user)
         ));
     }
-    Ok(())
+    Ok(failures)
 }

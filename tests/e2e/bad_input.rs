@@ -414,3 +414,36 @@ fn include_without_the_sequence_a_default_uses() {
         "clean", "--source", &source, "--target", &target, "--name", "defseq", "--force",
     ]);
 }
+
+/// Slot and publication names PostgreSQL would refuse (a slot name may
+/// hold only lower-case letters, digits and underscores, and the
+/// migration's name also names its temporary slots) are refused before
+/// the publication or anything else is created.
+#[test]
+fn names_postgresql_would_refuse() {
+    let cluster = Cluster::shared();
+    let (src, dst) = pair(cluster, "names");
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    for (flag, name) in [
+        ("--name", "Shop-Migration"),
+        ("--slot", "slot with spaces"),
+        ("--name", ""),
+        (
+            "--name",
+            "a_name_longer_than_its_temporary_slots_allow_1234",
+        ),
+        ("--publication", ""),
+    ] {
+        let output = run(&[
+            "migrate", "--source", &source, "--target", &target, flag, name,
+        ]);
+        let message = text(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(PREFLIGHT),
+            "{flag} {name:?}: {message}"
+        );
+        assert!(message.contains(flag), "{flag} {name:?}: {message}");
+        assert_untouched(cluster, &src, &dst);
+    }
+}

@@ -56,15 +56,7 @@ pub async fn migrate(
     events: Arc<dyn Events>,
     control: &Control,
 ) -> Result<Outcome> {
-    let slot = options.slot_name();
-    let publication = options.publication_name();
-    if publication.len() > publication::MAX_NAME_BYTES || slot.len() > 63 {
-        return Err(preflight::failed(format!(
-            "the publication name {publication:?} (or the slot name {slot:?}) is too long: \
-             publications may have {} bytes and slots 63 (choose --name, --publication or --slot)",
-            publication::MAX_NAME_BYTES
-        )));
-    }
+    check_names(options)?;
     // The whole migration's state machine is a large future: on the heap,
     // so callers need not box it.
     Box::pin(run(
@@ -74,6 +66,64 @@ pub async fn migrate(
         control,
     ))
     .await
+}
+
+/// The longest migration name: its temporary slots are
+/// `<name>_resume_<pid>`, and slot names have at most 63 bytes.
+const MAX_MIGRATION_NAME: usize = 63 - "_resume_".len() - 7;
+
+/// Refuses, before anything is created, names PostgreSQL would refuse
+/// once the publication exists: slot names (also the temporary slots
+/// named after the migration) are 1 to 63 lower-case letters, digits and
+/// underscores; publications get a `_changes` twin within 63 bytes.
+fn check_names(options: &MigrateOptions) -> Result<()> {
+    let slot_like = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let suggestion = |name: &str, max: usize| {
+        let cleaned: String = name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(max)
+            .collect();
+        if cleaned.is_empty() {
+            "pglive".to_owned()
+        } else {
+            cleaned
+        }
+    };
+    let name = &options.name;
+    if !slot_like(name) || name.len() > MAX_MIGRATION_NAME {
+        return Err(preflight::failed(format!(
+            "--name {name:?} cannot name a migration: it names replication slots, which PostgreSQL allows \
+             1 to {MAX_MIGRATION_NAME} lower-case letters, digits and underscores here (for example --name {})",
+            suggestion(name, MAX_MIGRATION_NAME)
+        )));
+    }
+    let slot = options.slot_name();
+    if !slot_like(slot) || slot.len() > 63 {
+        return Err(preflight::failed(format!(
+            "--slot {slot:?} cannot name a replication slot: PostgreSQL allows 1 to 63 lower-case letters, \
+             digits and underscores (for example --slot {})",
+            suggestion(slot, 63)
+        )));
+    }
+    let publication = options.publication_name();
+    if publication.is_empty()
+        || publication.len() > publication::MAX_NAME_BYTES
+        || publication.contains('\0')
+    {
+        return Err(preflight::failed(format!(
+            "--publication {publication:?} cannot name the publications: they need 1 to {} bytes \
+             (a second one adds \"_changes\" within PostgreSQL's 63)",
+            publication::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
 }
 
 /// [`migrate`] with its names checked.

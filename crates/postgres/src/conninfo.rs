@@ -462,6 +462,9 @@ impl ConnectConfig {
 fn parse_key_values(input: &str) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut params = BTreeMap::new();
     let mut chars = input.chars().peekable();
+    // The last parameter read: a stray word after it may be the rest of
+    // its value (a password with a space), so it is never shown.
+    let mut previous: Option<String> = None;
     loop {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.peek().is_none() {
@@ -473,9 +476,14 @@ fn parse_key_values(input: &str) -> Result<BTreeMap<String, String>, ConfigError
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
-            return Err(ConfigError::new(format!(
-                "missing \"=\" after {key:?} in key=value connection string"
-            )));
+            return Err(ConfigError::new(match &previous {
+                Some(previous) => format!(
+                    "missing \"=\" in a word after the value of {previous:?} in key=value connection string \
+                     (quote values that contain spaces: {previous}='…')"
+                ),
+                None => "missing \"=\" after the first word of the key=value connection string"
+                    .to_owned(),
+            }));
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -510,9 +518,20 @@ fn parse_key_values(input: &str) -> Result<BTreeMap<String, String>, ConfigError
                 }
             }
         }
-        insert_known(&mut params, key, value)?;
+        if previous.as_deref() == Some("password") && !is_parameter(&key) {
+            return Err(ConfigError::new(
+                "an unknown parameter follows the password (quote a password that contains spaces: password='…')",
+            ));
+        }
+        insert_known(&mut params, key.clone(), value)?;
+        previous = Some(key);
     }
     Ok(params)
+}
+
+/// Whether `key` names a parameter this crate knows.
+fn is_parameter(key: &str) -> bool {
+    key == "database" || PARAMETERS.iter().any(|(known, _)| *known == key)
 }
 
 fn insert_known(
@@ -525,7 +544,7 @@ fn insert_known(
     } else {
         key
     };
-    if !PARAMETERS.iter().any(|(known, _)| *known == key) {
+    if !is_parameter(&key) {
         return Err(ConfigError::new(format!(
             "unknown connection parameter {key:?}"
         )));
@@ -534,7 +553,9 @@ fn insert_known(
     Ok(())
 }
 
-fn percent_decode(part: &str) -> Result<String, ConfigError> {
+/// Decodes `%XX` escapes of a URI component; errors name the component
+/// (`what`), never its text, which may be a password.
+fn percent_decode(part: &str, what: &str) -> Result<String, ConfigError> {
     let bytes = part.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -543,7 +564,7 @@ fn percent_decode(part: &str) -> Result<String, ConfigError> {
             let hex = part
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ConfigError::new(format!("invalid percent-encoding in {part:?}")))?;
+                .ok_or_else(|| ConfigError::new(format!("invalid percent-encoding in {what}")))?;
             out.push(hex);
             i += 3;
         } else {
@@ -551,8 +572,7 @@ fn percent_decode(part: &str) -> Result<String, ConfigError> {
             i += 1;
         }
     }
-    String::from_utf8(out)
-        .map_err(|_| ConfigError::new(format!("{part:?} decodes to invalid UTF-8")))
+    String::from_utf8(out).map_err(|_| ConfigError::new(format!("{what} decodes to invalid UTF-8")))
 }
 
 fn parse_uri(uri: &str) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -576,10 +596,10 @@ fn parse_uri(uri: &str) -> Result<BTreeMap<String, String>, ConfigError> {
                 None => (userinfo, None),
             };
             if !user.is_empty() {
-                params.insert("user".to_owned(), percent_decode(user)?);
+                params.insert("user".to_owned(), percent_decode(user, "the user name")?);
             }
             if let Some(p) = password {
-                params.insert("password".to_owned(), percent_decode(p)?);
+                params.insert("password".to_owned(), percent_decode(p, "the password")?);
             }
             hosts
         }
@@ -596,8 +616,8 @@ fn parse_uri(uri: &str) -> Result<BTreeMap<String, String>, ConfigError> {
                 (addr.to_owned(), after.strip_prefix(':').map(str::to_owned))
             } else {
                 match entry.rsplit_once(':') {
-                    Some((h, p)) => (percent_decode(h)?, Some(p.to_owned())),
-                    None => (percent_decode(entry)?, None),
+                    Some((h, p)) => (percent_decode(h, "a host")?, Some(p.to_owned())),
+                    None => (percent_decode(entry, "a host")?, None),
                 }
             };
             hosts.push(host);
@@ -609,17 +629,26 @@ fn parse_uri(uri: &str) -> Result<BTreeMap<String, String>, ConfigError> {
         }
     }
     if let Some(db) = path.filter(|p| !p.is_empty()) {
-        params.insert("dbname".to_owned(), percent_decode(db)?);
+        params.insert(
+            "dbname".to_owned(),
+            percent_decode(db, "the database name")?,
+        );
     }
     for pair in query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .filter(|p| !p.is_empty())
     {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| ConfigError::new(format!("URI parameter {pair:?} has no \"=\"")))?;
-        insert_known(&mut params, percent_decode(key)?, percent_decode(value)?)?;
+        // A part without "=" may be the rest of a value with a stray "&"
+        // (a password): never shown.
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            ConfigError::new(
+                "a URI parameter has no \"=\" (percent-encode \"&\" inside values as %26)",
+            )
+        })?;
+        let key = percent_decode(key, "a parameter name")?;
+        let value = percent_decode(value, &format!("the value of {key:?}"))?;
+        insert_known(&mut params, key, value)?;
     }
     Ok(params)
 }
@@ -697,6 +726,24 @@ mod tests {
 
     fn parse(s: &str) -> Result<ConnectConfig, ConfigError> {
         ConnectConfig::parse_with(s, &FakeEnv::default())
+    }
+
+    #[test]
+    fn malformed_strings_never_show_the_password() {
+        for (conninfo, secret) in [
+            ("postgresql://u:pa%zzss@h/db", "zzss"),
+            ("postgresql://u:pa%c3ss@h/db", "c3ss"),
+            ("host=h password=se cret dbname=x", "cret"),
+            ("host=h password=se cret=1 dbname=x", "cret"),
+            ("postgresql://h/db?password=s%zzecret", "ecret"),
+            ("postgresql://h/db?password=ab&cdsecret", "cdsecret"),
+        ] {
+            let error = parse(conninfo).map(|_| ()).unwrap_err().to_string();
+            assert!(!error.contains(secret), "{conninfo:?} gave {error:?}");
+        }
+        // Typos in other parameters are still named.
+        let error = parse("host=h sslmod=require").map(|_| ()).unwrap_err();
+        assert!(error.to_string().contains("sslmod"), "{error}");
     }
 
     #[test]

@@ -102,6 +102,9 @@ impl ReplicationClient {
                 })
         };
         let mut scram: Option<ScramSha256> = None;
+        // Whether the server proved it knows the password (SASLFinal with
+        // a signature that verified).
+        let mut server_proved = false;
         loop {
             let frame = self.wire.read_frame().await?;
             match frame.tag {
@@ -115,6 +118,13 @@ impl ReplicationClient {
                 Request::Ok => {
                     if scram.is_none() {
                         self.allow_unbound_login(config, "no password")?;
+                    } else if !server_proved {
+                        // Only a server that knows the password can sign the
+                        // exchange; one that says yes without it may be
+                        // anyone (libpq refuses this too).
+                        return Err(Error::ServerUnproven {
+                            server: self.wire.server.clone(),
+                        });
                     }
                     return Ok(());
                 }
@@ -154,6 +164,7 @@ impl ReplicationClient {
                     client
                         .finish(&signature)
                         .map_err(|e| self.wire.protocol(format!("SCRAM server signature: {e}")))?;
+                    server_proved = true;
                     continue;
                 }
                 Request::Unsupported(method) => {

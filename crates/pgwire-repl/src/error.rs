@@ -105,6 +105,16 @@ pub enum Error {
         /// What the server asked for instead.
         method: String,
     },
+    /// The server accepted a SCRAM login without proving that it knows the
+    /// password (no valid `SASLFinal` before `AuthenticationOk`): it may be
+    /// a man in the middle.
+    #[error(
+        "{server} accepted the login without the SCRAM server proof (no SASLFinal): it may not be the real server; refusing to go on"
+    )]
+    ServerUnproven {
+        /// `user@host:port/dbname`.
+        server: String,
+    },
     /// The server answered with an error while doing `context`.
     #[error("{context}: {source}")]
     Server {

@@ -45,7 +45,10 @@ fn spill_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl Spools {
+    /// Buffers of up to `budget` bytes in memory, spilling to `dir`; spill
+    /// files a killed pglive left in `dir` are removed first.
     pub fn new(budget: usize, dir: PathBuf) -> Spools {
+        remove_stale(&dir);
         Spools {
             by_xid: HashMap::new(),
             memory_bytes: 0,
@@ -88,12 +91,7 @@ impl Spools {
     fn spill(&mut self, xid: u32) -> Result<()> {
         let spool = self.by_xid.get_mut(&xid).expect("spilled spool exists");
         if spool.file.is_none() {
-            let path = self.dir.join(format!(
-                "pglive-spool-{}-{xid}-{}.bin",
-                std::process::id(),
-                unique()
-            ));
-            let file = File::create(&path).map_err(spill_error(&path))?;
+            let (path, file) = create_private(&self.dir, xid)?;
             spool.file = Some((path, BufWriter::with_capacity(1 << 20, file)));
         }
         let (path, writer) = spool.file.as_mut().expect("just created");
@@ -169,6 +167,67 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The prefix of every spill file's name: `pglive-spool-<pid>-…`.
+const SPILL_PREFIX: &str = "pglive-spool-";
+
+/// Creates a new spill file for `xid` that only this user may read (the
+/// file holds source rows), under a name no other process can have made
+/// first: `create_new` refuses an existing file or symbolic link, and the
+/// name carries a random part.
+fn create_private(dir: &Path, xid: u32) -> Result<(PathBuf, File)> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::fs::OpenOptionsExt;
+    loop {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let path = dir.join(format!(
+            "{SPILL_PREFIX}{}-{xid}-{}-{random:016x}.bin",
+            std::process::id(),
+            unique()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(spill_error(&path)(e)),
+        }
+    }
+}
+
+/// Removes the spill files in `dir` of pglive processes that no longer
+/// run (killed before they could remove them). Where `/proc` cannot tell
+/// whether a process runs, nothing is removed.
+fn remove_stale(dir: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix(SPILL_PREFIX)
+            .filter(|_| name.ends_with(".bin"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !proc.join(pid.to_string()).exists() {
+            // Another user's file in a shared directory stays (sticky bit).
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A committed streamed transaction's messages, read back in order: first
@@ -259,5 +318,60 @@ mod tests {
         assert!(spools.is_empty());
         assert_eq!(spools.memory_bytes(), 0);
         assert!(drain(&mut spools.take(1).unwrap()).is_empty());
+    }
+
+    /// A fresh directory of this test's own.
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("pglive-spool-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn spill_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    }
+
+    #[test]
+    fn spill_files_are_private_and_not_taken_over() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("private");
+        let mut spools = Spools::new(10, dir.clone());
+        spools.push(1, 1, Bytes::from(vec![1; 100])).unwrap();
+        let files = spill_files(&dir);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let metadata = std::fs::metadata(&files[0]).unwrap();
+        // Source rows: readable by this user only, whatever the umask.
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600, "{files:?}");
+        // The name is not guessable from the process id and xid alone: a
+        // second spool of the same transaction gets another name.
+        let mut other = Spools::new(10, dir.clone());
+        other.push(1, 1, Bytes::from(vec![2; 100])).unwrap();
+        let names: Vec<PathBuf> = spill_files(&dir);
+        assert_eq!(names.len(), 2, "{names:?}");
+        drop(spools);
+        drop(other);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_of_a_killed_process_are_removed_at_start() {
+        let dir = scratch("stale");
+        // A pid above the kernel's limit (4194304) never runs.
+        let stale = dir.join("pglive-spool-9999999-42-0-1a2b.bin");
+        let live = dir.join(format!("pglive-spool-{}-42-0-1a2b.bin", std::process::id()));
+        let unrelated = dir.join("pglive-spool-notes.txt");
+        for path in [&stale, &live, &unrelated] {
+            std::fs::write(path, b"rows").unwrap();
+        }
+        let _spools = Spools::new(10, dir.clone());
+        assert!(!stale.exists(), "the dead process's spill file stays");
+        assert!(live.exists(), "a running process's file was removed");
+        assert!(unrelated.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -138,6 +138,7 @@ impl ReplicationClient {
             .map_err(|e| self.wire.protocol(e.to_string()))?;
         self.wire.flush().await?;
         self.authenticate(config).await?;
+        self.wire.logged_in();
         loop {
             let frame = self.wire.read_frame().await?;
             match frame.tag {

@@ -15,6 +15,17 @@ use crate::error::{Error, Result, ServerError};
 /// per message far below one.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
+/// The longest message a server sends before the login is accepted
+/// (authentication requests, errors, notices): a longer one is a protocol
+/// violation, not a reason to reserve memory and wait. libpq draws its
+/// line at 30,000 bytes for most message types.
+pub(crate) const MAX_MESSAGE_BEFORE_LOGIN: usize = 64 * 1024;
+
+/// The most buffer a message's declared length reserves at once; a longer
+/// message grows the buffer as its bytes arrive, so a bogus length costs
+/// nothing.
+const MAX_RESERVE: usize = 64 << 20;
+
 /// A connected socket of any of the kinds libpq supports.
 pub(crate) enum Socket {
     Tcp(TcpStream),
@@ -81,6 +92,9 @@ pub(crate) struct Wire {
     pub out: BytesMut,
     /// `user@host:port/dbname`, for errors.
     pub server: String,
+    /// The longest message accepted; [`MAX_MESSAGE_BEFORE_LOGIN`] until the
+    /// login is accepted.
+    max_message: usize,
 }
 
 impl Wire {
@@ -90,7 +104,14 @@ impl Wire {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             out: BytesMut::with_capacity(1024),
             server,
+            max_message: MAX_MESSAGE_BEFORE_LOGIN,
         }
+    }
+
+    /// Lifts the limit on message lengths once the login is accepted
+    /// (a row of a large value may take up to 1 GB).
+    pub fn logged_in(&mut self) {
+        self.max_message = u32::MAX as usize;
     }
 
     /// The SCRAM channel binding data of this connection's TLS channel
@@ -125,8 +146,8 @@ impl Wire {
     /// Reads the next complete message.
     pub async fn read_frame(&mut self) -> Result<Frame> {
         loop {
-            if let Some(frame) =
-                take_frame(&mut self.read_buf).map_err(|reason| self.protocol(reason))?
+            if let Some(frame) = take_frame(&mut self.read_buf, self.max_message)
+                .map_err(|reason| self.protocol(reason))?
             {
                 return Ok(frame);
             }
@@ -145,7 +166,7 @@ impl Wire {
                     self.read_buf[3],
                     self.read_buf[4],
                 ]) as usize;
-                if len < 4 || self.read_buf.len() > len {
+                if len < 4 || len > self.max_message || self.read_buf.len() > len {
                     // Complete (or malformed: taking it reports the error).
                     return Ok(());
                 }
@@ -195,7 +216,7 @@ impl Wire {
     /// The next complete message already in the read buffer, without reading
     /// the socket.
     pub fn next_buffered_frame(&mut self) -> Result<Option<Frame>> {
-        take_frame(&mut self.read_buf).map_err(|reason| self.protocol(reason))
+        take_frame(&mut self.read_buf, self.max_message).map_err(|reason| self.protocol(reason))
     }
 
     /// An error response from the server, with what was being done.
@@ -235,7 +256,12 @@ impl Wire {
 }
 
 /// Splits one complete message off the front of `buf`, if there is one.
-pub(crate) fn take_frame(buf: &mut BytesMut) -> std::result::Result<Option<Frame>, String> {
+/// Splits the first complete message off `buf`; `None` until it is
+/// complete. A declared length above `max_len` is an error.
+pub(crate) fn take_frame(
+    buf: &mut BytesMut,
+    max_len: usize,
+) -> std::result::Result<Option<Frame>, String> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -247,8 +273,14 @@ pub(crate) fn take_frame(buf: &mut BytesMut) -> std::result::Result<Option<Frame
             tag as char
         ));
     }
+    if len > max_len {
+        return Err(format!(
+            "message {:?} claims {len} bytes, more than a server sends at this point ({max_len})",
+            tag as char
+        ));
+    }
     if buf.len() < len + 1 {
-        buf.reserve(len + 1 - buf.len());
+        buf.reserve((len + 1 - buf.len()).min(MAX_RESERVE));
         return Ok(None);
     }
     let mut frame = buf.split_to(len + 1);
@@ -353,13 +385,14 @@ mod tests {
     fn frames_split_only_when_complete() {
         let mut buf = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
         buf.extend_from_slice(b"C\0\0\0\x0aSEL");
-        let frame = take_frame(&mut buf).unwrap().unwrap();
+        let frame = take_frame(&mut buf, usize::MAX).unwrap().unwrap();
         assert_eq!((frame.tag, &frame.body[..]), (b'Z', &b"I"[..]));
-        assert!(take_frame(&mut buf).unwrap().is_none());
+        assert!(take_frame(&mut buf, usize::MAX).unwrap().is_none());
         buf.extend_from_slice(b"CT\0");
-        let frame = take_frame(&mut buf).unwrap().unwrap();
+        let frame = take_frame(&mut buf, usize::MAX).unwrap().unwrap();
         assert_eq!(&frame.body[..], b"SELCT\0");
-        assert!(take_frame(&mut BytesMut::from(&b"Z\0\0\0\x02"[..])).is_err());
+        assert!(take_frame(&mut BytesMut::from(&b"Z\0\0\0\x02"[..]), usize::MAX).is_err());
+        assert!(take_frame(&mut BytesMut::from(&b"R\0\x01\0\0"[..]), 1000).is_err());
     }
 
     #[test]

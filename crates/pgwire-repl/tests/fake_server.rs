@@ -105,3 +105,32 @@ async fn scram_without_the_servers_proof_is_refused_after_the_challenge() {
     assert!(error.to_string().contains("SCRAM server proof"), "{error}");
     server.abort();
 }
+
+#[tokio::test]
+async fn a_huge_length_before_authentication_is_refused_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        read_startup(&mut socket).await;
+        // An authentication request that claims to be almost 4 GiB long,
+        // then silence: the client must neither reserve it nor wait for it.
+        socket
+            .write_all(b"R\xff\xff\xff\xf0\0\0\0\x0a")
+            .await
+            .unwrap();
+        let _ = socket.read_u8().await;
+    });
+    let config = ConnectConfig::parse(&format!(
+        "host=127.0.0.1 port={port} user=app password=secret dbname=shop sslmode=disable connect_timeout=5"
+    ))
+    .unwrap();
+    let error = ReplicationClient::connect(&config)
+        .await
+        .expect_err("a 4 GiB authentication message");
+    assert!(
+        matches!(error, pglive_repl::Error::Protocol { .. }),
+        "refused as a protocol violation, not after a timeout: {error:?}"
+    );
+    server.abort();
+}

@@ -73,7 +73,8 @@ async fn run(cli: Cli) -> ExitStatus {
         LogFormat::Text => Style::Text,
     };
     let control = Control::new();
-    let keys_listening = matches!(cli.command, Command::Migrate(_)) && keys::listen(&control);
+    let keys_listening =
+        matches!(cli.command, Command::Migrate(_) | Command::Demo(_)) && keys::listen(&control);
     let renderer = Arc::new(Renderer::new(style, keys_listening));
     {
         let control = control.clone();

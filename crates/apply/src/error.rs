@@ -124,6 +124,7 @@ impl Error {
                         .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
             }
             Error::Connect(e) => e.is_transient(),
+            Error::State(e) => e.is_transient(),
             Error::Replication(e) => e.is_transient(),
             _ => false,
         }

@@ -188,14 +188,45 @@ impl Error {
     /// Whether retrying on new connections may succeed: a connection was
     /// lost, or a server is shutting down.
     pub fn is_transient(&self) -> bool {
-        match self {
+        let direct = match self {
             Error::Connect(e) => e.is_transient(),
             Error::Replication(e) => e.is_transient(),
             Error::Apply(e) => e.is_transient(),
+            Error::StateSchema(e) => e.is_transient(),
+            Error::Sql(e) => e.is_closed(),
             Error::During { source, .. } => source.is_transient(),
             _ => false,
-        }
+        };
+        // The stages wrap connection errors of their own (the copy's and
+        // the schema copy's sessions): any transient cause counts.
+        direct || causes(self).any(transient_cause)
     }
+}
+
+/// `error`'s causes, outermost first (not `error` itself).
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(error.source(), |cause| cause.source())
+}
+
+/// Whether a cause is a lost connection or a server going away.
+fn transient_cause(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause
+        .downcast_ref::<pglive_postgres::Error>()
+        .is_some_and(pglive_postgres::Error::is_transient)
+        || cause
+            .downcast_ref::<pglive_repl::Error>()
+            .is_some_and(pglive_repl::Error::is_transient)
+        || cause
+            .downcast_ref::<pglive_apply::Error>()
+            .is_some_and(pglive_apply::Error::is_transient)
+        || cause
+            .downcast_ref::<pglive_postgres::StateSchemaError>()
+            .is_some_and(pglive_postgres::StateSchemaError::is_transient)
+        || cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .is_some_and(tokio_postgres::Error::is_closed)
 }
 
 impl From<serde_json::Error> for Error {

@@ -54,6 +54,23 @@ pub enum StateSchemaError {
     },
 }
 
+impl StateSchemaError {
+    /// Whether retrying on a new connection may succeed: the connection
+    /// was lost, or the server is shutting down or not accepting
+    /// connections yet.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateSchemaError::Sql { source, .. } => {
+                source.is_closed()
+                    || source
+                        .code()
+                        .is_none_or(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+            }
+            StateSchemaError::Newer { .. } => false,
+        }
+    }
+}
+
 impl StateSchema {
     /// The newest version the steps build.
     pub fn version(&self) -> i32 {

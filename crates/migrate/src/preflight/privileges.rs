@@ -50,11 +50,8 @@ struct Sides<'a> {
     oids: &'a [u32],
 }
 
-/// A check's failures, or why it could not check.
-type Checked<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>>> + Send + 'a>>;
-
 /// Every failure found; empty when the roles may do all pglive will ask.
+/// A check that cannot finish says so, after what it found so far.
 pub(super) async fn check(
     source: &Client,
     target: &Client,
@@ -69,42 +66,41 @@ pub(super) async fn check(
         catalog,
         oids: &oids,
     };
-    let mut checks: Vec<(&str, Checked<'_>)> = vec![
-        ("compare the server versions", Box::pin(versions(&sides))),
-        (
-            "check the sequences' privileges",
-            Box::pin(sequences(&sides)),
-        ),
-        (
-            "check the large objects' privileges",
-            Box::pin(large_objects(&sides)),
-        ),
-        ("check row-level security", Box::pin(row_security(&sides))),
-        (
-            "check the target's foreign keys",
-            Box::pin(replica_role(&sides)),
-        ),
-        (
-            "check the sequences of column defaults",
-            Box::pin(default_sequences(&sides)),
-        ),
-    ];
-    if !plan.resuming {
-        checks.push(("compare the roles", Box::pin(roles(&sides))));
-    }
     let mut failures = Vec::new();
-    for (what, checked) in checks {
-        match checked.await {
-            Ok(found) => failures.extend(found),
-            Err(e) => failures.push(format!("cannot {what}: {}", chain(&e))),
+    let cannot = |failures: &mut Vec<String>, what: &str, checked: Result<()>| {
+        if let Err(e) = checked {
+            failures.push(format!("cannot {what}: {}", chain(&e)));
         }
+    };
+    let checked = versions(&sides, &mut failures).await;
+    cannot(&mut failures, "compare the server versions", checked);
+    let checked = sequences(&sides, &mut failures).await;
+    cannot(&mut failures, "check the sequences' privileges", checked);
+    let checked = large_objects(&sides, &mut failures).await;
+    cannot(
+        &mut failures,
+        "check the large objects' privileges",
+        checked,
+    );
+    let checked = row_security(&sides, &mut failures).await;
+    cannot(&mut failures, "check row-level security", checked);
+    let checked = replica_role(&sides, &mut failures).await;
+    cannot(&mut failures, "check the target's foreign keys", checked);
+    let checked = default_sequences(&sides, &mut failures).await;
+    cannot(
+        &mut failures,
+        "check the sequences of column defaults",
+        checked,
+    );
+    if !plan.resuming {
+        let checked = roles(&sides, &mut failures).await;
+        cannot(&mut failures, "compare the roles", checked);
     }
     failures
 }
 
-async fn versions(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn versions(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides { source, target, .. } = *sides;
-    let mut failures = Vec::new();
     let version = "SELECT current_setting('server_version_num')::int";
     let s: i32 = source.query_one(version, &[]).await?.get(0);
     let t: i32 = target.query_one(version, &[]).await?.get(0);
@@ -115,17 +111,16 @@ async fn versions(sides: &Sides<'_>) -> Result<Vec<String>> {
             s / 10000
         ));
     }
-    Ok(failures)
+    Ok(())
 }
 
-async fn sequences(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn sequences(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides {
         source,
         plan,
         catalog,
         ..
     } = *sides;
-    let mut failures = Vec::new();
     for sequence in &catalog.sequences {
         let name = sequence.name.quoted();
         let readable: bool = source
@@ -142,12 +137,11 @@ async fn sequences(sides: &Sides<'_>) -> Result<Vec<String>> {
             ));
         }
     }
-    Ok(failures)
+    Ok(())
 }
 
-async fn large_objects(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn large_objects(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides { source, plan, .. } = *sides;
-    let mut failures = Vec::new();
     let row = source
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata),
@@ -163,13 +157,13 @@ async fn large_objects(sides: &Sides<'_>) -> Result<Vec<String>> {
             quote_ident(&plan.source.user)
         ));
     }
-    Ok(failures)
+    Ok(())
 }
 
 /// Tables with row-level security that a role would see filtered: pglive
 /// sessions set `row_security = off`, which makes reading or writing them
 /// an error rather than a silent filter.
-async fn row_security(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn row_security(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides {
         source,
         target,
@@ -177,7 +171,6 @@ async fn row_security(sides: &Sides<'_>) -> Result<Vec<String>> {
         oids,
         ..
     } = *sides;
-    let mut failures = Vec::new();
     let rows = source
         .query(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relforcerowsecurity,
@@ -190,7 +183,7 @@ async fn row_security(sides: &Sides<'_>) -> Result<Vec<String>> {
         )
         .await?;
     if rows.is_empty() {
-        return Ok(failures);
+        return Ok(());
     }
     let target_bypasses: bool = target
         .query_one(
@@ -232,13 +225,13 @@ async fn row_security(sides: &Sides<'_>) -> Result<Vec<String>> {
             ));
         }
     }
-    Ok(failures)
+    Ok(())
 }
 
 /// Without `session_replication_role = replica` on the target, a cascading
 /// foreign key deletes (or changes) rows there before the source's own
 /// changes of them arrive, which then find nothing.
-async fn replica_role(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn replica_role(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides {
         source,
         target,
@@ -246,13 +239,12 @@ async fn replica_role(sides: &Sides<'_>) -> Result<Vec<String>> {
         oids,
         ..
     } = *sides;
-    let mut failures = Vec::new();
     let may_set = target
         .batch_execute("SET session_replication_role = replica; RESET session_replication_role")
         .await
         .is_ok();
     if may_set {
-        return Ok(failures);
+        return Ok(());
     }
     let cascading: Vec<String> = source
         .query(
@@ -275,20 +267,19 @@ async fn replica_role(sides: &Sides<'_>) -> Result<Vec<String>> {
             quote_ident(&plan.target.user)
         ));
     }
-    Ok(failures)
+    Ok(())
 }
 
 /// A selected table whose column default uses a sequence the filters leave
 /// out (not owned by the table, so `pg_dump --table` does not dump it)
 /// could not be created on the target.
-async fn default_sequences(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn default_sequences(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides {
         source,
         catalog,
         oids,
         ..
     } = *sides;
-    let mut failures = Vec::new();
     let selected: Vec<String> = catalog.sequences.iter().map(|s| s.name.quoted()).collect();
     let rows = source
         .query(
@@ -316,22 +307,21 @@ async fn default_sequences(sides: &Sides<'_>) -> Result<Vec<String>> {
             ));
         }
     }
-    Ok(failures)
+    Ok(())
 }
 
 /// The roles that own or are granted the source's objects exist on the
 /// target, and the target role may give objects to the owners.
-async fn roles(sides: &Sides<'_>) -> Result<Vec<String>> {
+async fn roles(sides: &Sides<'_>, failures: &mut Vec<String>) -> Result<()> {
     let Sides {
         source,
         target,
         plan,
         ..
     } = *sides;
-    let mut failures = Vec::new();
     let settings = plan.settings;
     if !settings.keep_owners && !settings.keep_privileges {
-        return Ok(failures);
+        return Ok(());
     }
     let needed: Vec<(String, bool)> = source
         .query(ROLES_SQL, &[])
@@ -388,5 +378,5 @@ async fn roles(sides: &Sides<'_>) -> Result<Vec<String>> {
             quote_ident(&plan.target.user)
         ));
     }
-    Ok(failures)
+    Ok(())
 }

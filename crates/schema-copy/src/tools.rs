@@ -9,8 +9,8 @@
 //! major version is at least the server's wins.
 //!
 //! Child processes never see a password on their command line: it is passed
-//! in `PGPASSWORD`, and TLS settings in `PGSSLMODE`, `PGSSLROOTCERT`, ... so
-//! they behave as pglive's own sessions do. Other `PG*` variables of this
+//! in `PGPASSWORD`, and TLS settings in `PGSSLMODE`, `PGCHANNELBINDING`,
+//! `PGSSLROOTCERT`, ... so they behave as pglive's own sessions do. Other `PG*` variables of this
 //! process are removed from their environment: the [`ConnectConfig`] already
 //! took them into account.
 
@@ -128,6 +128,9 @@ impl PgTools {
             cmd.env("PGPASSWORD", password);
         }
         cmd.env("PGSSLMODE", server.sslmode.as_str());
+        // As strict as pglive's own connections: with `require`, a program
+        // must not fall back to a login that is not bound to the channel.
+        cmd.env("PGCHANNELBINDING", server.channel_binding.as_str());
         for (var, path) in [
             ("PGSSLROOTCERT", &server.sslrootcert),
             ("PGSSLCERT", &server.sslcert),
@@ -428,5 +431,28 @@ mod tests {
         assert!(text.contains(&tools.dir().display().to_string()), "{text}");
         let err = PgTools::pick(vec![PathBuf::from("/nonexistent")], 10).unwrap_err();
         assert!(matches!(err, Error::ToolsNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn client_programs_get_the_channel_binding_and_tls_settings() {
+        let Ok(tools) = PgTools::find(0) else {
+            return; // no client programs on this machine
+        };
+        let config = ConnectConfig::parse(
+            "host=h user=u password=secret dbname=d sslmode=require channel_binding=require",
+        )
+        .unwrap();
+        let cmd = tools.command("pg_dump", &config);
+        let env: Vec<(String, String)> = cmd
+            .as_std()
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned())))
+            .collect();
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        // Without it pg_dump would fall back to an unbound login (and hand
+        // the password to whoever answers) where pglive itself refuses one.
+        assert_eq!(get("PGCHANNELBINDING"), Some("require"), "{env:?}");
+        assert_eq!(get("PGSSLMODE"), Some("require"), "{env:?}");
+        assert_eq!(get("PGPASSWORD"), Some("secret"));
     }
 }

@@ -403,6 +403,21 @@ impl ConnectConfig {
                 )));
             }
         }
+        // Accepted only where pglive behaves as libpq would: it never
+        // encrypts with GSSAPI, and it connects to the first host that
+        // answers, whatever that server's role.
+        if let Some(mode) = get("gssencmode").filter(|m| m == "require") {
+            return Err(ConfigError::new(format!(
+                "gssencmode={mode} is not supported: pglive does not speak GSSAPI encryption; \
+                 use sslmode=verify-full (or gssencmode=prefer)"
+            )));
+        }
+        if let Some(attrs) = get("target_session_attrs").filter(|a| a != "any") {
+            return Err(ConfigError::new(format!(
+                "target_session_attrs={attrs} is not supported: pglive connects to the first host that \
+                 answers; give the address of the server you mean (the primary) instead"
+            )));
+        }
         if let Some(replication) = get("replication") {
             return Err(ConfigError::new(format!(
                 "replication={replication} must not be given: pglive opens replication connections itself"
@@ -726,6 +741,32 @@ mod tests {
 
     fn parse(s: &str) -> Result<ConnectConfig, ConfigError> {
         ConnectConfig::parse_with(s, &FakeEnv::default())
+    }
+
+    #[test]
+    fn parameters_pglive_cannot_honour_are_refused() {
+        for (conninfo, expected) in [
+            ("host=h gssencmode=require", "gssencmode=require"),
+            (
+                "host=h target_session_attrs=read-write",
+                "target_session_attrs=read-write",
+            ),
+            (
+                "host=a,b target_session_attrs=primary",
+                "target_session_attrs=primary",
+            ),
+        ] {
+            let error = parse(conninfo).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{conninfo:?} gave {error:?}");
+        }
+        // What pglive does anyway is accepted.
+        for conninfo in [
+            "host=h gssencmode=disable",
+            "host=h gssencmode=prefer",
+            "host=h target_session_attrs=any",
+        ] {
+            parse(conninfo).unwrap();
+        }
     }
 
     #[test]

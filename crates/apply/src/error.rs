@@ -117,12 +117,7 @@ impl Error {
     /// a new applier resumes from the state in the target.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Target { source, .. } => {
-                source.is_closed()
-                    || source
-                        .code()
-                        .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
-            }
+            Error::Target { source, .. } => pglive_postgres::is_transient_statement_error(source),
             Error::Connect(e) => e.is_transient(),
             Error::State(e) => e.is_transient(),
             Error::Replication(e) => e.is_transient(),

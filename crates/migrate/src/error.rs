@@ -193,7 +193,7 @@ impl Error {
             Error::Replication(e) => e.is_transient(),
             Error::Apply(e) => e.is_transient(),
             Error::StateSchema(e) => e.is_transient(),
-            Error::Sql(e) => e.is_closed(),
+            Error::Sql(e) => pglive_postgres::is_transient_statement_error(e),
             Error::During { source, .. } => source.is_transient(),
             _ => false,
         };
@@ -226,7 +226,7 @@ fn transient_cause(cause: &(dyn std::error::Error + 'static)) -> bool {
             .is_some_and(pglive_postgres::StateSchemaError::is_transient)
         || cause
             .downcast_ref::<tokio_postgres::Error>()
-            .is_some_and(tokio_postgres::Error::is_closed)
+            .is_some_and(pglive_postgres::is_transient_statement_error)
 }
 
 impl From<serde_json::Error> for Error {
@@ -298,5 +298,43 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<pglive_postgres::ConfigError> for Error {
     fn from(error: pglive_postgres::ConfigError) -> Error {
         Error::Connect(error.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection error from a real connect attempt (nothing listens on
+    /// the port): what a stage wraps when a server goes away.
+    async fn lost_connection() -> pglive_postgres::Error {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let config = pglive_postgres::ConnectConfig::parse(&format!(
+            "host=127.0.0.1 port={port} user=u dbname=d sslmode=disable"
+        ))
+        .unwrap();
+        pglive_postgres::connect_sql(&config).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn lost_connections_inside_the_stages_are_transient() {
+        let copy = Error::Copy(pglive_snapshot::Error::Connect {
+            server: "copy".to_owned(),
+            source: lost_connection().await,
+        });
+        assert!(copy.is_transient(), "{copy:?}");
+        let schema = Error::Schema(pglive_schema::Error::Connect {
+            server: "schema".to_owned(),
+            source: lost_connection().await,
+        });
+        let during = Error::During {
+            doing: "adopting a table".to_owned(),
+            source: Box::new(schema),
+        };
+        assert!(during.is_transient(), "{during:?}");
+        // A refusal is not.
+        assert!(!Error::NotQuiet.is_transient());
     }
 }

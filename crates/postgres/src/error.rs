@@ -47,5 +47,16 @@ impl Error {
     }
 }
 
+/// Whether a statement's error may go away on a new connection: the
+/// connection was lost (class 08 or closed) or the server is shutting down
+/// or starting (57P01…57P03). Every stage's `is_transient` asks this of its
+/// statement errors.
+pub fn is_transient_statement_error(error: &tokio_postgres::Error) -> bool {
+    error.is_closed()
+        || error
+            .code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+}
+
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

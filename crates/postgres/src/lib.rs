@@ -56,7 +56,7 @@ mod timestamp;
 pub mod tls;
 
 pub use conninfo::{ChannelBinding, ConfigError, ConnectConfig, Host, SslMode};
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_transient_statement_error};
 pub use lsn::{Lsn, ParseLsnError};
 pub use name::QualifiedName;
 pub use quote::{quote_ident, quote_literal};

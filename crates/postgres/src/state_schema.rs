@@ -55,17 +55,11 @@ pub enum StateSchemaError {
 }
 
 impl StateSchemaError {
-    /// Whether retrying on a new connection may succeed: the connection
-    /// was lost, or the server is shutting down or not accepting
-    /// connections yet.
+    /// Whether retrying on a new connection may succeed (see
+    /// [`crate::is_transient_statement_error`]).
     pub fn is_transient(&self) -> bool {
         match self {
-            StateSchemaError::Sql { source, .. } => {
-                source.is_closed()
-                    || source
-                        .code()
-                        .is_none_or(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
-            }
+            StateSchemaError::Sql { source, .. } => crate::is_transient_statement_error(source),
             StateSchemaError::Newer { .. } => false,
         }
     }

@@ -54,15 +54,11 @@ fn expect_preflight(source: &str, target: &str, expected: &str) -> String {
 }
 
 fn pair(cluster: &Cluster, prefix: &str) -> (String, String) {
-    let source = cluster.create_database(&format!("{prefix}_src")).unwrap();
-    let target = cluster.create_database(&format!("{prefix}_dst")).unwrap();
-    cluster
-        .psql(
-            &source,
-            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')",
-        )
-        .unwrap();
-    (source, target)
+    util::databases(
+        cluster,
+        prefix,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')",
+    )
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pglive_testkit::Cluster;
 
-use crate::util::{finish, run_ok, spawn, wait_for_stage};
+use crate::util::{self, finish, run_ok, spawn, wait_for_stage};
 
 #[test]
 fn help_texts() {
@@ -45,15 +45,8 @@ fn normalize(value: &mut serde_json::Value) {
 #[test]
 fn status_json_of_a_finished_migration() {
     let cluster = Cluster::shared();
-    let src = cluster.create_database("status_src").unwrap();
-    let dst = cluster.create_database("status_dst").unwrap();
-    cluster
-        .psql(
-            &src,
-            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' FROM generate_series(1, 100) g;
-             CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b SELECT generate_series(1, 10);",
-        )
-        .unwrap();
+    let (src, dst) = util::databases(cluster, "status", "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' FROM generate_series(1, 100) g;
+             CREATE TABLE b (id int PRIMARY KEY); INSERT INTO b SELECT generate_series(1, 10);");
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let mut migrate = spawn(&[
         "migrate",
@@ -87,15 +80,8 @@ fn status_json_of_a_finished_migration() {
 #[test]
 fn json_log_format_writes_only_json_objects() {
     let cluster = Cluster::shared();
-    let src = cluster.create_database("jsonlog_src").unwrap();
-    let dst = cluster.create_database("jsonlog_dst").unwrap();
-    cluster
-        .psql(
-            &src,
-            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' FROM generate_series(1, 1000) g;
-             CREATE INDEX ON a (v);",
-        )
-        .unwrap();
+    let (src, dst) = util::databases(cluster, "jsonlog", "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' FROM generate_series(1, 1000) g;
+             CREATE INDEX ON a (v);");
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let output = crate::util::run(&[
         "--log-format",

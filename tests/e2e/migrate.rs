@@ -368,15 +368,8 @@ fn cutover_typed_in_the_migrate_terminal() {
 #[test]
 fn keyless_table_updated_during_the_migration() {
     let cluster = Cluster::shared();
-    let src = cluster.create_database("keyless_src").unwrap();
-    let dst = cluster.create_database("keyless_dst").unwrap();
-    cluster
-        .psql(
-            &src,
-            "CREATE TABLE readings (at int, value text); INSERT INTO readings SELECT g, 'v' FROM generate_series(1, 100) g;
-             CREATE TABLE keyed (id int PRIMARY KEY, v text); INSERT INTO keyed VALUES (1, 'a');",
-        )
-        .unwrap();
+    let (src, dst) = util::databases(cluster, "keyless", "CREATE TABLE readings (at int, value text); INSERT INTO readings SELECT g, 'v' FROM generate_series(1, 100) g;
+             CREATE TABLE keyed (id int PRIMARY KEY, v text); INSERT INTO keyed VALUES (1, 'a');");
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let mut migrate = util::migrate_until_streaming(&source, &target, "kl", &[]);
     cluster
@@ -423,15 +416,8 @@ fn keyless_table_updated_during_the_migration() {
 #[test]
 fn filters_are_kept_and_clean_removes_only_its_own_migration() {
     let cluster = Cluster::shared();
-    let src = cluster.create_database("filter_src").unwrap();
-    let dst = cluster.create_database("filter_dst").unwrap();
-    cluster
-        .psql(
-            &src,
-            "CREATE TABLE kept (id serial PRIMARY KEY, v text); INSERT INTO kept (v) SELECT 'k' FROM generate_series(1, 100);
-             CREATE TABLE left_out (id serial PRIMARY KEY, v text); INSERT INTO left_out (v) SELECT 'l' FROM generate_series(1, 100);",
-        )
-        .unwrap();
+    let (src, dst) = util::databases(cluster, "filter", "CREATE TABLE kept (id serial PRIMARY KEY, v text); INSERT INTO kept (v) SELECT 'k' FROM generate_series(1, 100);
+             CREATE TABLE left_out (id serial PRIMARY KEY, v text); INSERT INTO left_out (v) SELECT 'l' FROM generate_series(1, 100);");
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let mut migrate =
         util::migrate_until_streaming(&source, &target, "f", &["--include", "public.kept"]);
@@ -503,17 +489,14 @@ fn assert_tables_equal(cluster: &Cluster, src: &str, dst: &str, tables: &[&str])
 #[test]
 fn tables_created_mid_run_are_carried() {
     let cluster = Cluster::shared();
-    let src = cluster.create_database("newtab_src").unwrap();
-    let dst = cluster.create_database("newtab_dst").unwrap();
-    cluster
-        .psql(
-            &src,
-            "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'a');
+    let (src, dst) = util::databases(
+        cluster,
+        "newtab",
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'a');
              CREATE TABLE ev (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
              CREATE TABLE ev_2025 PARTITION OF ev FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
              INSERT INTO ev VALUES (1, '2025-02-01');",
-        )
-        .unwrap();
+    );
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let mut migrate = util::migrate_until_streaming(&source, &target, "nt", &[]);
     cluster

@@ -171,6 +171,19 @@ pub const PINNED: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; SET
      SET extra_float_digits = 3; SET bytea_output = hex; SET statement_timeout = 0; \
      SET row_security = off; SET lc_monetary = 'C';";
 
+/// A source database `<prefix>_src` loaded with `source_sql` and an empty
+/// target database `<prefix>_dst` on `cluster` (their names made unique).
+pub fn databases(
+    cluster: &pglive_testkit::Cluster,
+    prefix: &str,
+    source_sql: &str,
+) -> (String, String) {
+    let source = cluster.create_database(&format!("{prefix}_src")).unwrap();
+    let target = cluster.create_database(&format!("{prefix}_dst")).unwrap();
+    cluster.psql(&source, source_sql).unwrap();
+    (source, target)
+}
+
 /// Asserts that `table` holds the same rows in the source's database `src`
 /// and the target's `dst` (count and digest of every row's text, computed
 /// by the servers independently of pglive).

@@ -159,13 +159,7 @@ impl Wire {
     /// (so a cancelled wait loses nothing).
     pub async fn wait_frame(&mut self) -> Result<()> {
         loop {
-            if self.read_buf.len() >= 5 {
-                let len = u32::from_be_bytes([
-                    self.read_buf[1],
-                    self.read_buf[2],
-                    self.read_buf[3],
-                    self.read_buf[4],
-                ]) as usize;
+            if let Some(len) = declared_len(&self.read_buf) {
                 if len < 4 || len > self.max_message || self.read_buf.len() > len {
                     // Complete (or malformed: taking it reports the error).
                     return Ok(());
@@ -255,18 +249,23 @@ impl Wire {
     }
 }
 
-/// Splits one complete message off the front of `buf`, if there is one.
+/// The length the message at the front of `buf` declares (its length
+/// field counts itself, not the type byte), once its header is there.
+fn declared_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.get(..5)?;
+    Some(u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize)
+}
+
 /// Splits the first complete message off `buf`; `None` until it is
 /// complete. A declared length above `max_len` is an error.
 pub(crate) fn take_frame(
     buf: &mut BytesMut,
     max_len: usize,
 ) -> std::result::Result<Option<Frame>, String> {
-    if buf.len() < 5 {
+    let Some(len) = declared_len(buf) else {
         return Ok(None);
-    }
+    };
     let tag = buf[0];
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len < 4 {
         return Err(format!(
             "message {:?} has invalid length {len}",

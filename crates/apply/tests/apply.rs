@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{Pair, config, options, run_quietly};
+use common::{Pair, apply_until, config, options, run_quietly};
 use pglive_apply::{Applier, Error};
+use pglive_postgres::Lsn;
 
 const SCHEMA: &str = "
 CREATE EXTENSION IF NOT EXISTS hstore;
@@ -705,4 +706,87 @@ async fn only_keys_that_print_one_way_are_spread() {
     let applier = pair.catch_up(&pair.target_conninfo(), spread).await;
     pair.assert_equal().await;
     assert!(applier.stats().spread_batches > 0, "{:?}", applier.stats());
+}
+
+#[tokio::test]
+async fn a_target_waiting_for_its_synchronous_standby_is_not_confirmed_early() {
+    // A cluster of its own: the standby setting is the whole server's.
+    let cluster: &'static pglive_testkit::Cluster = Box::leak(Box::new(
+        pglive_testkit::Cluster::start(pglive_testkit::ClusterOptions::new()).unwrap(),
+    ));
+    let pair = Pair::on(
+        cluster,
+        "syncrep",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+    )
+    .await;
+    // Connected (its state tables made) before the target must wait.
+    let mut applier = Applier::connect(&config(&pair.target_conninfo()), options(&pair, 1))
+        .await
+        .unwrap();
+    // The source's own commits do not wait; the target's do, for a
+    // standby that is not there (yet).
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "ALTER DATABASE {} SET synchronous_commit = local",
+                pair.source
+            ),
+        )
+        .unwrap();
+    cluster
+        .alter_system(&[("synchronous_standby_names", "pglive_absent_standby")])
+        .unwrap();
+    pair.source_sql("INSERT INTO t VALUES (1, 'after the standby confirms')");
+    let stop_at = pair.source_lsn();
+    let (source_conninfo, slot, start) = (pair.source_conninfo(), pair.slot.clone(), pair.start);
+    let applying = tokio::spawn(async move {
+        let stopped = apply_until(&source_conninfo, &slot, start, &mut applier, 1, stop_at).await;
+        (applier, stopped)
+    });
+
+    // The batch's commit waits for the standby, and the source is not
+    // told the change is safe.
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event = 'SyncRep'",
+        pair.target
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cluster.psql("postgres", &waiting).unwrap() == "0" {
+        assert!(
+            !applying.is_finished() && std::time::Instant::now() < deadline,
+            "apply committed without waiting for the target's synchronous standby"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let confirmed: Lsn = cluster
+        .psql(
+            &pair.source,
+            &format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+                pair.slot
+            ),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        confirmed < stop_at,
+        "{confirmed} confirmed before the standby had {stop_at}"
+    );
+
+    // Once the standby requirement is met (here: dropped), apply goes on.
+    cluster
+        .alter_system(&[("synchronous_standby_names", "")])
+        .unwrap();
+    let (_applier, stopped) = tokio::time::timeout(std::time::Duration::from_secs(60), applying)
+        .await
+        .expect("apply finishes once the standby requirement is met")
+        .unwrap();
+    assert!(
+        matches!(stopped, pglive_apply::Stopped::ReachedLsn(_)),
+        "{stopped:?}"
+    );
+    pair.assert_equal().await;
 }

@@ -27,7 +27,11 @@ pub struct Pair {
 impl Pair {
     /// Creates both databases with `schema`, and the publication and slot.
     pub async fn new(prefix: &str, schema: &str) -> Pair {
-        let cluster = Cluster::shared();
+        Pair::on(Cluster::shared(), prefix, schema).await
+    }
+
+    /// [`Pair::new`] on a cluster of the test's own.
+    pub async fn on(cluster: &'static Cluster, prefix: &str, schema: &str) -> Pair {
         let source = cluster.create_database(&format!("{prefix}_src")).unwrap();
         let target = cluster.create_database(&format!("{prefix}_dst")).unwrap();
         cluster.psql(&source, schema).unwrap();

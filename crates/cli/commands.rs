@@ -85,9 +85,13 @@ pub(crate) async fn cutover(args: CutoverArgs, renderer: Arc<Renderer>) -> Resul
     let (source, target) = both(&args.servers)?;
     let name = &args.servers.name;
     if args.abort {
-        if pglive_migrate::abort_cutover(source, target, name).await? {
-            renderer.info("cutover aborted: the source is writable again");
-        }
+        renderer.info(
+            if pglive_migrate::abort_cutover(source, target, name).await? {
+                "cutover aborted; the fence is lifted: the source is writable again"
+            } else {
+                "cutover aborted (no fence was up)"
+            },
+        );
         return Ok(ExitStatus::Success);
     }
     let mut options = CutoverOptions::new(name.clone());

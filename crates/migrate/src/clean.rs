@@ -5,6 +5,7 @@ use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_repl::ReplicationClient;
 
 use crate::error::{Doing, Error, Result};
+use crate::fence;
 use crate::preflight;
 use crate::publication;
 use crate::state;
@@ -23,6 +24,8 @@ pub async fn clean(
 ) -> Result<Vec<String>> {
     let target = preflight::connect(&target_config, "target").await?;
     let source = preflight::connect(&source_config, "source").await?;
+    // Under a fence, new sessions start read-only.
+    fence::allow_writes(&source).await?;
     let migration = state::load(&target, name).await?;
     let (slot, publication) = match &migration {
         Some(m) => (m.slot.clone(), m.publication.clone()),
@@ -34,6 +37,20 @@ pub async fn clean(
             name: name.to_owned(),
             hint: "stop it first, or pass --force",
         });
+    }
+    // A fence of an unfinished cutover goes with the migration; after a
+    // finished one, the source stays read-only on purpose.
+    if let Some(m) = &migration {
+        if m.fence_raised {
+            if m.stage == state::Stage::Done {
+                done.push(
+                    "the source stays read-only from the fenced cutover (ALTER DATABASE … RESET default_transaction_read_only makes it writable)"
+                        .to_owned(),
+                );
+            } else if fence::lift_recorded(&source_config, &target, name).await? {
+                done.push("lifted the fence: the source is writable again".to_owned());
+            }
+        }
     }
     // The slot: end whoever uses it when forced, then drop it.
     let active: Option<Option<i32>> = source

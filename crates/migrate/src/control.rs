@@ -53,6 +53,11 @@ impl Control {
         self.cutover.send_replace(Some(fence));
     }
 
+    /// Forgets a cutover request (it failed, and streaming goes on).
+    pub(crate) fn withdraw_cutover(&self) {
+        self.cutover.send_replace(None);
+    }
+
     /// Completes with the fence choice once a cutover was asked for.
     pub(crate) async fn cutover_requested(&self) -> bool {
         let mut requests = self.cutover.subscribe();

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pglive_postgres::{ConnectConfig, Lsn, PgTimestamp, connect_sql};
+use pglive_repl::ReplicationClient;
 use tokio_postgres::Client;
 
-use crate::error::{Doing, Error, Result};
+use crate::error::{Doing, Error, Result, chain};
 use crate::events::{Event, Events, Step};
+use crate::fence;
 use crate::human;
 use crate::job::Job;
+use crate::late_changes;
 use crate::live::{self, Session};
 use crate::preflight;
 use crate::publication;
@@ -31,58 +34,71 @@ async fn source_lsn(source: &Client) -> Result<Lsn> {
     Ok(text.parse()?)
 }
 
-/// Makes the source database read-only for new transactions and ends the
-/// other sessions on it, so no write can slip in after the last position.
-async fn fence(source: &Client) -> Result<u64> {
-    source
-        .batch_execute(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = on', current_database()); END $$",
-        )
-        .await
-        .doing("fencing the source (ALTER DATABASE … SET default_transaction_read_only)")?;
-    let ended: i64 = source
-        .query_one(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
-               FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-            &[],
-        )
-        .await
-        .doing("ending the source's other sessions")?
-        .get(0);
-    Ok(ended as u64)
-}
-
-/// Undoes [`fence`].
-async fn unfence(source: &Client) -> Result<()> {
-    // This session itself starts read-only while the fence is up.
-    source
-        .batch_execute("SET default_transaction_read_only = off")
-        .await
-        .doing("lifting the fence on the source")?;
-    source
-        .batch_execute(
-            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', current_database()); END $$",
-        )
-        .await
-        .doing("lifting the fence on the source")
-}
-
 /// Performs the cutover on a connected session; returns its summary.
+/// Whatever stops it before the slot is dropped withdraws the cutover
+/// (the migration goes back to streaming) and lifts the fence it raised;
+/// after that, the next `migrate` or `cutover` finishes it.
 pub(crate) async fn perform(
     job: &Job,
     record: &Record,
-    mut session: Session,
+    session: Session,
     fence_source: bool,
     events: &dyn Events,
 ) -> Result<String> {
     let target = connect_sql(&job.target).await?;
     let source = connect_sql(&job.source).await?;
-    state::set_stage(&target, job.name(), Stage::Cutover).await?;
+    // A cutover resumed under its own fence opens sessions that start
+    // read-only.
+    fence::allow_writes(&source).await?;
+    state::begin_cutover(&target, job.name(), fence_source).await?;
+    // A large future: on the heap.
+    let checked = Box::pin(check(
+        job,
+        record,
+        session,
+        &source,
+        &target,
+        fence_source,
+        events,
+    ))
+    .await;
+    let (summary, replication) = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            give_up(job, &chain(&error), events).await;
+            return Err(error);
+        }
+    };
+    complete(
+        job,
+        record,
+        &source,
+        &target,
+        Some(replication),
+        &summary,
+        events,
+    )
+    .await?;
+    Ok(summary)
+}
+
+/// Everything of the cutover up to dropping the slot: the fence, the
+/// catch-up, what the stream does not carry, the counts, and what came
+/// after the final position. Records the summary before returning it
+/// with the replication connection.
+async fn check(
+    job: &Job,
+    record: &Record,
+    mut session: Session,
+    source: &Client,
+    target: &Client,
+    fence_source: bool,
+    events: &dyn Events,
+) -> Result<(String, ReplicationClient)> {
     let started = Instant::now();
-    refuse_tables_not_carried(job, &source, &target).await?;
+    refuse_tables_not_carried(job, source, target).await?;
     if fence_source {
-        let ended = fence(&source).await?;
+        let ended = fence::raise(source, target, job.name()).await?;
         events.note(
             Step::Cutover,
             format!("cutover: source fenced (read-only), {ended} session(s) ended"),
@@ -98,7 +114,7 @@ pub(crate) async fn perform(
     let mut last_change = Instant::now();
     let mut seen = session.applier.stats().transactions;
     let final_lsn = loop {
-        let lsn = source_lsn(&source).await?;
+        let lsn = source_lsn(source).await?;
         live::catch_up(&mut session, lsn, events).await?;
         let now_seen = session.applier.stats().transactions;
         if now_seen != seen {
@@ -111,7 +127,7 @@ pub(crate) async fn perform(
             return Err(Error::NotQuiet);
         }
         // `pglive cutover --abort` moves the stage back.
-        if let Ok(Some(m)) = state::load(&target, job.name()).await {
+        if let Ok(Some(m)) = state::load(target, job.name()).await {
             if m.stage != Stage::Cutover {
                 return Err(Error::CutoverAborted);
             }
@@ -121,24 +137,15 @@ pub(crate) async fn perform(
     events.event(Event::StreamingFinished);
     let stats = session.applier.stats().clone();
     let last_write = stats.applied_commit_time;
-    state::save_stats(&target, job.name(), &stats, final_lsn, final_lsn, 0, 0.0).await?;
+    state::save_stats(target, job.name(), &stats, final_lsn, final_lsn, 0, 0.0).await?;
     events.note(
         Step::Cutover,
         format!("cutover: target caught up with the source at {final_lsn}"),
     );
 
     // A table created between the check before the fence and the fence.
-    if let Err(error) = refuse_tables_not_carried(job, &source, &target).await {
-        if fence_source {
-            unfence(&source).await?;
-            events.note(
-                Step::Cutover,
-                "cutover: the fence is lifted: the source is writable again",
-            );
-        }
-        return Err(error);
-    }
-    let sequences = pglive_schema::sync_sequences(&source, &target, &job.filter())
+    refuse_tables_not_carried(job, source, target).await?;
+    let sequences = pglive_schema::sync_sequences(source, target, &job.filter())
         .await
         .doing("synchronizing sequences")?;
     events.note(
@@ -146,35 +153,35 @@ pub(crate) async fn perform(
         format!("cutover: {} sequence(s) synchronized", sequences.len()),
     );
     let large_objects =
-        sync_large_objects(&source, &target, job.options.settings.keep_owners).await?;
+        sync_large_objects(source, target, job.options.settings.keep_owners).await?;
     if large_objects > 0 {
         events.note(
             Step::Cutover,
             format!("cutover: {large_objects} large object(s) synchronized"),
         );
     }
-    let refreshed = refresh_materialized_views(&target).await?;
+    let refreshed = refresh_materialized_views(target).await?;
     if refreshed > 0 {
         events.note(
             Step::Cutover,
             format!("cutover: {refreshed} materialized view(s) refreshed"),
         );
     }
-    let restored = pglive_apply::restore_triggers(&target).await?;
+    let restored = pglive_apply::restore_triggers(target).await?;
     if restored > 0 {
         events.note(
             Step::Cutover,
             format!("cutover: {restored} target trigger(s) enabled again"),
         );
     }
-    let identities = pglive_apply::restore_identity_columns(&target).await?;
+    let identities = pglive_apply::restore_identity_columns(target).await?;
     if identities > 0 {
         events.note(
             Step::Cutover,
             format!("cutover: {identities} identity column(s) made GENERATED ALWAYS again"),
         );
     }
-    let keyless = keyless_tables_changed(&source, record, &job.filter(), events).await?;
+    let keyless = keyless_tables_changed(source, record, &job.filter(), events).await?;
     for (table, changes) in &keyless {
         events.warn(Step::Cutover, format!(
             "{table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
@@ -184,7 +191,7 @@ pub(crate) async fn perform(
         ));
     }
 
-    let comparison = verify::compare(&source, &target, &job.filter(), false).await?;
+    let comparison = verify::compare(source, target, &job.filter(), false).await?;
     // A keyless table reported above may differ: that is said already.
     let (expected, mismatches): (Vec<_>, Vec<_>) = comparison
         .mismatches()
@@ -204,23 +211,49 @@ pub(crate) async fn perform(
             tables: mismatches.iter().map(|m| m.table.clone()).collect(),
         });
     }
+    let rows = comparison.tables.iter().map(|t| t.source_rows).sum();
     events.note(
         Step::Cutover,
         format!(
             "cutover: row counts match on {} of {} tables ({} rows)",
             comparison.tables.len() - expected.len(),
             comparison.tables.len(),
-            human::count(comparison.tables.iter().map(|t| t.source_rows).sum())
+            human::count(rows)
         ),
     );
 
-    let mut replication = session.stream.stop().await?;
-    replication
-        .drop_slot(&record.slot, true)
-        .await
-        .doing_with(|| format!("dropping slot {:?}", record.slot))?;
-    replication.close().await.ok();
-    publication::drop(&source, &record.publication).await?;
+    // The slot is read on to the source's position: whatever committed
+    // after the final one is not on the target.
+    drop(session.applier);
+    let until = source_lsn(source).await?;
+    let late =
+        late_changes::read(&mut session.stream, session.protocol_version, until, source).await?;
+    if late.transactions > 0 {
+        events.warn(
+            Step::Cutover,
+            format!(
+                "{} transaction(s) committed on the source after the cutover point {final_lsn} are not on the target: \
+                 {}; a session wrote {}: compare those tables (`pglive verify --full`) and carry the rows by hand",
+                late.transactions,
+                late.describe(),
+                if fence_source {
+                    "past the fence (BEGIN READ WRITE, or SET default_transaction_read_only = off)"
+                } else {
+                    "after the application was to be stopped (use --fence)"
+                }
+            ),
+        );
+    }
+    if !late.complete {
+        events.warn(
+            Step::Cutover,
+            format!(
+                "the slot could not be read up to the source's position {until} in time: \
+                 changes committed after the cutover point {final_lsn} cannot be ruled out"
+            ),
+        );
+    }
+    let replication = session.stream.stop().await?;
 
     // With a fence, writes were blocked from the fence on; without one,
     // they stopped at the last source commit.
@@ -234,10 +267,10 @@ pub(crate) async fn perform(
         (false, Some(since)) => since,
         _ => started.elapsed(),
     };
-    let summary = format!(
+    let mut summary = format!(
         "cut over at {final_lsn}: {} tables, {} rows verified by count; writes blocked for {:.1}s{}",
         comparison.tables.len(),
-        human::count(comparison.tables.iter().map(|t| t.source_rows).sum()),
+        human::count(rows),
         blocked.as_secs_f64(),
         if fence_source {
             " (source stays read-only)"
@@ -245,21 +278,138 @@ pub(crate) async fn perform(
             ""
         }
     );
-    let summary = match keyless.len() {
-        0 => summary,
-        n => format!(
-            "{summary}; {n} keyless table(s) received updates or deletes that were not carried"
-        ),
+    if !keyless.is_empty() {
+        summary.push_str(&format!(
+            "; {} keyless table(s) received updates or deletes that were not carried",
+            keyless.len()
+        ));
+    }
+    if late.transactions > 0 {
+        summary.push_str(&format!(
+            "; {} transaction(s) committed on the source after the cutover point were not carried: {}",
+            late.transactions,
+            late.describe()
+        ));
+    }
+    state::set_finishing(target, job.name(), &summary).await?;
+    Ok((summary, replication))
+}
+
+/// Withdraws a cutover that failed (`reason` says why) and lifts its
+/// fence, saying which; on connections of its own, as the failure may
+/// have been one.
+async fn give_up(job: &Job, reason: &str, events: &dyn Events) {
+    let target = match connect_sql(&job.target).await {
+        Ok(target) => target,
+        Err(error) => {
+            events.warn(
+                Step::Cutover,
+                format!(
+                    "the cutover failed and the target cannot be reached ({}): if it fenced the source, \
+                     the source stays read-only until `pglive cutover --abort` lifts the fence",
+                    chain(&error)
+                ),
+            );
+            return;
+        }
     };
-    state::finish(&target, job.name(), &summary).await?;
+    // Past its checks, the slot may be gone: only finishing is left.
+    if let Ok(Some(record)) = state::load(&target, job.name()).await {
+        if record.finishing.is_some() {
+            events.warn(
+                Step::Cutover,
+                "the cutover's checks passed but it did not finish: run `pglive cutover` (or `pglive migrate`) again to finish it",
+            );
+            return;
+        }
+    }
+    if let Err(error) = state::abort_cutover(&target, job.name(), Some(reason)).await {
+        events.warn(
+            Step::Cutover,
+            format!(
+                "the failed cutover could not be withdrawn ({})",
+                chain(&error)
+            ),
+        );
+    }
+    match fence::lift_recorded(&job.source, &target, job.name()).await {
+        Ok(true) => events.note(
+            Step::Cutover,
+            "cutover: stopped; the fence is lifted, the source is writable again",
+        ),
+        Ok(false) => {}
+        Err(error) => events.warn(
+            Step::Cutover,
+            format!(
+                "the fence on the source could not be lifted ({}): the source stays read-only until \
+                 `pglive cutover --abort` or `pglive clean` lifts it",
+                chain(&error)
+            ),
+        ),
+    }
+}
+
+/// Drops the slot and the publications and records the migration done;
+/// `replication` is the stream's connection when the caller has it.
+async fn complete(
+    job: &Job,
+    record: &Record,
+    source: &Client,
+    target: &Client,
+    replication: Option<ReplicationClient>,
+    summary: &str,
+    events: &dyn Events,
+) -> Result<()> {
+    let slot_exists = source
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&record.slot],
+        )
+        .await
+        .doing("reading pg_replication_slots")?
+        .is_some();
+    if slot_exists {
+        let mut replication = match replication {
+            Some(replication) => replication,
+            None => ReplicationClient::connect(&job.source).await?,
+        };
+        replication
+            .drop_slot(&record.slot, true)
+            .await
+            .doing_with(|| format!("dropping slot {:?}", record.slot))?;
+        replication.close().await.ok();
+    }
+    publication::drop(source, &record.publication).await?;
+    state::finish(target, job.name(), summary).await?;
     events.note(
         Step::Cutover,
         format!("cutover: slot and publications dropped; {summary}"),
     );
     events.event(Event::SwitchNow {
-        summary: summary.clone(),
+        summary: summary.to_owned(),
     });
-    Ok(summary)
+    Ok(())
+}
+
+/// Finishes a cutover whose checks passed but whose process stopped
+/// before it recorded `done` (see [`Record::finishing`]).
+pub(crate) async fn finish_recorded(
+    job: &Job,
+    record: &Record,
+    events: &dyn Events,
+) -> Result<Option<String>> {
+    let Some(summary) = &record.finishing else {
+        return Ok(None);
+    };
+    events.note(
+        Step::Cutover,
+        "cutover: its checks had passed before pglive stopped; finishing it",
+    );
+    let target = connect_sql(&job.target).await?;
+    let source = connect_sql(&job.source).await?;
+    fence::allow_writes(&source).await?;
+    complete(job, record, &source, &target, None, summary, events).await?;
+    Ok(Some(summary.clone()))
 }
 
 /// Fails when the source has selected tables this migration's copy does not
@@ -485,6 +635,7 @@ pub async fn cutover(
     }
     let seconds = options.timeout.as_secs();
     let deadline = Instant::now() + options.timeout;
+    let job = Job::for_recorded(source, target, &record);
     if !state::try_lock(&target_client, &name).await? {
         // A migrate runs: ask it, and wait for the result.
         state::request_cutover(&target_client, &name, options.fence).await?;
@@ -499,7 +650,7 @@ pub async fn cutover(
                     .await?
                     .ok_or_else(|| Error::NotFound {
                         name: name.clone(),
-                        target: target.describe(),
+                        target: job.target.describe(),
                     })?;
             if current.stage == Stage::Done {
                 let summary = current.summary.unwrap_or_default();
@@ -508,10 +659,18 @@ pub async fn cutover(
                 });
                 return Ok(CutoverOutcome::Done { summary });
             }
+            if !current.cutover_requested {
+                return Err(Error::CutoverWithdrawn {
+                    reason: current
+                        .cutover_error
+                        .unwrap_or_else(|| "it was aborted".to_owned()),
+                });
+            }
             if !state::is_running(&target_client, &name).await? {
                 return Err(Error::MigrateStopped);
             }
             if Instant::now() > deadline {
+                give_up(&job, "`pglive cutover` timed out", events.as_ref()).await;
                 return Err(Error::Timeout {
                     what: "the cutover",
                     seconds,
@@ -519,14 +678,22 @@ pub async fn cutover(
             }
         }
     }
-    // The tail after writes stopped is short: one session.
-    let job = Job::for_recorded(source, target, &record);
-    let session = live::connect(&job, &record, &Default::default()).await?;
-    let result = tokio::time::timeout(
-        options.timeout,
-        perform(&job, &record, session, options.fence, events.as_ref()),
-    )
-    .await;
+    let result = match finish_recorded(&job, &record, events.as_ref()).await {
+        Ok(Some(summary)) => Ok(Ok(summary)),
+        Ok(None) => {
+            // The tail after writes stopped is short: one session.
+            let session = live::connect(&job, &record, &Default::default()).await?;
+            tokio::time::timeout(
+                options.timeout,
+                perform(&job, &record, session, options.fence, events.as_ref()),
+            )
+            .await
+        }
+        Err(error) => Ok(Err(error)),
+    };
+    if result.is_err() {
+        give_up(&job, "`pglive cutover` timed out", events.as_ref()).await;
+    }
     state::unlock(&target_client, &name).await.ok();
     match result {
         Ok(summary) => summary.map(|summary| CutoverOutcome::Done { summary }),
@@ -537,9 +704,9 @@ pub async fn cutover(
     }
 }
 
-/// Ends a cutover that was asked for: lifts the fence if the migration
-/// recorded one, and moves it back to streaming. True when a fence was
-/// lifted.
+/// Ends a cutover that was asked for: moves the migration back to
+/// streaming and lifts the fence it recorded (after a finished cutover,
+/// only lifts its fence). True when a fence was lifted.
 pub async fn abort_cutover(
     source: ConnectConfig,
     target: ConnectConfig,
@@ -552,10 +719,18 @@ pub async fn abort_cutover(
             target: target.describe(),
         });
     };
-    if record.fence {
-        let source = preflight::connect(&source, "source").await?;
-        unfence(&source).await?;
+    // After a finished cutover only its fence is left to lift.
+    if record.stage == Stage::Done {
+        return fence::lift_recorded(&source, &target_client, name).await;
     }
-    state::abort_cutover(&target_client, name).await?;
-    Ok(record.fence)
+    if record.finishing.is_some() {
+        return Err(Error::WrongStage {
+            name: name.to_owned(),
+            stage: record.stage,
+            needs: "its checks passed and it is dropping its slot: run `pglive cutover` (or `pglive migrate`) again to finish it",
+        });
+    }
+    // The request first: a running cutover stops before the fence goes.
+    state::abort_cutover(&target_client, name, None).await?;
+    fence::lift_recorded(&source, &target_client, name).await
 }

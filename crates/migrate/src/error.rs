@@ -124,6 +124,26 @@ pub enum Error {
         "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
     )]
     NotQuiet,
+    /// The fence cannot be made tight.
+    #[error(
+        "the source cannot be fenced: {}; {}",
+        holes.join("; "),
+        if *lifted { "the fence is lifted again and the source is writable" } else { "nothing was changed" }
+    )]
+    FenceLeaks {
+        /// Each way a write could still reach the source, with what to do.
+        holes: Vec<String>,
+        /// Whether the fence had been raised (and is lifted again).
+        lifted: bool,
+    },
+    /// The running migrate withdrew the cutover it was asked for.
+    #[error(
+        "the running `pglive migrate` could not cut over: {reason}; the cutover is withdrawn, any fence it raised is lifted, and streaming goes on"
+    )]
+    CutoverWithdrawn {
+        /// Why, as the migrate reported it.
+        reason: String,
+    },
     /// `pglive cutover --abort` ended the cutover.
     #[error("cutover aborted")]
     CutoverAborted,

@@ -49,6 +49,8 @@ const NEW_TABLES_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Session {
     pub applier: Applier,
     pub stream: ReplicationStream,
+    /// The pgoutput protocol version the stream was started with.
+    pub protocol_version: u32,
 }
 
 /// Connects an applier to the target and a stream from the slot, resuming
@@ -89,7 +91,11 @@ pub(crate) async fn connect(
         .start_replication(&record.slot, start, &pgoutput, StreamOptions::default())
         .await
         .doing_with(|| format!("starting replication from slot {:?}", record.slot))?;
-    Ok(Session { applier, stream })
+    Ok(Session {
+        applier,
+        stream,
+        protocol_version: proto,
+    })
 }
 
 /// The waits between reconnects: 1 s doubling up to 30 s, without end.
@@ -167,6 +173,7 @@ async fn session(
         let Session {
             mut applier,
             mut stream,
+            protocol_version,
         } = connect(job, record, ignored).await?;
         loop {
             let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
@@ -233,15 +240,28 @@ async fn session(
             match (stopped, why) {
                 (Stopped::Shutdown, Some(Reason::Cutover { fence })) => {
                     events.event(Event::StreamingFinished);
-                    let summary = cutover::perform(
-                        job,
-                        record,
-                        Session { applier, stream },
-                        fence,
-                        events.as_ref(),
-                    )
-                    .await?;
-                    return Ok(Some(LiveOutcome::CutOver(summary)));
+                    let session = Session {
+                        applier,
+                        stream,
+                        protocol_version,
+                    };
+                    match cutover::perform(job, record, session, fence, events.as_ref()).await {
+                        Ok(summary) => return Ok(Some(LiveOutcome::CutOver(summary))),
+                        // Withdrawn, with its fence lifted: streaming goes
+                        // on, unless cutting over was all this run was for.
+                        Err(error) if !error.is_transient() && !cutover_when_ready => {
+                            control.withdraw_cutover();
+                            events.warn(
+                                Step::Cutover,
+                                format!(
+                                    "the cutover stopped: {}; streaming goes on",
+                                    chain(&error)
+                                ),
+                            );
+                            continue 'connect;
+                        }
+                        Err(error) => return Err(error),
+                    }
                 }
                 (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
                     if !pause_for_verify(

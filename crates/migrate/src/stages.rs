@@ -11,6 +11,7 @@ use pglive_snapshot::{Copier, CopyOptions, Snapshot};
 use tokio_postgres::Client;
 
 use crate::control::Control;
+use crate::cutover;
 use crate::error::{Doing, Error, Result};
 use crate::events::{Event, Events, Step};
 use crate::human;
@@ -301,6 +302,10 @@ async fn start(
         source: job.source.describe(),
         cutover_requested: false,
         fence: false,
+        fence_raised: false,
+        fence_prior: None,
+        finishing: None,
+        cutover_error: None,
         summary: None,
         verify_request: None,
         settings: job.options.settings.clone(),
@@ -483,6 +488,11 @@ async fn continue_from(
         );
         state::set_stage(target, job.name(), Stage::Streaming).await?;
         record.stage = Stage::Streaming;
+    }
+    if record.stage == Stage::Cutover {
+        if let Some(summary) = cutover::finish_recorded(job, &record, events.as_ref()).await? {
+            return Ok(Outcome::CutOver { summary });
+        }
     }
     if record.stage == Stage::Done {
         return Ok(Outcome::AlreadyDone {

@@ -68,7 +68,21 @@ pub(crate) struct Record {
     /// The source, described without password.
     pub source: String,
     pub cutover_requested: bool,
+    /// The cutover was asked for with a fence.
     pub fence: bool,
+    /// The fence may be up on the source: recorded before it is raised,
+    /// cleared once lifted (and kept after a fenced cutover finished).
+    pub fence_raised: bool,
+    /// The source database's own `default_transaction_read_only` setting
+    /// before the fence (`None`: it had none), restored when it is lifted.
+    pub fence_prior: Option<String>,
+    /// A cutover whose checks passed, about to drop the slot: its summary.
+    /// A process that stops between dropping the slot and recording
+    /// `done` leaves this, and the next one finishes the cutover.
+    pub finishing: Option<String>,
+    /// Why the last cutover was withdrawn, for the `pglive cutover` that
+    /// asked for it.
+    pub cutover_error: Option<String>,
     pub summary: Option<String>,
     /// A `pglive verify` request: the LSN it wants apply paused at and the
     /// request's state.
@@ -122,7 +136,7 @@ impl Settings {
 /// The migration's tables, by version (see [`StateSchema`]).
 const STATE: StateSchema = StateSchema {
     component: "migrate",
-    steps: &[VERSION_1],
+    steps: &[VERSION_1, VERSION_2],
 };
 
 /// Version 1, which also brings the layouts made before versions were kept
@@ -153,6 +167,15 @@ CREATE TABLE IF NOT EXISTS pglive.adopting (
     PRIMARY KEY (migration, table_schema, table_name)
 );";
 
+/// Version 2: the fence as raised (with the setting it replaced), the
+/// summary of a cutover about to drop its slot, and why the last cutover
+/// was withdrawn.
+const VERSION_2: &str = "
+ALTER TABLE pglive.migration ADD COLUMN fence_raised boolean NOT NULL DEFAULT false;
+ALTER TABLE pglive.migration ADD COLUMN fence_prior text;
+ALTER TABLE pglive.migration ADD COLUMN finishing text;
+ALTER TABLE pglive.migration ADD COLUMN cutover_error text;";
+
 /// Creates or upgrades the migration's tables on the target.
 pub(crate) async fn create_tables(client: &Client) -> Result<()> {
     STATE.upgrade(client).await?;
@@ -164,7 +187,8 @@ pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> 
     let row = match client
         .query_opt(
             "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
-                    verify_lsn::text, verify_state, settings::text, keyless_baseline::text
+                    verify_lsn::text, verify_state, settings::text, keyless_baseline::text,
+                    fence_raised, fence_prior, finishing, cutover_error
                FROM pglive.migration WHERE name = $1",
             &[&name],
         )
@@ -184,6 +208,10 @@ pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> 
             source: r.get(5),
             cutover_requested: r.get(6),
             fence: r.get(7),
+            fence_raised: r.get(13),
+            fence_prior: r.get(14),
+            finishing: r.get(15),
+            cutover_error: r.get(16),
             summary: r.get(8),
             verify_request: verify_request_of(r.get(9), r.get(10))?,
             settings_recorded: r.get::<_, Option<String>>(11).is_some(),
@@ -273,10 +301,24 @@ pub(crate) async fn set_stage(client: &Client, name: &str, stage: Stage) -> Resu
     Ok(())
 }
 
+/// Records a cutover under way (asked for here or elsewhere), so that a
+/// process that stops in the middle resumes it.
+pub(crate) async fn begin_cutover(client: &Client, name: &str, fence: bool) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET stage = 'cutover', cutover_requested = true, fence = fence OR $2,
+                    updated_at = now() WHERE name = $1",
+            &[&name, &fence],
+        )
+        .await
+        .doing("recording the cutover in pglive.migration")?;
+    Ok(())
+}
+
 pub(crate) async fn request_cutover(client: &Client, name: &str, fence: bool) -> Result<()> {
     client
         .execute(
-            "UPDATE pglive.migration SET cutover_requested = true, fence = $2, updated_at = now() WHERE name = $1",
+            "UPDATE pglive.migration SET cutover_requested = true, fence = $2, cutover_error = NULL, updated_at = now() WHERE name = $1",
             &[&name, &fence],
         )
         .await
@@ -285,17 +327,57 @@ pub(crate) async fn request_cutover(client: &Client, name: &str, fence: bool) ->
 }
 
 /// Withdraws a cutover request (and its fence) and moves a cutover under
-/// way back to streaming.
-pub(crate) async fn abort_cutover(client: &Client, name: &str) -> Result<()> {
+/// way back to streaming; `reason` says why, when it failed.
+pub(crate) async fn abort_cutover(client: &Client, name: &str, reason: Option<&str>) -> Result<()> {
     client
         .execute(
-            "UPDATE pglive.migration SET cutover_requested = false, fence = false,
+            "UPDATE pglive.migration SET cutover_requested = false, fence = false, cutover_error = $2,
                     stage = CASE WHEN stage = 'cutover' THEN 'streaming' ELSE stage END
               WHERE name = $1",
-            &[&name],
+            &[&name, &reason],
         )
         .await
         .doing("withdrawing the cutover request")?;
+    Ok(())
+}
+
+/// Records that the fence is about to be raised, with the database's own
+/// setting it replaces (kept when a fence is already recorded).
+pub(crate) async fn record_fence(client: &Client, name: &str, prior: Option<&str>) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration
+                SET fence_prior = CASE WHEN fence_raised THEN fence_prior ELSE $2 END,
+                    fence_raised = true, updated_at = now()
+              WHERE name = $1",
+            &[&name, &prior],
+        )
+        .await
+        .doing("recording the fence in pglive.migration")?;
+    Ok(())
+}
+
+/// Records that the fence was lifted.
+pub(crate) async fn record_fence_lifted(client: &Client, name: &str) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET fence_raised = false, fence_prior = NULL, updated_at = now() WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .doing("recording the lifted fence in pglive.migration")?;
+    Ok(())
+}
+
+/// Records a cutover whose checks passed, before its slot is dropped.
+pub(crate) async fn set_finishing(client: &Client, name: &str, summary: &str) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET finishing = $2, updated_at = now() WHERE name = $1",
+            &[&name, &summary],
+        )
+        .await
+        .doing("recording the cutover's summary in pglive.migration")?;
     Ok(())
 }
 

@@ -1,0 +1,179 @@
+//! The fence through the real binary: refused before anything changes
+//! when a role's own setting would write through it, lifted by every
+//! cutover that does not finish (a failed check, prepared transactions
+//! left open), lifted by `--abort` and `clean` after the process died
+//! with it up, and kept after a finished cutover.
+
+use std::time::{Duration, Instant};
+
+use pglive_testkit::{Cluster, ClusterOptions};
+
+use crate::migrate::{SCHEMA, assert_same_rows, load, workload_sql};
+use crate::util::{self, Workload, finish, run, run_ok, spawn, text};
+
+/// Whether the source database carries the fence's setting.
+fn fenced(cluster: &Cluster, db: &str) -> bool {
+    cluster
+        .psql(
+            db,
+            "SELECT count(*) FROM pg_db_role_setting s, unnest(s.setconfig) c
+              WHERE s.setrole = 0 AND s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND c LIKE 'default_transaction_read_only=%'",
+        )
+        .unwrap()
+        != "0"
+}
+
+fn writable(cluster: &Cluster, db: &str) -> bool {
+    cluster
+        .psql(db, "INSERT INTO log (line) VALUES ('a write')")
+        .is_ok()
+}
+
+#[test]
+fn a_fenced_cutover_that_fails_lifts_the_fence_and_streaming_goes_on() {
+    let cluster = Cluster::shared();
+    let (src, dst) = util::databases(cluster, "fence", &format!("{SCHEMA}{}", load(2_000)));
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = util::migrate_until_streaming(&source, &target, "f", &[]);
+    let cutover = [
+        "cutover", "--source", &source, "--target", &target, "--name", "f", "--fence",
+    ];
+
+    // A role whose own setting starts its sessions writable: refused,
+    // nothing changed.
+    let role = format!("{src}_writer");
+    cluster
+        .psql(
+            &src,
+            &format!(
+                "CREATE ROLE {role} LOGIN; ALTER ROLE {role} IN DATABASE {src} SET default_transaction_read_only = off"
+            ),
+        )
+        .unwrap();
+    let refused = run(&cutover);
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains(&role) && said.contains("RESET default_transaction_read_only"),
+        "{said}"
+    );
+    assert!(said.contains("nothing was changed"), "{said}");
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+    assert!(migrate.try_wait().unwrap().is_none(), "migrate goes on");
+    cluster
+        .psql(
+            &src,
+            &format!("ALTER ROLE {role} IN DATABASE {src} RESET default_transaction_read_only; DROP ROLE {role}"),
+        )
+        .unwrap();
+
+    // A check that fails after the fence (the target holds a row the
+    // source does not): the fence is lifted, the cutover withdrawn, and
+    // the running migrate streams on.
+    cluster
+        .psql(&dst, "INSERT INTO log (line) VALUES ('only on the target')")
+        .unwrap();
+    let workload = Workload::start(source.clone(), workload_sql);
+    std::thread::sleep(Duration::from_millis(500));
+    let failed = run(&cutover);
+    assert!(!failed.status.success());
+    let said = text(&failed);
+    assert!(said.contains("could not cut over"), "{said}");
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+    assert!(migrate.try_wait().unwrap().is_none(), "migrate goes on");
+    assert_eq!(util::stage(&target, "f").as_deref(), Some("streaming"));
+
+    // Mended, the same command finishes; the source stays read-only.
+    cluster
+        .psql(&dst, "DELETE FROM log WHERE line = 'only on the target'")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let done = util::cutover_ok(&cutover, &mut migrate);
+    assert!(done.contains("switch your application now"), "{done}");
+    workload.stop();
+    let log = finish(migrate);
+    assert!(log.contains("the fence is lifted"), "{log}");
+    assert_same_rows(cluster, &src, cluster, &dst);
+    assert!(fenced(cluster, &src) && !writable(cluster, &src));
+    // `--abort` after a finished cutover lifts its fence.
+    run_ok(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "f", "--abort",
+    ]);
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+}
+
+#[test]
+fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lifted() {
+    // Prepared transactions need a server that allows them.
+    let cluster: &'static Cluster = Box::leak(Box::new(
+        Cluster::start(ClusterOptions::new().setting("max_prepared_transactions", "4")).unwrap(),
+    ));
+    let (src, dst) = util::databases(cluster, "prepared", &format!("{SCHEMA}{}", load(1_000)));
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let migrate = util::migrate_until_streaming(&source, &target, "p", &[]);
+    // Stopped: the cutovers below run on sessions of their own.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &migrate.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    migrate.wait_with_output().unwrap();
+    cluster
+        .psql(
+            &src,
+            "BEGIN; INSERT INTO items (name, price) VALUES ('prepared', 1); PREPARE TRANSACTION 'held_by_app'",
+        )
+        .unwrap();
+    let cutover = [
+        "cutover", "--source", &source, "--target", &target, "--name", "p", "--fence",
+    ];
+
+    // Killed while the fence waits for the prepared transaction: the
+    // fence stays up, recorded, and `--abort` lifts it.
+    let mut waiting = spawn(&cutover);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fenced(cluster, &src) {
+        assert!(Instant::now() < deadline, "the fence never went up");
+        assert!(
+            waiting.try_wait().unwrap().is_none(),
+            "cutover exited early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    assert!(fenced(cluster, &src));
+    let aborted = run(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "p", "--abort",
+    ]);
+    assert!(aborted.status.success());
+    assert!(
+        text(&aborted).contains("fence is lifted"),
+        "{}",
+        text(&aborted)
+    );
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+
+    // Waited for in vain: the fence is lifted again and the transaction
+    // named.
+    let refused = run(&cutover);
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains("held_by_app") && said.contains("lifted again"),
+        "{said}"
+    );
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+
+    // Committed, its row is carried by the next cutover.
+    cluster.psql(&src, "COMMIT PREPARED 'held_by_app'").unwrap();
+    let done = run_ok(&cutover);
+    assert!(done.contains("switch your application now"), "{done}");
+    assert_same_rows(cluster, &src, cluster, &dst);
+    assert!(fenced(cluster, &src));
+    let cleaned = run_ok(&[
+        "clean", "--source", &source, "--target", &target, "--name", "p",
+    ]);
+    assert!(cleaned.contains("stays read-only"), "{cleaned}");
+}

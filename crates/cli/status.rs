@@ -50,6 +50,19 @@ pub(crate) fn print(status: &Status) {
             p["seconds_since_update"].as_f64().unwrap_or(0.0),
         );
     }
+    if status.source_fenced {
+        println!(
+            "  the source is fenced (read-only){}",
+            if status.stage == "done" {
+                ""
+            } else {
+                ": `pglive cutover --abort` lifts the fence"
+            }
+        );
+    }
+    if let Some(error) = &status.last_cutover_error {
+        println!("  the last cutover was withdrawn: {error}");
+    }
     if let Some(summary) = &status.summary {
         println!("  {summary}");
     }

@@ -144,6 +144,9 @@ fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lift
     waiting.kill().unwrap();
     waiting.wait().unwrap();
     assert!(fenced(cluster, &src));
+    let status = run_ok(&["status", "--target", &target, "--name", "p", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["source_fenced"], true, "{status}");
     let aborted = run(&[
         "cutover", "--source", &source, "--target", &target, "--name", "p", "--abort",
     ]);

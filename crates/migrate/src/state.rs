@@ -384,7 +384,8 @@ pub(crate) async fn set_finishing(client: &Client, name: &str, summary: &str) ->
 pub(crate) async fn finish(client: &Client, name: &str, summary: &str) -> Result<()> {
     client
         .execute(
-            "UPDATE pglive.migration SET stage = 'done', summary = $2, updated_at = now() WHERE name = $1",
+            "UPDATE pglive.migration SET stage = 'done', summary = $2, cutover_requested = false, updated_at = now()
+              WHERE name = $1",
             &[&name, &summary],
         )
         .await

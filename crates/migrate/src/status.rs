@@ -32,6 +32,11 @@ pub struct Status {
     pub start_lsn: String,
     /// Whether a cutover was asked for.
     pub cutover_requested: bool,
+    /// Whether pglive's fence is up on the source (recorded before it was
+    /// raised; kept after a fenced cutover finished).
+    pub source_fenced: bool,
+    /// Why the last cutover asked for was withdrawn.
+    pub last_cutover_error: Option<String>,
     /// What the cutover did, once done.
     pub summary: Option<String>,
     /// The copy, per table.
@@ -115,6 +120,8 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
         publication: record.publication,
         start_lsn: record.start_lsn.to_string(),
         cutover_requested: record.cutover_requested,
+        source_fenced: record.fence_raised,
+        last_cutover_error: record.cutover_error,
         summary: record.summary,
         copy: CopyStatus {
             tables: per_table.len(),

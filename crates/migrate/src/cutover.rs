@@ -255,28 +255,35 @@ async fn check(
     }
     let replication = session.stream.stop().await?;
 
-    // With a fence, writes were blocked from the fence on; without one,
-    // they stopped at the last source commit.
-    let since_last_write = last_write.and_then(|t| {
-        PgTimestamp::now()
-            .to_system_time()
-            .duration_since(t.to_system_time())
-            .ok()
-    });
-    let blocked = match (fence_source, since_last_write) {
-        (false, Some(since)) => since,
-        _ => started.elapsed(),
+    // With a fence, writes were blocked from the fence on. Without one,
+    // pglive does not know when the application stopped: it says how long
+    // before the switch the source's last write was (which is the blocked
+    // time when the application stopped for the cutover, and more when
+    // the source was idle anyway).
+    let writes = if fence_source {
+        format!(
+            "writes blocked for {:.1}s (source stays read-only)",
+            started.elapsed().as_secs_f64()
+        )
+    } else {
+        let since_last_write = last_write.and_then(|t| {
+            PgTimestamp::now()
+                .to_system_time()
+                .duration_since(t.to_system_time())
+                .ok()
+        });
+        match since_last_write {
+            Some(since) => format!(
+                "last source write {:.1}s before the switch",
+                since.as_secs_f64()
+            ),
+            None => "no source write while streaming".to_owned(),
+        }
     };
     let mut summary = format!(
-        "cut over at {final_lsn}: {} tables, {} rows verified by count; writes blocked for {:.1}s{}",
+        "cut over at {final_lsn}: {} tables, {} rows verified by count; {writes}",
         comparison.tables.len(),
         human::count(rows),
-        blocked.as_secs_f64(),
-        if fence_source {
-            " (source stays read-only)"
-        } else {
-            ""
-        }
     );
     if !keyless.is_empty() {
         summary.push_str(&format!(

@@ -24,8 +24,11 @@
 //! - [`cutover`]: waits for the source to go quiet (optionally fencing it
 //!   first), applies up to its position, carries what logical decoding
 //!   does not (sequences, large objects, materialized views), compares row
-//!   counts and drops the slot. Asked of a running [`migrate`] through the
-//!   target, or done directly when none runs.
+//!   counts, reports anything committed after its final position, and
+//!   drops the slot. Asked of a running [`migrate`] through the target, or
+//!   done directly when none runs. The fence is recorded on the target
+//!   before it is raised; a cutover that does not finish withdraws itself
+//!   and lifts it, and [`abort_cutover`] and [`clean`] lift a recorded one.
 //! - [`verify`]: counts and checksums on both sides, at one consistent
 //!   point even while the migration streams.
 //! - [`status`] and [`clean`].

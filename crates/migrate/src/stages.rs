@@ -231,7 +231,8 @@ async fn run(
         }
     };
     drop(source_client);
-    let outcome = continue_from(
+    // The stages' state machine is a large future: on the heap.
+    let outcome = Box::pin(continue_from(
         &job,
         record,
         &target_client,
@@ -239,7 +240,7 @@ async fn run(
         &events,
         control,
         options.cutover_when_ready,
-    )
+    ))
     .await;
     let _ = state::unlock(&lock_client, &name).await;
     outcome

@@ -49,24 +49,30 @@ impl ReplicationClient {
             server: server.clone(),
             source,
         };
+        let tcp_options = |tcp: TcpStream| -> std::io::Result<Socket> {
+            tcp.set_nodelay(true)?;
+            set_keepalives(&tcp, &config.keepalives)?;
+            Ok(Socket::Tcp(tcp))
+        };
         let socket = match host {
-            Host::Tcp(name) => {
-                let tcp = TcpStream::connect((name.as_str(), port))
-                    .await
-                    .map_err(connect_error)?;
-                tcp.set_nodelay(true).map_err(connect_error)?;
-                Socket::Tcp(tcp)
-            }
+            Host::Tcp(name) => TcpStream::connect((name.as_str(), port))
+                .await
+                .and_then(tcp_options)
+                .map_err(connect_error)?,
+            Host::Addr { addr, .. } => TcpStream::connect((*addr, port))
+                .await
+                .and_then(tcp_options)
+                .map_err(connect_error)?,
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 Socket::Unix(UnixStream::connect(path).await.map_err(connect_error)?)
             }
         };
         let mut wire = Wire::new(socket, server);
-        let wants_tls = matches!(host, Host::Tcp(_))
+        let wants_tls = !matches!(host, Host::Unix(_))
             && !matches!(config.sslmode, SslMode::Disable | SslMode::Allow);
-        if let (true, Some(tls), Host::Tcp(name)) = (wants_tls, tls, host) {
-            wire = Self::negotiate_tls(wire, config.sslmode, tls, name).await?;
+        if let (true, Some(tls), Some(name)) = (wants_tls, tls, host.tls_name()) {
+            wire = Self::negotiate_tls(wire, config.sslmode, tls, &name).await?;
         } else if matches!(host, Host::Unix(_)) && config.sslmode >= SslMode::Require {
             return Err(Error::TlsRefused {
                 server: wire.server,
@@ -151,5 +157,75 @@ impl ReplicationClient {
                 }
             }
         }
+    }
+}
+
+/// Applies libpq's keepalive parameters to a TCP socket: `SO_KEEPALIVE`
+/// unless `keepalives=0`, and the timings given (the system's otherwise).
+pub(crate) fn set_keepalives(
+    tcp: &TcpStream,
+    keepalives: &pglive_postgres::Keepalives,
+) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_keepalive(keepalives.enabled)?;
+    if !keepalives.enabled {
+        return Ok(());
+    }
+    let mut timings = socket2::TcpKeepalive::new();
+    let mut any = false;
+    if let Some(idle) = keepalives.idle {
+        timings = timings.with_time(idle);
+        any = true;
+    }
+    if let Some(interval) = keepalives.interval {
+        timings = timings.with_interval(interval);
+        any = true;
+    }
+    if let Some(count) = keepalives.count {
+        timings = timings.with_retries(count);
+        any = true;
+    }
+    if any {
+        socket.set_tcp_keepalive(&timings)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_parameters_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config: ConnectConfig = format!(
+            "host=127.0.0.1 port={} user=u keepalives_idle=7 keepalives_interval=3 keepalives_count=4",
+            addr.port()
+        )
+        .parse()
+        .unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        set_keepalives(&tcp, &config.keepalives).unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(3)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 4);
+
+        let off: ConnectConfig = "host=127.0.0.1 user=u keepalives=0".parse().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        set_keepalives(&tcp, &off.keepalives).unwrap();
+        assert!(!socket2::SockRef::from(&tcp).keepalive().unwrap());
+        // libpq's default: on.
+        let default: ConnectConfig = "host=127.0.0.1 user=u".parse().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        set_keepalives(&tcp, &default.keepalives).unwrap();
+        assert!(socket2::SockRef::from(&tcp).keepalive().unwrap());
     }
 }

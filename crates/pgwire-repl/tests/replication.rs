@@ -619,6 +619,21 @@ async fn scram_over_tls_with_verify_full_for_a_replication_only_role() {
     // localhost is in the certificate too; verify-ca ignores the name.
     let by_name = verified.replace("host=127.0.0.1", "host=localhost");
     connect(&by_name).await.identify_system().await.unwrap();
+    // hostaddr says where to connect; the host name beside it is still
+    // what the certificate must be valid for.
+    let via_addr = verified.replace("host=127.0.0.1", "host=localhost hostaddr=127.0.0.1");
+    connect(&via_addr).await.identify_system().await.unwrap();
+    connect_sql(&config(&via_addr)).await.unwrap();
+    let misnamed = verified.replace("host=127.0.0.1", "host=db.invalid hostaddr=127.0.0.1");
+    let refused = ReplicationClient::connect(&config(&misnamed))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::TlsHandshake { .. }), "{refused}");
+    let refused = connect_sql(&config(&misnamed)).await.map(drop).unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("NotValidForName"),
+        "{refused:?}"
+    );
     connect(&format!("{role} sslmode=verify-ca sslrootcert={ca}")).await;
 
     let wrong = ReplicationClient::connect(&config(&format!(

@@ -111,13 +111,64 @@ impl ChannelBinding {
     }
 }
 
-/// Where a server listens: the two ways libpq knows.
+/// Where a server listens: the ways libpq knows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A host name or IP address, reached over TCP.
     Tcp(String),
+    /// `hostaddr`: reached over TCP at `addr` without a name lookup; `name`
+    /// (the `host` given with it) is what TLS verifies and the password
+    /// file is searched for, as in libpq.
+    Addr {
+        /// The address connected to.
+        addr: std::net::IpAddr,
+        /// The host name given beside it.
+        name: Option<String>,
+    },
     /// A directory holding the server's Unix-domain socket.
     Unix(PathBuf),
+}
+
+impl Host {
+    /// The name TLS checks the server's certificate against (and sends as
+    /// SNI): the host name, else the address; `None` for a socket.
+    pub fn tls_name(&self) -> Option<String> {
+        match self {
+            Host::Tcp(name) => Some(name.clone()),
+            Host::Addr {
+                name: Some(name), ..
+            } => Some(name.clone()),
+            Host::Addr { addr, name: None } => Some(addr.to_string()),
+            Host::Unix(_) => None,
+        }
+    }
+}
+
+/// TCP keepalives (`keepalives`, `keepalives_idle`, `keepalives_interval`,
+/// `keepalives_count`): as in libpq, on unless `keepalives=0`, with the
+/// system's timings where none is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalives {
+    /// Whether keepalives are sent at all.
+    pub enabled: bool,
+    /// Idle time before the first probe.
+    pub idle: Option<Duration>,
+    /// Time between probes.
+    pub interval: Option<Duration>,
+    /// Probes lost before the connection counts as dead.
+    pub count: Option<u32>,
+}
+
+impl Default for Keepalives {
+    /// On, with the system's timings.
+    fn default() -> Keepalives {
+        Keepalives {
+            enabled: true,
+            idle: None,
+            interval: None,
+            count: None,
+        }
+    }
 }
 
 impl std::str::FromStr for ConnectConfig {
@@ -133,6 +184,11 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Tcp(name) => f.write_str(name),
+            Host::Addr {
+                addr,
+                name: Some(name),
+            } => write!(f, "{name} ({addr})"),
+            Host::Addr { addr, name: None } => write!(f, "{addr}"),
             Host::Unix(dir) => write!(f, "{}", dir.display()),
         }
     }
@@ -187,6 +243,14 @@ pub struct ConnectConfig {
     pub options: Option<String>,
     /// Whether SCRAM binds to the TLS channel (`channel_binding`).
     pub channel_binding: ChannelBinding,
+    /// TCP keepalives.
+    pub keepalives: Keepalives,
+    /// Whether TLS sends the host name as SNI (`sslsni`, on by default).
+    pub sslsni: bool,
+    /// Whether TLS 1.3 is the oldest version accepted
+    /// (`ssl_min_protocol_version=TLSv1.3`); otherwise TLS 1.2 is, the
+    /// oldest pglive speaks.
+    pub tls13_only: bool,
 }
 
 impl fmt::Debug for ConnectConfig {
@@ -271,6 +335,8 @@ const PARAMETERS: &[(&str, Option<&str>)] = &[
     ("target_session_attrs", Some("PGTARGETSESSIONATTRS")),
     ("keepalives", None),
     ("keepalives_idle", None),
+    ("keepalives_interval", None),
+    ("keepalives_count", None),
     ("replication", None),
     ("gssencmode", Some("PGGSSENCMODE")),
     ("krbsrvname", None),
@@ -317,10 +383,25 @@ impl ConnectConfig {
     ) -> Result<ConnectConfig, ConfigError> {
         let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
 
-        let host_list = get("hostaddr")
-            .or_else(|| get("host"))
-            .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
-        let hosts: Vec<&str> = host_list.split(',').map(str::trim).collect();
+        let split = |list: Option<String>| -> Vec<String> {
+            list.map(|l| l.split(',').map(|h| h.trim().to_owned()).collect())
+                .unwrap_or_default()
+        };
+        let names = split(params.get("host").cloned());
+        let addrs = split(get("hostaddr"));
+        if !addrs.is_empty() && !names.is_empty() && names.len() != addrs.len() {
+            return Err(ConfigError::new(format!(
+                "{} hosts but {} hostaddr values: give one address per host",
+                names.len(),
+                addrs.len()
+            )));
+        }
+        if addrs.len() > 1 && addrs.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                "hostaddr must give an address for every host, or be left out",
+            ));
+        }
+        let count = names.len().max(addrs.len()).max(1);
         let port_list = get("port").unwrap_or_else(|| "5432".to_owned());
         let ports = port_list
             .split(',')
@@ -335,28 +416,33 @@ impl ConnectConfig {
                     .ok_or_else(|| ConfigError::new(format!("invalid port {p:?}")))
             })
             .collect::<Result<Vec<u16>, ConfigError>>()?;
-        if ports.len() != 1 && ports.len() != hosts.len() {
+        if ports.len() != 1 && ports.len() != count {
             return Err(ConfigError::new(format!(
-                "{} hosts but {} ports: give one port, or one per host",
-                hosts.len(),
+                "{count} hosts but {} ports: give one port, or one per host",
                 ports.len()
             )));
         }
-        let hosts = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
+        let hosts = (0..count)
+            .map(|i| {
                 let port = if ports.len() == 1 { ports[0] } else { ports[i] };
-                let host = if h.is_empty() {
-                    Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR))
-                } else if h.starts_with('/') {
-                    Host::Unix(PathBuf::from(h))
-                } else {
-                    Host::Tcp((*h).to_owned())
+                let name = names.get(i).filter(|n| !n.is_empty());
+                let addr = addrs.get(i).filter(|a| !a.is_empty());
+                let host = match (addr, name) {
+                    (Some(addr), name) => Host::Addr {
+                        addr: addr.parse().map_err(|_| {
+                            ConfigError::new(format!(
+                                "hostaddr {addr:?} is not a numeric IP address (host names go in host=)"
+                            ))
+                        })?,
+                        name: name.filter(|n| !n.starts_with('/')).cloned(),
+                    },
+                    (None, None) => Host::Unix(PathBuf::from(DEFAULT_SOCKET_DIR)),
+                    (None, Some(n)) if n.starts_with('/') => Host::Unix(PathBuf::from(n)),
+                    (None, Some(n)) => Host::Tcp(n.clone()),
                 };
-                (host, port)
+                Ok((host, port))
             })
-            .collect::<Vec<_>>();
+            .collect::<Result<Vec<_>, ConfigError>>()?;
 
         let sslrootcert = get("sslrootcert").map(PathBuf::from);
         let sslmode = match get("sslmode") {
@@ -423,6 +509,43 @@ impl ConnectConfig {
                 "replication={replication} must not be given: pglive opens replication connections itself"
             )));
         }
+        let keepalives = Keepalives {
+            enabled: match get("keepalives").as_deref().map(str::trim) {
+                None => true,
+                Some(v) => {
+                    v.parse::<i64>()
+                        .map_err(|_| ConfigError::new(format!("invalid keepalives {v:?}")))?
+                        != 0
+                }
+            },
+            idle: seconds(get("keepalives_idle"), "keepalives_idle")?,
+            interval: seconds(get("keepalives_interval"), "keepalives_interval")?,
+            count: match seconds(get("keepalives_count"), "keepalives_count")? {
+                Some(n) => Some(u32::try_from(n.as_secs()).map_err(|_| {
+                    ConfigError::new(format!("keepalives_count {} is too large", n.as_secs()))
+                })?),
+                None => None,
+            },
+        };
+        let sslsni = match get("sslsni").as_deref() {
+            None | Some("1") => true,
+            Some("0") => false,
+            Some(other) => {
+                return Err(ConfigError::new(format!(
+                    "invalid sslsni {other:?}: 0 or 1"
+                )));
+            }
+        };
+        let tls13_only = match get("ssl_min_protocol_version").as_deref() {
+            // pglive's TLS speaks 1.2 and 1.3: an older minimum allows them.
+            None | Some("TLSv1" | "TLSv1.1" | "TLSv1.2") => false,
+            Some("TLSv1.3") => true,
+            Some(other) => {
+                return Err(ConfigError::new(format!(
+                    "invalid ssl_min_protocol_version {other:?}: TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3"
+                )));
+            }
+        };
         let application_name = get("application_name")
             .or_else(|| get("fallback_application_name"))
             .unwrap_or_else(|| "pglive".to_owned());
@@ -440,6 +563,9 @@ impl ConnectConfig {
             connect_timeout,
             options: get("options"),
             channel_binding,
+            keepalives,
+            sslsni,
+            tls13_only,
         };
         if config.password.is_none() {
             let passfile = get("passfile")
@@ -544,6 +670,70 @@ fn parse_key_values(input: &str) -> Result<BTreeMap<String, String>, ConfigError
     Ok(params)
 }
 
+/// libpq parameters pglive does not support, with why (the rest of libpq's
+/// parameters are in [`PARAMETERS`]).
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "service",
+        "connection services are not read: give the parameters themselves",
+    ),
+    (
+        "require_auth",
+        "not supported; channel_binding=require and sslmode=verify-full protect the login",
+    ),
+    (
+        "sslpassword",
+        "encrypted client keys are not supported: give an unencrypted sslkey",
+    ),
+    ("sslcrl", "certificate revocation lists are not checked"),
+    ("sslcrldir", "certificate revocation lists are not checked"),
+    (
+        "sslcertmode",
+        "a client certificate is sent when sslcert and sslkey are given",
+    ),
+    (
+        "sslnegotiation",
+        "only the usual TLS negotiation (sslnegotiation=postgres) is spoken",
+    ),
+    (
+        "ssl_max_protocol_version",
+        "not supported: pglive speaks TLS 1.2 and 1.3",
+    ),
+    ("requiressl", "deprecated in libpq: use sslmode=require"),
+    (
+        "requirepeer",
+        "not supported: connect over TCP, or trust the socket's directory",
+    ),
+    (
+        "tcp_user_timeout",
+        "not supported: use keepalives_idle, keepalives_interval and keepalives_count",
+    ),
+    (
+        "load_balance_hosts",
+        "pglive tries hosts in the order given",
+    ),
+    ("gsslib", "GSSAPI is not supported"),
+    ("gssdelegation", "GSSAPI is not supported"),
+    ("sslkeylogfile", "TLS keys are never written out"),
+    ("min_protocol_version", "pglive speaks protocol 3.0"),
+    ("max_protocol_version", "pglive speaks protocol 3.0"),
+    ("scram_client_key", "not supported: give the password"),
+    ("scram_server_key", "not supported: give the password"),
+];
+
+/// Seconds in a libpq integer parameter: absent or 0 is `None` (the
+/// system's default); negative or not a number is an error.
+fn seconds(value: Option<String>, key: &str) -> Result<Option<Duration>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(format!("invalid {key} {value:?}: a whole number")))?;
+    Ok((n > 0).then(|| Duration::from_secs(n)))
+}
+
 /// Whether `key` names a parameter this crate knows.
 fn is_parameter(key: &str) -> bool {
     key == "database" || PARAMETERS.iter().any(|(known, _)| *known == key)
@@ -559,6 +749,16 @@ fn insert_known(
     } else {
         key
     };
+    if let Some((_, why)) = UNSUPPORTED.iter().find(|(name, _)| *name == key) {
+        return Err(ConfigError::new(format!(
+            "connection parameter {key:?} is not supported: {why}"
+        )));
+    }
+    if key.starts_with("oauth_") {
+        return Err(ConfigError::new(format!(
+            "connection parameter {key:?} is not supported: OAuth logins are not"
+        )));
+    }
     if !is_parameter(&key) {
         return Err(ConfigError::new(format!(
             "unknown connection parameter {key:?}"
@@ -681,6 +881,8 @@ fn password_from_file(path: &Path, config: &ConnectConfig) -> Option<String> {
     let (host, port) = config.hosts.first()?;
     let host = match host {
         Host::Tcp(name) => name.clone(),
+        // libpq looks up the host name when one is given with hostaddr.
+        Host::Addr { addr, name } => name.clone().unwrap_or_else(|| addr.to_string()),
         Host::Unix(_) => "localhost".to_owned(),
     };
     let port = port.to_string();
@@ -766,6 +968,91 @@ mod tests {
             "host=h target_session_attrs=any",
         ] {
             parse(conninfo).unwrap();
+        }
+    }
+
+    #[test]
+    fn hostaddr_is_where_to_connect_and_host_what_tls_verifies() {
+        let c = parse("host=db.example hostaddr=10.0.0.7 port=6000").unwrap();
+        let addr: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(
+            c.hosts,
+            vec![(
+                Host::Addr {
+                    addr,
+                    name: Some("db.example".into())
+                },
+                6000
+            )]
+        );
+        assert_eq!(c.hosts[0].0.tls_name().as_deref(), Some("db.example"));
+        assert_eq!(c.describe(), "osuser@db.example (10.0.0.7):6000/osuser");
+        // Alone, the address is also the name TLS checks.
+        let c = parse("hostaddr=::1").unwrap();
+        assert_eq!(c.hosts[0].0.tls_name().as_deref(), Some("::1"));
+        let c = parse("host=a,b hostaddr=10.0.0.1,10.0.0.2").unwrap();
+        assert_eq!(c.hosts.len(), 2);
+        for (conninfo, expected) in [
+            ("host=a,b hostaddr=10.0.0.1", "2 hosts but 1 hostaddr"),
+            ("hostaddr=db.example", "not a numeric IP address"),
+            ("host=a,b hostaddr=10.0.0.1,", "an address for every host"),
+        ] {
+            let error = parse(conninfo).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{conninfo:?} gave {error:?}");
+        }
+    }
+
+    #[test]
+    fn keepalives_sni_and_tls_minimum_as_in_libpq() {
+        let c = parse("host=h").unwrap();
+        assert_eq!(c.keepalives, Keepalives::default());
+        assert!(c.keepalives.enabled && c.sslsni && !c.tls13_only);
+        let c = parse(
+            "host=h keepalives=1 keepalives_idle=30 keepalives_interval=0 keepalives_count=5 sslsni=0 \
+             ssl_min_protocol_version=TLSv1.3",
+        )
+        .unwrap();
+        assert_eq!(
+            c.keepalives,
+            Keepalives {
+                enabled: true,
+                idle: Some(Duration::from_secs(30)),
+                interval: None,
+                count: Some(5),
+            }
+        );
+        assert!(!c.sslsni && c.tls13_only);
+        assert!(!parse("host=h keepalives=0").unwrap().keepalives.enabled);
+        for (conninfo, expected) in [
+            ("host=h keepalives_idle=-1", "invalid keepalives_idle"),
+            ("host=h keepalives=yes", "invalid keepalives"),
+            ("host=h sslsni=2", "invalid sslsni"),
+            (
+                "host=h ssl_min_protocol_version=SSLv3",
+                "invalid ssl_min_protocol_version",
+            ),
+        ] {
+            let error = parse(conninfo).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{conninfo:?} gave {error:?}");
+        }
+    }
+
+    #[test]
+    fn libpq_parameters_pglive_does_not_support_say_so() {
+        for key in [
+            "service=x",
+            "sslpassword=x",
+            "sslcrl=/x",
+            "tcp_user_timeout=1000",
+            "require_auth=scram-sha-256",
+            "load_balance_hosts=random",
+            "oauth_issuer=https://x",
+        ] {
+            let error = parse(&format!("host=h {key}"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("is not supported"), "{key:?} gave {error:?}");
         }
     }
 
@@ -868,6 +1155,10 @@ mod tests {
         assert_eq!(c.password.as_deref(), Some("se:cret:x"));
         let c = ConnectConfig::parse_with("host=db9 user=app", &env).unwrap();
         assert_eq!(c.password.as_deref(), Some("fallback"));
+        // hostaddr says where to connect; the file is searched for the
+        // host name given with it, as libpq does.
+        let c = ConnectConfig::parse_with("host=db1 hostaddr=10.0.0.7 user=app", &env).unwrap();
+        assert_eq!(c.password.as_deref(), Some("se:cret:x"));
         let c = ConnectConfig::parse_with("host=db1 user=app password=given", &env).unwrap();
         assert_eq!(c.password.as_deref(), Some("given"));
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -55,7 +55,7 @@ mod state_schema;
 mod timestamp;
 pub mod tls;
 
-pub use conninfo::{ChannelBinding, ConfigError, ConnectConfig, Host, SslMode};
+pub use conninfo::{ChannelBinding, ConfigError, ConnectConfig, Host, Keepalives, SslMode};
 pub use error::{Error, Result, is_transient_statement_error};
 pub use lsn::{Lsn, ParseLsnError};
 pub use name::QualifiedName;

@@ -15,9 +15,24 @@ pub fn tokio_postgres_config(config: &ConnectConfig) -> tokio_postgres::Config {
     for (host, port) in &config.hosts {
         match host {
             Host::Tcp(name) => pg.host(name),
+            // The name is what TLS verifies; the address is connected to.
+            Host::Addr { addr, .. } => pg
+                .host(host.tls_name().as_deref().unwrap_or_default())
+                .hostaddr(*addr),
             Host::Unix(dir) => pg.host_path(dir),
         };
         pg.port(*port);
+    }
+    let keepalives = &config.keepalives;
+    pg.keepalives(keepalives.enabled);
+    if let Some(idle) = keepalives.idle {
+        pg.keepalives_idle(idle);
+    }
+    if let Some(interval) = keepalives.interval {
+        pg.keepalives_interval(interval);
+    }
+    if let Some(count) = keepalives.count {
+        pg.keepalives_retries(count);
     }
     pg.user(&config.user).dbname(&config.dbname);
     if let Some(password) = &config.password {

@@ -69,8 +69,13 @@ pub fn client_config(config: &ConnectConfig) -> Result<Option<Arc<rustls::Client
             }
         }
     };
+    let versions: &[&rustls::SupportedProtocolVersion] = if config.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        rustls::DEFAULT_VERSIONS
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| tls_error(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -90,6 +95,8 @@ pub fn client_config(config: &ConnectConfig) -> Result<Option<Arc<rustls::Client
             ));
         }
     };
+    let mut client = client;
+    client.enable_sni = config.sslsni;
     Ok(Some(Arc::new(client)))
 }
 

@@ -131,6 +131,15 @@ impl PgTools {
         // As strict as pglive's own connections: with `require`, a program
         // must not fall back to a login that is not bound to the channel.
         cmd.env("PGCHANNELBINDING", server.channel_binding.as_str());
+        cmd.env("PGSSLSNI", if server.sslsni { "1" } else { "0" });
+        cmd.env(
+            "PGSSLMINPROTOCOLVERSION",
+            if server.tls13_only {
+                "TLSv1.3"
+            } else {
+                "TLSv1.2"
+            },
+        );
         for (var, path) in [
             ("PGSSLROOTCERT", &server.sslrootcert),
             ("PGSSLCERT", &server.sslcert),
@@ -159,7 +168,17 @@ pub(crate) fn conninfo(server: &ConnectConfig) -> String {
         .iter()
         .map(|(host, _)| match host {
             Host::Tcp(name) => name.clone(),
+            Host::Addr { name, .. } => name.clone().unwrap_or_default(),
             Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let addrs = server
+        .hosts
+        .iter()
+        .filter_map(|(host, _)| match host {
+            Host::Addr { addr, .. } => Some(addr.to_string()),
+            _ => None,
         })
         .collect::<Vec<_>>()
         .join(",");
@@ -177,8 +196,25 @@ pub(crate) fn conninfo(server: &ConnectConfig) -> String {
         conninfo_value(&server.dbname),
         conninfo_value(&server.application_name),
     );
+    if !addrs.is_empty() {
+        info.push_str(&format!(" hostaddr={}", conninfo_value(&addrs)));
+    }
     if let Some(options) = &server.options {
         info.push_str(&format!(" options={}", conninfo_value(options)));
+    }
+    let keepalives = &server.keepalives;
+    info.push_str(&format!(" keepalives={}", u8::from(keepalives.enabled)));
+    for (key, value) in [
+        ("keepalives_idle", keepalives.idle.map(|d| d.as_secs())),
+        (
+            "keepalives_interval",
+            keepalives.interval.map(|d| d.as_secs()),
+        ),
+        ("keepalives_count", keepalives.count.map(u64::from)),
+    ] {
+        if let Some(value) = value {
+            info.push_str(&format!(" {key}={value}"));
+        }
     }
     info
 }
@@ -417,6 +453,21 @@ mod tests {
         assert!(info.contains("user='o\\'k'"), "{info}");
         assert!(info.contains("dbname='my db'"), "{info}");
         assert!(info.contains("port='5433'"), "{info}");
+        assert!(info.contains("keepalives=1"), "{info}");
+        assert!(!info.contains("hostaddr"), "{info}");
+
+        // hostaddr and keepalive timings reach the programs as given.
+        let config = ConnectConfig::parse(
+            "host=db.example hostaddr=10.0.0.7 user=u keepalives_idle=30 keepalives_count=3",
+        )
+        .unwrap();
+        let info = conninfo(&config);
+        assert!(info.contains("host='db.example'"), "{info}");
+        assert!(info.contains("hostaddr='10.0.0.7'"), "{info}");
+        assert!(
+            info.contains("keepalives_idle=30") && info.contains("keepalives_count=3"),
+            "{info}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli_output;
 mod corpus;
 mod example;
+mod faults;
 mod fence;
 mod migrate;
 mod util;

@@ -302,58 +302,68 @@ async fn check(
     Ok((summary, replication))
 }
 
+/// How long a failed cutover keeps trying to reach the servers to withdraw
+/// itself and lift its fence (the failure may be one of them restarting).
+const GIVE_UP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How a failed cutover ended.
+enum Withdrawn {
+    /// Its checks had passed: it is left to be finished.
+    Finishing,
+    /// Withdrawn, and its fence lifted.
+    Lifted,
+    /// Withdrawn; there was no fence.
+    Unfenced,
+}
+
 /// Withdraws a cutover that failed (`reason` says why) and lifts its
-/// fence, saying which; on connections of its own, as the failure may
-/// have been one.
+/// fence, and says which; on connections of its own, retried for
+/// [`GIVE_UP_PATIENCE`], as the failure may have been one.
 async fn give_up(job: &Job, reason: &str, events: &dyn Events) {
-    let target = match connect_sql(&job.target).await {
-        Ok(target) => target,
-        Err(error) => {
-            events.warn(
-                Step::Cutover,
-                format!(
-                    "the cutover failed and the target cannot be reached ({}): if it fenced the source, \
-                     the source stays read-only until `pglive cutover --abort` lifts the fence",
-                    chain(&error)
-                ),
-            );
-            return;
+    let deadline = Instant::now() + GIVE_UP_PATIENCE;
+    let outcome = loop {
+        match withdraw(job, reason).await {
+            Ok(outcome) => break Ok(outcome),
+            Err(error) if Instant::now() > deadline => break Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     };
-    // Past its checks, the slot may be gone: only finishing is left.
-    if let Ok(Some(record)) = state::load(&target, job.name()).await {
+    events.warn(
+        Step::Cutover,
+        match outcome {
+            Ok(Withdrawn::Finishing) => format!(
+                "the cutover stopped after its checks passed ({reason}): run `pglive cutover` (or `pglive migrate`) again to finish it"
+            ),
+            Ok(Withdrawn::Lifted) => format!(
+                "the cutover stopped: {reason}; it is withdrawn and the fence is lifted: the source is writable again"
+            ),
+            Ok(Withdrawn::Unfenced) => {
+                format!("the cutover stopped: {reason}; it is withdrawn")
+            }
+            Err(error) => format!(
+                "the cutover stopped: {reason}; it could not be withdrawn ({}): if it fenced the source, the source \
+                 stays read-only until `pglive cutover --abort` or `pglive clean` lifts the fence",
+                chain(&error)
+            ),
+        },
+    );
+}
+
+async fn withdraw(job: &Job, reason: &str) -> Result<Withdrawn> {
+    let target = connect_sql(&job.target).await?;
+    if let Some(record) = state::load(&target, job.name()).await? {
         if record.finishing.is_some() {
-            events.warn(
-                Step::Cutover,
-                "the cutover's checks passed but it did not finish: run `pglive cutover` (or `pglive migrate`) again to finish it",
-            );
-            return;
+            return Ok(Withdrawn::Finishing);
         }
     }
-    if let Err(error) = state::abort_cutover(&target, job.name(), Some(reason)).await {
-        events.warn(
-            Step::Cutover,
-            format!(
-                "the failed cutover could not be withdrawn ({})",
-                chain(&error)
-            ),
-        );
-    }
-    match fence::lift_recorded(&job.source, &target, job.name()).await {
-        Ok(true) => events.note(
-            Step::Cutover,
-            "cutover: stopped; the fence is lifted, the source is writable again",
-        ),
-        Ok(false) => {}
-        Err(error) => events.warn(
-            Step::Cutover,
-            format!(
-                "the fence on the source could not be lifted ({}): the source stays read-only until \
-                 `pglive cutover --abort` or `pglive clean` lifts it",
-                chain(&error)
-            ),
-        ),
-    }
+    state::abort_cutover(&target, job.name(), Some(reason)).await?;
+    Ok(
+        if fence::lift_recorded(&job.source, &target, job.name()).await? {
+            Withdrawn::Lifted
+        } else {
+            Withdrawn::Unfenced
+        },
+    )
 }
 
 /// Drops the slot and the publications and records the migration done;
@@ -643,47 +653,14 @@ pub async fn cutover(
     let seconds = options.timeout.as_secs();
     let deadline = Instant::now() + options.timeout;
     let job = Job::for_recorded(source, target, &record);
-    if !state::try_lock(&target_client, &name).await? {
-        // A migrate runs: ask it, and wait for the result.
-        state::request_cutover(&target_client, &name, options.fence).await?;
-        events.note(
-            Step::Cutover,
-            "cutover requested from the running `pglive migrate`; waiting",
-        );
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let current =
-                state::load(&target_client, &name)
-                    .await?
-                    .ok_or_else(|| Error::NotFound {
-                        name: name.clone(),
-                        target: job.target.describe(),
-                    })?;
-            if current.stage == Stage::Done {
-                let summary = current.summary.unwrap_or_default();
-                events.event(Event::SwitchNow {
-                    summary: summary.clone(),
-                });
-                return Ok(CutoverOutcome::Done { summary });
-            }
-            if !current.cutover_requested {
-                return Err(Error::CutoverWithdrawn {
-                    reason: current
-                        .cutover_error
-                        .unwrap_or_else(|| "it was aborted".to_owned()),
-                });
-            }
-            if !state::is_running(&target_client, &name).await? {
-                return Err(Error::MigrateStopped);
-            }
-            if Instant::now() > deadline {
-                give_up(&job, "`pglive cutover` timed out", events.as_ref()).await;
-                return Err(Error::Timeout {
-                    what: "the cutover",
-                    seconds,
-                });
-            }
+    let locked = state::try_lock(&target_client, &name).await?;
+    // A migrate whose lock went with a restarted target still streams
+    // from the slot until its keeper takes the lock again.
+    if !locked || slot_in_use(&job, &record.slot).await? {
+        if locked {
+            state::unlock(&target_client, &name).await?;
         }
+        return ask_running_migrate(&job, target_client, options, events.as_ref(), deadline).await;
     }
     let result = match finish_recorded(&job, &record, events.as_ref()).await {
         Ok(Some(summary)) => Ok(Ok(summary)),
@@ -708,6 +685,86 @@ pub async fn cutover(
             what: "the cutover",
             seconds,
         }),
+    }
+}
+
+/// Whether a process streams from `slot` on the source.
+async fn slot_in_use(job: &Job, slot: &str) -> Result<bool> {
+    let source = connect_sql(&job.source).await?;
+    Ok(source
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&slot],
+        )
+        .await
+        .doing("reading pg_replication_slots")?
+        .is_some())
+}
+
+/// Asks the running `migrate` to cut over (through the target's state)
+/// and waits for it, riding out a restart of the target.
+async fn ask_running_migrate(
+    job: &Job,
+    mut target_client: Client,
+    options: &CutoverOptions,
+    events: &dyn Events,
+    deadline: Instant,
+) -> Result<CutoverOutcome> {
+    let name = job.name();
+    state::request_cutover(&target_client, name, options.fence).await?;
+    events.note(
+        Step::Cutover,
+        "cutover requested from the running `pglive migrate`; waiting",
+    );
+    // A migrate that lost its lock with its session takes it again within
+    // seconds.
+    const LOCK_GRACE: Duration = Duration::from_secs(15);
+    let mut not_running_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if Instant::now() > deadline {
+            give_up(job, "`pglive cutover` timed out", events).await;
+            return Err(Error::Timeout {
+                what: "the cutover",
+                seconds: options.timeout.as_secs(),
+            });
+        }
+        let (current, running) = match (
+            state::load(&target_client, name).await,
+            state::is_running(&target_client, name).await,
+        ) {
+            (Ok(current), Ok(running)) => (current, running),
+            (Err(error), _) | (_, Err(error)) if error.is_transient() => {
+                if let Ok(client) = connect_sql(&job.target).await {
+                    target_client = client;
+                }
+                continue;
+            }
+            (Err(error), _) | (_, Err(error)) => return Err(error),
+        };
+        let current = current.ok_or_else(|| Error::NotFound {
+            name: name.to_owned(),
+            target: job.target.describe(),
+        })?;
+        if current.stage == Stage::Done {
+            let summary = current.summary.unwrap_or_default();
+            events.event(Event::SwitchNow {
+                summary: summary.clone(),
+            });
+            return Ok(CutoverOutcome::Done { summary });
+        }
+        if !current.cutover_requested {
+            return Err(Error::CutoverWithdrawn {
+                reason: current
+                    .cutover_error
+                    .unwrap_or_else(|| "it was aborted".to_owned()),
+            });
+        }
+        if running {
+            not_running_since = None;
+        } else if not_running_since.get_or_insert_with(Instant::now).elapsed() > LOCK_GRACE {
+            return Err(Error::MigrateStopped);
+        }
     }
 }
 

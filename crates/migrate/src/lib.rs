@@ -73,6 +73,7 @@ pub mod human;
 mod job;
 mod late_changes;
 mod live;
+mod lock;
 mod preflight;
 mod publication;
 mod stages;

@@ -247,17 +247,12 @@ async fn session(
                     };
                     match cutover::perform(job, record, session, fence, events.as_ref()).await {
                         Ok(summary) => return Ok(Some(LiveOutcome::CutOver(summary))),
-                        // Withdrawn, with its fence lifted: streaming goes
-                        // on, unless cutting over was all this run was for.
+                        // Withdrawn, with its fence lifted (which the
+                        // cutover said): streaming goes on, unless cutting
+                        // over was all this run was for.
                         Err(error) if !error.is_transient() && !cutover_when_ready => {
                             control.withdraw_cutover();
-                            events.warn(
-                                Step::Cutover,
-                                format!(
-                                    "the cutover stopped: {}; streaming goes on",
-                                    chain(&error)
-                                ),
-                            );
+                            events.note(Step::Cutover, "cutover: streaming goes on");
                             continue 'connect;
                         }
                         Err(error) => return Err(error),

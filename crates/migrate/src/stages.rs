@@ -17,6 +17,7 @@ use crate::events::{Event, Events, Step};
 use crate::human;
 use crate::job::{Job, MigrateOptions};
 use crate::live::{self, LiveOutcome};
+use crate::lock::LockKeeper;
 use crate::preflight::{self, Plan};
 use crate::publication;
 use crate::state::{self, Record, Stage};
@@ -147,7 +148,16 @@ async fn run(
             hint: "stop it first",
         });
     }
-    let existing = state::load(&lock_client, &name).await?;
+    // Held until the end, also across restarts of the target.
+    let lock = LockKeeper::keep(
+        job.target.clone(),
+        &name,
+        lock_client,
+        control.clone(),
+        Arc::clone(&events),
+    );
+    let state_client = preflight::connect(&job.target, "target").await?;
+    let existing = state::load(&state_client, &name).await?;
     if let Some(m) = &existing {
         if m.slot != slot || m.publication != publication {
             return Err(Error::OtherNames {
@@ -158,7 +168,7 @@ async fn run(
         }
         // A resumed migration keeps what it was started with.
         if !m.settings_recorded {
-            state::save_settings(&lock_client, &name, &options.settings).await?;
+            state::save_settings(&state_client, &name, &options.settings).await?;
         } else if options.settings != Default::default() && m.settings != options.settings {
             return Err(Error::OtherSettings {
                 name,
@@ -242,7 +252,7 @@ async fn run(
         options.cutover_when_ready,
     ))
     .await;
-    let _ = state::unlock(&lock_client, &name).await;
+    lock.release().await;
     outcome
 }
 

@@ -82,6 +82,7 @@ mod binaries;
 mod cluster;
 mod error;
 mod process;
+mod proxy;
 pub mod sample;
 mod ssl;
 mod supervisor;
@@ -89,6 +90,7 @@ mod supervisor;
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterOptions, Credentials};
 pub use error::Error;
+pub use proxy::TcpProxy;
 
 /// Parses a connection string a test built (such as [`Cluster::conninfo`]'s)
 /// into a client's configuration type (such as `pglive_postgres::ConnectConfig`),

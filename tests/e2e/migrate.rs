@@ -240,6 +240,26 @@ fn non_superuser_roles_over_verify_full_tls() {
     let mut migrate = util::migrate_until_streaming(&source, &target, "tls", &[]);
     std::thread::sleep(Duration::from_secs(1));
     workload.stop();
+    // A role that does not own the source database cannot fence it: said
+    // before anything changes, and the migration streams on.
+    let owner = |to: &str| {
+        cluster
+            .psql("postgres", &format!("ALTER DATABASE {src} OWNER TO {to}"))
+            .unwrap()
+    };
+    owner(cluster.superuser());
+    let refused = run(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "tls", "--fence",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("may not ALTER DATABASE")
+            && text(&refused).contains("nothing was changed"),
+        "{}",
+        text(&refused)
+    );
+    assert!(migrate.try_wait().unwrap().is_none(), "migrate goes on");
+    owner(&role.user);
     let cutover = util::cutover_ok(
         &[
             "cutover", "--source", &source, "--target", &target, "--name", "tls",

@@ -4,7 +4,7 @@
 use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_repl::ReplicationClient;
 
-use crate::error::{Doing, Error, Result};
+use crate::error::{Doing, Error, Result, chain};
 use crate::fence;
 use crate::preflight;
 use crate::publication;
@@ -47,8 +47,19 @@ pub async fn clean(
                     "the source stays read-only from the fenced cutover (ALTER DATABASE … RESET default_transaction_read_only makes it writable)"
                         .to_owned(),
                 );
-            } else if fence::lift_recorded(&source_config, &target, name).await? {
-                done.push("lifted the fence: the source is writable again".to_owned());
+            } else {
+                match fence::lift_recorded(&source_config, &target, name).await {
+                    Ok(true) => {
+                        done.push("lifted the fence: the source is writable again".to_owned())
+                    }
+                    Ok(false) => {}
+                    // Cleaning goes on: a slot left behind would hold WAL.
+                    Err(error) => done.push(format!(
+                        "could not lift the fence ({}): the source stays read-only until \
+                         ALTER DATABASE … RESET default_transaction_read_only is run on it",
+                        chain(&error)
+                    )),
+                }
             }
         }
     }

@@ -351,12 +351,11 @@ async fn give_up(job: &Job, reason: &str, events: &dyn Events) {
 
 async fn withdraw(job: &Job, reason: &str) -> Result<Withdrawn> {
     let target = connect_sql(&job.target).await?;
-    if let Some(record) = state::load(&target, job.name()).await? {
-        if record.finishing.is_some() {
-            return Ok(Withdrawn::Finishing);
-        }
+    // Withdrawn first, in one statement that loses to a cutover past its
+    // checks: the fence is never lifted under a cutover that finishes.
+    if !state::abort_cutover(&target, job.name(), Some(reason)).await? {
+        return Ok(Withdrawn::Finishing);
     }
-    state::abort_cutover(&target, job.name(), Some(reason)).await?;
     Ok(
         if fence::lift_recorded(&job.source, &target, job.name()).await? {
             Withdrawn::Lifted
@@ -662,7 +661,12 @@ pub async fn cutover(
         }
         return ask_running_migrate(&job, target_client, options, events.as_ref(), deadline).await;
     }
-    let result = match finish_recorded(&job, &record, events.as_ref()).await {
+    let finishing = if record.stage == Stage::Cutover {
+        finish_recorded(&job, &record, events.as_ref()).await
+    } else {
+        Ok(None)
+    };
+    let result = match finishing {
         Ok(Some(summary)) => Ok(Ok(summary)),
         Ok(None) => {
             // The tail after writes stopped is short: one session.
@@ -754,15 +758,27 @@ async fn ask_running_migrate(
             return Ok(CutoverOutcome::Done { summary });
         }
         if !current.cutover_requested {
+            // The migrate lifts its fence right after withdrawing.
+            let mut fence_up = current.fence_raised;
+            let lift_deadline = Instant::now() + GIVE_UP_PATIENCE + Duration::from_secs(5);
+            while fence_up && Instant::now() < lift_deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Ok(Some(now)) = state::load(&target_client, name).await {
+                    fence_up = now.fence_raised;
+                }
+            }
             return Err(Error::CutoverWithdrawn {
                 reason: current
                     .cutover_error
                     .unwrap_or_else(|| "it was aborted".to_owned()),
+                fence_up,
             });
         }
         if running {
             not_running_since = None;
         } else if not_running_since.get_or_insert_with(Instant::now).elapsed() > LOCK_GRACE {
+            // Not left for the next migrate to act on unasked.
+            let _ = state::abort_cutover(&target_client, name, Some("the migrate stopped")).await;
             return Err(Error::MigrateStopped);
         }
     }
@@ -787,14 +803,14 @@ pub async fn abort_cutover(
     if record.stage == Stage::Done {
         return fence::lift_recorded(&source, &target_client, name).await;
     }
-    if record.finishing.is_some() {
+    // The request first (a running cutover stops before the fence goes),
+    // unless the cutover is past its checks.
+    if !state::abort_cutover(&target_client, name, None).await? {
         return Err(Error::WrongStage {
             name: name.to_owned(),
             stage: record.stage,
             needs: "its checks passed and it is dropping its slot: run `pglive cutover` (or `pglive migrate`) again to finish it",
         });
     }
-    // The request first: a running cutover stops before the fence goes.
-    state::abort_cutover(&target_client, name, None).await?;
     fence::lift_recorded(&source, &target_client, name).await
 }

@@ -138,11 +138,18 @@ pub enum Error {
     },
     /// The running migrate withdrew the cutover it was asked for.
     #[error(
-        "the running `pglive migrate` could not cut over: {reason}; the cutover is withdrawn, any fence it raised is lifted, and streaming goes on"
+        "the running `pglive migrate` could not cut over: {reason}; the cutover is withdrawn{}",
+        if *fence_up {
+            ", but the fence it raised is still up: `pglive cutover --abort` lifts it"
+        } else {
+            " (and any fence it raised lifted), and streaming goes on"
+        }
     )]
     CutoverWithdrawn {
         /// Why, as the migrate reported it.
         reason: String,
+        /// Whether the fence it raised could not be lifted.
+        fence_up: bool,
     },
     /// `pglive cutover --abort` ended the cutover.
     #[error("cutover aborted")]
@@ -166,7 +173,7 @@ pub enum Error {
     },
     /// The `pglive migrate` a cutover asked stopped before it finished.
     #[error(
-        "the running `pglive migrate` stopped before the cutover finished: its output says why; run `pglive cutover` again once that is fixed"
+        "the running `pglive migrate` stopped before the cutover finished: its output says why; the request is withdrawn: run `pglive cutover` again once that is fixed"
     )]
     MigrateStopped,
     /// A wait ran out of time.

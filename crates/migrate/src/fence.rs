@@ -5,7 +5,7 @@
 //! recorded one).
 //!
 //! What it closes: new sessions start read-only (the database's
-//! `default_transaction_read_only`), every other session is ended, roles
+//! `default_transaction_read_only`), every session from before is ended, roles
 //! whose own setting would start them writable are refused, and prepared
 //! transactions (which `COMMIT PREPARED` could commit later) must be
 //! resolved first. What it cannot close: a session that asks for writes
@@ -35,7 +35,24 @@ const SETTING: &str = "default_transaction_read_only";
 /// prepared transactions stay unresolved, lifts the fence again and
 /// returns [`Error::FenceLeaks`].
 pub(crate) async fn raise(source: &Client, target: &Client, name: &str) -> Result<u64> {
-    let holes = roles_writable_by_setting(source).await?;
+    let mut holes = roles_writable_by_setting(source).await?;
+    let may_alter: bool = source
+        .query_one(
+            "SELECT pg_catalog.pg_has_role(d.datdba, 'MEMBER')
+                    OR (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+               FROM pg_catalog.pg_database d WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .doing("reading the source database's owner")?
+        .get(0);
+    if !may_alter {
+        holes.push(format!(
+            "pglive's source role may not ALTER DATABASE {} (it must own it, or be a superuser): \
+             `ALTER DATABASE … OWNER TO` that role, or cut over without --fence once the application's writes stopped",
+            quote_ident(&current_database(source).await?)
+        ));
+    }
     if !holes.is_empty() {
         return Err(Error::FenceLeaks {
             holes,
@@ -45,13 +62,20 @@ pub(crate) async fn raise(source: &Client, target: &Client, name: &str) -> Resul
     let prior = database_setting(source).await?;
     state::record_fence(target, name, prior.as_deref()).await?;
     let database = current_database(source).await?;
-    source
+    if let Err(error) = source
         .batch_execute(&format!(
             "ALTER DATABASE {} SET {SETTING} = on",
             quote_ident(&database)
         ))
         .await
-        .doing("fencing the source (ALTER DATABASE … SET default_transaction_read_only = on)")?;
+    {
+        // Refused by the server: nothing changed, so nothing is recorded.
+        if error.as_db_error().is_some() {
+            state::record_fence_lifted(target, name).await?;
+        }
+        return Err(error)
+            .doing("fencing the source (ALTER DATABASE … SET default_transaction_read_only = on)");
+    }
     match end_sessions(source).await {
         Ok(ended) => Ok(ended),
         Err(error) => {
@@ -172,23 +196,40 @@ async fn roles_writable_by_setting(source: &Client) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Ends every other session on the source database and waits until none
-/// is left and no prepared transaction of the database waits for its
-/// `COMMIT PREPARED`; returns how many sessions it ended. Fails with
-/// [`Error::FenceLeaks`] (lifted: false) after [`SETTLE`].
+/// Ends the source database's other sessions that started before the
+/// fence (later ones start read-only) and waits until they are gone and no
+/// prepared transaction of the database waits for its `COMMIT PREPARED`;
+/// returns how many sessions it ended. Fails with [`Error::FenceLeaks`]
+/// (lifted: false) after [`SETTLE`].
 async fn end_sessions(source: &Client) -> Result<u64> {
+    const OTHERS: &str = "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, '')
+           FROM pg_catalog.pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
     let deadline = Instant::now() + SETTLE;
+    // A session that read the database's settings just before the fence
+    // may show up a moment later: the sessions of two looks.
+    let mut before: HashSet<i32> = HashSet::new();
+    for look in 0..2 {
+        if look > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for row in source
+            .query(OTHERS, &[])
+            .await
+            .doing("listing the source's other sessions")?
+        {
+            before.insert(row.get(0));
+        }
+    }
     let mut signalled = HashSet::new();
     loop {
-        let sessions = source
-            .query(
-                "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, '')
-                   FROM pg_catalog.pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                &[],
-            )
+        let sessions: Vec<_> = source
+            .query(OTHERS, &[])
             .await
-            .doing("listing the source's other sessions")?;
+            .doing("listing the source's other sessions")?
+            .into_iter()
+            .filter(|row| before.contains(&row.get::<_, i32>(0)))
+            .collect();
         let prepared = source
             .query(
                 "SELECT gid, owner::text FROM pg_catalog.pg_prepared_xacts WHERE database = current_database()",

@@ -33,6 +33,10 @@ pub(crate) struct LateChanges {
 impl LateChanges {
     /// "t1 (3), t2 (1)".
     pub fn describe(&self) -> String {
+        if self.tables.is_empty() {
+            // A large transaction sent in pieces before the position.
+            return "tables not known (its changes were sent before the cutover point)".to_owned();
+        }
         self.tables
             .iter()
             .map(|(table, n)| format!("{table} ({n})"))
@@ -78,10 +82,14 @@ impl Counter {
             LogicalMessage::Truncate(m) => self.change(m.xid, &m.relation_ids),
             LogicalMessage::StreamStart(m) => self.stream_xid = Some(m.xid),
             LogicalMessage::StreamStop => self.stream_xid = None,
+            // A transaction without changes of published tables (sent
+            // empty by PostgreSQL 14 and older) is not counted.
             LogicalMessage::Commit(_) => {
                 let open = std::mem::take(&mut self.open);
+                if !open.is_empty() {
+                    self.transactions += 1;
+                }
                 Self::merge(&mut self.committed, open);
-                self.transactions += 1;
                 return true;
             }
             LogicalMessage::StreamCommit(m) => {
@@ -91,6 +99,8 @@ impl Counter {
                     .filter(|(top, _)| *top == m.xid)
                     .copied()
                     .collect();
+                // Counted even when its changes all came before the
+                // position read from: it committed after it.
                 for key in keys {
                     if let Some(counts) = self.streamed.remove(&key) {
                         Self::merge(&mut self.committed, counts);

@@ -16,9 +16,10 @@ use crate::control::Control;
 use crate::cutover;
 use crate::error::{Doing, Error, Result, chain};
 use crate::events::{Event, Events, Step};
+use crate::fence;
 use crate::job::Job;
 use crate::publication;
-use crate::state::{self, Record};
+use crate::state::{self, Record, Stage};
 
 /// How streaming ended.
 pub(crate) enum LiveOutcome {
@@ -123,6 +124,11 @@ pub(crate) async fn stream(
     // Tables created and dropped on the source during the migration.
     let mut ignored = HashSet::new();
     loop {
+        // A cutover past its checks that lost a connection is finished.
+        if let Some(summary) = finish_if_recorded(job, events.as_ref()).await? {
+            events.event(Event::StreamingFinished);
+            return Ok(LiveOutcome::CutOver(summary));
+        }
         let reason = match session(
             job,
             record,
@@ -133,11 +139,13 @@ pub(crate) async fn stream(
         )
         .await
         {
-            Ok(Some(outcome)) => {
+            Ok(Stretch::Done(outcome)) => {
                 events.event(Event::StreamingFinished);
                 return Ok(outcome);
             }
-            Ok(None) => "the source ended the stream (shutting down?)".to_owned(),
+            // On fresh sessions: the fence ended this process's own.
+            Ok(Stretch::CutoverWithdrawn) => continue,
+            Ok(Stretch::ServerEnded) => "the source ended the stream (shutting down?)".to_owned(),
             Err(error) if error.is_transient() && !control.stop_requested() => {
                 format!("connection lost ({})", chain(&error))
             }
@@ -155,8 +163,28 @@ pub(crate) async fn stream(
     }
 }
 
-/// One connected stretch of streaming; `None` when the source ended the
-/// stream.
+/// Finishes the cutover the state records as past its checks, if any.
+async fn finish_if_recorded(job: &Job, events: &dyn Events) -> Result<Option<String>> {
+    let target = connect_sql(&job.target).await?;
+    match state::load(&target, job.name()).await? {
+        Some(current) if current.stage == Stage::Cutover && current.finishing.is_some() => {
+            cutover::finish_recorded(job, &current, events).await
+        }
+        _ => Ok(None),
+    }
+}
+
+/// How one connected stretch of streaming ended.
+enum Stretch {
+    /// For good.
+    Done(LiveOutcome),
+    /// The server ended the stream: connect again.
+    ServerEnded,
+    /// A cutover failed and was withdrawn: stream on, on new sessions.
+    CutoverWithdrawn,
+}
+
+/// One connected stretch of streaming.
 async fn session(
     job: &Job,
     record: &Record,
@@ -164,7 +192,7 @@ async fn session(
     control: &Control,
     cutover_when_ready: bool,
     ignored: &mut HashSet<QualifiedName>,
-) -> Result<Option<LiveOutcome>> {
+) -> Result<Stretch> {
     let state_client = connect_sql(&job.target).await?;
     let source_client = connect_sql(&job.source).await?;
     // Each round connects an applier and a stream; a round ends for good,
@@ -185,6 +213,7 @@ async fn session(
                 cutover_when_ready,
                 Arc::clone(&latest),
                 Arc::clone(&reason),
+                events.as_ref(),
             );
             let ran = pglive_apply::run(
                 &mut applier,
@@ -245,18 +274,27 @@ async fn session(
                         stream,
                         protocol_version,
                     };
-                    match cutover::perform(job, record, session, fence, events.as_ref()).await {
-                        Ok(summary) => return Ok(Some(LiveOutcome::CutOver(summary))),
-                        // Withdrawn, with its fence lifted (which the
-                        // cutover said): streaming goes on, unless cutting
-                        // over was all this run was for.
-                        Err(error) if !error.is_transient() && !cutover_when_ready => {
-                            control.withdraw_cutover();
-                            events.note(Step::Cutover, "cutover: streaming goes on");
-                            continue 'connect;
-                        }
-                        Err(error) => return Err(error),
+                    let error = match cutover::perform(job, record, session, fence, events.as_ref())
+                        .await
+                    {
+                        Ok(summary) => return Ok(Stretch::Done(LiveOutcome::CutOver(summary))),
+                        Err(error) => error,
+                    };
+                    let finishing = state::load(&state_client, job.name())
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|m| m.finishing.is_some());
+                    // Withdrawn, with its fence lifted (which the cutover
+                    // said): streaming goes on, unless cutting over was all
+                    // this run was for. Past its checks, it is finished by
+                    // the next attempt instead.
+                    if finishing || error.is_transient() || cutover_when_ready {
+                        return Err(error);
                     }
+                    control.withdraw_cutover();
+                    events.note(Step::Cutover, "cutover: streaming goes on");
+                    return Ok(Stretch::CutoverWithdrawn);
                 }
                 (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
                     if !pause_for_verify(
@@ -271,7 +309,7 @@ async fn session(
                     .await?
                     {
                         stream.stop().await.ok();
-                        return Ok(Some(LiveOutcome::Stopped));
+                        return Ok(Stretch::Done(LiveOutcome::Stopped));
                     }
                 }
                 (Stopped::Shutdown, Some(Reason::NotCarried(tables))) => {
@@ -283,10 +321,10 @@ async fn session(
                 }
                 (Stopped::Shutdown, _) => {
                     stream.stop().await.ok();
-                    return Ok(Some(LiveOutcome::Stopped));
+                    return Ok(Stretch::Done(LiveOutcome::Stopped));
                 }
                 // The server ended the stream (it is shutting down): reconnect.
-                (_, _) => return Ok(None),
+                (_, _) => return Ok(Stretch::ServerEnded),
             }
         }
     }
@@ -304,6 +342,7 @@ async fn watch_requests(
     cutover_when_ready: bool,
     latest: Arc<Mutex<Option<Progress>>>,
     reason: Arc<Mutex<Option<Reason>>>,
+    events: &dyn Events,
 ) {
     let name = job.name();
     let set = |r: Reason| *reason.lock().expect("not poisoned") = Some(r);
@@ -341,6 +380,18 @@ async fn watch_requests(
         if let Ok(Some(m)) = state::load(state_client, name).await {
             if m.cutover_requested {
                 return set(Reason::Cutover { fence: m.fence });
+            }
+            // A fence no cutover stands behind (one that failed could not
+            // lift it then): lifted as soon as the source answers.
+            if m.fence_raised && m.stage == Stage::Streaming {
+                // Rare, and a large future: on the heap.
+                let lift = Box::pin(fence::lift_recorded(&job.source, state_client, name));
+                if let Ok(true) = lift.await {
+                    events.note(
+                        Step::Streaming,
+                        "lifted the fence a cutover that did not finish left on the source: it is writable again",
+                    );
+                }
             }
             if let Some((lsn, request)) = m.verify_request {
                 if request == "requested" {

@@ -19,6 +19,10 @@ use crate::state;
 /// How often the keeper checks its session.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// How many times, [`CHECK_EVERY`] apart, the keeper finds the lock held by
+/// another process before it stops the migration.
+const RETAKE_TRIES: u32 = 15;
+
 /// Holds migration `name`'s lock until [`LockKeeper::release`] (or drop).
 pub(crate) struct LockKeeper {
     name: String,
@@ -80,7 +84,11 @@ async fn watch(
         if !held.is_closed() && held.simple_query("SELECT 1").await.is_ok() {
             continue;
         }
-        // The session is gone, and the lock with it: take it again.
+        // The session is gone, and the lock with it: take it again. Another
+        // process may hold it for a moment (a `pglive cutover` that then
+        // finds the slot in use and asks this one): only a lock held for
+        // long means another process runs the migration.
+        let mut refused = 0;
         loop {
             tokio::time::sleep(CHECK_EVERY).await;
             let Ok(fresh) = connect_sql(&config).await else {
@@ -91,6 +99,7 @@ async fn watch(
                     *held = fresh;
                     break;
                 }
+                Ok(false) if refused < RETAKE_TRIES => refused += 1,
                 Ok(false) => {
                     events.warn(
                         Step::Streaming,

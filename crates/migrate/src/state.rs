@@ -182,20 +182,24 @@ pub(crate) async fn create_tables(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// The migration called `name`, if the target has one.
+/// The migration called `name`, if the target has one. State written by
+/// an earlier pglive is brought up to this one's version first.
 pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> {
-    let row = match client
-        .query_opt(
-            "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
-                    verify_lsn::text, verify_state, settings::text, keyless_baseline::text,
-                    fence_raised, fence_prior, finishing, cutover_error
-               FROM pglive.migration WHERE name = $1",
-            &[&name],
-        )
-        .await
-    {
+    const SELECT: &str = "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
+                verify_lsn::text, verify_state, settings::text, keyless_baseline::text,
+                fence_raised, fence_prior, finishing, cutover_error
+           FROM pglive.migration WHERE name = $1";
+    let row = match client.query_opt(SELECT, &[&name]).await {
         Ok(row) => row,
         Err(e) if e.code().map(|c| c.code()) == Some("42P01") => return Ok(None),
+        // A column of a later version: an earlier pglive's state.
+        Err(e) if e.code().map(|c| c.code()) == Some("42703") => {
+            create_tables(client).await?;
+            client
+                .query_opt(SELECT, &[&name])
+                .await
+                .doing("reading pglive.migration")?
+        }
         Err(e) => return Err(e).doing("reading pglive.migration"),
     };
     row.map(|r| {
@@ -328,17 +332,23 @@ pub(crate) async fn request_cutover(client: &Client, name: &str, fence: bool) ->
 
 /// Withdraws a cutover request (and its fence) and moves a cutover under
 /// way back to streaming; `reason` says why, when it failed.
-pub(crate) async fn abort_cutover(client: &Client, name: &str, reason: Option<&str>) -> Result<()> {
-    client
+/// False when the cutover's checks had passed (it is finishing, and only
+/// finishing is left): nothing is changed then.
+pub(crate) async fn abort_cutover(
+    client: &Client,
+    name: &str,
+    reason: Option<&str>,
+) -> Result<bool> {
+    let changed = client
         .execute(
             "UPDATE pglive.migration SET cutover_requested = false, fence = false, cutover_error = $2,
                     stage = CASE WHEN stage = 'cutover' THEN 'streaming' ELSE stage END
-              WHERE name = $1",
+              WHERE name = $1 AND finishing IS NULL",
             &[&name, &reason],
         )
         .await
         .doing("withdrawing the cutover request")?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// Records that the fence is about to be raised, with the database's own
@@ -369,16 +379,23 @@ pub(crate) async fn record_fence_lifted(client: &Client, name: &str) -> Result<(
     Ok(())
 }
 
-/// Records a cutover whose checks passed, before its slot is dropped.
+/// Records a cutover whose checks passed, before its slot is dropped;
+/// [`Error::CutoverAborted`] when it was withdrawn meanwhile (by `--abort`
+/// or a `pglive cutover` that timed out), which then wins.
 pub(crate) async fn set_finishing(client: &Client, name: &str, summary: &str) -> Result<()> {
-    client
+    let changed = client
         .execute(
-            "UPDATE pglive.migration SET finishing = $2, updated_at = now() WHERE name = $1",
+            "UPDATE pglive.migration SET finishing = $2, updated_at = now()
+              WHERE name = $1 AND stage = 'cutover' AND cutover_requested AND finishing IS NULL",
             &[&name, &summary],
         )
         .await
         .doing("recording the cutover's summary in pglive.migration")?;
-    Ok(())
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(Error::CutoverAborted)
+    }
 }
 
 pub(crate) async fn finish(client: &Client, name: &str, summary: &str) -> Result<()> {
@@ -621,15 +638,26 @@ pub(crate) async fn try_lock(client: &Client, name: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
-/// Whether another process (a running `migrate`, or a `cutover` doing the
-/// work itself) holds the migration's lock.
+/// Whether a process (a running `migrate`, or a `cutover` doing the work
+/// itself) holds the migration's lock. Read from `pg_locks`, without taking
+/// the lock: a migrate taking it again after losing its session must not
+/// find it held by a look.
 pub(crate) async fn is_running(client: &Client, name: &str) -> Result<bool> {
-    if try_lock(client, name).await? {
-        unlock(client, name).await?;
-        Ok(false)
-    } else {
-        Ok(true)
-    }
+    // A bigint advisory key shows as classid (high half) and objid (low
+    // half) with objsubid 1.
+    let key = lock_key(name) as u64;
+    let (high, low) = ((key >> 32) as i64, (key & 0xffff_ffff) as i64);
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+                             WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                               AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+                               AND classid = $1::int8::oid AND objid = $2::int8::oid)",
+            &[&high, &low],
+        )
+        .await
+        .doing("reading the migration lock")?;
+    Ok(row.get(0))
 }
 
 /// Takes the migration's lock, waiting up to `patience` for a previous

@@ -174,10 +174,15 @@ impl Error {
             | Error::Io { .. }
             | Error::Closed { .. } => true,
             // Class 08 (connection exception), 57P01..57P03 (shutdown,
-            // cannot connect now), 53300 (too many connections).
+            // cannot connect now), 53300 (too many connections), 55006 (a
+            // slot still held by a walsender that has not yet noticed its
+            // client is gone).
             Error::Server { source, .. } => {
                 source.code.starts_with("08")
-                    || matches!(source.code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+                    || matches!(
+                        source.code.as_str(),
+                        "57P01" | "57P02" | "57P03" | "53300" | "55006"
+                    )
             }
             Error::Postgres(error) => error.is_transient(),
             _ => false,

@@ -387,7 +387,7 @@ impl ConnectConfig {
             list.map(|l| l.split(',').map(|h| h.trim().to_owned()).collect())
                 .unwrap_or_default()
         };
-        let names = split(params.get("host").cloned());
+        let names = split(get("host"));
         let addrs = split(get("hostaddr"));
         if !addrs.is_empty() && !names.is_empty() && names.len() != addrs.len() {
             return Err(ConfigError::new(format!(
@@ -527,19 +527,15 @@ impl ConnectConfig {
                 None => None,
             },
         };
-        let sslsni = match get("sslsni").as_deref() {
-            None | Some("1") => true,
-            Some("0") => false,
-            Some(other) => {
-                return Err(ConfigError::new(format!(
-                    "invalid sslsni {other:?}: 0 or 1"
-                )));
-            }
-        };
-        let tls13_only = match get("ssl_min_protocol_version").as_deref() {
+        // libpq sends SNI when the value starts with 1.
+        let sslsni = get("sslsni").is_none_or(|v| v.starts_with('1'));
+        let tls13_only = match get("ssl_min_protocol_version")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
             // pglive's TLS speaks 1.2 and 1.3: an older minimum allows them.
-            None | Some("TLSv1" | "TLSv1.1" | "TLSv1.2") => false,
-            Some("TLSv1.3") => true,
+            None | Some("tlsv1" | "tlsv1.1" | "tlsv1.2") => false,
+            Some("tlsv1.3") => true,
             Some(other) => {
                 return Err(ConfigError::new(format!(
                     "invalid ssl_min_protocol_version {other:?}: TLSv1, TLSv1.1, TLSv1.2 or TLSv1.3"
@@ -1023,10 +1019,14 @@ mod tests {
         );
         assert!(!c.sslsni && c.tls13_only);
         assert!(!parse("host=h keepalives=0").unwrap().keepalives.enabled);
+        assert!(
+            parse("host=h ssl_min_protocol_version=tlsv1.3")
+                .unwrap()
+                .tls13_only
+        );
         for (conninfo, expected) in [
             ("host=h keepalives_idle=-1", "invalid keepalives_idle"),
             ("host=h keepalives=yes", "invalid keepalives"),
-            ("host=h sslsni=2", "invalid sslsni"),
             (
                 "host=h ssl_min_protocol_version=SSLv3",
                 "invalid ssl_min_protocol_version",

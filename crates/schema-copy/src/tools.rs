@@ -168,7 +168,8 @@ pub(crate) fn conninfo(server: &ConnectConfig) -> String {
         .iter()
         .map(|(host, _)| match host {
             Host::Tcp(name) => name.clone(),
-            Host::Addr { name, .. } => name.clone().unwrap_or_default(),
+            // libpq verifies TLS against host: the address when alone.
+            Host::Addr { name, addr } => name.clone().unwrap_or_else(|| addr.to_string()),
             Host::Unix(dir) => dir.display().to_string(),
         })
         .collect::<Vec<_>>()

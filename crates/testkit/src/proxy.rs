@@ -3,6 +3,7 @@
 //! through it (as a network failure or a firewall would) or stall them
 //! (bytes stop flowing, connections stay open).
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +18,8 @@ use crate::error::Error;
 struct Shared {
     stalled: AtomicBool,
     closing: AtomicBool,
-    /// Both ends of every open connection, to cut them.
-    sockets: Mutex<Vec<TcpStream>>,
+    /// Both ends of every open connection, by connection, to cut them.
+    sockets: Mutex<HashMap<u64, [TcpStream; 2]>>,
 }
 
 /// A TCP proxy on `127.0.0.1` forwarding to one upstream address. Dropping
@@ -65,8 +66,10 @@ impl TcpProxy {
 
     /// Cuts every open connection, both ways; new ones are accepted.
     pub fn cut(&self) {
-        for socket in self.shared.sockets.lock().expect("not poisoned").drain(..) {
-            let _ = socket.shutdown(Shutdown::Both);
+        for sockets in self.shared.sockets.lock().expect("not poisoned").values() {
+            for socket in sockets {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
         }
     }
 
@@ -91,7 +94,7 @@ impl Drop for TcpProxy {
 }
 
 fn accept(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared>) {
-    for client in listener.incoming() {
+    for (id, client) in (0u64..).zip(listener.incoming()) {
         if shared.closing.load(Ordering::Acquire) {
             return;
         }
@@ -102,24 +105,29 @@ fn accept(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared>) {
         };
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
-        let clones = [client.try_clone(), server.try_clone()];
-        let (Ok(client_read), Ok(server_read)) = (client.try_clone(), server.try_clone()) else {
+        let (Ok(client_read), Ok(server_read), Ok(client_cut), Ok(server_cut)) = (
+            client.try_clone(),
+            server.try_clone(),
+            client.try_clone(),
+            server.try_clone(),
+        ) else {
             continue;
         };
-        {
-            let mut sockets = shared.sockets.lock().expect("not poisoned");
-            sockets.extend(clones.into_iter().flatten());
-        }
+        shared
+            .sockets
+            .lock()
+            .expect("not poisoned")
+            .insert(id, [client_cut, server_cut]);
         for (from, to) in [(client_read, server), (server_read, client)] {
             let shared = Arc::clone(shared);
-            std::thread::spawn(move || forward(from, to, &shared));
+            std::thread::spawn(move || forward(id, from, to, &shared));
         }
     }
 }
 
 /// Copies `from` to `to` until either end closes, holding bytes while the
-/// proxy is stalled.
-fn forward(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+/// proxy is stalled; then forgets connection `id`.
+fn forward(id: u64, mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buffer) {
@@ -135,6 +143,7 @@ fn forward(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+    shared.sockets.lock().expect("not poisoned").remove(&id);
 }
 
 #[cfg(test)]

@@ -516,11 +516,13 @@ impl Worker {
     ) -> Result<(u64, u64)> {
         let what = format!("part {} of {}", part.number, part.table);
         // A whole-table part empties the table in its own transaction, which
-        // also lets COPY write frozen rows. A key range deletes what a
-        // previous attempt may have left (none: rows commit with the
-        // done-mark; this guards against rows written outside pglive). Block
-        // ranges of the source mean nothing on the target; their tables are
-        // emptied as a whole when they start over (see `state`).
+        // also lets COPY write frozen rows. A part of a split table has
+        // nothing of its own to remove: its rows commit in one transaction
+        // with its done-mark, so an attempt that stopped left none, and
+        // nothing scans the table (a DELETE of the range, on a target table
+        // without indexes yet, would read everything copied so far, once per
+        // part). Tables whose copy starts over under a new snapshot are
+        // emptied as a whole first (see `state`).
         let freeze = match &part.range {
             PartRange::Whole => {
                 let only = if table.hypertable { "" } else { "ONLY " };
@@ -528,16 +530,6 @@ impl Worker {
                     .await
                     .map_err(target(format!("emptying {}", table.name)))?;
                 !table.hypertable
-            }
-            range @ PartRange::Key { .. } => {
-                let condition = range.condition().unwrap_or_else(|| "true".to_owned());
-                tx.batch_execute(&format!(
-                    "DELETE FROM ONLY {} WHERE {condition}",
-                    table.name
-                ))
-                .await
-                .map_err(target(format!("removing earlier rows of {what}")))?;
-                false
             }
             _ => false,
         };

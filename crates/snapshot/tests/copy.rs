@@ -161,6 +161,38 @@ async fn schema_copy(source: &ConnectConfig, target: &ConnectConfig) -> SchemaCo
         .unwrap()
 }
 
+/// The parts of a split table only append to it: none reads the target
+/// table (which has no index yet), so the copy stays linear in its size.
+/// Read once the statistics of the copy's sessions arrived (they count
+/// the `rows` COPY wrote).
+async fn assert_parts_never_scanned_the_target(target: &ConnectConfig, table: &str, rows: u64) {
+    let client = connect_sql(target).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        let row = client
+            .query_one(
+                "SELECT coalesce(n_tup_ins, 0), coalesce(seq_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+                &[&table],
+            )
+            .await
+            .unwrap();
+        let (inserted, scans): (i64, i64) = (row.get(0), row.get(1));
+        if inserted >= rows as i64 {
+            assert_eq!(scans, 0, "the copy's parts scanned the target's {table}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "statistics of {table} never arrived ({inserted} of {rows} rows)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The whole flow: pre-data under the snapshot, rows committed after the
 /// slot, the copy, post-data; then the target must equal the source as it
 /// was at the slot.
@@ -198,6 +230,16 @@ async fn copy_and_verify(cluster: &Cluster, source_info: &str, target_info: &str
         .run(&snapshot, move |e| sink.lock().unwrap().push(e))
         .await
         .unwrap();
+    let zoo_rows: u64 = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            CopyEvent::PartDone { table, rows, .. } if table.name == "zoo" => Some(*rows),
+            _ => None,
+        })
+        .sum();
+    assert_parts_never_scanned_the_target(&target, "zoo", zoo_rows).await;
     let post = schema.restore_post_data().await.unwrap();
     assert!(post.key_entries >= 8, "{post:?}");
     assert_eq!(post.materialized_views, 1, "{post:?}");

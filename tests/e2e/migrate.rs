@@ -114,6 +114,14 @@ fn migrate_with_live_workload_then_cutover_and_verify() {
     assert!(verify.contains("equal"), "{verify}");
     assert_same_rows(cluster, &src, cluster, &dst);
     no_leftovers(cluster, &src);
+    // The copied tables were analyzed before streaming began.
+    let unanalyzed = cluster
+        .psql(
+            &dst,
+            "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'public' AND last_analyze IS NULL",
+        )
+        .unwrap();
+    assert_eq!(unanalyzed, "0");
     // The status of a finished migration still reads from the target.
     let status = run_ok(&["status", "--target", &target, "--name", "e2e"]);
     assert!(status.contains("stage done"), "{status}");

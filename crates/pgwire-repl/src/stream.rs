@@ -146,6 +146,9 @@ const GATHER_PATIENCE: Duration = Duration::from_millis(1);
 /// How much data is a batch worth delivering at once.
 const GATHER_ENOUGH: usize = 64 * 1024;
 
+/// What a message costs the budget besides its payload: the event itself.
+const MESSAGE_OVERHEAD: usize = std::mem::size_of::<ReplicationEvent>();
+
 /// The stream of WAL data from `START_REPLICATION`; a
 /// [`futures_core::Stream`] of [`ReplicationEvent`]s. Dropping it closes the
 /// connection; [`ReplicationStream::stop`] ends it politely and gives the
@@ -415,6 +418,9 @@ impl StreamTask {
                 self.shared
                     .received
                     .fetch_max(wal_start.0, Ordering::AcqRel);
+                // Charged to the budget: the message holds its part of the
+                // read buffer until the consumer is done with it.
+                self.pending_bytes += body.len() + MESSAGE_OVERHEAD;
                 self.pending.push(ReplicationEvent::XLogData {
                     wal_start,
                     wal_end,
@@ -432,6 +438,7 @@ impl StreamTask {
                 // us: report it as written (never as flushed). A server
                 // shutting down waits for exactly this before it exits.
                 self.shared.received.fetch_max(wal_end.0, Ordering::AcqRel);
+                self.pending_bytes += MESSAGE_OVERHEAD;
                 self.pending.push(ReplicationEvent::Keepalive {
                     wal_end,
                     server_time,

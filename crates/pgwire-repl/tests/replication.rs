@@ -902,3 +902,82 @@ async fn use_snapshot_makes_it_the_transaction_snapshot_of_the_connection() {
     assert_eq!(count.rows, vec![vec![Some("10".to_owned())]]);
     client.simple_query("COMMIT").await.unwrap();
 }
+
+/// A consumer that falls behind holds back the reader: what waits between
+/// the socket and the consumer stays within `max_buffered_bytes` (plus what
+/// the kernel buffers), however much the slot holds; nothing is lost.
+#[tokio::test]
+async fn a_slow_consumer_bounds_what_the_reader_holds() {
+    let cluster = Cluster::shared();
+    let db = cluster.create_database("bounded").unwrap();
+    cluster
+        .psql(
+            &db,
+            "CREATE TABLE wide (id int PRIMARY KEY, pad text); CREATE PUBLICATION bounded FOR ALL TABLES",
+        )
+        .unwrap();
+    let mut client = connect(&cluster.conninfo(&db)).await;
+    let slot = plain_slot(&mut client, "bounded", false).await;
+    // About 100 MB of changes waiting in the slot, in 100 transactions.
+    cluster
+        .psql(
+            &db,
+            "DO $$ BEGIN FOR i IN 0..99 LOOP
+                 INSERT INTO wide SELECT g, repeat('x', 1000) FROM generate_series(i * 1000 + 1, i * 1000 + 1000) g;
+                 COMMIT;
+             END LOOP; END $$",
+        )
+        .unwrap();
+    let end: Lsn = cluster
+        .psql(&db, "SELECT pg_current_wal_insert_lsn()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut options = StreamOptions::default();
+    options.max_buffered_bytes = 1 << 20;
+    let mut stream = client
+        .start_replication(
+            "bounded",
+            slot.consistent_point,
+            &PgOutputOptions::new(["bounded"]),
+            options,
+        )
+        .await
+        .unwrap();
+    // Nothing consumed for a while: the reader stops reading, so the
+    // server's walsender stops sending (its sent position, which it moves
+    // after each transaction it sent, stays far from the end).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent: Lsn = cluster
+        .psql(
+            &db,
+            "SELECT r.sent_lsn FROM pg_stat_replication r
+               JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = 'bounded'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    let held = sent.bytes_since(slot.consistent_point);
+    let total = end.bytes_since(slot.consistent_point);
+    assert!(
+        held < 32 << 20,
+        "the server sent {held} of {total} bytes of WAL while the consumer read nothing"
+    );
+    // Everything still arrives once consumed.
+    let mut inserts = 0;
+    let mut decoder = Decoder::new(1);
+    while inserts < 100_000 {
+        let event = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("the stream goes on")
+            .unwrap()
+            .unwrap();
+        if let ReplicationEvent::XLogData { data, .. } = event {
+            if matches!(decoder.decode(data).unwrap(), LogicalMessage::Insert(_)) {
+                inserts += 1;
+            }
+        }
+    }
+    let mut client = stream.stop().await.unwrap();
+    client.drop_slot("bounded", true).await.unwrap();
+}

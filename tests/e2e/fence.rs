@@ -195,3 +195,60 @@ fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lift
     ]);
     assert!(cleaned.contains("stays read-only"), "{cleaned}");
 }
+
+/// A pglive stopped between dropping the slot and recording `done` (its
+/// checks passed, its summary recorded) leaves a migration the next run
+/// finishes, instead of one whose slot is gone.
+#[test]
+fn a_cutover_stopped_after_dropping_its_slot_is_finished_by_the_next_run() {
+    let cluster = Cluster::shared();
+    let (src, dst) = util::databases(cluster, "finishing", &format!("{SCHEMA}{}", load(500)));
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let migrate = util::migrate_until_streaming(&source, &target, "fin", &[]);
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &migrate.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    migrate.wait_with_output().unwrap();
+    // What such a stop leaves: the cutover past its checks, the slot gone.
+    cluster
+        .psql(
+            &dst,
+            "UPDATE pglive.migration SET stage = 'cutover', cutover_requested = true,
+                    finishing = 'cut over at 0/1: checks passed before the stop'
+              WHERE name = 'fin'",
+        )
+        .unwrap();
+    cluster
+        .psql(&src, "SELECT pg_drop_replication_slot('fin')")
+        .unwrap();
+    // `--abort` cannot take back a cutover past its checks.
+    let refused = run(&[
+        "cutover", "--source", &source, "--target", &target, "--name", "fin", "--abort",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("checks passed"),
+        "{}",
+        text(&refused)
+    );
+
+    let finished = run(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "fin",
+    ]);
+    let said = text(&finished);
+    assert!(finished.status.success(), "{said}");
+    assert!(
+        said.contains("finishing it") && said.contains("checks passed before the stop"),
+        "{said}"
+    );
+    assert_eq!(util::stage(&target, "fin").as_deref(), Some("done"));
+    assert_eq!(
+        cluster
+            .psql(&src, "SELECT count(*) FROM pg_publication")
+            .unwrap(),
+        "0",
+        "the publications went with it"
+    );
+}

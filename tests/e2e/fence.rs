@@ -1,8 +1,8 @@
 //! The fence through the real binary: refused before anything changes
-//! when a role's own setting would write through it, lifted by every
-//! cutover that does not finish (a failed check, prepared transactions
-//! left open), lifted by `--abort` and `clean` after the process died
-//! with it up, and kept after a finished cutover.
+//! when a role's own setting would write through it or prepared
+//! transactions are open, lifted by every cutover that does not finish,
+//! lifted by `--abort` after the process died with it up, and kept after a
+//! finished cutover.
 
 use std::time::{Duration, Instant};
 
@@ -68,9 +68,8 @@ fn a_fenced_cutover_that_fails_lifts_the_fence_and_streaming_goes_on() {
         )
         .unwrap();
 
-    // A check that fails after the fence (the target holds a row the
-    // source does not): the fence is lifted, the cutover withdrawn, and
-    // the running migrate streams on.
+    // Counts that differ (the target holds a row the source does not) stop
+    // the cutover before the fence: nothing to lift, migrate streams on.
     cluster
         .psql(&dst, "INSERT INTO log (line) VALUES ('only on the target')")
         .unwrap();
@@ -86,11 +85,27 @@ fn a_fenced_cutover_that_fails_lifts_the_fence_and_streaming_goes_on() {
     assert!(!fenced(cluster, &src) && writable(cluster, &src));
     assert!(migrate.try_wait().unwrap().is_none(), "migrate goes on");
     assert_eq!(util::stage(&target, "f").as_deref(), Some("streaming"));
-
-    // Mended, the same command finishes; the source stays read-only.
     cluster
         .psql(&dst, "DELETE FROM log WHERE line = 'only on the target'")
         .unwrap();
+
+    // A step that fails under the fence (a sequence created on the source
+    // since the schema was copied cannot be set on the target): the fence
+    // is lifted, the cutover withdrawn, and migrate streams on.
+    cluster.psql(&src, "CREATE SEQUENCE made_mid_run").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let failed = run(&cutover);
+    assert!(!failed.status.success());
+    let said = text(&failed);
+    assert!(
+        said.contains("made_mid_run") && said.contains("any fence it raised lifted"),
+        "{said}"
+    );
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+    assert!(migrate.try_wait().unwrap().is_none(), "migrate goes on");
+
+    // Mended, the same command finishes; the source stays read-only.
+    cluster.psql(&dst, "CREATE SEQUENCE made_mid_run").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let done = util::cutover_ok(&cutover, &mut migrate);
     assert!(done.contains("switch your application now"), "{done}");
@@ -107,7 +122,7 @@ fn a_fenced_cutover_that_fails_lifts_the_fence_and_streaming_goes_on() {
 }
 
 #[test]
-fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lifted() {
+fn prepared_transactions_stop_the_cutover_and_a_fence_left_by_a_crash_is_lifted() {
     // Prepared transactions need a server that allows them.
     let cluster: &'static Cluster = Box::leak(Box::new(
         Cluster::start(ClusterOptions::new().setting("max_prepared_transactions", "4")).unwrap(),
@@ -144,8 +159,17 @@ fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lift
         "cutover", "--source", &source, "--target", &target, "--name", "p", "--fence",
     ];
 
-    // Killed while the fence waits for the prepared transaction: the
-    // fence stays up, recorded, and `--abort` lifts it.
+    // Refused before anything changes: the consistent point would wait for
+    // it, and its COMMIT PREPARED could land after the cutover.
+    let refused = run(&cutover);
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(said.contains("held_by_app"), "{said}");
+    assert!(!fenced(cluster, &src) && writable(cluster, &src));
+    cluster.psql(&src, "COMMIT PREPARED 'held_by_app'").unwrap();
+
+    // Killed with the fence up: the fence stays, recorded; `status` says
+    // so and `--abort` lifts it.
     let mut waiting = spawn(&cutover);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !fenced(cluster, &src) {
@@ -154,7 +178,7 @@ fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lift
             waiting.try_wait().unwrap().is_none(),
             "cutover exited early"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     waiting.kill().unwrap();
     waiting.wait().unwrap();
@@ -162,6 +186,7 @@ fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lift
     let status = run_ok(&["status", "--target", &target, "--name", "p", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["source_fenced"], true, "{status}");
+    assert_eq!(status["stage"], "cutover", "{status}");
     let aborted = run(&[
         "cutover", "--source", &source, "--target", &target, "--name", "p", "--abort",
     ]);
@@ -173,19 +198,7 @@ fn prepared_transactions_keep_the_fence_down_and_a_fence_left_by_a_crash_is_lift
     );
     assert!(!fenced(cluster, &src) && writable(cluster, &src));
 
-    // Waited for in vain: the fence is lifted again and the transaction
-    // named.
-    let refused = run(&cutover);
-    assert!(!refused.status.success());
-    let said = text(&refused);
-    assert!(
-        said.contains("held_by_app") && said.contains("lifted again"),
-        "{said}"
-    );
-    assert!(!fenced(cluster, &src) && writable(cluster, &src));
-
-    // Committed, its row is carried by the next cutover.
-    cluster.psql(&src, "COMMIT PREPARED 'held_by_app'").unwrap();
+    // The committed prepared row is carried by the next cutover.
     let done = run_ok(&cutover);
     assert!(done.contains("switch your application now"), "{done}");
     assert_same_rows(cluster, &src, cluster, &dst);

@@ -21,6 +21,10 @@ use crate::publication;
 use crate::state::{self, Record, Stage};
 use crate::verify;
 
+/// How long the cutover waits for the transactions open on the source to
+/// end before its consistent point can be taken.
+const POINT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// How long the stream must bring no new transaction before the source
 /// counts as quiet.
 const QUIET: Duration = Duration::from_secs(1);
@@ -82,10 +86,13 @@ pub(crate) async fn perform(
     Ok(summary)
 }
 
-/// Everything of the cutover up to dropping the slot: the fence, the
-/// catch-up, what the stream does not carry, the counts, and what came
-/// after the final position. Records the summary before returning it
-/// with the replication connection.
+/// Everything of the cutover up to dropping the slot. What reads whole
+/// tables happens before writes are blocked: the row counts of both sides
+/// at one consistent point, the materialized views' refresh, and a
+/// catch-up to the source's position. Then the fence, a catch-up to the
+/// final position, what the stream does not carry (sequences, large
+/// objects), and what came after the final position. Records the summary
+/// before returning it with the replication connection.
 async fn check(
     job: &Job,
     record: &Record,
@@ -95,8 +102,55 @@ async fn check(
     fence_source: bool,
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
-    let started = Instant::now();
     refuse_tables_not_carried(job, source, target).await?;
+
+    // Counted at one point, while the application still writes: changes
+    // after it are applied row by row, each checked to touch exactly the
+    // rows it names, so nothing under the fence scans a table.
+    let (point, comparison) = counts_at_point(job, &mut session, events).await?;
+    let keyless = keyless_changes(source, record, &job.filter()).await?;
+    // A keyless table that received UPDATEs or DELETEs may differ: it is
+    // reported below.
+    let (expected, mismatches): (Vec<_>, Vec<_>) = comparison
+        .mismatches()
+        .into_iter()
+        .partition(|m| keyless.changed.iter().any(|(table, _)| *table == m.table));
+    for m in &expected {
+        events.note(
+            Step::Cutover,
+            format!("cutover: {m} (a keyless table, see the warning below)"),
+        );
+    }
+    if !mismatches.is_empty() {
+        for m in &mismatches {
+            events.note(Step::Cutover, format!("cutover: MISMATCH {m}"));
+        }
+        return Err(Error::CountsDiffer {
+            tables: mismatches.iter().map(|m| m.table.clone()).collect(),
+        });
+    }
+    let rows = comparison.tables.iter().map(|t| t.source_rows).sum();
+    events.note(
+        Step::Cutover,
+        format!(
+            "cutover: row counts match at {point} on {} of {} tables ({} rows)",
+            comparison.tables.len() - expected.len(),
+            comparison.tables.len(),
+            human::count(rows)
+        ),
+    );
+    let refreshed = refresh_materialized_views(target).await?;
+    let applied_at_refresh = session.applier.stats().transactions;
+    if refreshed > 0 {
+        events.note(
+            Step::Cutover,
+            format!("cutover: {refreshed} materialized view(s) refreshed"),
+        );
+    }
+    // What arrived meanwhile is applied before the fence, not under it.
+    live::catch_up(&mut session, source_lsn(source).await?, events).await?;
+
+    let started = Instant::now();
     if fence_source {
         let ended = fence::raise(source, target, job.name()).await?;
         events.note(
@@ -160,11 +214,14 @@ async fn check(
             format!("cutover: {large_objects} large object(s) synchronized"),
         );
     }
-    let refreshed = refresh_materialized_views(target).await?;
-    if refreshed > 0 {
+    // Refreshed again only when changes arrived since.
+    if refreshed > 0 && stats.transactions != applied_at_refresh {
+        refresh_materialized_views(target).await?;
         events.note(
             Step::Cutover,
-            format!("cutover: {refreshed} materialized view(s) refreshed"),
+            format!(
+                "cutover: {refreshed} materialized view(s) refreshed again (changes arrived since)"
+            ),
         );
     }
     let restored = pglive_apply::restore_triggers(target).await?;
@@ -181,46 +238,9 @@ async fn check(
             format!("cutover: {identities} identity column(s) made GENERATED ALWAYS again"),
         );
     }
-    let keyless = keyless_tables_changed(source, record, &job.filter(), events).await?;
-    for (table, changes) in &keyless {
-        events.warn(Step::Cutover, format!(
-            "{table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
-             on the source during the migration: they are not carried, so the target's copy differs; \
-             copy the table again after the switch (e.g. TRUNCATE it on the target and COPY it from the source), \
-             and give it a primary key before the next migration"
-        ));
-    }
-
-    let comparison = verify::compare(source, target, &job.filter(), false).await?;
-    // A keyless table reported above may differ: that is said already.
-    let (expected, mismatches): (Vec<_>, Vec<_>) = comparison
-        .mismatches()
-        .into_iter()
-        .partition(|m| keyless.iter().any(|(table, _)| *table == m.table));
-    for m in &expected {
-        events.note(
-            Step::Cutover,
-            format!("cutover: {m} (a keyless table, see the warning above)"),
-        );
-    }
-    if !mismatches.is_empty() {
-        for m in &mismatches {
-            events.note(Step::Cutover, format!("cutover: MISMATCH {m}"));
-        }
-        return Err(Error::CountsDiffer {
-            tables: mismatches.iter().map(|m| m.table.clone()).collect(),
-        });
-    }
-    let rows = comparison.tables.iter().map(|t| t.source_rows).sum();
-    events.note(
-        Step::Cutover,
-        format!(
-            "cutover: row counts match on {} of {} tables ({} rows)",
-            comparison.tables.len() - expected.len(),
-            comparison.tables.len(),
-            human::count(rows)
-        ),
-    );
+    // Again, for what changed between the point and the fence.
+    let keyless = keyless_changes(source, record, &job.filter()).await?;
+    keyless.report(events);
 
     // The slot is read on to the source's position: whatever committed
     // after the final one is not on the target.
@@ -281,14 +301,14 @@ async fn check(
         }
     };
     let mut summary = format!(
-        "cut over at {final_lsn}: {} tables, {} rows verified by count; {writes}",
+        "cut over at {final_lsn}: {} tables, {} rows verified by count at {point}; {writes}",
         comparison.tables.len(),
         human::count(rows),
     );
-    if !keyless.is_empty() {
+    if !keyless.changed.is_empty() {
         summary.push_str(&format!(
             "; {} keyless table(s) received updates or deletes that were not carried",
-            keyless.len()
+            keyless.changed.len()
         ));
     }
     if late.transactions > 0 {
@@ -439,14 +459,43 @@ async fn refuse_tables_not_carried(job: &Job, source: &Client, target: &Client) 
     }
 }
 
-/// The keyless tables whose UPDATE and DELETE count on the source grew
-/// since the migration started (those changes are not published).
-async fn keyless_tables_changed(
+/// What the source's statistics say of the keyless tables' UPDATEs and
+/// DELETEs (which are not published) since the migration started.
+struct KeylessChanges {
+    /// Tables whose count grew, with by how much.
+    changed: Vec<(String, i64)>,
+    /// Tables whose statistics were reset, so nothing can be told.
+    reset: Vec<String>,
+}
+
+impl KeylessChanges {
+    /// Warns of each table.
+    fn report(&self, events: &dyn Events) {
+        for table in &self.reset {
+            events.warn(Step::Cutover, format!(
+                "the source's statistics of {table} were reset during the migration, so whether this \
+                 keyless table received UPDATEs or DELETEs (which are not carried) cannot be told: compare it with \
+                 `pglive verify --full`"
+            ));
+        }
+        for (table, changes) in &self.changed {
+            events.warn(Step::Cutover, format!(
+                "{table} has no primary key or replica identity and received {changes} UPDATE/DELETE(s) \
+                 on the source during the migration: they are not carried, so the target's copy differs; \
+                 copy the table again after the switch (e.g. TRUNCATE it on the target and COPY it from the source), \
+                 and give it a primary key before the next migration"
+            ));
+        }
+    }
+}
+
+/// The keyless tables' UPDATE and DELETE counts on the source against
+/// the migration's baseline.
+async fn keyless_changes(
     source: &Client,
     record: &Record,
     filter: &pglive_schema::ObjectFilter,
-    events: &dyn Events,
-) -> Result<Vec<(String, i64)>> {
+) -> Result<KeylessChanges> {
     // Keyless when the migration started (a key added since does not bring
     // back what was not streamed) or now.
     let catalog = pglive_schema::Catalog::read(source, filter).await?;
@@ -455,20 +504,90 @@ async fn keyless_tables_changed(
     tables.sort();
     tables.dedup();
     let now = publication::change_counts(source, &tables).await?;
-    let mut changed = Vec::new();
+    let mut changes = KeylessChanges {
+        changed: Vec::new(),
+        reset: Vec::new(),
+    };
     for (table, count) in now {
         let before = record.keyless_baseline.get(&table).copied().unwrap_or(0);
         if count < before {
-            events.warn(Step::Cutover, format!(
-                "the source's statistics of {table} were reset during the migration, so whether this \
-                 keyless table received UPDATEs or DELETEs (which are not carried) cannot be told: compare it with \
-                 `pglive verify --full`"
-            ));
+            changes.reset.push(table);
         } else if count > before {
-            changed.push((table, count - before));
+            changes.changed.push((table, count - before));
         }
     }
-    Ok(changed)
+    Ok(changes)
+}
+
+/// Row counts of both sides at one consistent point: a temporary slot
+/// exports a source snapshot at its position, the applier applies exactly
+/// up to it and holds while a target session takes its snapshot, and goes
+/// on; the counts then read both snapshots.
+async fn counts_at_point(
+    job: &Job,
+    session: &mut Session,
+    events: &dyn Events,
+) -> Result<(Lsn, verify::Comparison)> {
+    // A slot's snapshot waits for every transaction open on the server.
+    let source = connect_sql(&job.source).await?;
+    let prepared: Vec<String> = source
+        .query(
+            "SELECT format('%s (database %s, role %s)', gid, database, owner) FROM pg_catalog.pg_prepared_xacts ORDER BY prepared",
+            &[],
+        )
+        .await
+        .doing("listing the source's prepared transactions")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !prepared.is_empty() {
+        return Err(Error::PreparedTransactions { prepared });
+    }
+    let mut replication = ReplicationClient::connect(&job.source).await?;
+    let slot = match tokio::time::timeout(
+        POINT_PATIENCE,
+        crate::stages::temporary_slot(&mut replication, job.name()),
+    )
+    .await
+    {
+        Ok(slot) => slot?,
+        Err(_) => {
+            let open: Vec<String> = source
+                .query(
+                    "SELECT format('%s (role %s, %s, open since %s)', pid, usename, coalesce(application_name, ''), xact_start)
+                       FROM pg_catalog.pg_stat_activity
+                      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start LIMIT 5",
+                    &[],
+                )
+                .await
+                .doing("listing the source's open transactions")?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            return Err(Error::VerifyPoint {
+                reason: format!(
+                    "the consistent point waits for transactions open on the source (sessions {}): end them, then cut over",
+                    open.join(", ")
+                ),
+            });
+        }
+    };
+    let snapshot = crate::stages::exported_snapshot(&slot)?;
+    let point = slot.consistent_point;
+    live::pause_at(session, point, events).await?;
+    let target_at_point = verify::target_snapshot(&job.target).await;
+    session.applier.resume().await?;
+    let target_at_point = target_at_point?;
+    let comparison = verify::compare_at(
+        &source,
+        &snapshot.name,
+        &target_at_point,
+        &job.filter(),
+        false,
+    )
+    .await?;
+    replication.close().await.ok();
+    Ok((point, comparison))
 }
 
 async fn refresh_materialized_views(target: &Client) -> Result<usize> {

@@ -124,6 +124,16 @@ pub enum Error {
         "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
     )]
     NotQuiet,
+    /// Prepared transactions are open on the source.
+    #[error(
+        "prepared transaction(s) {} are open on the source: the cutover's consistent point waits for them, \
+         and COMMIT PREPARED would write after it; commit or roll them back (COMMIT PREPARED / ROLLBACK PREPARED), then cut over",
+        prepared.join(", ")
+    )]
+    PreparedTransactions {
+        /// Each one, with its database and role.
+        prepared: Vec<String>,
+    },
     /// The fence cannot be made tight.
     #[error(
         "the source cannot be fenced: {}; {}",

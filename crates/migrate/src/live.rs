@@ -449,6 +449,28 @@ async fn pause_for_verify(
     Ok(!control.stop_requested())
 }
 
+/// Applies exactly up to `lsn` and holds there (resume with
+/// `Applier::resume`).
+pub(crate) async fn pause_at(session: &mut Session, lsn: Lsn, events: &dyn Events) -> Result<()> {
+    let mut options = RunOptions::default();
+    options.pause_before = Some(lsn);
+    let stopped = pglive_apply::run(
+        &mut session.applier,
+        &mut session.stream,
+        std::future::pending(),
+        &options,
+        |p| events.event(Event::Streaming(p.clone())),
+    )
+    .await?;
+    match stopped {
+        Stopped::Paused(_) => Ok(()),
+        other => Err(Error::CatchUpStopped {
+            lsn,
+            how: format!("{other:?}"),
+        }),
+    }
+}
+
 /// Runs the applier until everything up to `stop_at` is applied.
 pub(crate) async fn catch_up(
     session: &mut Session,

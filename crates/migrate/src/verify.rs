@@ -10,7 +10,7 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use pglive_postgres::{ConnectConfig, quote_literal};
+use pglive_postgres::{ConnectConfig, connect_sql, quote_literal};
 use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, ObjectFilter, Table};
 use tokio_postgres::Client;
@@ -190,8 +190,9 @@ pub struct Verification {
 /// target records no such migration): after cutover, or without a
 /// migration, directly; while it streams, at one consistent point: a
 /// temporary slot exports a source snapshot and its exact LSN, the running
-/// [`crate::migrate`] applies up to that LSN and pauses, both sides are
-/// compared, and apply resumes. `full` adds checksums of every row.
+/// [`crate::migrate`] applies up to that LSN and holds while a target
+/// session takes its snapshot, then goes on while both snapshots are
+/// compared. `full` adds checksums of every row.
 pub async fn verify(
     source: ConnectConfig,
     target: ConnectConfig,
@@ -228,7 +229,7 @@ pub async fn verify(
     };
     let comparison = if live {
         compare_live(
-            &source,
+            (&source, &target),
             &source_client,
             &target_client,
             name,
@@ -243,8 +244,42 @@ pub async fn verify(
     Ok(Verification { comparison, live })
 }
 
+/// A target session in a read-only REPEATABLE READ transaction whose
+/// snapshot is taken now (while apply holds at a point).
+pub(crate) async fn target_snapshot(target: &ConnectConfig) -> Result<Client> {
+    let client = connect_sql(target).await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+        .await
+        .doing("taking the target's snapshot")?;
+    Ok(client)
+}
+
+/// [`compare`] with the source read under the exported `snapshot` and the
+/// target under the snapshot `target_at_point` holds (see
+/// [`target_snapshot`]): both sides as of one point.
+pub(crate) async fn compare_at(
+    source: &Client,
+    snapshot: &str,
+    target_at_point: &Client,
+    filter: &ObjectFilter,
+    full: bool,
+) -> Result<Comparison> {
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot)
+        ))
+        .await
+        .doing("importing the source snapshot")?;
+    let comparison = compare(source, target_at_point, filter, full).await;
+    source.batch_execute("COMMIT").await.ok();
+    target_at_point.batch_execute("COMMIT").await.ok();
+    comparison
+}
+
 async fn compare_live(
-    source_config: &ConnectConfig,
+    (source_config, target_config): (&ConnectConfig, &ConnectConfig),
     source: &Client,
     target: &Client,
     name: &str,
@@ -303,20 +338,17 @@ async fn compare_live(
             replication.close().await.ok();
             continue;
         }
-        let result = async {
-            source
-                .batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
-                    quote_literal(&snapshot)
-                ))
-                .await
-                .doing("importing the verification snapshot")?;
-            let comparison = compare(source, target, filter, full).await;
-            source.batch_execute("COMMIT").await.ok();
-            comparison
-        }
-        .await;
+        // Apply holds only while the target's snapshot is taken.
+        let target_at_point = target_snapshot(target_config).await;
         state::set_verify_state(target, name, None).await?;
+        events.note(
+            Step::Verify,
+            format!(
+                "verify: both sides' snapshots taken at {}; apply goes on while they are compared",
+                slot.consistent_point
+            ),
+        );
+        let result = compare_at(source, &snapshot, &target_at_point?, filter, full).await;
         replication.close().await.ok();
         return result;
     }

@@ -18,22 +18,40 @@ use crate::render::Renderer;
 struct Workload {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
+    /// When the source first refused a write (the fence).
+    refused_at: Arc<std::sync::Mutex<Option<Instant>>>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
+/// Writes to the source until stopped; when the fence ends its session it
+/// keeps trying, as an application would, until stopped.
 fn start_workload(source: ConnectConfig) -> Workload {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let refused_at = Arc::new(std::sync::Mutex::new(None));
     let task = {
-        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        let (stop, done, refused_at) = (
+            Arc::clone(&stop),
+            Arc::clone(&done),
+            Arc::clone(&refused_at),
+        );
         tokio::spawn(async move {
-            let client = connect_sql(&source).await?;
+            let mut client = Some(connect_sql(&source).await?);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                client
-                    .batch_execute(&sample::transaction(n))
-                    .await
-                    .context("workload")?;
+                let written = match &client {
+                    Some(c) => c.batch_execute(&sample::transaction(n)).await.is_ok(),
+                    None => false,
+                };
+                if !written {
+                    refused_at
+                        .lock()
+                        .expect("not poisoned")
+                        .get_or_insert_with(Instant::now);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    client = connect_sql(&source).await.ok();
+                    continue;
+                }
                 n += 1;
                 done.store(n, Ordering::Relaxed);
                 if n % 20 == 0 {
@@ -44,7 +62,12 @@ fn start_workload(source: ConnectConfig) -> Workload {
             Ok(())
         })
     };
-    Workload { stop, done, task }
+    Workload {
+        stop,
+        done,
+        refused_at,
+        task,
+    }
 }
 
 pub(crate) async fn run(
@@ -112,7 +135,7 @@ pub(crate) async fn run(
         })
     };
 
-    // Let the workload run while streaming, then stop writes and cut over.
+    // Let the workload run while streaming, then cut over.
     let mut streaming_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -130,23 +153,28 @@ pub(crate) async fn run(
             }
         }
     }
-    workload.stop.store(true, Ordering::Relaxed);
-    let writes_stopped = Instant::now();
-    workload.task.await??;
-    let transactions = workload.done.load(Ordering::Relaxed);
     if migrate_task.is_finished() || control.stop_requested() {
+        workload.stop.store(true, Ordering::Relaxed);
         let outcome = migrate_task.await?;
         bail!(
             "the migration stopped before cutover: {:?}",
             outcome.map(|_| ())
         );
     }
-    renderer.info(&format!(
-        "demo: workload stopped after {transactions} transactions; cutting over"
-    ));
-    control.request_cutover(false);
+    // As in production: cut over with the source fenced while the
+    // application writes; its writes are refused from the fence on.
+    renderer.info("demo: cutting over with the source fenced while the workload writes");
+    control.request_cutover(true);
     let outcome = migrate_task.await??;
-    let downtime = writes_stopped.elapsed();
+    let switched = Instant::now();
+    workload.stop.store(true, Ordering::Relaxed);
+    workload.task.await??;
+    let transactions = workload.done.load(Ordering::Relaxed);
+    let downtime = workload
+        .refused_at
+        .lock()
+        .expect("not poisoned")
+        .map(|refused| switched.duration_since(refused));
     let Outcome::CutOver { summary } = outcome else {
         bail!("migrate ended without a cutover: {outcome:?}");
     };
@@ -183,12 +211,11 @@ pub(crate) async fn run(
         count(progress["transactions"].as_u64().unwrap_or(0))
     );
     println!(
-        "  lag when writes stopped {:.1}s",
-        progress["lag_seconds"].as_f64().unwrap_or(0.0)
-    );
-    println!(
-        "  write downtime         {:.1}s (writes stopped → cutover complete)",
-        downtime.as_secs_f64()
+        "  write downtime         {} (first refused write → cutover complete)",
+        downtime.map_or_else(
+            || "none (no write was refused)".to_owned(),
+            |d| format!("{:.1}s", d.as_secs_f64())
+        )
     );
     println!(
         "  migration time         {:.1}s",

@@ -392,11 +392,7 @@ fn inject(servers: &Servers, fault: Fault, dst: &str, migrate: &mut Run) {
             let conninfo = servers.target.conninfo(dst);
             let seconds = servers.hold.as_secs_f64();
             std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
+                util::block_on(async move {
                     let config = pglive_postgres::ConnectConfig::parse(&conninfo).unwrap();
                     let Ok(client) = pglive_postgres::connect_sql(&config).await else {
                         return;

@@ -131,12 +131,7 @@ fn prepared_transactions_stop_the_cutover_and_a_fence_left_by_a_crash_is_lifted(
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let migrate = util::migrate_until_streaming(&source, &target, "p", &[]);
     // Stopped: the cutovers below run on sessions of their own.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &migrate.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    migrate.wait_with_output().unwrap();
+    util::interrupt(migrate);
     // State an earlier pglive wrote (version 1 of the migration's tables)
     // is brought up by whichever command reads it first.
     cluster
@@ -218,12 +213,7 @@ fn a_cutover_stopped_after_dropping_its_slot_is_finished_by_the_next_run() {
     let (src, dst) = util::databases(cluster, "finishing", &format!("{SCHEMA}{}", load(500)));
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let migrate = util::migrate_until_streaming(&source, &target, "fin", &[]);
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &migrate.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    migrate.wait_with_output().unwrap();
+    util::interrupt(migrate);
     // What such a stop leaves: the cutover past its checks, the slot gone.
     cluster
         .psql(

@@ -305,12 +305,7 @@ fn ctrl_c_pauses_at_a_transaction_boundary_and_fence_blocks_writes() {
     );
     std::thread::sleep(Duration::from_millis(500));
     // Ctrl-C: the documented exit code 5, and a resumable state.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &migrate.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = migrate.wait_with_output().unwrap();
+    let output = util::interrupt(migrate);
     assert_eq!(output.status.code(), Some(5), "{}", text(&output));
     assert!(text(&output).contains("resume"), "{}", text(&output));
 

@@ -222,6 +222,25 @@ pub fn migrate_until_streaming(source: &str, target: &str, name: &str, extra: &[
     migrate
 }
 
+/// Sends a `pglive` process SIGINT (Ctrl-C) and waits for it to end.
+pub fn interrupt(child: Child) -> Output {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `future` to completion on a runtime of its own (for test threads).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
 /// Waits for a child and asserts it succeeded.
 pub fn finish(child: Child) -> String {
     let output = child.wait_with_output().expect("pglive finishes");
@@ -261,11 +280,7 @@ impl Workload {
         let thread = {
             let (stop, count) = (Arc::clone(&stop), Arc::clone(&count));
             std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
+                block_on(async move {
                     let config = pglive_postgres::ConnectConfig::parse(&conninfo).unwrap();
                     let mut client = None;
                     let mut n: u64 = 0;

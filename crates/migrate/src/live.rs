@@ -454,21 +454,10 @@ async fn pause_for_verify(
 pub(crate) async fn pause_at(session: &mut Session, lsn: Lsn, events: &dyn Events) -> Result<()> {
     let mut options = RunOptions::default();
     options.pause_before = Some(lsn);
-    let stopped = pglive_apply::run(
-        &mut session.applier,
-        &mut session.stream,
-        std::future::pending(),
-        &options,
-        |p| events.event(Event::Streaming(p.clone())),
-    )
-    .await?;
-    match stopped {
-        Stopped::Paused(_) => Ok(()),
-        other => Err(Error::CatchUpStopped {
-            lsn,
-            how: format!("{other:?}"),
-        }),
-    }
+    run_to(session, &options, lsn, events, |s| {
+        matches!(s, Stopped::Paused(_))
+    })
+    .await
 }
 
 /// Runs the applier until everything up to `stop_at` is applied.
@@ -479,19 +468,35 @@ pub(crate) async fn catch_up(
 ) -> Result<()> {
     let mut options = RunOptions::default();
     options.stop_at = Some(stop_at);
+    run_to(session, &options, stop_at, events, |s| {
+        matches!(s, Stopped::ReachedLsn(_))
+    })
+    .await
+}
+
+/// Runs the applier with `options` until it stops; an error unless it
+/// stopped as `reached` expects at `lsn`.
+async fn run_to(
+    session: &mut Session,
+    options: &RunOptions,
+    lsn: Lsn,
+    events: &dyn Events,
+    reached: fn(&Stopped) -> bool,
+) -> Result<()> {
     let stopped = pglive_apply::run(
         &mut session.applier,
         &mut session.stream,
         std::future::pending(),
-        &options,
+        options,
         |p| events.event(Event::Streaming(p.clone())),
     )
     .await?;
-    match stopped {
-        Stopped::ReachedLsn(_) => Ok(()),
-        other => Err(Error::CatchUpStopped {
-            lsn: stop_at,
-            how: format!("{other:?}"),
-        }),
+    if reached(&stopped) {
+        Ok(())
+    } else {
+        Err(Error::CatchUpStopped {
+            lsn,
+            how: format!("{stopped:?}"),
+        })
     }
 }

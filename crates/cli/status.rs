@@ -50,6 +50,21 @@ pub(crate) fn print(status: &Status) {
             p["seconds_since_update"].as_f64().unwrap_or(0.0),
         );
     }
+    if let Some(wal) = status.slot_wal.as_ref().and_then(|w| w.as_object()) {
+        let retained = wal["retained_bytes"].as_i64().unwrap_or(0).max(0) as u64;
+        let limit = match wal["safe_bytes"].as_i64() {
+            Some(safe) => format!(
+                ", {} more before max_slot_wal_keep_size invalidates it",
+                bytes(safe.max(0) as u64)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "  slot: holds {} of WAL on the source ({}{limit})",
+            bytes(retained),
+            wal["wal_status"].as_str().unwrap_or("?")
+        );
+    }
     if status.source_fenced {
         println!(
             "  the source is fenced (read-only){}",

@@ -308,6 +308,12 @@ fn ctrl_c_pauses_at_a_transaction_boundary_and_fence_blocks_writes() {
     let output = util::interrupt(migrate);
     assert_eq!(output.status.code(), Some(5), "{}", text(&output));
     assert!(text(&output).contains("resume"), "{}", text(&output));
+    // Status tells how much WAL the slot holds on the source.
+    let status = run_ok(&["status", "--target", &target, "--name", "p"]);
+    assert!(
+        status.contains("slot: holds") && status.contains("of WAL on the source (reserved"),
+        "{status}"
+    );
 
     let mut migrate = spawn(&args);
     util::wait_until_running(&target, "p", &mut migrate, Duration::from_secs(60));
@@ -619,4 +625,47 @@ fn a_table_created_mid_run_outside_the_publication_is_carried() {
     let log = finish(migrate);
     assert!(!log.contains(&role.password), "no password in output");
     assert_tables_equal(&cluster, &src, &dst, &["a", "late"]);
+}
+
+/// A source with `max_slot_wal_keep_size` gets a warning before the copy,
+/// and a slot it invalidated (while nothing read it) is a clear error with
+/// the way forward, not a cryptic replication failure.
+#[test]
+fn a_slot_the_source_invalidated_is_a_clear_error() {
+    let cluster =
+        Cluster::start(ClusterOptions::new().setting("max_slot_wal_keep_size", "1MB")).unwrap();
+    let (src, dst) = util::databases(&cluster, "lost", &format!("{SCHEMA}{}", load(20_000)));
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let migrate = util::migrate_until_streaming(&source, &target, "lost", &[]);
+    let output = util::interrupt(migrate);
+    assert!(
+        text(&output).contains("max_slot_wal_keep_size = 1MB"),
+        "{}",
+        text(&output)
+    );
+    // Far more WAL than the limit while nothing reads the slot.
+    let lost = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'lost'";
+    for _ in 0..10 {
+        if cluster.psql(&src, lost).unwrap() == "lost" {
+            break;
+        }
+        cluster
+            .psql(
+                "postgres",
+                "CREATE TABLE IF NOT EXISTS filler (pad text);
+                 INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000);
+                 SELECT pg_switch_wal(); CHECKPOINT;",
+            )
+            .unwrap();
+    }
+    assert_eq!(cluster.psql(&src, lost).unwrap(), "lost");
+    let again = run(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "lost",
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    let said = text(&again);
+    assert!(
+        said.contains("invalidated by the source") && said.contains("pglive clean"),
+        "{said}"
+    );
 }

@@ -124,6 +124,17 @@ pub enum Error {
         "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
     )]
     NotQuiet,
+    /// The migration's slot can no longer give the changes.
+    #[error(
+        "the migration's replication slot {slot} is {why}: the changes since it fell behind cannot be recovered; \
+         run `pglive clean` and start the migration again (set max_slot_wal_keep_size = -1 on the source while it runs)"
+    )]
+    SlotLost {
+        /// The slot, quoted.
+        slot: String,
+        /// What happened to it.
+        why: &'static str,
+    },
     /// Prepared transactions are open on the source.
     #[error(
         "prepared transaction(s) {} are open on the source: the cutover's consistent point waits for them, \

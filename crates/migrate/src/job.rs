@@ -97,6 +97,8 @@ impl Job {
         options.reuse_schema = true;
         options.hypertables = false;
         options.settings = record.settings.clone();
+        options.slot = Some(record.slot.clone());
+        options.publication = Some(record.publication.clone());
         Job {
             source,
             target,

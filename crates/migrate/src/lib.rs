@@ -76,6 +76,7 @@ mod live;
 mod lock;
 mod preflight;
 mod publication;
+mod slot;
 mod stages;
 mod state;
 mod status;

@@ -19,6 +19,7 @@ use crate::events::{Event, Events, Step};
 use crate::fence;
 use crate::job::Job;
 use crate::publication;
+use crate::slot::{self, SlotWal};
 use crate::state::{self, Record, Stage};
 
 /// How streaming ended.
@@ -80,6 +81,7 @@ pub(crate) async fn connect(
     let applier = Applier::connect(&job.target, options).await?;
     let publications = {
         let source = connect_sql(&job.source).await?;
+        slot::check_usable(&source, &record.slot).await?;
         publication::stream_names(&source, &record.publication).await?
     };
     let mut pgoutput = PgOutputOptions::new(publications);
@@ -349,7 +351,29 @@ async fn watch_requests(
     // Not at once: after an adoption whose post-data must wait for apply,
     // apply goes on first.
     let mut next_table_check = tokio::time::Instant::now() + NEW_TABLES_EVERY;
+    let mut next_slot_check = tokio::time::Instant::now();
+    let mut warned_at_risk = false;
     loop {
+        if tokio::time::Instant::now() >= next_slot_check {
+            next_slot_check += NEW_TABLES_EVERY;
+            // The slot's WAL, for status, and a warning before it is lost.
+            if let Ok(Some(wal)) = SlotWal::read(source_client, job.options.slot_name()).await {
+                if let Ok(json) = serde_json::to_value(&wal) {
+                    let _ = state::save_slot_wal(state_client, name, &json).await;
+                }
+                if wal.at_risk() && !warned_at_risk {
+                    events.warn(
+                        Step::Streaming,
+                        format!(
+                            "the slot holds {} of WAL, more than max_slot_wal_keep_size allows: the source will \
+                             invalidate it at its next checkpoint unless apply catches up; raise max_slot_wal_keep_size now",
+                            crate::human::bytes(wal.retained_bytes.max(0) as u64)
+                        ),
+                    );
+                }
+                warned_at_risk = wal.at_risk();
+            }
+        }
         if tokio::time::Instant::now() >= next_table_check {
             next_table_check += NEW_TABLES_EVERY;
             if let Ok(tables) = publication::tables_not_carried(

@@ -136,7 +136,7 @@ impl Settings {
 /// The migration's tables, by version (see [`StateSchema`]).
 const STATE: StateSchema = StateSchema {
     component: "migrate",
-    steps: &[VERSION_1, VERSION_2],
+    steps: &[VERSION_1, VERSION_2, VERSION_3],
 };
 
 /// Version 1, which also brings the layouts made before versions were kept
@@ -175,6 +175,9 @@ ALTER TABLE pglive.migration ADD COLUMN fence_raised boolean NOT NULL DEFAULT fa
 ALTER TABLE pglive.migration ADD COLUMN fence_prior text;
 ALTER TABLE pglive.migration ADD COLUMN finishing text;
 ALTER TABLE pglive.migration ADD COLUMN cutover_error text;";
+
+/// Version 3: the slot's WAL figures as last seen on the source.
+const VERSION_3: &str = "ALTER TABLE pglive.migration ADD COLUMN slot_wal jsonb;";
 
 /// Creates or upgrades the migration's tables on the target.
 pub(crate) async fn create_tables(client: &Client) -> Result<()> {
@@ -466,6 +469,39 @@ pub(crate) async fn set_verify_state(
 }
 
 /// Records the streaming progress (for `pglive status` from anywhere).
+/// Records the slot's WAL figures (see `slot::SlotWal`).
+pub(crate) async fn save_slot_wal(
+    client: &Client,
+    name: &str,
+    wal: &serde_json::Value,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET slot_wal = $2::text::jsonb WHERE name = $1",
+            &[&name, &wal.to_string()],
+        )
+        .await
+        .doing("recording the slot's WAL in pglive.migration")?;
+    Ok(())
+}
+
+/// The slot's WAL figures as last recorded.
+pub(crate) async fn load_slot_wal(
+    client: &Client,
+    name: &str,
+) -> Result<Option<serde_json::Value>> {
+    let row = client
+        .query_opt(
+            "SELECT slot_wal::text FROM pglive.migration WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .doing("reading pglive.migration")?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|text| serde_json::from_str(&text).ok()))
+}
+
 pub(crate) async fn save_progress(
     client: &Client,
     name: &str,

@@ -37,6 +37,10 @@ pub struct Status {
     pub source_fenced: bool,
     /// Why the last cutover asked for was withdrawn.
     pub last_cutover_error: Option<String>,
+    /// The slot's WAL on the source as last seen while streaming (every
+    /// 10 s): `retained_bytes`, `wal_status`, `safe_bytes` (how much more
+    /// before `max_slot_wal_keep_size` invalidates it; null without limit).
+    pub slot_wal: Option<serde_json::Value>,
     /// What the cutover did, once done.
     pub summary: Option<String>,
     /// The copy, per table.
@@ -92,6 +96,7 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
     };
     let parts = pglive_snapshot::status(&client, name).await?;
     let streaming = state::load_progress(&client, name).await?;
+    let slot_wal = state::load_slot_wal(&client, name).await?;
     let running = state::is_running(&client, name).await?;
     let mut by_table: BTreeMap<String, TableCopy> = BTreeMap::new();
     for part in &parts {
@@ -122,6 +127,7 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
         cutover_requested: record.cutover_requested,
         source_fenced: record.fence_raised,
         last_cutover_error: record.cutover_error,
+        slot_wal,
         summary: record.summary,
         copy: CopyStatus {
             tables: per_table.len(),

@@ -6,12 +6,16 @@
 //! [`PlanOptions::split_threshold`] is cut into parts of about
 //! [`PlanOptions::part_size`] so several workers share it:
 //!
-//! - by ranges of its primary key when that is a single integer column
-//!   (`WHERE k >= a AND k < b`), read through the source's index;
-//! - otherwise by ranges of heap blocks (`WHERE ctid >= '(a,0)'::tid AND
-//!   ctid < '(b,0)'::tid`), which PostgreSQL 14 and later read with a TID
-//!   range scan, touching only those blocks (older servers scan the whole
-//!   table per part: correct, slower).
+//! - by ranges of heap blocks (`WHERE ctid >= '(a,0)'::tid AND ctid <
+//!   '(b,0)'::tid`), which PostgreSQL 14 and later read with a TID range
+//!   scan, touching only those blocks: parts are even in size whatever the
+//!   keys' distribution, and read sequentially;
+//! - on older servers, which would scan the whole table for each block
+//!   range, by ranges of the primary key when that is a single integer
+//!   column (`WHERE k >= a AND k < b`, read through the source's index),
+//!   cut at the quantiles of the key's statistics (`pg_stats`) so skewed
+//!   keys still give even parts, or evenly between its minimum and maximum
+//!   without statistics; other tables there get block ranges.
 //!
 //! The first range is open below and the last open above, so rows that a
 //! later snapshot holds beyond the planned bounds are still copied.
@@ -136,6 +140,14 @@ pub async fn plan(
     tables: &[Table],
     options: &PlanOptions,
 ) -> Result<Vec<Part>> {
+    let tid_range_scans = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int >= 140000",
+            &[],
+        )
+        .await
+        .map_err(source("reading the source's version"))?
+        .get::<_, bool>(0);
     let mut parts = Vec::new();
     for table in tables.iter().filter(|t| t.holds_rows()) {
         let pieces = if table.bytes > options.split_threshold && !table.hypertable {
@@ -145,29 +157,8 @@ pub async fn plan(
         };
         let ranges = if pieces <= 1 {
             vec![PartRange::Whole]
-        } else if let Some(key) = table.integer_key() {
-            let quoted = pglive_postgres::quote_ident(key);
-            let row = client
-                .query_one(
-                    &format!(
-                        "SELECT min({quoted})::int8, max({quoted})::int8 FROM ONLY {}",
-                        table.name
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(source(format!("reading the key range of {}", table.name)))?;
-            match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
-                (Some(min), Some(max)) => split(min, max, pieces)
-                    .into_iter()
-                    .map(|(start, end)| PartRange::Key {
-                        column: key.to_owned(),
-                        start,
-                        end,
-                    })
-                    .collect(),
-                _ => vec![PartRange::Whole],
-            }
+        } else if let (false, Some(key)) = (tid_range_scans, table.integer_key()) {
+            key_ranges(client, table, key, pieces).await?
         } else {
             let blocks: i64 = client
                 .query_one(
@@ -234,6 +225,83 @@ pub async fn plan(
     Ok(parts)
 }
 
+/// Ranges of `table`'s integer `key` for `pieces` parts: at the quantiles
+/// of the key's statistics when the source has them, else evenly between
+/// its minimum and maximum.
+async fn key_ranges(
+    client: &impl GenericClient,
+    table: &Table,
+    key: &str,
+    pieces: i64,
+) -> Result<Vec<PartRange>> {
+    let column = key.to_owned();
+    let ranges = |bounds: Vec<(Option<i64>, Option<i64>)>| {
+        bounds
+            .into_iter()
+            .map(|(start, end)| PartRange::Key {
+                column: column.clone(),
+                start,
+                end,
+            })
+            .collect()
+    };
+    let histogram: Option<Vec<i64>> = client
+        .query_opt(
+            "SELECT histogram_bounds::text::int8[] FROM pg_catalog.pg_stats
+              WHERE schemaname = $1 AND tablename = $2 AND attname = $3",
+            &[&table.name.schema, &table.name.name, &key],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|row| row.get(0));
+    if let Some(histogram) = histogram.filter(|h| h.len() > 2) {
+        return Ok(ranges(open_ranges(quantiles(&histogram, pieces))));
+    }
+    let quoted = pglive_postgres::quote_ident(key);
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT min({quoted})::int8, max({quoted})::int8 FROM ONLY {}",
+                table.name
+            ),
+            &[],
+        )
+        .await
+        .map_err(source(format!("reading the key range of {}", table.name)))?;
+    Ok(
+        match (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)) {
+            (Some(min), Some(max)) => ranges(split(min, max, pieces)),
+            _ => vec![PartRange::Whole],
+        },
+    )
+}
+
+/// `pieces - 1` cut points at even steps through a sorted histogram's
+/// bounds (each step holding about the same share of rows), without
+/// repeats.
+pub(crate) fn quantiles(histogram: &[i64], pieces: i64) -> Vec<i64> {
+    let steps = histogram.len() as i64 - 1;
+    let pieces = pieces.clamp(1, steps.max(1));
+    let mut cuts: Vec<i64> = (1..pieces)
+        .map(|i| histogram[(i * steps / pieces) as usize])
+        .collect();
+    cuts.dedup();
+    cuts
+}
+
+/// Ranges between cut points, the first open below and the last open above.
+fn open_ranges(cuts: Vec<i64>) -> Vec<(Option<i64>, Option<i64>)> {
+    let mut ranges = Vec::with_capacity(cuts.len() + 1);
+    let mut start = None;
+    for cut in cuts {
+        ranges.push((start, Some(cut)));
+        start = Some(cut);
+    }
+    ranges.push((start, None));
+    ranges
+}
+
 /// Splits the values `min..=max` into at most `pieces` ranges, the first
 /// open below and the last open above.
 pub(crate) fn split(min: i64, max: i64, pieces: i64) -> Vec<(Option<i64>, Option<i64>)> {
@@ -243,14 +311,7 @@ pub(crate) fn split(min: i64, max: i64, pieces: i64) -> Vec<(Option<i64>, Option
         .map(|i| (min as i128 + span * i / pieces) as i64)
         .collect();
     bounds.dedup();
-    let mut ranges = Vec::with_capacity(bounds.len() + 1);
-    let mut start = None;
-    for bound in bounds {
-        ranges.push((start, Some(bound)));
-        start = Some(bound);
-    }
-    ranges.push((start, None));
-    ranges
+    open_ranges(bounds)
 }
 
 #[cfg(test)]
@@ -274,6 +335,21 @@ mod tests {
         assert_eq!(extreme.len(), 3);
         assert_eq!(extreme[0].0, None);
         assert_eq!(extreme[2].1, None);
+    }
+
+    #[test]
+    fn quantiles_follow_the_rows_not_the_span() {
+        // 100 bounds over 1..=99 and one far outlier: even cuts by rows.
+        let mut histogram: Vec<i64> = (1..=99).collect();
+        histogram.push(1_000_000_000_000);
+        assert_eq!(quantiles(&histogram, 4), vec![25, 50, 75]);
+        assert_eq!(
+            open_ranges(quantiles(&histogram, 2)),
+            vec![(None, Some(50)), (Some(50), None)]
+        );
+        // More pieces than steps, and repeated bounds (a frequent value).
+        assert_eq!(quantiles(&[1, 2, 3], 10), vec![2]);
+        assert_eq!(quantiles(&[5, 5, 5, 5, 9], 4), vec![5]);
     }
 
     #[test]

@@ -265,7 +265,7 @@ async fn copy_and_verify(cluster: &Cluster, source_info: &str, target_info: &str
     let nokey = QualifiedName::new("public", "nokey");
     assert!(
         parts.iter().filter(|p| p.table == zoo).count() > 1,
-        "zoo split by key"
+        "zoo split"
     );
     assert!(
         parts.iter().filter(|p| p.table == nokey).count() > 1,
@@ -312,6 +312,54 @@ async fn zoo_copies_exactly_under_the_snapshot() {
         "zoo_copy",
     )
     .await;
+}
+
+/// A table whose keys are skewed (dense, then one far outlier) still splits
+/// into parts of about the same size: split points follow the rows, not
+/// the key's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_table_splits_into_even_parts() {
+    let cluster = Cluster::shared();
+    let table = "CREATE TABLE skewed (id bigint PRIMARY KEY, pad text);";
+    let source_db = cluster.create_database("skew_src").unwrap();
+    let target_db = cluster.create_database("skew_dst").unwrap();
+    cluster
+        .psql(
+            &source_db,
+            &format!(
+                "{table} INSERT INTO skewed SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+                 INSERT INTO skewed VALUES (1000000000000, 'far'); ANALYZE skewed;"
+            ),
+        )
+        .unwrap();
+    cluster.psql(&target_db, table).unwrap();
+    let (source, target): (ConnectConfig, ConnectConfig) = (
+        config(&cluster.conninfo(&source_db)),
+        config(&cluster.conninfo(&target_db)),
+    );
+    let (_replication, snapshot) = export_snapshot(&source, "skew_copy").await;
+    let catalog = tables(&source).await;
+    Copier::new(
+        source.clone(),
+        target.clone(),
+        catalog.tables.clone(),
+        options(2, small_parts()),
+    )
+    .run(&snapshot, |_| {})
+    .await
+    .unwrap();
+    let target_client = connect_sql(&target).await.unwrap();
+    let rows: Vec<i64> = pglive_snapshot::status(&target_client, "default")
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| p.table.name == "skewed")
+        .map(|p| p.rows.unwrap())
+        .collect();
+    assert!(rows.len() >= 4, "{rows:?}");
+    let (fewest, most) = (rows.iter().min().unwrap(), rows.iter().max().unwrap());
+    assert!(most <= &(fewest * 2), "uneven parts: {rows:?}");
+    assert_eq!(rows.iter().sum::<i64>(), 20001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

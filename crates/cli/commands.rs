@@ -152,6 +152,9 @@ pub(crate) fn print_verification(verification: &Verification, full: bool) {
                 t.differing_ranges.join(", ")
             );
         }
+        for row in &t.differing_rows {
+            println!("    {row}");
+        }
     }
     match comparison.mismatches().len() {
         0 => println!(

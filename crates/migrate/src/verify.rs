@@ -36,7 +36,17 @@ pub struct TableComparison {
     pub target_checksum: Option<String>,
     /// Key ranges whose rows differ (integer keys only).
     pub differing_ranges: Vec<String>,
+    /// The rows that differ, by key (integer keys only; at most
+    /// [`MAX_ROWS_NAMED`]): `id=42 changed`, `id=7 missing on the target`,
+    /// `id=9 only on the target`.
+    pub differing_rows: Vec<String>,
 }
+
+/// How many differing rows a comparison names per table.
+pub const MAX_ROWS_NAMED: usize = 20;
+
+/// Below this many keys a differing range is compared row by row.
+const ROWS_AT_ONCE: i64 = 512;
 
 impl TableComparison {
     /// Whether counts (and checksums) are equal.
@@ -132,21 +142,24 @@ pub(crate) async fn compare(
             source_checksum,
             target_checksum,
             differing_ranges: Vec::new(),
+            differing_rows: Vec::new(),
         };
         if !comparison.matches() {
             comparison.differing_ranges = differing_ranges(source, target, table).await?;
+            comparison.differing_rows = differing_rows(source, target, table).await?;
         }
         tables.push(comparison);
     }
     Ok(Comparison { tables })
 }
 
-/// Splits an integer key's span into 16 ranges and lists those that differ.
-async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Result<Vec<String>> {
-    let Some(key) = table.integer_key() else {
-        return Ok(Vec::new());
-    };
-    let key = pglive_postgres::quote_ident(key);
+/// The lowest and highest value of an integer `key` on either side.
+async fn key_bounds(
+    source: &Client,
+    target: &Client,
+    table: &Table,
+    key: &str,
+) -> Result<Option<(i64, i64)>> {
     let bounds = format!(
         "SELECT min({key})::int8, max({key})::int8 FROM ONLY {}",
         table.name.quoted()
@@ -157,14 +170,27 @@ async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Re
     );
     let lows = [s.get::<_, Option<i64>>(0), t.get::<_, Option<i64>>(0)];
     let highs = [s.get::<_, Option<i64>>(1), t.get::<_, Option<i64>>(1)];
-    let (Some(low), Some(high)) = (lows.iter().flatten().min(), highs.iter().flatten().max())
-    else {
+    Ok(
+        match (lows.iter().flatten().min(), highs.iter().flatten().max()) {
+            (Some(low), Some(high)) => Some((*low, *high)),
+            _ => None,
+        },
+    )
+}
+
+/// Splits an integer key's span into 16 ranges and lists those that differ.
+async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Result<Vec<String>> {
+    let Some(key) = table.integer_key() else {
+        return Ok(Vec::new());
+    };
+    let key = pglive_postgres::quote_ident(key);
+    let Some((low, high)) = key_bounds(source, target, table, &key).await? else {
         return Ok(Vec::new());
     };
     let step = ((high - low) / 16).max(1);
     let mut ranges = Vec::new();
-    let mut start = *low;
-    while start <= *high {
+    let mut start = low;
+    while start <= high {
         let end = start.saturating_add(step);
         let sql = checksum_sql(table, &format!(" WHERE {key} >= {start} AND {key} < {end}"));
         if figures(source, &sql, true).await? != figures(target, &sql, true).await? {
@@ -173,6 +199,107 @@ async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Re
         start = end;
     }
     Ok(ranges)
+}
+
+/// Narrows an integer key's differences down to rows, data-diff style:
+/// ranges whose checksums differ are cut in 16 until they hold few keys,
+/// which are then compared row by row (key and digest of each row). Every
+/// query reads a key range through the key's index.
+async fn differing_rows(source: &Client, target: &Client, table: &Table) -> Result<Vec<String>> {
+    let Some(key) = table.integer_key() else {
+        return Ok(Vec::new());
+    };
+    let quoted = pglive_postgres::quote_ident(key);
+    let Some((low, high)) = key_bounds(source, target, table, &quoted).await? else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    // Ranges still to look into, as [start, end); end may pass i64::MAX.
+    let mut pending: Vec<(i128, i128)> = vec![(i128::from(low), i128::from(high) + 1)];
+    while let Some((start, end)) = pending.pop() {
+        if found.len() >= MAX_ROWS_NAMED {
+            break;
+        }
+        let range = |column: &str| {
+            format!(
+                " WHERE {column} >= {start} AND {column} < {}",
+                end.min(i128::from(i64::MAX))
+            )
+        };
+        if end - start <= i128::from(ROWS_AT_ONCE) {
+            found.extend(rows_that_differ(source, target, table, key, &range(&quoted)).await?);
+            continue;
+        }
+        let step = ((end - start) / 16).max(1);
+        let mut sub = start;
+        let mut differing = Vec::new();
+        while sub < end {
+            let sub_end = (sub + step).min(end);
+            let sql = checksum_sql(
+                table,
+                &format!(
+                    " WHERE {quoted} >= {sub} AND {quoted} < {}",
+                    sub_end.min(i128::from(i64::MAX))
+                ),
+            );
+            if figures(source, &sql, true).await? != figures(target, &sql, true).await? {
+                differing.push((sub, sub_end));
+            }
+            sub = sub_end;
+        }
+        // Lowest keys first.
+        pending.extend(differing.into_iter().rev());
+    }
+    found.truncate(MAX_ROWS_NAMED);
+    Ok(found)
+}
+
+/// The rows of one small key range that differ, by the value of `key`
+/// (unquoted).
+async fn rows_that_differ(
+    source: &Client,
+    target: &Client,
+    table: &Table,
+    key: &str,
+    condition: &str,
+) -> Result<Vec<String>> {
+    let columns: Vec<String> = table
+        .copied_columns()
+        .map(|c| pglive_postgres::quote_ident(&c.name))
+        .collect();
+    let sql = format!(
+        "SELECT {}::int8, md5(ROW({})::text) FROM ONLY {} t{condition}",
+        pglive_postgres::quote_ident(key),
+        columns.join(", "),
+        table.name.quoted()
+    );
+    let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeMap<i64, String> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let on_source = read(
+        source
+            .query(&sql, &[])
+            .await
+            .doing("reading rows on the source")?,
+    );
+    let on_target = read(
+        target
+            .query(&sql, &[])
+            .await
+            .doing("reading rows on the target")?,
+    );
+    let mut keys: Vec<&i64> = on_source.keys().chain(on_target.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    Ok(keys
+        .into_iter()
+        .filter_map(|k| match (on_source.get(k), on_target.get(k)) {
+            (Some(a), Some(b)) if a != b => Some(format!("{key}={k} changed")),
+            (Some(_), None) => Some(format!("{key}={k} missing on the target")),
+            (None, Some(_)) => Some(format!("{key}={k} only on the target")),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A finished verification.

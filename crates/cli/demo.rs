@@ -18,21 +18,27 @@ use crate::render::Renderer;
 struct Workload {
     stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
-    /// When the source first refused a write (the fence).
+    /// Set when the cutover is asked for: from then on a refused write is
+    /// the fence, and is retried.
+    cutting_over: Arc<AtomicBool>,
+    /// When the source first refused a write during the cutover.
     refused_at: Arc<std::sync::Mutex<Option<Instant>>>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
 
-/// Writes to the source until stopped; when the fence ends its session it
-/// keeps trying, as an application would, until stopped.
+/// Writes to the source until stopped. Before the cutover a failed write is
+/// an error; during it the fence refuses writes and ends the session, and
+/// the workload keeps trying, as an application would.
 fn start_workload(source: ConnectConfig) -> Workload {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let cutting_over = Arc::new(AtomicBool::new(false));
     let refused_at = Arc::new(std::sync::Mutex::new(None));
     let task = {
-        let (stop, done, refused_at) = (
+        let (stop, done, cutting_over, refused_at) = (
             Arc::clone(&stop),
             Arc::clone(&done),
+            Arc::clone(&cutting_over),
             Arc::clone(&refused_at),
         );
         tokio::spawn(async move {
@@ -40,10 +46,13 @@ fn start_workload(source: ConnectConfig) -> Workload {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let written = match &client {
-                    Some(c) => c.batch_execute(&sample::transaction(n)).await.is_ok(),
-                    None => false,
+                    Some(c) => c.batch_execute(&sample::transaction(n)).await,
+                    None => Ok(()),
                 };
-                if !written {
+                if client.is_none() || written.is_err() {
+                    if !cutting_over.load(Ordering::Relaxed) {
+                        written.context("workload")?;
+                    }
                     refused_at
                         .lock()
                         .expect("not poisoned")
@@ -65,6 +74,7 @@ fn start_workload(source: ConnectConfig) -> Workload {
     Workload {
         stop,
         done,
+        cutting_over,
         refused_at,
         task,
     }
@@ -164,8 +174,12 @@ pub(crate) async fn run(
     // As in production: cut over with the source fenced while the
     // application writes; its writes are refused from the fence on.
     renderer.info("demo: cutting over with the source fenced while the workload writes");
+    workload.cutting_over.store(true, Ordering::Relaxed);
     control.request_cutover(true);
-    let outcome = migrate_task.await??;
+    let outcome = migrate_task.await;
+    // Stopped whatever the outcome.
+    workload.stop.store(true, Ordering::Relaxed);
+    let outcome = outcome??;
     let switched = Instant::now();
     workload.stop.store(true, Ordering::Relaxed);
     workload.task.await??;

@@ -51,8 +51,9 @@ pub(crate) fn print(status: &Status) {
         );
     }
     if let Some(wal) = status.slot_wal.as_ref().and_then(|w| w.as_object()) {
-        let retained = wal["retained_bytes"].as_i64().unwrap_or(0).max(0) as u64;
-        let limit = match wal["safe_bytes"].as_i64() {
+        let field = |key: &str| wal.get(key).and_then(serde_json::Value::as_i64);
+        let retained = field("retained_bytes").unwrap_or(0).max(0) as u64;
+        let limit = match field("safe_bytes") {
             Some(safe) => format!(
                 ", {} more before max_slot_wal_keep_size invalidates it",
                 bytes(safe.max(0) as u64)
@@ -62,7 +63,9 @@ pub(crate) fn print(status: &Status) {
         println!(
             "  slot: holds {} of WAL on the source ({}{limit})",
             bytes(retained),
-            wal["wal_status"].as_str().unwrap_or("?")
+            wal.get("wal_status")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?")
         );
     }
     if status.source_fenced {

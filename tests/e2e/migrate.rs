@@ -634,7 +634,15 @@ fn a_table_created_mid_run_outside_the_publication_is_carried() {
 fn a_slot_the_source_invalidated_is_a_clear_error() {
     let cluster =
         Cluster::start(ClusterOptions::new().setting("max_slot_wal_keep_size", "1MB")).unwrap();
-    let (src, dst) = util::databases(&cluster, "lost", &format!("{SCHEMA}{}", load(20_000)));
+    let (src, dst) = util::databases(&cluster, "lost", &format!("{SCHEMA}{}", load(100_000)));
+    // A source that has written plenty of WAL since it started: the copy's
+    // share of it passes the 1 MB limit whatever the machine's speed.
+    cluster
+        .psql(
+            "postgres",
+            "CREATE TABLE history (pad text); INSERT INTO history SELECT repeat('h', 1000) FROM generate_series(1, 200000)",
+        )
+        .unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let migrate = util::migrate_until_streaming(&source, &target, "lost", &[]);
     let output = util::interrupt(migrate);
@@ -652,8 +660,7 @@ fn a_slot_the_source_invalidated_is_a_clear_error() {
         cluster
             .psql(
                 "postgres",
-                "CREATE TABLE IF NOT EXISTS filler (pad text);
-                 INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 20000);
+                "INSERT INTO history SELECT repeat('x', 1000) FROM generate_series(1, 20000);
                  SELECT pg_switch_wal(); CHECKPOINT;",
             )
             .unwrap();

@@ -55,21 +55,23 @@ pub(crate) async fn perform(
     // read-only.
     fence::allow_writes(&source).await?;
     state::begin_cutover(&target, job.name(), fence_source).await?;
+    // What this process raised, to lift it whatever the state says.
+    let mut raised = None;
     // A large future: on the heap.
     let checked = Box::pin(check(
         job,
         record,
         session,
-        &source,
-        &target,
+        (&source, &target),
         fence_source,
+        &mut raised,
         events,
     ))
     .await;
     let (summary, replication) = match checked {
         Ok(checked) => checked,
         Err(error) => {
-            give_up(job, &chain(&error), events).await;
+            give_up(job, &chain(&error), raised.as_ref(), events).await;
             return Err(error);
         }
     };
@@ -97,9 +99,9 @@ async fn check(
     job: &Job,
     record: &Record,
     mut session: Session,
-    source: &Client,
-    target: &Client,
+    (source, target): (&Client, &Client),
     fence_source: bool,
+    raised: &mut Option<fence::Raised>,
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
@@ -139,23 +141,26 @@ async fn check(
             human::count(rows)
         ),
     );
+    // What arrived meanwhile is applied before the fence, not under it.
+    live::catch_up(&mut session, source_lsn(source).await?, events).await?;
     let refreshed = refresh_materialized_views(target).await?;
-    let applied_at_refresh = session.applier.stats().transactions;
+    let applied_at_refresh = rows_applied(session.applier.stats());
     if refreshed > 0 {
         events.note(
             Step::Cutover,
             format!("cutover: {refreshed} materialized view(s) refreshed"),
         );
     }
-    // What arrived meanwhile is applied before the fence, not under it.
-    live::catch_up(&mut session, source_lsn(source).await?, events).await?;
 
     let started = Instant::now();
     if fence_source {
-        let ended = fence::raise(source, target, job.name()).await?;
+        let fence = raised.insert(fence::raise(source, target, job.name()).await?);
         events.note(
             Step::Cutover,
-            format!("cutover: source fenced (read-only), {ended} session(s) ended"),
+            format!(
+                "cutover: source fenced (read-only), {} session(s) ended",
+                fence.ended
+            ),
         );
     }
 
@@ -215,7 +220,7 @@ async fn check(
         );
     }
     // Refreshed again only when changes arrived since.
-    if refreshed > 0 && stats.transactions != applied_at_refresh {
+    if refreshed > 0 && rows_applied(&stats) != applied_at_refresh {
         refresh_materialized_views(target).await?;
         events.note(
             Step::Cutover,
@@ -339,10 +344,10 @@ enum Withdrawn {
 /// Withdraws a cutover that failed (`reason` says why) and lifts its
 /// fence, and says which; on connections of its own, retried for
 /// [`GIVE_UP_PATIENCE`], as the failure may have been one.
-async fn give_up(job: &Job, reason: &str, events: &dyn Events) {
+async fn give_up(job: &Job, reason: &str, raised: Option<&fence::Raised>, events: &dyn Events) {
     let deadline = Instant::now() + GIVE_UP_PATIENCE;
     let outcome = loop {
-        match withdraw(job, reason).await {
+        match withdraw(job, reason, raised).await {
             Ok(outcome) => break Ok(outcome),
             Err(error) if Instant::now() > deadline => break Err(error),
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
@@ -369,20 +374,24 @@ async fn give_up(job: &Job, reason: &str, events: &dyn Events) {
     );
 }
 
-async fn withdraw(job: &Job, reason: &str) -> Result<Withdrawn> {
+async fn withdraw(job: &Job, reason: &str, raised: Option<&fence::Raised>) -> Result<Withdrawn> {
     let target = connect_sql(&job.target).await?;
     // Withdrawn first, in one statement that loses to a cutover past its
     // checks: the fence is never lifted under a cutover that finishes.
     if !state::abort_cutover(&target, job.name(), Some(reason)).await? {
         return Ok(Withdrawn::Finishing);
     }
-    Ok(
-        if fence::lift_recorded(&job.source, &target, job.name()).await? {
-            Withdrawn::Lifted
-        } else {
-            Withdrawn::Unfenced
-        },
-    )
+    if fence::lift_recorded(&job.source, &target, job.name()).await? {
+        return Ok(Withdrawn::Lifted);
+    }
+    // Raised here while another process recorded it lifted.
+    match raised {
+        Some(raised) => {
+            fence::lift_raised(&job.source, &target, job.name(), raised).await?;
+            Ok(Withdrawn::Lifted)
+        }
+        None => Ok(Withdrawn::Unfenced),
+    }
 }
 
 /// Drops the slot and the publications and records the migration done;
@@ -552,6 +561,16 @@ async fn counts_at_point(
     {
         Ok(slot) => slot?,
         Err(_) => {
+            // The walsender waits inside the slot's creation and does not
+            // see its client leave: end it, or its slot stays behind.
+            source
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_catalog.pg_replication_slots
+                      WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                    &[&crate::stages::temporary_slot_name(job.name())],
+                )
+                .await
+                .ok();
             let open: Vec<String> = source
                 .query(
                     "SELECT format('%s (role %s, %s, open since %s)', pid, usename, coalesce(application_name, ''), xact_start)
@@ -564,18 +583,19 @@ async fn counts_at_point(
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            return Err(Error::VerifyPoint {
-                reason: format!(
-                    "the consistent point waits for transactions open on the source (sessions {}): end them, then cut over",
+            return Err(Error::PointWaits {
+                sessions: if open.is_empty() {
+                    "not visible to pglive's role".to_owned()
+                } else {
                     open.join(", ")
-                ),
+                },
             });
         }
     };
     let snapshot = crate::stages::exported_snapshot(&slot)?;
     let point = slot.consistent_point;
     live::pause_at(session, point, events).await?;
-    let target_at_point = verify::target_snapshot(&job.target).await;
+    let target_at_point = verify::TargetSnapshot::take(&job.target).await;
     session.applier.resume().await?;
     let target_at_point = target_at_point?;
     let comparison = verify::compare_at(
@@ -588,6 +608,11 @@ async fn counts_at_point(
     .await?;
     replication.close().await.ok();
     Ok((point, comparison))
+}
+
+/// Rows the applier changed so far (empty transactions do not count).
+fn rows_applied(stats: &pglive_apply::ApplyStats) -> u64 {
+    stats.inserted + stats.updated + stats.deleted + stats.truncates
 }
 
 async fn refresh_materialized_views(target: &Client) -> Result<usize> {
@@ -799,7 +824,7 @@ pub async fn cutover(
         Err(error) => Ok(Err(error)),
     };
     if result.is_err() {
-        give_up(&job, "`pglive cutover` timed out", events.as_ref()).await;
+        give_up(&job, "`pglive cutover` timed out", None, events.as_ref()).await;
     }
     state::unlock(&target_client, &name).await.ok();
     match result {
@@ -846,7 +871,7 @@ async fn ask_running_migrate(
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if Instant::now() > deadline {
-            give_up(job, "`pglive cutover` timed out", events).await;
+            give_up(job, "`pglive cutover` timed out", None, events).await;
             return Err(Error::Timeout {
                 what: "the cutover",
                 seconds: options.timeout.as_secs(),

@@ -124,6 +124,16 @@ pub enum Error {
         "the source did not go quiet within 10 minutes: stop the application's writes, or use --fence"
     )]
     NotQuiet,
+    /// The cutover's consistent point waits for transactions open on the
+    /// source.
+    #[error(
+        "the cutover's consistent point waits for transactions open on the source (sessions {sessions}): \
+         end them (or wait for them), then cut over"
+    )]
+    PointWaits {
+        /// The oldest open transactions' sessions.
+        sessions: String,
+    },
     /// The migration's slot can no longer give the changes.
     #[error(
         "the migration's replication slot {slot} is {why}: the changes since it fell behind cannot be recovered; \
@@ -137,8 +147,9 @@ pub enum Error {
     },
     /// Prepared transactions are open on the source.
     #[error(
-        "prepared transaction(s) {} are open on the source: the cutover's consistent point waits for them, \
-         and COMMIT PREPARED would write after it; commit or roll them back (COMMIT PREPARED / ROLLBACK PREPARED), then cut over",
+        "prepared transaction(s) {} are open on the source server: the cutover's consistent point waits for every \
+         open transaction of the server, and one in the migrated database could COMMIT PREPARED after the switch; \
+         commit or roll them back (COMMIT PREPARED / ROLLBACK PREPARED), then cut over",
         prepared.join(", ")
     )]
     PreparedTransactions {

@@ -29,12 +29,20 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// The setting the fence changes.
 const SETTING: &str = "default_transaction_read_only";
 
-/// Raises the fence on the source for migration `name`; returns how many
-/// sessions it ended. Refuses, changing nothing, when a role's own setting
+/// What raising the fence did.
+pub(crate) struct Raised {
+    /// Sessions it ended.
+    pub ended: u64,
+    /// The database's own setting from before the fence, which lifting it
+    /// restores.
+    pub prior: Option<String>,
+}
+
+/// Raises the fence on the source for migration `name`. Refuses, changing nothing, when a role's own setting
 /// would let its new sessions write; when sessions cannot be ended or
 /// prepared transactions stay unresolved, lifts the fence again and
 /// returns [`Error::FenceLeaks`].
-pub(crate) async fn raise(source: &Client, target: &Client, name: &str) -> Result<u64> {
+pub(crate) async fn raise(source: &Client, target: &Client, name: &str) -> Result<Raised> {
     let mut holes = roles_writable_by_setting(source).await?;
     let may_alter: bool = source
         .query_one(
@@ -59,8 +67,14 @@ pub(crate) async fn raise(source: &Client, target: &Client, name: &str) -> Resul
             lifted: false,
         });
     }
-    let prior = database_setting(source).await?;
-    state::record_fence(target, name, prior.as_deref()).await?;
+    // Recorded first, and only while the cutover still stands; a fence
+    // recorded by an earlier attempt keeps its prior setting.
+    if !state::record_fence(target, name, database_setting(source).await?.as_deref()).await? {
+        return Err(Error::CutoverAborted);
+    }
+    let prior = state::load(target, name)
+        .await?
+        .and_then(|record| record.fence_prior);
     let database = current_database(source).await?;
     if let Err(error) = source
         .batch_execute(&format!(
@@ -77,10 +91,9 @@ pub(crate) async fn raise(source: &Client, target: &Client, name: &str) -> Resul
             .doing("fencing the source (ALTER DATABASE … SET default_transaction_read_only = on)");
     }
     match end_sessions(source).await {
-        Ok(ended) => Ok(ended),
+        Ok(ended) => Ok(Raised { ended, prior }),
         Err(error) => {
-            let recorded = state::load(target, name).await?;
-            lift(source, recorded.and_then(|r| r.fence_prior).as_deref()).await?;
+            lift(source, prior.as_deref()).await?;
             state::record_fence_lifted(target, name).await?;
             Err(match error {
                 Error::FenceLeaks { holes, .. } => Error::FenceLeaks {
@@ -110,6 +123,19 @@ pub(crate) async fn lift_recorded(
     lift(&source, record.fence_prior.as_deref()).await?;
     state::record_fence_lifted(target, name).await?;
     Ok(true)
+}
+
+/// Lifts a fence this process raised (`raised`), whatever the state says
+/// (another process may have recorded it lifted while it went up).
+pub(crate) async fn lift_raised(
+    source_config: &ConnectConfig,
+    target: &Client,
+    name: &str,
+    raised: &Raised,
+) -> Result<()> {
+    let source = connect_sql(source_config).await?;
+    lift(&source, raised.prior.as_deref()).await?;
+    state::record_fence_lifted(target, name).await
 }
 
 /// Makes a session opened while the fence is up writable again (new

@@ -478,11 +478,17 @@ async fn pause_for_verify(
 pub(crate) async fn pause_at(session: &mut Session, lsn: Lsn, events: &dyn Events) -> Result<()> {
     let mut options = RunOptions::default();
     options.pause_before = Some(lsn);
-    run_to(session, &options, lsn, events, |s| {
+    // A large transaction still in progress at the point keeps apply from
+    // getting there until it ends: not forever.
+    let patience = tokio::time::sleep(PAUSE_PATIENCE);
+    run_to(session, &options, (lsn, patience), events, |s| {
         matches!(s, Stopped::Paused(_))
     })
     .await
 }
+
+/// How long apply may take to reach a point it is asked to pause at.
+const PAUSE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Runs the applier until everything up to `stop_at` is applied.
 pub(crate) async fn catch_up(
@@ -492,25 +498,29 @@ pub(crate) async fn catch_up(
 ) -> Result<()> {
     let mut options = RunOptions::default();
     options.stop_at = Some(stop_at);
-    run_to(session, &options, stop_at, events, |s| {
-        matches!(s, Stopped::ReachedLsn(_))
-    })
+    run_to(
+        session,
+        &options,
+        (stop_at, std::future::pending()),
+        events,
+        |s| matches!(s, Stopped::ReachedLsn(_)),
+    )
     .await
 }
 
-/// Runs the applier with `options` until it stops; an error unless it
-/// stopped as `reached` expects at `lsn`.
+/// Runs the applier with `options` until it stops (or `give_up`
+/// completes); an error unless it stopped as `reached` expects at `lsn`.
 async fn run_to(
     session: &mut Session,
     options: &RunOptions,
-    lsn: Lsn,
+    (lsn, give_up): (Lsn, impl std::future::Future<Output = ()>),
     events: &dyn Events,
     reached: fn(&Stopped) -> bool,
 ) -> Result<()> {
     let stopped = pglive_apply::run(
         &mut session.applier,
         &mut session.stream,
-        std::future::pending(),
+        give_up,
         options,
         |p| events.event(Event::Streaming(p.clone())),
     )

@@ -317,6 +317,7 @@ async fn start(
         fence_prior: None,
         finishing: None,
         cutover_error: None,
+        slot_wal: None,
         summary: None,
         verify_request: None,
         settings: job.options.settings.clone(),
@@ -544,10 +545,9 @@ pub(crate) async fn temporary_slot(
     replication: &mut ReplicationClient,
     name: &str,
 ) -> Result<CreatedSlot> {
-    let slot_name = format!("{}_resume_{}", name, std::process::id());
     replication
         .create_slot(
-            &slot_name,
+            &temporary_slot_name(name),
             &SlotOptions {
                 temporary: true,
                 snapshot: SnapshotAction::Export,
@@ -556,6 +556,11 @@ pub(crate) async fn temporary_slot(
         )
         .await
         .doing("creating a temporary slot for a new snapshot")
+}
+
+/// The name of this process's temporary slot for migration `name`.
+pub(crate) fn temporary_slot_name(name: &str) -> String {
+    format!("{}_resume_{}", name, std::process::id())
 }
 
 /// The snapshot `slot` exported.

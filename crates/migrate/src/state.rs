@@ -83,6 +83,8 @@ pub(crate) struct Record {
     /// Why the last cutover was withdrawn, for the `pglive cutover` that
     /// asked for it.
     pub cutover_error: Option<String>,
+    /// The slot's WAL figures as last seen while streaming.
+    pub slot_wal: Option<serde_json::Value>,
     pub summary: Option<String>,
     /// A `pglive verify` request: the LSN it wants apply paused at and the
     /// request's state.
@@ -171,13 +173,13 @@ CREATE TABLE IF NOT EXISTS pglive.adopting (
 /// summary of a cutover about to drop its slot, and why the last cutover
 /// was withdrawn.
 const VERSION_2: &str = "
-ALTER TABLE pglive.migration ADD COLUMN fence_raised boolean NOT NULL DEFAULT false;
-ALTER TABLE pglive.migration ADD COLUMN fence_prior text;
-ALTER TABLE pglive.migration ADD COLUMN finishing text;
-ALTER TABLE pglive.migration ADD COLUMN cutover_error text;";
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS fence_raised boolean NOT NULL DEFAULT false;
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS fence_prior text;
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS finishing text;
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS cutover_error text;";
 
 /// Version 3: the slot's WAL figures as last seen on the source.
-const VERSION_3: &str = "ALTER TABLE pglive.migration ADD COLUMN slot_wal jsonb;";
+const VERSION_3: &str = "ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS slot_wal jsonb;";
 
 /// Creates or upgrades the migration's tables on the target.
 pub(crate) async fn create_tables(client: &Client) -> Result<()> {
@@ -190,7 +192,7 @@ pub(crate) async fn create_tables(client: &Client) -> Result<()> {
 pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> {
     const SELECT: &str = "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
                 verify_lsn::text, verify_state, settings::text, keyless_baseline::text,
-                fence_raised, fence_prior, finishing, cutover_error
+                fence_raised, fence_prior, finishing, cutover_error, slot_wal::text
            FROM pglive.migration WHERE name = $1";
     let row = match client.query_opt(SELECT, &[&name]).await {
         Ok(row) => row,
@@ -219,6 +221,9 @@ pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> 
             fence_prior: r.get(14),
             finishing: r.get(15),
             cutover_error: r.get(16),
+            slot_wal: r
+                .get::<_, Option<String>>(17)
+                .and_then(|text| serde_json::from_str(&text).ok()),
             summary: r.get(8),
             verify_request: verify_request_of(r.get(9), r.get(10))?,
             settings_recorded: r.get::<_, Option<String>>(11).is_some(),
@@ -356,18 +361,20 @@ pub(crate) async fn abort_cutover(
 
 /// Records that the fence is about to be raised, with the database's own
 /// setting it replaces (kept when a fence is already recorded).
-pub(crate) async fn record_fence(client: &Client, name: &str, prior: Option<&str>) -> Result<()> {
-    client
+/// False, recording nothing, when the cutover was withdrawn meanwhile (or
+/// is finishing): the fence must not go up then.
+pub(crate) async fn record_fence(client: &Client, name: &str, prior: Option<&str>) -> Result<bool> {
+    let changed = client
         .execute(
             "UPDATE pglive.migration
                 SET fence_prior = CASE WHEN fence_raised THEN fence_prior ELSE $2 END,
                     fence_raised = true, updated_at = now()
-              WHERE name = $1",
+              WHERE name = $1 AND stage = 'cutover' AND cutover_requested AND finishing IS NULL",
             &[&name, &prior],
         )
         .await
         .doing("recording the fence in pglive.migration")?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 /// Records that the fence was lifted.
@@ -468,7 +475,6 @@ pub(crate) async fn set_verify_state(
     Ok(())
 }
 
-/// Records the streaming progress (for `pglive status` from anywhere).
 /// Records the slot's WAL figures (see `slot::SlotWal`).
 pub(crate) async fn save_slot_wal(
     client: &Client,
@@ -485,23 +491,7 @@ pub(crate) async fn save_slot_wal(
     Ok(())
 }
 
-/// The slot's WAL figures as last recorded.
-pub(crate) async fn load_slot_wal(
-    client: &Client,
-    name: &str,
-) -> Result<Option<serde_json::Value>> {
-    let row = client
-        .query_opt(
-            "SELECT slot_wal::text FROM pglive.migration WHERE name = $1",
-            &[&name],
-        )
-        .await
-        .doing("reading pglive.migration")?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|text| serde_json::from_str(&text).ok()))
-}
-
+/// Records the streaming progress (for `pglive status` from anywhere).
 pub(crate) async fn save_progress(
     client: &Client,
     name: &str,

@@ -96,7 +96,6 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
     };
     let parts = pglive_snapshot::status(&client, name).await?;
     let streaming = state::load_progress(&client, name).await?;
-    let slot_wal = state::load_slot_wal(&client, name).await?;
     let running = state::is_running(&client, name).await?;
     let mut by_table: BTreeMap<String, TableCopy> = BTreeMap::new();
     for part in &parts {
@@ -127,7 +126,7 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
         cutover_requested: record.cutover_requested,
         source_fenced: record.fence_raised,
         last_cutover_error: record.cutover_error,
-        slot_wal,
+        slot_wal: record.slot_wal,
         summary: record.summary,
         copy: CopyStatus {
             tables: per_table.len(),

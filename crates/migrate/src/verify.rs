@@ -104,23 +104,96 @@ fn checksum_sql(table: &Table, condition: &str) -> String {
     )
 }
 
-async fn figures(client: &Client, sql: &str, full: bool) -> Result<(u64, Option<String>)> {
-    let row = client
-        .query_one(sql, &[])
-        .await
-        .doing_with(|| format!("running {sql}"))?;
+/// One side of a comparison: a session, reading the present or a snapshot.
+/// Under a snapshot each read is a short transaction of its own that
+/// imports it, so no table stays locked while the others are read (apply
+/// goes on meanwhile, and may need those locks).
+#[derive(Clone, Copy)]
+pub(crate) struct Side<'a> {
+    client: &'a Client,
+    snapshot: Option<&'a str>,
+}
+
+impl<'a> Side<'a> {
+    /// Reads the present.
+    pub fn now(client: &'a Client) -> Side<'a> {
+        Side {
+            client,
+            snapshot: None,
+        }
+    }
+
+    /// Reads exported snapshot `snapshot` (whose exporter stays open).
+    pub fn at(client: &'a Client, snapshot: &'a str) -> Side<'a> {
+        Side {
+            client,
+            snapshot: Some(snapshot),
+        }
+    }
+
+    async fn begin(&self) -> Result<()> {
+        if let Some(snapshot) = self.snapshot {
+            self.client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                    quote_literal(snapshot)
+                ))
+                .await
+                .doing("importing the comparison's snapshot")?;
+        }
+        Ok(())
+    }
+
+    async fn end(&self) {
+        if self.snapshot.is_some() {
+            self.client.batch_execute("ROLLBACK").await.ok();
+        }
+    }
+
+    async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
+        self.begin().await?;
+        let rows = self
+            .client
+            .query(sql, &[])
+            .await
+            .doing_with(|| format!("running {sql}"));
+        self.end().await;
+        rows
+    }
+
+    async fn query_one(&self, sql: &str) -> Result<tokio_postgres::Row> {
+        let mut rows = self.query(sql).await?;
+        match rows.len() {
+            1 => Ok(rows.remove(0)),
+            n => Err(Error::State {
+                reason: format!("{sql} returned {n} rows instead of one"),
+            }),
+        }
+    }
+
+    async fn catalog(&self, filter: &ObjectFilter) -> Result<Catalog> {
+        self.begin().await?;
+        let catalog = Catalog::read(self.client, filter).await;
+        self.end().await;
+        Ok(catalog?)
+    }
+}
+
+async fn figures(side: Side<'_>, sql: &str, full: bool) -> Result<(u64, Option<String>)> {
+    let row = side.query_one(sql).await?;
     let count: i64 = row.get(0);
     Ok((count as u64, full.then(|| row.get(1))))
 }
 
-/// Compares every table the filter selects; `full` adds checksums.
+/// Compares every table the filter selects (as the source lists them);
+/// `full` adds checksums.
 pub(crate) async fn compare(
-    source: &Client,
-    target: &Client,
+    source: Side<'_>,
+    target: Side<'_>,
     filter: &ObjectFilter,
     full: bool,
 ) -> Result<Comparison> {
-    let catalog = Catalog::read(source, filter).await?;
+    let catalog = source.catalog(filter).await?;
     let mut tables = Vec::new();
     for table in catalog.tables_with_rows() {
         let sql = if full {
@@ -145,8 +218,8 @@ pub(crate) async fn compare(
             differing_rows: Vec::new(),
         };
         if !comparison.matches() {
-            comparison.differing_ranges = differing_ranges(source, target, table).await?;
-            comparison.differing_rows = differing_rows(source, target, table).await?;
+            (comparison.differing_ranges, comparison.differing_rows) =
+                narrow(source, target, table).await?;
         }
         tables.push(comparison);
     }
@@ -155,8 +228,8 @@ pub(crate) async fn compare(
 
 /// The lowest and highest value of an integer `key` on either side.
 async fn key_bounds(
-    source: &Client,
-    target: &Client,
+    source: Side<'_>,
+    target: Side<'_>,
     table: &Table,
     key: &str,
 ) -> Result<Option<(i64, i64)>> {
@@ -165,8 +238,8 @@ async fn key_bounds(
         table.name.quoted()
     );
     let (s, t) = (
-        source.query_one(&bounds, &[]).await?,
-        target.query_one(&bounds, &[]).await?,
+        source.query_one(&bounds).await?,
+        target.query_one(&bounds).await?,
     );
     let lows = [s.get::<_, Option<i64>>(0), t.get::<_, Option<i64>>(0)];
     let highs = [s.get::<_, Option<i64>>(1), t.get::<_, Option<i64>>(1)];
@@ -178,87 +251,96 @@ async fn key_bounds(
     )
 }
 
-/// Splits an integer key's span into 16 ranges and lists those that differ.
-async fn differing_ranges(source: &Client, target: &Client, table: &Table) -> Result<Vec<String>> {
-    let Some(key) = table.integer_key() else {
-        return Ok(Vec::new());
-    };
-    let key = pglive_postgres::quote_ident(key);
-    let Some((low, high)) = key_bounds(source, target, table, &key).await? else {
-        return Ok(Vec::new());
-    };
-    let step = ((high - low) / 16).max(1);
-    let mut ranges = Vec::new();
-    let mut start = low;
-    while start <= high {
-        let end = start.saturating_add(step);
-        let sql = checksum_sql(table, &format!(" WHERE {key} >= {start} AND {key} < {end}"));
-        if figures(source, &sql, true).await? != figures(target, &sql, true).await? {
-            ranges.push(format!("[{start}, {end})"));
-        }
-        start = end;
+/// `[start, end)` of key `column` as a condition; an end past the largest
+/// bigint leaves the range open above.
+fn key_range(column: &str, start: i128, end: i128) -> String {
+    if end > i128::from(i64::MAX) {
+        format!(" WHERE {column} >= {start}")
+    } else {
+        format!(" WHERE {column} >= {start} AND {column} < {end}")
     }
-    Ok(ranges)
 }
 
-/// Narrows an integer key's differences down to rows, data-diff style:
-/// ranges whose checksums differ are cut in 16 until they hold few keys,
-/// which are then compared row by row (key and digest of each row). Every
-/// query reads a key range through the key's index.
-async fn differing_rows(source: &Client, target: &Client, table: &Table) -> Result<Vec<String>> {
+/// The sixteenths of `[start, end)` (fewer when it is narrower).
+fn sixteenths(start: i128, end: i128) -> Vec<(i128, i128)> {
+    let step = ((end - start) / 16).max(1);
+    let mut pieces = Vec::new();
+    let mut from = start;
+    while from < end {
+        let to = (from + step).min(end);
+        pieces.push((from, to));
+        from = to;
+    }
+    pieces
+}
+
+/// The sixteenths of `[start, end)` of `table`'s key whose checksums
+/// differ between the sides.
+async fn differing_sixteenths(
+    source: Side<'_>,
+    target: Side<'_>,
+    table: &Table,
+    key: &str,
+    (start, end): (i128, i128),
+) -> Result<Vec<(i128, i128)>> {
+    let mut differing = Vec::new();
+    for (from, to) in sixteenths(start, end) {
+        let sql = checksum_sql(table, &key_range(key, from, to));
+        if figures(source, &sql, true).await? != figures(target, &sql, true).await? {
+            differing.push((from, to));
+        }
+    }
+    Ok(differing)
+}
+
+/// Where the rows of a table with an integer key differ: the sixteenths of
+/// the key's span that differ, and the differing rows themselves, found
+/// data-diff style (ranges whose checksums differ are cut in 16 until they
+/// hold few keys, which are compared row by row by key and digest; every
+/// query reads a key range through the key's index).
+async fn narrow(
+    source: Side<'_>,
+    target: Side<'_>,
+    table: &Table,
+) -> Result<(Vec<String>, Vec<String>)> {
     let Some(key) = table.integer_key() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let quoted = pglive_postgres::quote_ident(key);
     let Some((low, high)) = key_bounds(source, target, table, &quoted).await? else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
-    let mut found = Vec::new();
-    // Ranges still to look into, as [start, end); end may pass i64::MAX.
-    let mut pending: Vec<(i128, i128)> = vec![(i128::from(low), i128::from(high) + 1)];
-    while let Some((start, end)) = pending.pop() {
-        if found.len() >= MAX_ROWS_NAMED {
+    let span = (i128::from(low), i128::from(high) + 1);
+    let top = differing_sixteenths(source, target, table, &quoted, span).await?;
+    let ranges = top
+        .iter()
+        .map(|(from, to)| format!("[{from}, {to})"))
+        .collect();
+    let mut rows = Vec::new();
+    // Lowest keys first.
+    let mut pending: Vec<(i128, i128)> = top.into_iter().rev().collect();
+    while let Some((from, to)) = pending.pop() {
+        if rows.len() >= MAX_ROWS_NAMED {
             break;
         }
-        let range = |column: &str| {
-            format!(
-                " WHERE {column} >= {start} AND {column} < {}",
-                end.min(i128::from(i64::MAX))
-            )
-        };
-        if end - start <= i128::from(ROWS_AT_ONCE) {
-            found.extend(rows_that_differ(source, target, table, key, &range(&quoted)).await?);
-            continue;
+        if to - from <= i128::from(ROWS_AT_ONCE) {
+            let condition = key_range(&quoted, from, to);
+            rows.extend(rows_that_differ(source, target, table, key, &condition).await?);
+        } else {
+            let differing =
+                differing_sixteenths(source, target, table, &quoted, (from, to)).await?;
+            pending.extend(differing.into_iter().rev());
         }
-        let step = ((end - start) / 16).max(1);
-        let mut sub = start;
-        let mut differing = Vec::new();
-        while sub < end {
-            let sub_end = (sub + step).min(end);
-            let sql = checksum_sql(
-                table,
-                &format!(
-                    " WHERE {quoted} >= {sub} AND {quoted} < {}",
-                    sub_end.min(i128::from(i64::MAX))
-                ),
-            );
-            if figures(source, &sql, true).await? != figures(target, &sql, true).await? {
-                differing.push((sub, sub_end));
-            }
-            sub = sub_end;
-        }
-        // Lowest keys first.
-        pending.extend(differing.into_iter().rev());
     }
-    found.truncate(MAX_ROWS_NAMED);
-    Ok(found)
+    rows.truncate(MAX_ROWS_NAMED);
+    Ok((ranges, rows))
 }
 
 /// The rows of one small key range that differ, by the value of `key`
 /// (unquoted).
 async fn rows_that_differ(
-    source: &Client,
-    target: &Client,
+    source: Side<'_>,
+    target: Side<'_>,
     table: &Table,
     key: &str,
     condition: &str,
@@ -276,18 +358,8 @@ async fn rows_that_differ(
     let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeMap<i64, String> {
         rows.iter().map(|r| (r.get(0), r.get(1))).collect()
     };
-    let on_source = read(
-        source
-            .query(&sql, &[])
-            .await
-            .doing("reading rows on the source")?,
-    );
-    let on_target = read(
-        target
-            .query(&sql, &[])
-            .await
-            .doing("reading rows on the target")?,
-    );
+    let on_source = read(source.query(&sql).await?);
+    let on_target = read(target.query(&sql).await?);
     let mut keys: Vec<&i64> = on_source.keys().chain(on_target.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -366,43 +438,66 @@ pub async fn verify(
         )
         .await?
     } else {
-        compare(&source_client, &target_client, &filter, full).await?
+        compare(
+            Side::now(&source_client),
+            Side::now(&target_client),
+            &filter,
+            full,
+        )
+        .await?
     };
     Ok(Verification { comparison, live })
 }
 
-/// A target session in a read-only REPEATABLE READ transaction whose
-/// snapshot is taken now (while apply holds at a point).
-pub(crate) async fn target_snapshot(target: &ConnectConfig) -> Result<Client> {
-    let client = connect_sql(target).await?;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
-        .await
-        .doing("taking the target's snapshot")?;
-    Ok(client)
+/// A snapshot of the target taken when it was made (while apply held at a
+/// point), exported by a session that stays open for the comparison's
+/// reads while apply goes on.
+pub(crate) struct TargetSnapshot {
+    target: ConnectConfig,
+    /// Holds the exported snapshot open; never reads a table.
+    _exporter: Client,
+    id: String,
 }
 
-/// [`compare`] with the source read under the exported `snapshot` and the
-/// target under the snapshot `target_at_point` holds (see
-/// [`target_snapshot`]): both sides as of one point.
+impl TargetSnapshot {
+    /// Takes the target's snapshot now.
+    pub(crate) async fn take(target: &ConnectConfig) -> Result<TargetSnapshot> {
+        let exporter = connect_sql(target).await?;
+        exporter
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .doing("taking the target's snapshot")?;
+        let id: String = exporter
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .await
+            .doing("taking the target's snapshot")?
+            .get(0);
+        Ok(TargetSnapshot {
+            target: target.clone(),
+            _exporter: exporter,
+            id,
+        })
+    }
+}
+
+/// [`compare`] with the source read under the snapshot a slot exported
+/// (`source_snapshot`, while the slot's connection stays open) and the
+/// target under `target`: both sides as of one point.
 pub(crate) async fn compare_at(
     source: &Client,
-    snapshot: &str,
-    target_at_point: &Client,
+    source_snapshot: &str,
+    target: &TargetSnapshot,
     filter: &ObjectFilter,
     full: bool,
 ) -> Result<Comparison> {
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            quote_literal(snapshot)
-        ))
-        .await
-        .doing("importing the source snapshot")?;
-    let comparison = compare(source, target_at_point, filter, full).await;
-    source.batch_execute("COMMIT").await.ok();
-    target_at_point.batch_execute("COMMIT").await.ok();
-    comparison
+    let reader = connect_sql(&target.target).await?;
+    compare(
+        Side::at(source, source_snapshot),
+        Side::at(&reader, &target.id),
+        filter,
+        full,
+    )
+    .await
 }
 
 async fn compare_live(
@@ -466,7 +561,7 @@ async fn compare_live(
             continue;
         }
         // Apply holds only while the target's snapshot is taken.
-        let target_at_point = target_snapshot(target_config).await;
+        let target_at_point = TargetSnapshot::take(target_config).await;
         state::set_verify_state(target, name, None).await?;
         events.note(
             Step::Verify,

@@ -169,9 +169,10 @@ impl ReplicationStream {
         let shared = Arc::new(Shared::default());
         shared.received.store(start.0, Ordering::Release);
         let (tx, rx) = mpsc::unbounded_channel();
+        // A share of the budget is asked for as a u32.
         let budget = options
             .max_buffered_bytes
-            .clamp(1 << 16, Semaphore::MAX_PERMITS);
+            .clamp(1 << 16, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (stop_tx, stop_rx) = oneshot::channel();
         let (wire, parameters) = client.into_parts();
         let task = StreamTask {

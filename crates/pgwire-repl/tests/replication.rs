@@ -947,17 +947,30 @@ async fn a_slow_consumer_bounds_what_the_reader_holds() {
     // Nothing consumed for a while: the reader stops reading, so the
     // server's walsender stops sending (its sent position, which it moves
     // after each transaction it sent, stays far from the end).
+    let sent = || -> Lsn {
+        cluster
+            .psql(
+                &db,
+                "SELECT r.sent_lsn FROM pg_stat_replication r
+                   JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = 'bounded'",
+            )
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Stalled: two looks a second apart see the same position.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let sent: Lsn = cluster
-        .psql(
-            &db,
-            "SELECT r.sent_lsn FROM pg_stat_replication r
-               JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = 'bounded'",
-        )
-        .unwrap()
-        .parse()
-        .unwrap();
-    let held = sent.bytes_since(slot.consistent_point);
+    let mut stalled = sent();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let again = sent();
+        if again == stalled {
+            break;
+        }
+        stalled = again;
+    }
+    assert_eq!(stalled, sent(), "the walsender still sends");
+    let held = stalled.bytes_since(slot.consistent_point);
     let total = end.bytes_since(slot.consistent_point);
     assert!(
         held < 32 << 20,

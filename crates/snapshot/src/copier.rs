@@ -421,6 +421,12 @@ struct Worker {
 impl Worker {
     async fn run(self) -> Result<CopySummary> {
         let mut source_client = connect(&self.source).await?;
+        // Block ranges are read by TID range scans, whatever the role's or
+        // database's planner settings.
+        source_client
+            .batch_execute("SET enable_tidscan = on")
+            .await
+            .map_err(source("setting enable_tidscan"))?;
         let source_tx = begin_snapshot(&mut source_client, &self.snapshot, &self.source).await?;
         let mut target_client = connect(&self.target).await?;
         // A part's rows and its done-mark commit together, so losing the

@@ -248,7 +248,7 @@ async fn key_ranges(
     let histogram: Option<Vec<i64>> = client
         .query_opt(
             "SELECT histogram_bounds::text::int8[] FROM pg_catalog.pg_stats
-              WHERE schemaname = $1 AND tablename = $2 AND attname = $3",
+              WHERE schemaname = $1 AND tablename = $2 AND attname = $3 AND NOT inherited",
             &[&table.name.schema, &table.name.name, &key],
         )
         .await

@@ -278,9 +278,9 @@ fn trial(servers: &Servers, number: usize, fault: Fault, stage: Stage, rng: &mut
             break;
         }
         match runs[migrate].finished() {
-            None => {}
-            Some(true) if stage_now.as_deref() == Some("done") => {}
-            Some(_) => {
+            // Ended well: it cut over (the stage read above may predate it).
+            None | Some(true) => {}
+            Some(false) => {
                 recovery.migrate_reruns += 1;
                 if recovery.migrate_reruns > 10 {
                     fail(&runs, "migrate failed 10 times");

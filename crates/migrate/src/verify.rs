@@ -37,13 +37,13 @@ pub struct TableComparison {
     /// Key ranges whose rows differ (integer keys only).
     pub differing_ranges: Vec<String>,
     /// The rows that differ, by key (integer keys only; at most
-    /// [`MAX_ROWS_NAMED`]): `id=42 changed`, `id=7 missing on the target`,
+    /// 20): `id=42 changed`, `id=7 missing on the target`,
     /// `id=9 only on the target`.
     pub differing_rows: Vec<String>,
 }
 
 /// How many differing rows a comparison names per table.
-pub const MAX_ROWS_NAMED: usize = 20;
+pub(crate) const MAX_ROWS_NAMED: usize = 20;
 
 /// Below this many keys a differing range is compared row by row.
 const ROWS_AT_ONCE: i64 = 512;

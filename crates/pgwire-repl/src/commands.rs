@@ -80,7 +80,7 @@ pub struct QueryResult {
 
 impl ReplicationClient {
     /// Runs one command with the simple query protocol and collects its
-    /// result; an error response becomes [`Error::Server`] with the command
+    /// result; an error response becomes [`crate::Error::Server`] with the command
     /// as context.
     pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult> {
         frontend::query(sql, &mut self.wire.out).map_err(|e| self.wire.protocol(e.to_string()))?;

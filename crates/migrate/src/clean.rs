@@ -8,6 +8,7 @@ use crate::error::{Doing, Error, Result, chain};
 use crate::fence;
 use crate::preflight;
 use crate::publication;
+use crate::slot;
 use crate::state;
 
 /// Removes migration `name`: its slot and publications on the source, its
@@ -64,14 +65,7 @@ pub async fn clean(
         }
     }
     // The slot: end whoever uses it when forced, then drop it.
-    let active: Option<Option<i32>> = source
-        .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .doing("reading pg_replication_slots")?
-        .map(|r| r.get(0));
+    let active = slot::active_pid(&source, &slot).await?;
     if let Some(pid) = active {
         if let Some(pid) = pid {
             if !force {

@@ -18,6 +18,7 @@ use crate::late_changes;
 use crate::live::{self, Session};
 use crate::preflight;
 use crate::publication;
+use crate::slot;
 use crate::state::{self, Record, Stage};
 use crate::verify;
 
@@ -405,15 +406,7 @@ async fn complete(
     summary: &str,
     events: &dyn Events,
 ) -> Result<()> {
-    let slot_exists = source
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-            &[&record.slot],
-        )
-        .await
-        .doing("reading pg_replication_slots")?
-        .is_some();
-    if slot_exists {
+    if slot::active_pid(source, &record.slot).await?.is_some() {
         let mut replication = match replication {
             Some(replication) => replication,
             None => ReplicationClient::connect(&job.source).await?,
@@ -839,14 +832,7 @@ pub async fn cutover(
 /// Whether a process streams from `slot` on the source.
 async fn slot_in_use(job: &Job, slot: &str) -> Result<bool> {
     let source = connect_sql(&job.source).await?;
-    Ok(source
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL",
-            &[&slot],
-        )
-        .await
-        .doing("reading pg_replication_slots")?
-        .is_some())
+    Ok(slot::active_pid(&source, slot).await?.flatten().is_some())
 }
 
 /// Asks the running `migrate` to cut over (through the target's state)

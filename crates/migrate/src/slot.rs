@@ -46,6 +46,19 @@ impl SlotWal {
     }
 }
 
+/// Whether slot `slot` exists on the source (`None`: it does not) and
+/// which backend streams from it (`Some(None)`: none).
+pub(crate) async fn active_pid(source: &Client, slot: &str) -> Result<Option<Option<i32>>> {
+    Ok(source
+        .query_opt(
+            "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .doing("reading pg_replication_slots")?
+        .map(|r| r.get(0)))
+}
+
 /// Fails with [`Error::SlotLost`] when slot `slot` is gone or invalidated:
 /// the changes since cannot be recovered, and the migration must start
 /// over.

@@ -255,3 +255,26 @@ fn a_cutover_stopped_after_dropping_its_slot_is_finished_by_the_next_run() {
         "the publications went with it"
     );
 }
+
+/// A connection pool that reconnects at once when its session is ended
+/// (here: a loop of short reads) does not keep the fence from holding:
+/// sessions opened after it start read-only, so only earlier ones are ended.
+#[test]
+fn a_reconnecting_pool_does_not_hold_up_the_fence() {
+    let cluster = Cluster::shared();
+    let (src, dst) = util::databases(cluster, "pool", &format!("{SCHEMA}{}", load(500)));
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = util::migrate_until_streaming(&source, &target, "pool", &[]);
+    let pool = Workload::start(source.clone(), |_| "SELECT pg_sleep(0.02)".to_owned());
+    std::thread::sleep(Duration::from_millis(500));
+    let done = util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "pool", "--fence",
+        ],
+        &mut migrate,
+    );
+    assert!(done.contains("switch your application now"), "{done}");
+    pool.stop();
+    finish(migrate);
+    assert!(fenced(cluster, &src) && !writable(cluster, &src));
+}

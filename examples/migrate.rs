@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pglive_migrate::{Control, Event, Events, MigrateOptions, Outcome};
+use pglive_migrate::{Control, Event, Events, MigrateOptions, Outcome, VerifyOptions};
 use pglive_postgres::ConnectConfig;
 
 #[tokio::main]
@@ -80,7 +80,10 @@ pub async fn migrate_live(
         return Err("the migration stopped before its cutover".into());
     };
 
-    let verification = pglive_migrate::verify(source, target, name, true, events).await?;
+    // Counts and checksums of every row, in parallel parts.
+    let mut checks = VerifyOptions::default();
+    checks.full = true;
+    let verification = pglive_migrate::verify(source, target, name, &checks, events).await?;
     let differing = verification.comparison.mismatches();
     if !differing.is_empty() {
         return Err(format!("{} table(s) differ: {:?}", differing.len(), differing).into());

@@ -173,6 +173,18 @@ pub(crate) struct VerifyArgs {
     /// Compare checksums of every row, not only counts.
     #[arg(long)]
     pub(crate) full: bool,
+    /// Parts compared at once (each reads with one session on either side).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub(crate) jobs: u16,
+    /// Continue the stopped verification of this migration: parts it already compared are not read again.
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// At most this many MB per second read from the source (for busy sources); unlimited by default.
+    #[arg(long, value_name = "MB_PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_rate: Option<u32>,
+    /// About how many MB of a table one part covers (tables with a single integer key are cut into key ranges).
+    #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) part_size: u32,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use pglive_migrate::{
     Control, CutoverOptions, CutoverOutcome, Findings, MigrateOptions, Outcome, Settings,
-    Verification,
+    Verification, VerifyOptions,
 };
 use pglive_postgres::ConnectConfig;
 
@@ -120,8 +120,14 @@ pub(crate) async fn status(args: StatusArgs) -> Result<ExitStatus> {
 /// `pglive verify`.
 pub(crate) async fn verify(args: VerifyArgs, renderer: Arc<Renderer>) -> Result<ExitStatus> {
     let (source, target) = both(&args.servers)?;
+    let mut options = VerifyOptions::default();
+    options.full = args.full;
+    options.jobs = usize::from(args.jobs);
+    options.resume = args.resume;
+    options.max_source_bytes_per_second = args.max_rate.map(|mb| u64::from(mb) * 1_000_000);
+    options.part_bytes = i64::from(args.part_size) << 20;
     let verification =
-        pglive_migrate::verify(source, target, &args.servers.name, args.full, renderer).await?;
+        pglive_migrate::verify(source, target, &args.servers.name, &options, renderer).await?;
     print_verification(&verification, args.full);
     Ok(if verification.comparison.mismatches().is_empty() {
         ExitStatus::Success
@@ -155,6 +161,12 @@ pub(crate) fn print_verification(verification: &Verification, full: bool) {
         for row in &t.differing_rows {
             println!("    {row}");
         }
+    }
+    if comparison.parts_resumed > 0 {
+        println!(
+            "continued a stopped verification: {} of its {} parts were compared before (each at the point recorded with it)",
+            comparison.parts_resumed, comparison.parts
+        );
     }
     match comparison.mismatches().len() {
         0 => println!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pglive_migrate::human::{bytes, count};
-use pglive_migrate::{Control, MigrateOptions, Outcome};
+use pglive_migrate::{Control, MigrateOptions, Outcome, VerifyOptions};
 use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_testkit::{Cluster, ClusterOptions, sample};
 
@@ -194,8 +194,10 @@ pub(crate) async fn run(
     };
 
     renderer.info("demo: verifying every table (counts and checksums)");
+    let mut full = VerifyOptions::default();
+    full.full = true;
     let verification =
-        pglive_migrate::verify(source.clone(), target.clone(), "demo", true, renderer).await?;
+        pglive_migrate::verify(source.clone(), target.clone(), "demo", &full, renderer).await?;
     crate::commands::print_verification(&verification, true);
     let comparison = verification.comparison;
     let status = pglive_migrate::status(target.clone(), "demo").await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pglive_migrate::human::{bytes, count};
-use pglive_migrate::{CopyEvent, Event, Events, PostDataProgress, Progress, Step};
+use pglive_migrate::{CopyEvent, Event, Events, PostDataProgress, Progress, Step, VerifyProgress};
 use pglive_postgres::QualifiedName;
 use serde_json::{Value, json};
 
@@ -36,6 +36,15 @@ pub(crate) struct Renderer {
     copy: Mutex<Option<CopyDisplay>>,
     post_data: Mutex<PostDataDisplay>,
     stream: Mutex<StreamDisplay>,
+    verify: Mutex<Option<VerifyDisplay>>,
+}
+
+/// A verification's progress: the rate counts only what this run read.
+struct VerifyDisplay {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    bytes_before: u64,
+    last_line: Instant,
 }
 
 #[derive(Default)]
@@ -73,6 +82,7 @@ impl Renderer {
             copy: Mutex::new(None),
             post_data: Mutex::new(PostDataDisplay::default()),
             stream: Mutex::new(StreamDisplay::default()),
+            verify: Mutex::new(None),
         }
     }
 
@@ -323,6 +333,70 @@ impl Renderer {
         self.line("info", &format!("stream: {text}"), fields);
     }
 
+    /// Shows how many parts a verification compared, with its rate and
+    /// ETA; a line at most every few seconds without bars, and the last.
+    fn verify(&self, progress: &VerifyProgress) {
+        let mut guard = self.verify.lock().expect("not poisoned");
+        let display = guard.get_or_insert_with(|| VerifyDisplay {
+            bar: self.bars.as_ref().map(|bars| {
+                let bar = bars.add(ProgressBar::new(progress.bytes.max(1)));
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "verify [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar
+            }),
+            started: Instant::now(),
+            bytes_before: progress.bytes_done,
+            last_line: Instant::now() - COPY_LINE_EVERY,
+        });
+        let finished = progress.parts_done >= progress.parts;
+        if let Some(bar) = &display.bar {
+            bar.set_position(progress.bytes_done);
+            bar.set_message(format!("{}/{} parts", progress.parts_done, progress.parts));
+            if finished {
+                bar.finish_and_clear();
+                *guard = None;
+            }
+            return;
+        }
+        if display.last_line.elapsed() < COPY_LINE_EVERY && !finished {
+            return;
+        }
+        display.last_line = Instant::now();
+        let read = progress.bytes_done.saturating_sub(display.bytes_before);
+        let rate = read as f64 / display.started.elapsed().as_secs_f64().max(0.001);
+        let left = progress.bytes.saturating_sub(progress.bytes_done);
+        let eta = (rate > 0.0 && left > 0).then(|| left as f64 / rate);
+        let text = format!(
+            "verify: {} of {} parts, ~{} of ~{} ({}/s{})",
+            progress.parts_done,
+            progress.parts,
+            bytes(progress.bytes_done),
+            bytes(progress.bytes),
+            bytes(rate as u64),
+            eta.map(|s| format!(", ETA {s:.0}s")).unwrap_or_default(),
+        );
+        let fields = json!({
+            "event": "verify_progress",
+            "step": "verify",
+            "parts_done": progress.parts_done,
+            "parts": progress.parts,
+            "bytes": progress.bytes_done,
+            "estimated_bytes": progress.bytes,
+            "bytes_per_second": rate as u64,
+            "eta_seconds": eta,
+        });
+        if finished {
+            *guard = None;
+        }
+        drop(guard);
+        self.line("info", &text, fields);
+    }
+
     fn streaming_finished(&self) {
         if let Some(bar) = self.stream.lock().expect("not poisoned").bar.take() {
             bar.finish_and_clear();
@@ -357,6 +431,7 @@ impl Events for Renderer {
                 );
             }
             Event::Streaming(progress) => self.streaming(&progress),
+            Event::Verify(progress) => self.verify(&progress),
             Event::StreamingFinished => self.streaming_finished(),
             Event::Reconnecting { reason, delay } => self.line(
                 "warn",

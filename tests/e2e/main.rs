@@ -9,4 +9,5 @@ mod faults;
 mod fence;
 mod migrate;
 mod util;
+mod verify;
 mod versions;

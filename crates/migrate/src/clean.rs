@@ -106,6 +106,7 @@ pub async fn clean(
         }
         pglive_snapshot::reset(&target_state, name).await?;
         pglive_apply::forget(&target_state, name).await?;
+        crate::verify::forget(&target_state, name).await?;
         if migration.is_some() {
             done.push(format!(
                 "removed migration {name:?} from the target's state"

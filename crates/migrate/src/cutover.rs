@@ -588,15 +588,21 @@ async fn counts_at_point(
     let snapshot = crate::stages::exported_snapshot(&slot)?;
     let point = slot.consistent_point;
     live::pause_at(session, point, events).await?;
-    let target_at_point = verify::TargetSnapshot::take(&job.target).await;
+    let target_at_point = verify::ExportedSnapshot::take(&job.target).await;
     session.applier.resume().await?;
     let target_at_point = target_at_point?;
-    let comparison = verify::compare_at(
-        &source,
-        &snapshot.name,
-        &target_at_point,
+    let at_source = verify::Point {
+        config: &job.source,
+        snapshot: &snapshot.name,
+    };
+    let mut options = crate::VerifyOptions::default();
+    options.jobs = job.options.jobs;
+    let comparison = verify::compare(
+        (at_source, target_at_point.point()),
         &job.filter(),
-        false,
+        &options,
+        (None, None),
+        events,
     )
     .await?;
     replication.close().await.ok();

@@ -241,6 +241,22 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// `--resume` found no stopped verification to continue.
+    #[error("no stopped verification of {name:?} to resume: {reason}")]
+    VerifyResume {
+        /// The migration's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Another `pglive verify` of the same migration is running.
+    #[error(
+        "another `pglive verify` of {name:?} is running against this target: wait for it, or stop it (a stopped verification continues with --resume)"
+    )]
+    VerifyBusy {
+        /// The migration's name.
+        name: String,
+    },
 }
 
 impl Error {
@@ -259,6 +275,14 @@ impl Error {
         // The stages wrap connection errors of their own (the copy's and
         // the schema copy's sessions): any transient cause counts.
         direct || causes(self).any(transient_cause)
+    }
+
+    /// Whether a server refused for want of a privilege (SQLSTATE 42501).
+    pub fn is_privilege(&self) -> bool {
+        std::iter::once(self as &(dyn std::error::Error + 'static))
+            .chain(causes(self))
+            .filter_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+            .any(|e| e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE))
     }
 }
 

@@ -98,11 +98,29 @@ pub enum Event {
         /// How long until the next attempt.
         delay: Duration,
     },
+    /// A verification compared one more part (or is about to begin).
+    Verify(VerifyProgress),
     /// The cutover is complete: the application may switch to the target.
     SwitchNow {
         /// What the cutover did, on one line.
         summary: String,
     },
+}
+
+/// How far a verification got, after each part it compared.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct VerifyProgress {
+    /// Parts compared, including those a stopped verification compared.
+    pub parts_done: usize,
+    /// Every part.
+    pub parts: usize,
+    /// Estimated source bytes of the parts compared.
+    pub bytes_done: u64,
+    /// Estimated source bytes of every part.
+    pub bytes: u64,
+    /// The table of the part just compared (none before the first).
+    pub table: Option<String>,
 }
 
 /// Receives a migration's events; called from any task, so it must be

@@ -86,13 +86,13 @@ pub use clean::clean;
 pub use control::Control;
 pub use cutover::{CutoverOptions, CutoverOutcome, abort_cutover, cutover};
 pub use error::{Error, Result, chain};
-pub use events::{Event, Events, Ignore, Step};
+pub use events::{Event, Events, Ignore, Step, VerifyProgress};
 pub use job::MigrateOptions;
 pub use preflight::Findings;
 pub use stages::{Outcome, migrate};
 pub use state::{Settings, Stage};
 pub use status::{CopyStatus, Status, TableCopy, status};
-pub use verify::{Comparison, TableComparison, Verification, verify};
+pub use verify::{Comparison, TableComparison, Verification, VerifyOptions, verify};
 
 /// The applier's figures, as [`Event::Streaming`] carries them.
 pub use pglive_apply::Progress;

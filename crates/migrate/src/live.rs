@@ -20,7 +20,7 @@ use crate::fence;
 use crate::job::Job;
 use crate::publication;
 use crate::slot::{self, SlotWal};
-use crate::state::{self, Record, Stage};
+use crate::state::{self, Record, Stage, VerifyRequest};
 
 /// How streaming ended.
 pub(crate) enum LiveOutcome {
@@ -38,7 +38,8 @@ enum Reason {
     Cutover {
         fence: bool,
     },
-    Verify(Lsn),
+    /// A `pglive verify` asks apply to hold.
+    VerifyHold,
     /// Source tables the migration does not carry yet (see
     /// `publication::tables_not_carried`).
     NotCarried(Vec<QualifiedName>),
@@ -298,12 +299,11 @@ async fn session(
                     events.note(Step::Cutover, "cutover: streaming goes on");
                     return Ok(Stretch::CutoverWithdrawn);
                 }
-                (Stopped::Shutdown, Some(Reason::Verify(lsn))) => {
+                (Stopped::Shutdown, Some(Reason::VerifyHold)) => {
                     if !pause_for_verify(
                         job,
                         &mut applier,
                         &mut stream,
-                        lsn,
                         &state_client,
                         events.as_ref(),
                         control,
@@ -417,29 +417,76 @@ async fn watch_requests(
                     );
                 }
             }
-            if let Some((lsn, request)) = m.verify_request {
-                if request == "requested" {
-                    return set(Reason::Verify(lsn));
-                }
+            if m.verify_request == Some(VerifyRequest::Hold) {
+                return set(Reason::VerifyHold);
             }
         }
     }
 }
 
-/// Applies exactly up to `lsn`, holds there while `pglive verify` compares,
-/// then resumes. False when a stop interrupted the pause.
+/// How long apply holds for a verification to take the source's snapshot
+/// (longer when transactions open on the source delay it): then it goes
+/// on, and the verification tries again.
+const VERIFY_HOLD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The running migrate's side of a live verification's handshake (see
+/// [`VerifyRequest`]), with apply stopped at a transaction boundary: holds
+/// while the verifier takes the source's snapshot, then applies exactly up
+/// to its point and pauses there while the verifier takes the target's,
+/// then resumes. False when a stop interrupted it.
 async fn pause_for_verify(
     job: &Job,
     applier: &mut Applier,
     stream: &mut ReplicationStream,
-    lsn: Lsn,
     state_client: &tokio_postgres::Client,
     events: &dyn Events,
     control: &Control,
 ) -> Result<bool> {
+    let name = job.name();
+    if !state::move_verify_request(state_client, name, VerifyRequest::Hold, VerifyRequest::Held)
+        .await?
+    {
+        return Ok(true);
+    }
+    let held_since = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + VERIFY_HOLD_PATIENCE;
+    let lsn = loop {
+        tokio::select! {
+            () = control.stopped() => {
+                state::clear_verify_request(state_client, name).await?;
+                return Ok(false);
+            }
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        match state::verify_request(state_client, name).await? {
+            Some(VerifyRequest::Requested(lsn)) => break lsn,
+            Some(VerifyRequest::Held) if tokio::time::Instant::now() < deadline => {}
+            Some(VerifyRequest::Held) => {
+                let given_up = state::move_verify_request(
+                    state_client,
+                    name,
+                    VerifyRequest::Held,
+                    VerifyRequest::Missed,
+                )
+                .await?;
+                if given_up {
+                    return Ok(true);
+                }
+            }
+            // Withdrawn.
+            _ => return Ok(true),
+        }
+    };
     if applier.applied_lsn() > lsn {
-        // Already past the verifier's snapshot: it will take a newer one.
-        state::set_verify_state(state_client, job.name(), Some("missed")).await?;
+        // Cannot happen while apply held before the point was taken; the
+        // verifier starts over if it does.
+        state::move_verify_request(
+            state_client,
+            name,
+            VerifyRequest::Requested(lsn),
+            VerifyRequest::Missed,
+        )
+        .await?;
         return Ok(true);
     }
     events.note(
@@ -453,23 +500,35 @@ async fn pause_for_verify(
     })
     .await?;
     if stopped != Stopped::Paused(lsn) {
-        state::set_verify_state(state_client, job.name(), None).await?;
+        state::clear_verify_request(state_client, name).await?;
         return Ok(false);
     }
-    state::set_verify_state(state_client, job.name(), Some("paused")).await?;
+    state::move_verify_request(
+        state_client,
+        name,
+        VerifyRequest::Requested(lsn),
+        VerifyRequest::Paused(lsn),
+    )
+    .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(3600);
     loop {
         tokio::select! {
             () = control.stopped() => break,
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-        let pending = state::verify_request(state_client, job.name()).await?;
-        if pending.is_none_or(|(at, _)| at != lsn) || std::time::Instant::now() > deadline {
+        let pending = state::verify_request(state_client, name).await?;
+        if pending != Some(VerifyRequest::Paused(lsn)) || std::time::Instant::now() > deadline {
             break;
         }
     }
     applier.resume().await?;
-    events.note(Step::Verify, "verify: apply resumed");
+    events.note(
+        Step::Verify,
+        format!(
+            "verify: apply resumed, after holding {:.1}s for the comparison's point",
+            held_since.elapsed().as_secs_f64()
+        ),
+    );
     Ok(!control.stop_requested())
 }
 

@@ -86,9 +86,8 @@ pub(crate) struct Record {
     /// The slot's WAL figures as last seen while streaming.
     pub slot_wal: Option<serde_json::Value>,
     pub summary: Option<String>,
-    /// A `pglive verify` request: the LSN it wants apply paused at and the
-    /// request's state.
-    pub verify_request: Option<(Lsn, String)>,
+    /// A `pglive verify` request, where its handshake is.
+    pub verify_request: Option<VerifyRequest>,
     /// What the migration was started with; every later command uses it.
     pub settings: Settings,
     /// Whether `settings` were recorded (a migration started by an earlier
@@ -420,21 +419,60 @@ pub(crate) async fn finish(client: &Client, name: &str, summary: &str) -> Result
     Ok(())
 }
 
-/// A live verification's request: pause apply before `lsn` (the point of
-/// the verifier's exported snapshot).
-pub(crate) async fn request_verify(client: &Client, name: &str, lsn: Lsn) -> Result<()> {
+/// Where a live verification's handshake with the running `migrate` is
+/// (`verify_state`, `verify_lsn`): verify asks apply to hold; migrate holds
+/// at a transaction boundary; verify takes the source's snapshot (whose
+/// point is then ahead of everything applied) and asks apply to go on to
+/// exactly that point; migrate pauses there while the target's snapshot is
+/// taken. Either side may give up a step (`Missed`) and verify starts over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VerifyRequest {
+    /// Verify asks apply to hold.
+    Hold,
+    /// Apply holds; verify is taking the source's snapshot.
+    Held,
+    /// Apply is to go on to this point and pause there.
+    Requested(Lsn),
+    /// Apply is paused at this point.
+    Paused(Lsn),
+    /// The step was given up: verify starts over.
+    Missed,
+}
+
+impl VerifyRequest {
+    fn state(self) -> &'static str {
+        match self {
+            VerifyRequest::Hold => "hold",
+            VerifyRequest::Held => "held",
+            VerifyRequest::Requested(_) => "requested",
+            VerifyRequest::Paused(_) => "paused",
+            VerifyRequest::Missed => "missed",
+        }
+    }
+
+    fn lsn(self) -> Option<String> {
+        match self {
+            VerifyRequest::Requested(lsn) | VerifyRequest::Paused(lsn) => Some(lsn.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Asks the running migrate to hold apply for a verification (replacing
+/// any earlier request).
+pub(crate) async fn ask_verify_hold(client: &Client, name: &str) -> Result<()> {
     client
         .execute(
-            "UPDATE pglive.migration SET verify_lsn = $2::text::pg_lsn, verify_state = 'requested' WHERE name = $1",
-            &[&name, &lsn.to_string()],
+            "UPDATE pglive.migration SET verify_lsn = NULL, verify_state = 'hold' WHERE name = $1",
+            &[&name],
         )
         .await
-        .doing("requesting a verification pause")?;
+        .doing("asking apply to hold for a verification")?;
     Ok(())
 }
 
-/// The pending verification request and its state, if any.
-pub(crate) async fn verify_request(client: &Client, name: &str) -> Result<Option<(Lsn, String)>> {
+/// The pending verification request, if any.
+pub(crate) async fn verify_request(client: &Client, name: &str) -> Result<Option<VerifyRequest>> {
     let row = client
         .query_opt(
             "SELECT verify_lsn::text, verify_state FROM pglive.migration WHERE name = $1",
@@ -449,29 +487,47 @@ pub(crate) async fn verify_request(client: &Client, name: &str) -> Result<Option
 }
 
 /// The verification request from the `verify_lsn` and `verify_state`
-/// columns (set and cleared together).
-fn verify_request_of(lsn: Option<String>, state: Option<String>) -> Result<Option<(Lsn, String)>> {
-    match (lsn, state) {
-        (Some(lsn), Some(state)) => Ok(Some((lsn.parse()?, state))),
-        _ => Ok(None),
-    }
+/// columns (an unknown state, written by another pglive, reads as none).
+fn verify_request_of(lsn: Option<String>, state: Option<String>) -> Result<Option<VerifyRequest>> {
+    let lsn = lsn.map(|l| l.parse::<Lsn>()).transpose()?;
+    Ok(match (state.as_deref(), lsn) {
+        (Some("hold"), _) => Some(VerifyRequest::Hold),
+        (Some("held"), _) => Some(VerifyRequest::Held),
+        (Some("requested"), Some(lsn)) => Some(VerifyRequest::Requested(lsn)),
+        (Some("paused"), Some(lsn)) => Some(VerifyRequest::Paused(lsn)),
+        (Some("missed"), _) => Some(VerifyRequest::Missed),
+        _ => None,
+    })
 }
 
-/// Answers or clears (`None`) the verification request.
-pub(crate) async fn set_verify_state(
+/// Moves the verification request from state `from` to `to`; false when it
+/// was no longer in `from` (the other side moved it first).
+pub(crate) async fn move_verify_request(
     client: &Client,
     name: &str,
-    verify_state: Option<&str>,
-) -> Result<()> {
-    client
+    from: VerifyRequest,
+    to: VerifyRequest,
+) -> Result<bool> {
+    let moved = client
         .execute(
-            "UPDATE pglive.migration SET verify_state = $2,
-                    verify_lsn = CASE WHEN $2::text IS NULL THEN NULL ELSE verify_lsn END
-              WHERE name = $1",
-            &[&name, &verify_state],
+            "UPDATE pglive.migration SET verify_state = $3, verify_lsn = $4::text::pg_lsn
+              WHERE name = $1 AND verify_state = $2",
+            &[&name, &from.state(), &to.state(), &to.lsn()],
         )
         .await
         .doing("answering the verification request")?;
+    Ok(moved == 1)
+}
+
+/// Clears the verification request.
+pub(crate) async fn clear_verify_request(client: &Client, name: &str) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET verify_state = NULL, verify_lsn = NULL WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .doing("clearing the verification request")?;
     Ok(())
 }
 
@@ -661,6 +717,19 @@ pub(crate) async fn try_lock(client: &Client, name: &str) -> Result<bool> {
         .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(name)])
         .await
         .doing("taking the migration lock")?;
+    Ok(row.get(0))
+}
+
+/// Takes the lock of migration `name`'s verification for the session;
+/// false when another `pglive verify` holds it.
+pub(crate) async fn try_lock_verify(client: &Client, name: &str) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[&lock_key(&format!("verify {name}"))],
+        )
+        .await
+        .doing("taking the verification's lock")?;
     Ok(row.get(0))
 }
 

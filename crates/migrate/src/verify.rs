@@ -1,24 +1,31 @@
-//! `pglive verify`: the same counts and checksums computed on both sides.
-//!
-//! The checksum of a table is the sum of the first 60 bits of each row's
-//! md5 (of its text form, under the pinned session settings): independent of
-//! row order, so no sort, and bounded memory on any table size. On a
-//! mismatch of a table with a single integer key, the key space is split
-//! into ranges to say where the rows differ.
+//! `pglive verify`: the same counts and checksums computed on both sides,
+//! at one consistent point, in parallel parts that are recorded as they
+//! end (so a stopped verification continues), paced under a read limit;
+//! where a part differs, the differing rows are named.
 
+mod figures;
+mod narrow;
+mod parts;
+mod record;
+mod side;
+
+use std::collections::HashMap;
 use std::fmt;
-
 use std::sync::Arc;
 
-use pglive_postgres::{ConnectConfig, connect_sql, quote_literal};
+use pglive_postgres::ConnectConfig;
 use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
-use pglive_schema::{Catalog, ObjectFilter, Table};
+use pglive_schema::ObjectFilter;
 use tokio_postgres::Client;
 
 use crate::error::{Doing, Error, Result};
 use crate::events::{Events, Step};
 use crate::preflight;
-use crate::state::{self, Stage};
+use crate::state::{self, Stage, VerifyRequest};
+
+use narrow::MAX_ROWS_NAMED;
+pub(crate) use record::remove as forget;
+pub(crate) use side::{ExportedSnapshot, Point};
 
 /// One table's figures on both sides.
 #[derive(Debug, Clone)]
@@ -41,12 +48,6 @@ pub struct TableComparison {
     /// `id=9 only on the target`.
     pub differing_rows: Vec<String>,
 }
-
-/// How many differing rows a comparison names per table.
-pub(crate) const MAX_ROWS_NAMED: usize = 20;
-
-/// Below this many keys a differing range is compared row by row.
-const ROWS_AT_ONCE: i64 = 512;
 
 impl TableComparison {
     /// Whether counts (and checksums) are equal.
@@ -78,6 +79,10 @@ impl fmt::Display for TableComparison {
 pub struct Comparison {
     /// One entry per table, in catalog order.
     pub tables: Vec<TableComparison>,
+    /// Parts compared, in all.
+    pub parts: usize,
+    /// Parts a stopped verification had compared (with `resume`).
+    pub parts_resumed: usize,
 }
 
 impl Comparison {
@@ -87,291 +92,155 @@ impl Comparison {
     }
 }
 
-fn checksum_sql(table: &Table, condition: &str) -> String {
-    // Generated columns are computed on each side; compare only copied ones.
-    let columns: Vec<String> = table
-        .copied_columns()
-        .map(|c| pglive_postgres::quote_ident(&c.name))
-        .collect();
-    let row = if columns.is_empty() {
-        "''".to_owned()
-    } else {
-        format!("ROW({})::text", columns.join(", "))
-    };
-    format!(
-        "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({row}), 1, 15))::bit(60)::int8::numeric), 0)::text FROM ONLY {} t{condition}",
-        table.name.quoted()
-    )
+/// How a verification runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct VerifyOptions {
+    /// Checksums of every row, not only counts.
+    pub full: bool,
+    /// Parts compared at once, each by a session on either side.
+    pub jobs: usize,
+    /// Continue the migration's stopped verification: parts it compared
+    /// are not read again (the rest are read at a new consistent point).
+    pub resume: bool,
+    /// The most bytes per second read from the source (estimated from
+    /// table sizes), for busy sources; `None` reads as fast as it can.
+    pub max_source_bytes_per_second: Option<u64>,
+    /// About how many bytes of a table one part covers (tables with a
+    /// single integer key are cut into key ranges of about this size).
+    pub part_bytes: i64,
 }
 
-/// One side of a comparison: a session, reading the present or a snapshot.
-/// Under a snapshot each read is a short transaction of its own that
-/// imports it, so no table stays locked while the others are read (apply
-/// goes on meanwhile, and may need those locks).
-#[derive(Clone, Copy)]
-pub(crate) struct Side<'a> {
-    client: &'a Client,
-    snapshot: Option<&'a str>,
-}
-
-impl<'a> Side<'a> {
-    /// Reads the present.
-    pub fn now(client: &'a Client) -> Side<'a> {
-        Side {
-            client,
-            snapshot: None,
+impl Default for VerifyOptions {
+    fn default() -> VerifyOptions {
+        VerifyOptions {
+            full: false,
+            jobs: 4,
+            resume: false,
+            max_source_bytes_per_second: None,
+            part_bytes: parts::PART_BYTES,
         }
-    }
-
-    /// Reads exported snapshot `snapshot` (whose exporter stays open).
-    pub fn at(client: &'a Client, snapshot: &'a str) -> Side<'a> {
-        Side {
-            client,
-            snapshot: Some(snapshot),
-        }
-    }
-
-    async fn begin(&self) -> Result<()> {
-        if let Some(snapshot) = self.snapshot {
-            self.client
-                .batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                    quote_literal(snapshot)
-                ))
-                .await
-                .doing("importing the comparison's snapshot")?;
-        }
-        Ok(())
-    }
-
-    async fn end(&self) {
-        if self.snapshot.is_some() {
-            self.client.batch_execute("ROLLBACK").await.ok();
-        }
-    }
-
-    async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>> {
-        self.begin().await?;
-        let rows = self
-            .client
-            .query(sql, &[])
-            .await
-            .doing_with(|| format!("running {sql}"));
-        self.end().await;
-        rows
-    }
-
-    async fn query_one(&self, sql: &str) -> Result<tokio_postgres::Row> {
-        let mut rows = self.query(sql).await?;
-        match rows.len() {
-            1 => Ok(rows.remove(0)),
-            n => Err(Error::State {
-                reason: format!("{sql} returned {n} rows instead of one"),
-            }),
-        }
-    }
-
-    async fn catalog(&self, filter: &ObjectFilter) -> Result<Catalog> {
-        self.begin().await?;
-        let catalog = Catalog::read(self.client, filter).await;
-        self.end().await;
-        Ok(catalog?)
     }
 }
 
-async fn figures(side: Side<'_>, sql: &str, full: bool) -> Result<(u64, Option<String>)> {
-    let row = side.query_one(sql).await?;
-    let count: i64 = row.get(0);
-    Ok((count as u64, full.then(|| row.get(1))))
-}
-
-/// Compares every table the filter selects (as the source lists them);
-/// `full` adds checksums.
+/// Compares every table `filter` selects (as the source lists them) at
+/// `source` and `target`, in parts, `options.jobs` at once. With `record`
+/// (the migration's name) each part's figures are kept on the target as
+/// they end, and `options.resume` continues from them; `point` is recorded
+/// with them.
 pub(crate) async fn compare(
-    source: Side<'_>,
-    target: Side<'_>,
+    (source, target): (Point<'_>, Point<'_>),
     filter: &ObjectFilter,
-    full: bool,
+    options: &VerifyOptions,
+    (record, point): (Option<&str>, Option<String>),
+    events: &dyn Events,
 ) -> Result<Comparison> {
-    let catalog = source.catalog(filter).await?;
-    let mut tables = Vec::new();
-    for table in catalog.tables_with_rows() {
-        let sql = if full {
-            checksum_sql(table, "")
-        } else {
-            format!(
-                "SELECT count(*)::int8, '' FROM ONLY {}",
-                table.name.quoted()
-            )
+    let (main_source, main_target) = tokio::try_join!(source.open(), target.open())?;
+    let catalog = main_source.side().catalog(filter).await?;
+    let tables: Vec<_> = catalog.tables_with_rows().collect();
+    let (plan, known) = match record {
+        Some(name) if options.resume => {
+            let recorded = record::stopped(main_target.client(), name).await?;
+            if recorded.full != options.full {
+                return Err(Error::VerifyResume {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "it was started {} --full; run it the same way",
+                        if recorded.full { "with" } else { "without" }
+                    ),
+                });
+            }
+            let (mut plan, mut known): (Vec<_>, Vec<_>) = recorded.parts.into_iter().unzip();
+            let new: Vec<_> = tables
+                .iter()
+                .filter(|t| !plan.iter().any(|p| p.table == t.name.to_string()))
+                .copied()
+                .collect();
+            let added = parts::plan(main_source.side(), &new, options.part_bytes).await?;
+            record::add(main_target.client(), name, &added).await?;
+            known.extend(added.iter().map(|_| None));
+            plan.extend(added);
+            (plan, known)
+        }
+        _ => {
+            let plan = parts::plan(main_source.side(), &tables, options.part_bytes).await?;
+            if let Some(name) = record {
+                record::start(main_target.client(), name, options.full, &plan).await?;
+            }
+            let known = vec![None; plan.len()];
+            (plan, known)
+        }
+    };
+    let parts_resumed = known.iter().flatten().count();
+    let run = parts::Run {
+        tables: tables.iter().map(|t| (t.name.to_string(), *t)).collect(),
+        full: options.full,
+        jobs: options.jobs,
+        pace: options.max_source_bytes_per_second.map(parts::Pace::new),
+        record,
+        point,
+        events,
+    };
+    let figures = run.compare(source, target, &plan, known).await?;
+    let mut by_table: HashMap<&str, Vec<(&record::PartPlan, &record::Figures)>> = HashMap::new();
+    for (part, figures) in plan.iter().zip(&figures) {
+        by_table
+            .entry(&part.table)
+            .or_default()
+            .push((part, figures));
+    }
+    let mut compared = Vec::new();
+    for table in &tables {
+        let name = table.name.to_string();
+        let mut parts = by_table.remove(name.as_str()).unwrap_or_default();
+        parts.sort_by_key(|(p, _)| p.number);
+        let sum = |pick: fn(&record::Figures) -> Option<&String>| {
+            let sums: Option<Vec<&String>> = parts.iter().map(|(_, f)| pick(f)).collect();
+            sums.and_then(|s| figures::add_checksums(s.into_iter().map(String::as_str)))
         };
-        let (source_rows, source_checksum) = figures(source, &sql, full).await?;
-        let (target_rows, target_checksum) = figures(target, &sql, full)
-            .await
-            .doing_with(|| format!("reading {} on the target", table.name))?;
         let mut comparison = TableComparison {
-            table: table.name.to_string(),
-            source_rows,
-            target_rows,
-            source_checksum,
-            target_checksum,
+            table: name.clone(),
+            source_rows: parts.iter().map(|(_, f)| f.source_rows as u64).sum(),
+            target_rows: parts.iter().map(|(_, f)| f.target_rows as u64).sum(),
+            source_checksum: options
+                .full
+                .then(|| sum(|f| f.source_sum.as_ref()))
+                .flatten(),
+            target_checksum: options
+                .full
+                .then(|| sum(|f| f.target_sum.as_ref()))
+                .flatten(),
             differing_ranges: Vec::new(),
             differing_rows: Vec::new(),
         };
-        if !comparison.matches() {
-            (comparison.differing_ranges, comparison.differing_rows) =
-                narrow(source, target, table).await?;
+        for (part, figures) in &parts {
+            let differs = figures.source_rows != figures.target_rows
+                || figures.source_sum != figures.target_sum;
+            let want = MAX_ROWS_NAMED - comparison.differing_rows.len();
+            if !differs || want == 0 {
+                continue;
+            }
+            let found = narrow::narrow(
+                main_source.side(),
+                main_target.side(),
+                table,
+                part.range.condition().as_deref(),
+                want,
+            )
+            .await?;
+            comparison.differing_ranges.extend(found.ranges);
+            comparison.differing_rows.extend(found.rows);
         }
-        tables.push(comparison);
+        compared.push(comparison);
     }
-    Ok(Comparison { tables })
-}
-
-/// The lowest and highest value of an integer `key` on either side.
-async fn key_bounds(
-    source: Side<'_>,
-    target: Side<'_>,
-    table: &Table,
-    key: &str,
-) -> Result<Option<(i64, i64)>> {
-    let bounds = format!(
-        "SELECT min({key})::int8, max({key})::int8 FROM ONLY {}",
-        table.name.quoted()
-    );
-    let (s, t) = (
-        source.query_one(&bounds).await?,
-        target.query_one(&bounds).await?,
-    );
-    let lows = [s.get::<_, Option<i64>>(0), t.get::<_, Option<i64>>(0)];
-    let highs = [s.get::<_, Option<i64>>(1), t.get::<_, Option<i64>>(1)];
-    Ok(
-        match (lows.iter().flatten().min(), highs.iter().flatten().max()) {
-            (Some(low), Some(high)) => Some((*low, *high)),
-            _ => None,
-        },
-    )
-}
-
-/// `[start, end)` of key `column` as a condition; an end past the largest
-/// bigint leaves the range open above.
-fn key_range(column: &str, start: i128, end: i128) -> String {
-    if end > i128::from(i64::MAX) {
-        format!(" WHERE {column} >= {start}")
-    } else {
-        format!(" WHERE {column} >= {start} AND {column} < {end}")
+    if let Some(name) = record {
+        record::finish(main_target.client(), name).await?;
     }
-}
-
-/// The sixteenths of `[start, end)` (fewer when it is narrower).
-fn sixteenths(start: i128, end: i128) -> Vec<(i128, i128)> {
-    let step = ((end - start) / 16).max(1);
-    let mut pieces = Vec::new();
-    let mut from = start;
-    while from < end {
-        let to = (from + step).min(end);
-        pieces.push((from, to));
-        from = to;
-    }
-    pieces
-}
-
-/// The sixteenths of `[start, end)` of `table`'s key whose checksums
-/// differ between the sides.
-async fn differing_sixteenths(
-    source: Side<'_>,
-    target: Side<'_>,
-    table: &Table,
-    key: &str,
-    (start, end): (i128, i128),
-) -> Result<Vec<(i128, i128)>> {
-    let mut differing = Vec::new();
-    for (from, to) in sixteenths(start, end) {
-        let sql = checksum_sql(table, &key_range(key, from, to));
-        if figures(source, &sql, true).await? != figures(target, &sql, true).await? {
-            differing.push((from, to));
-        }
-    }
-    Ok(differing)
-}
-
-/// Where the rows of a table with an integer key differ: the sixteenths of
-/// the key's span that differ, and the differing rows themselves, found
-/// data-diff style (ranges whose checksums differ are cut in 16 until they
-/// hold few keys, which are compared row by row by key and digest; every
-/// query reads a key range through the key's index).
-async fn narrow(
-    source: Side<'_>,
-    target: Side<'_>,
-    table: &Table,
-) -> Result<(Vec<String>, Vec<String>)> {
-    let Some(key) = table.integer_key() else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let quoted = pglive_postgres::quote_ident(key);
-    let Some((low, high)) = key_bounds(source, target, table, &quoted).await? else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let span = (i128::from(low), i128::from(high) + 1);
-    let top = differing_sixteenths(source, target, table, &quoted, span).await?;
-    let ranges = top
-        .iter()
-        .map(|(from, to)| format!("[{from}, {to})"))
-        .collect();
-    let mut rows = Vec::new();
-    // Lowest keys first.
-    let mut pending: Vec<(i128, i128)> = top.into_iter().rev().collect();
-    while let Some((from, to)) = pending.pop() {
-        if rows.len() >= MAX_ROWS_NAMED {
-            break;
-        }
-        if to - from <= i128::from(ROWS_AT_ONCE) {
-            let condition = key_range(&quoted, from, to);
-            rows.extend(rows_that_differ(source, target, table, key, &condition).await?);
-        } else {
-            let differing =
-                differing_sixteenths(source, target, table, &quoted, (from, to)).await?;
-            pending.extend(differing.into_iter().rev());
-        }
-    }
-    rows.truncate(MAX_ROWS_NAMED);
-    Ok((ranges, rows))
-}
-
-/// The rows of one small key range that differ, by the value of `key`
-/// (unquoted).
-async fn rows_that_differ(
-    source: Side<'_>,
-    target: Side<'_>,
-    table: &Table,
-    key: &str,
-    condition: &str,
-) -> Result<Vec<String>> {
-    let columns: Vec<String> = table
-        .copied_columns()
-        .map(|c| pglive_postgres::quote_ident(&c.name))
-        .collect();
-    let sql = format!(
-        "SELECT {}::int8, md5(ROW({})::text) FROM ONLY {} t{condition}",
-        pglive_postgres::quote_ident(key),
-        columns.join(", "),
-        table.name.quoted()
-    );
-    let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeMap<i64, String> {
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-    };
-    let on_source = read(source.query(&sql).await?);
-    let on_target = read(target.query(&sql).await?);
-    let mut keys: Vec<&i64> = on_source.keys().chain(on_target.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    Ok(keys
-        .into_iter()
-        .filter_map(|k| match (on_source.get(k), on_target.get(k)) {
-            (Some(a), Some(b)) if a != b => Some(format!("{key}={k} changed")),
-            (Some(_), None) => Some(format!("{key}={k} missing on the target")),
-            (None, Some(_)) => Some(format!("{key}={k} only on the target")),
-            _ => None,
-        })
-        .collect())
+    Ok(Comparison {
+        tables: compared,
+        parts: plan.len(),
+        parts_resumed,
+    })
 }
 
 /// A finished verification.
@@ -387,16 +256,18 @@ pub struct Verification {
 
 /// Compares the tables migration `name` carries (every table when the
 /// target records no such migration): after cutover, or without a
-/// migration, directly; while it streams, at one consistent point: a
-/// temporary slot exports a source snapshot and its exact LSN, the running
-/// [`crate::migrate`] applies up to that LSN and holds while a target
-/// session takes its snapshot, then goes on while both snapshots are
-/// compared. `full` adds checksums of every row.
+/// migration, each side at a snapshot of its own; while it streams, at one
+/// consistent point: a temporary slot exports a source snapshot and its
+/// exact LSN, the running [`crate::migrate`] applies up to that LSN and
+/// holds while a target session takes its snapshot, then goes on while
+/// both snapshots are compared. The parts are recorded on the target as
+/// they end (when the role may create pglive's state there), so
+/// `options.resume` continues a stopped verification.
 pub async fn verify(
     source: ConnectConfig,
     target: ConnectConfig,
     name: &str,
-    full: bool,
+    options: &VerifyOptions,
     events: Arc<dyn Events>,
 ) -> Result<Verification> {
     let source_client = preflight::connect(&source, "source").await?;
@@ -426,155 +297,225 @@ pub async fn verify(
         }
         _ => false,
     };
+    let record = recording(&target_client, name, options, events.as_ref()).await?;
+    // Both are large futures: on the heap.
     let comparison = if live {
-        compare_live(
+        Box::pin(compare_live(
             (&source, &target),
-            &source_client,
             &target_client,
             name,
-            &filter,
-            full,
+            (&filter, options, record),
             events.as_ref(),
-        )
+        ))
         .await?
     } else {
-        compare(
-            Side::now(&source_client),
-            Side::now(&target_client),
+        let (at_source, at_target) = tokio::try_join!(
+            ExportedSnapshot::take(&source),
+            ExportedSnapshot::take(&target)
+        )?;
+        Box::pin(compare(
+            (at_source.point(), at_target.point()),
             &filter,
-            full,
-        )
+            options,
+            (record, None),
+            events.as_ref(),
+        ))
         .await?
     };
+    drop(source_client);
     Ok(Verification { comparison, live })
 }
 
-/// A snapshot of the target taken when it was made (while apply held at a
-/// point), exported by a session that stays open for the comparison's
-/// reads while apply goes on.
-pub(crate) struct TargetSnapshot {
-    target: ConnectConfig,
-    /// Holds the exported snapshot open; never reads a table.
-    _exporter: Client,
-    id: String,
-}
-
-impl TargetSnapshot {
-    /// Takes the target's snapshot now.
-    pub(crate) async fn take(target: &ConnectConfig) -> Result<TargetSnapshot> {
-        let exporter = connect_sql(target).await?;
-        exporter
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .doing("taking the target's snapshot")?;
-        let id: String = exporter
-            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-            .await
-            .doing("taking the target's snapshot")?
-            .get(0);
-        Ok(TargetSnapshot {
-            target: target.clone(),
-            _exporter: exporter,
-            id,
-        })
+/// Whether this verification is recorded on the target (returning the
+/// name it is recorded under), after taking its lock there: a role that may
+/// not create pglive's state verifies unrecorded, with a warning, unless
+/// it was asked to resume.
+async fn recording<'a>(
+    target: &Client,
+    name: &'a str,
+    options: &VerifyOptions,
+    events: &dyn Events,
+) -> Result<Option<&'a str>> {
+    if !state::try_lock_verify(target, name).await? {
+        return Err(Error::VerifyBusy {
+            name: name.to_owned(),
+        });
+    }
+    match record::create_tables(target).await {
+        Ok(()) => Ok(Some(name)),
+        Err(e) if !options.resume && e.is_privilege() => {
+            events.warn(
+                Step::Verify,
+                format!(
+                    "this verification is not recorded on the target, so it cannot be resumed if it stops: {}",
+                    crate::error::chain(&e)
+                ),
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
-/// [`compare`] with the source read under the snapshot a slot exported
-/// (`source_snapshot`, while the slot's connection stays open) and the
-/// target under `target`: both sides as of one point.
-pub(crate) async fn compare_at(
-    source: &Client,
-    source_snapshot: &str,
-    target: &TargetSnapshot,
-    filter: &ObjectFilter,
-    full: bool,
-) -> Result<Comparison> {
-    let reader = connect_sql(&target.target).await?;
-    compare(
-        Side::at(source, source_snapshot),
-        Side::at(&reader, &target.id),
-        filter,
-        full,
-    )
-    .await
-}
+/// How many times a live verification asks apply to hold before giving up.
+const HOLD_ATTEMPTS: usize = 5;
 
+/// The live comparison: both sides at one consistent point, which apply
+/// stops at only for as long as the target's snapshot takes (see
+/// [`VerifyRequest`] for the handshake with the running migrate).
 async fn compare_live(
     (source_config, target_config): (&ConnectConfig, &ConnectConfig),
-    source: &Client,
     target: &Client,
     name: &str,
-    filter: &ObjectFilter,
-    full: bool,
+    (filter, options, record): (&ObjectFilter, &VerifyOptions, Option<&str>),
     events: &dyn Events,
 ) -> Result<Comparison> {
-    let unanswered = |reason: String| Error::VerifyPoint { reason };
-    for _attempt in 0..5 {
-        let mut replication = ReplicationClient::connect(source_config).await?;
-        let slot = replication
-            .create_slot(
-                &format!("pglive_verify_{}", std::process::id()),
-                &SlotOptions {
-                    temporary: true,
-                    snapshot: SnapshotAction::Export,
-                    ..SlotOptions::default()
-                },
-            )
-            .await
-            .doing("creating a temporary slot for the verification snapshot")?;
-        let snapshot = slot
-            .snapshot_name
-            .clone()
-            .ok_or_else(|| unanswered("the temporary slot exported no snapshot".to_owned()))?;
-        state::request_verify(target, name, slot.consistent_point).await?;
-        events.note(
-            Step::Verify,
-            format!(
-                "verify: waiting for apply to reach {} and pause",
-                slot.consistent_point
-            ),
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-        let answer = loop {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            match state::verify_request(target, name).await? {
-                Some((_, state)) if state == "requested" => {}
-                Some((_, state)) => break state,
-                None => {
-                    return Err(unanswered(
-                        "the running migrate dropped the verification request".to_owned(),
-                    ));
-                }
-            }
-            if std::time::Instant::now() > deadline {
-                state::set_verify_state(target, name, None).await?;
-                return Err(unanswered(format!(
-                    "apply did not reach {} within an hour",
-                    slot.consistent_point
-                )));
+    for _attempt in 0..HOLD_ATTEMPTS {
+        let held = hold_at_point(source_config, target_config, target, name, events).await;
+        let held = match held {
+            Ok(held) => held,
+            Err(error) => {
+                state::clear_verify_request(target, name).await.ok();
+                return Err(error);
             }
         };
-        if answer == "missed" {
-            state::set_verify_state(target, name, None).await?;
-            replication.close().await.ok();
+        let Some((replication, slot, target_at_point)) = held else {
             continue;
-        }
-        // Apply holds only while the target's snapshot is taken.
-        let target_at_point = TargetSnapshot::take(target_config).await;
-        state::set_verify_state(target, name, None).await?;
-        events.note(
-            Step::Verify,
-            format!(
-                "verify: both sides' snapshots taken at {}; apply goes on while they are compared",
-                slot.consistent_point
-            ),
-        );
-        let result = compare_at(source, &snapshot, &target_at_point?, filter, full).await;
+        };
+        let snapshot = slot.snapshot_name.clone().unwrap_or_default();
+        let at_source = Point {
+            config: source_config,
+            snapshot: &snapshot,
+        };
+        let result = compare(
+            (at_source, target_at_point.point()),
+            filter,
+            options,
+            (record, Some(slot.consistent_point.to_string())),
+            events,
+        )
+        .await;
         replication.close().await.ok();
         return result;
     }
-    Err(unanswered(
-        "apply kept passing the verification snapshot; try again".to_owned(),
-    ))
+    Err(Error::VerifyPoint {
+        reason: format!(
+            "apply could not be held at one point: {HOLD_ATTEMPTS} times the source's snapshot took longer than apply holds \
+             (transactions open on the source delay it); try again when they end"
+        ),
+    })
+}
+
+/// One attempt of the live handshake: apply holds; a temporary slot exports
+/// the source's snapshot (its point ahead of everything applied); apply
+/// goes on to exactly that point and pauses while the target's snapshot is
+/// taken, then resumes. Returns the slot's connection (which keeps the
+/// source's snapshot), the slot and the target's snapshot; `None` when the
+/// migrate gave the attempt up.
+async fn hold_at_point(
+    source_config: &ConnectConfig,
+    target_config: &ConnectConfig,
+    target: &Client,
+    name: &str,
+    events: &dyn Events,
+) -> Result<
+    Option<(
+        ReplicationClient,
+        pglive_repl::CreatedSlot,
+        ExportedSnapshot,
+    )>,
+> {
+    let unanswered = |reason: &str| Error::VerifyPoint {
+        reason: reason.to_owned(),
+    };
+    state::ask_verify_hold(target, name).await?;
+    events.note(Step::Verify, "verify: asking apply to hold");
+    let waited = wait_for_migrate(target, name, |r| r != VerifyRequest::Hold).await?;
+    match waited {
+        VerifyRequest::Held => {}
+        VerifyRequest::Missed => return Ok(None),
+        other => {
+            return Err(unanswered(&format!(
+                "the running migrate answered {other:?} to a hold"
+            )));
+        }
+    }
+    let mut replication = ReplicationClient::connect(source_config).await?;
+    let slot = replication
+        .create_slot(
+            &format!("pglive_verify_{}", std::process::id()),
+            &SlotOptions {
+                temporary: true,
+                snapshot: SnapshotAction::Export,
+                ..SlotOptions::default()
+            },
+        )
+        .await
+        .doing("creating a temporary slot for the verification snapshot")?;
+    if slot.snapshot_name.is_none() {
+        return Err(unanswered("the temporary slot exported no snapshot"));
+    }
+    let point = slot.consistent_point;
+    let asked = state::move_verify_request(
+        target,
+        name,
+        VerifyRequest::Held,
+        VerifyRequest::Requested(point),
+    )
+    .await?;
+    if !asked {
+        // The migrate stopped holding: the point may be behind apply.
+        replication.close().await.ok();
+        return Ok(None);
+    }
+    match wait_for_migrate(target, name, |r| r != VerifyRequest::Requested(point)).await? {
+        VerifyRequest::Paused(at) if at == point => {}
+        VerifyRequest::Missed => {
+            replication.close().await.ok();
+            return Ok(None);
+        }
+        other => {
+            return Err(unanswered(&format!(
+                "the running migrate answered {other:?} to a pause at {point}"
+            )));
+        }
+    }
+    // Apply holds only while the target's snapshot is taken.
+    let target_at_point = ExportedSnapshot::take(target_config).await;
+    state::clear_verify_request(target, name).await?;
+    events.note(
+        Step::Verify,
+        format!(
+            "verify: both sides' snapshots taken at {point}; apply goes on while they are compared"
+        ),
+    );
+    Ok(Some((replication, slot, target_at_point?)))
+}
+
+/// Waits (up to an hour: apply may first have to work through a backlog)
+/// until `answered` accepts the verification request.
+async fn wait_for_migrate(
+    target: &Client,
+    name: &str,
+    answered: impl Fn(VerifyRequest) -> bool,
+) -> Result<VerifyRequest> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        match state::verify_request(target, name).await? {
+            Some(request) if answered(request) => return Ok(request),
+            Some(_) => {}
+            None => {
+                return Err(Error::VerifyPoint {
+                    reason: "the running migrate dropped the verification request (it stopped?)"
+                        .to_owned(),
+                });
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::VerifyPoint {
+                reason: "the running migrate did not answer within an hour".to_owned(),
+            });
+        }
+    }
 }

@@ -88,7 +88,7 @@ impl PartRange {
     }
 
     /// The SQL condition selecting the part's rows, or `None` for all rows.
-    pub(crate) fn condition(&self) -> Option<String> {
+    pub fn condition(&self) -> Option<String> {
         let bounds =
             |expr: &str, start: &Option<i64>, end: &Option<i64>, wrap: &dyn Fn(i64) -> String| {
                 let mut parts = Vec::new();
@@ -227,8 +227,9 @@ pub async fn plan(
 
 /// Ranges of `table`'s integer `key` for `pieces` parts: at the quantiles
 /// of the key's statistics when the source has them, else evenly between
-/// its minimum and maximum.
-async fn key_ranges(
+/// its minimum and maximum. The first range is open below, the last open
+/// above, so together they hold every row, whatever was added since.
+pub async fn key_ranges(
     client: &impl GenericClient,
     table: &Table,
     key: &str,

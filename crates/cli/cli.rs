@@ -128,6 +128,12 @@ pub(crate) struct MigrateArgs {
     /// Create on the target the source's roles it lacks, without passwords (needs CREATEROLE there).
     #[arg(long)]
     pub(crate) roles: bool,
+    /// The size aimed at for each part of a large table's copy, in MB (tables above four parts' size are split).
+    #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) part_size: u32,
+    /// Join the copy of this migration, run by a `pglive migrate` elsewhere (same --source, --target, --name): take its pending parts with --jobs workers, then exit.
+    #[arg(long, conflicts_with_all = ["cutover_when_ready", "reuse_schema", "roles", "include", "exclude", "no_owner", "no_acl", "slot", "publication"])]
+    pub(crate) join: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

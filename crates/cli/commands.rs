@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use pglive_migrate::human::{bytes, count};
 use pglive_migrate::{
     Control, CutoverOptions, CutoverOutcome, Findings, MigrateOptions, Outcome, Settings,
     Verification, VerifyOptions,
@@ -51,6 +52,7 @@ pub(crate) fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
     };
     options.copy_roles = args.roles;
     options.cutover_when_ready = args.cutover_when_ready;
+    options.part_bytes = i64::from(args.part_size) << 20;
     options
 }
 
@@ -62,6 +64,19 @@ pub(crate) async fn migrate(
 ) -> Result<ExitStatus> {
     let (source, target) = both(&args.servers)?;
     let options = migrate_options(&args);
+    if args.join {
+        let joined = pglive_migrate::join_copy(source, target, &options, renderer.clone()).await?;
+        renderer.info(&format!(
+            "joined migration {:?}: copied {} part(s), {} rows, {} in {:.1}s; {} part(s) still being copied by other processes",
+            options.name,
+            joined.parts,
+            count(joined.rows),
+            bytes(joined.bytes),
+            joined.elapsed.as_secs_f64(),
+            joined.remaining
+        ));
+        return Ok(ExitStatus::Success);
+    }
     let outcome =
         pglive_migrate::migrate(source, target, &options, renderer.clone(), &control).await?;
     Ok(match outcome {

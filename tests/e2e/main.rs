@@ -7,6 +7,7 @@ mod corpus;
 mod example;
 mod faults;
 mod fence;
+mod join;
 mod migrate;
 mod util;
 mod verify;

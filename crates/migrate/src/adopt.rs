@@ -24,7 +24,7 @@ use pglive_postgres::QualifiedName;
 use pglive_postgres::connect_sql;
 use pglive_repl::ReplicationClient;
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy};
-use pglive_snapshot::{Copier, CopyOptions};
+use pglive_snapshot::Copier;
 
 use crate::error::chain;
 use crate::events::{Events, Step};
@@ -93,9 +93,7 @@ pub(crate) async fn adopt(
     // Updates of an adopted keyless table before its copy are in the copy.
     let keyless = publication::keyless_changes(&source, &catalog).await?;
     state::add_keyless_baseline(&target, job.name(), &keyless).await?;
-    let mut copy_options = CopyOptions::default();
-    copy_options.migration = job.name().to_owned();
-    copy_options.workers = job.options.jobs;
+    let mut copy_options = job.copy_options();
     copy_options.plan.large_objects = false;
     let summary = Copier::new(
         job.source.clone(),

@@ -249,6 +249,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// `migrate --join` found no running copy to join.
+    #[error("nothing to join in migration {name:?}: {reason}")]
+    NothingToJoin {
+        /// The migration's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Another `pglive verify` of the same migration is running.
     #[error(
         "another `pglive verify` of {name:?} is running against this target: wait for it, or stop it (a stopped verification continues with --resume)"

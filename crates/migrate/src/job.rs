@@ -34,6 +34,9 @@ pub struct MigrateOptions {
     pub copy_roles: bool,
     /// Cut over by itself once the stream has caught up.
     pub cutover_when_ready: bool,
+    /// The size aimed at for each part of a table the copy splits (tables
+    /// above four parts' size are split). Default: 256 MiB.
+    pub part_bytes: i64,
 }
 
 impl MigrateOptions {
@@ -51,6 +54,7 @@ impl MigrateOptions {
             settings: Settings::default(),
             copy_roles: false,
             cutover_when_ready: false,
+            part_bytes: 256 << 20,
         }
     }
 
@@ -114,6 +118,16 @@ impl Job {
     /// Which schemas and tables, from the settings.
     pub fn filter(&self) -> ObjectFilter {
         self.options.settings.filter()
+    }
+
+    /// The copy's options for this job.
+    pub fn copy_options(&self) -> pglive_snapshot::CopyOptions {
+        let mut options = pglive_snapshot::CopyOptions::default();
+        options.migration = self.name().to_owned();
+        options.workers = self.options.jobs;
+        options.plan.part_size = self.options.part_bytes.max(1);
+        options.plan.split_threshold = self.options.part_bytes.max(1).saturating_mul(4);
+        options
     }
 
     /// The schema copy's options for this job.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_repl::{CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, SchemaCopy};
-use pglive_snapshot::{Copier, CopyOptions, Snapshot};
+use pglive_snapshot::{Copier, Snapshot};
 use tokio_postgres::Client;
 
 use crate::control::Control;
@@ -407,24 +407,31 @@ async fn copy(
             job.options.jobs
         ),
     );
-    let mut options = CopyOptions::default();
-    options.migration = job.name().to_owned();
-    options.workers = job.options.jobs;
     let copier = Copier::new(
         job.source.clone(),
         job.target.clone(),
         catalog.tables.clone(),
-        options,
+        job.copy_options(),
     );
     events.event(Event::CopyStarted {
         tables,
         bytes: total,
         workers: job.options.jobs,
     });
+    let target = connect_sql(&job.target).await?;
+    // Other processes may join the copy while this one runs it.
+    state::set_copy_snapshot(&target, job.name(), Some(snapshot)).await?;
     let sink = Arc::clone(events);
     let summary = copier
         .run(snapshot, move |event| sink.event(Event::Copy(event)))
         .await;
+    let summary = match summary {
+        Ok(summary) => wait_for_joined(&copier, snapshot, summary, events).await,
+        Err(error) => Err(error.into()),
+    };
+    state::set_copy_snapshot(&target, job.name(), None)
+        .await
+        .ok();
     events.event(Event::CopyFinished);
     let summary = summary.doing("copying the data")?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
@@ -440,6 +447,43 @@ async fn copy(
     );
     Ok(())
 }
+
+/// After this process's workers found no part left to claim: waits for
+/// the parts processes that joined the copy are copying (taking over any
+/// a stopped one left), then returns this process's summary.
+async fn wait_for_joined(
+    copier: &Copier,
+    snapshot: &Snapshot,
+    mut summary: pglive_snapshot::CopySummary,
+    events: &Arc<dyn Events>,
+) -> Result<pglive_snapshot::CopySummary> {
+    let mut said = false;
+    while summary.remaining > 0 {
+        if !said {
+            events.note(
+                Step::Copy,
+                format!(
+                    "copy: waiting for {} part(s) being copied by processes that joined",
+                    summary.remaining
+                ),
+            );
+            said = true;
+        }
+        tokio::time::sleep(JOINED_POLL).await;
+        let sink = Arc::clone(events);
+        let more = copier
+            .copy_pending(snapshot, move |event| sink.event(Event::Copy(event)))
+            .await?;
+        summary.parts += more.parts;
+        summary.rows += more.rows;
+        summary.bytes += more.bytes;
+        summary.remaining = more.remaining;
+    }
+    Ok(summary)
+}
+
+/// How often the copy looks at the parts processes that joined it copy.
+const JOINED_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the remaining stages of `record`.
 async fn continue_from(

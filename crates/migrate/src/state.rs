@@ -137,7 +137,7 @@ impl Settings {
 /// The migration's tables, by version (see [`StateSchema`]).
 const STATE: StateSchema = StateSchema {
     component: "migrate",
-    steps: &[VERSION_1, VERSION_2, VERSION_3],
+    steps: &[VERSION_1, VERSION_2, VERSION_3, VERSION_4],
 };
 
 /// Version 1, which also brings the layouts made before versions were kept
@@ -179,6 +179,57 @@ ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS cutover_error text;";
 
 /// Version 3: the slot's WAL figures as last seen on the source.
 const VERSION_3: &str = "ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS slot_wal jsonb;";
+
+/// Version 4: the snapshot the running copy reads, for processes joining it.
+const VERSION_4: &str = "
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS copy_snapshot text;
+ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS copy_snapshot_lsn pg_lsn;";
+
+/// Records (or, with `None`, clears) the snapshot the running copy reads,
+/// so that other processes may join it.
+pub(crate) async fn set_copy_snapshot(
+    client: &Client,
+    name: &str,
+    snapshot: Option<&pglive_snapshot::Snapshot>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET copy_snapshot = $2, copy_snapshot_lsn = $3::text::pg_lsn WHERE name = $1",
+            &[
+                &name,
+                &snapshot.map(|s| s.name.clone()),
+                &snapshot.map(|s| s.lsn.to_string()),
+            ],
+        )
+        .await
+        .doing("recording the copy's snapshot")?;
+    Ok(())
+}
+
+/// The snapshot the running copy reads, if one is recorded.
+pub(crate) async fn copy_snapshot(
+    client: &Client,
+    name: &str,
+) -> Result<Option<pglive_snapshot::Snapshot>> {
+    let row = client
+        .query_opt(
+            "SELECT copy_snapshot, copy_snapshot_lsn::text FROM pglive.migration WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .doing("reading the copy's snapshot")?;
+    let Some(row) = row else { return Ok(None) };
+    match (
+        row.get::<_, Option<String>>(0),
+        row.get::<_, Option<String>>(1),
+    ) {
+        (Some(name), Some(lsn)) => Ok(Some(pglive_snapshot::Snapshot {
+            name,
+            lsn: lsn.parse()?,
+        })),
+        _ => Ok(None),
+    }
+}
 
 /// Creates or upgrades the migration's tables on the target.
 pub(crate) async fn create_tables(client: &Client) -> Result<()> {

@@ -299,12 +299,29 @@ impl Copier {
         snapshot: &Snapshot,
         events: impl Fn(CopyEvent) + Send + Sync + 'static,
     ) -> Result<CopySummary> {
-        let events: Events = Arc::new(events);
         let CopyPlan { parts, restarted } = self.prepare(snapshot).await?;
         events(CopyEvent::Planned {
             parts: parts.len(),
             restarted: restarted.clone(),
         });
+        let summary = self.copy_pending(snapshot, events).await?;
+        Ok(CopySummary {
+            restarted,
+            ..summary
+        })
+    }
+
+    /// Copies the pending parts another process (or [`prepare`](Self::prepare))
+    /// recorded under `snapshot`, the same snapshot imported here (on any
+    /// machine, while its exporter stays open), with
+    /// [`CopyOptions::workers`] workers, until no part is left that this
+    /// process may claim. This is how more processes join a running copy.
+    pub async fn copy_pending(
+        &self,
+        snapshot: &Snapshot,
+        events: impl Fn(CopyEvent) + Send + Sync + 'static,
+    ) -> Result<CopySummary> {
+        let events: Events = Arc::new(events);
         let mut tables: HashMap<QualifiedName, Arc<TableCopy>> = self
             .tables
             .iter()
@@ -340,10 +357,7 @@ impl Copier {
             let handle = workers.spawn(ctx.run());
             numbers.insert(handle.id(), worker);
         }
-        let mut summary = CopySummary {
-            restarted,
-            ..CopySummary::default()
-        };
+        let mut summary = CopySummary::default();
         let mut first_error = None;
         while let Some(joined) = workers.join_next_with_id().await {
             match joined {

@@ -24,7 +24,7 @@
 //! ratio to the raw limit. A benchmark, not a test: nothing is asserted
 //! except that each target ends with the source's row counts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,6 +34,10 @@ use pglive_repl::{ReplicationClient, SlotOptions};
 use pglive_schema::{Catalog, ObjectFilter, SchemaCopy, SchemaOptions};
 use pglive_snapshot::{Copier, CopyOptions, Snapshot};
 use pglive_testkit::{Cluster, ClusterOptions};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::pipe;
 
 /// Parallelism of every method.
 const JOBS: usize = 2;
@@ -291,28 +295,6 @@ fn raw_limit(cluster: &Cluster, source: &str, counts: &str) -> Result<Duration, 
     });
     let _ = std::fs::remove_dir_all(&work);
     result
-}
-
-/// One table through an OS pipe between two psql processes.
-fn pipe(bin: &Path, src: &str, dst: &str, table: &str) -> Result<(), String> {
-    let mut out = Command::new(bin.join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", src, "-c"])
-        .arg(format!("COPY {table} TO STDOUT (FORMAT binary)"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let status_in = Command::new(bin.join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dst, "-c"])
-        .arg(format!("COPY {table} FROM STDIN (FORMAT binary)"))
-        .stdin(out.stdout.take().expect("piped"))
-        .status()
-        .map_err(|e| e.to_string())?;
-    let status_out = out.wait().map_err(|e| e.to_string())?;
-    if status_in.success() && status_out.success() {
-        Ok(())
-    } else {
-        Err(format!("pipe of {table}: {status_out} | {status_in}"))
-    }
 }
 
 fn pglive(cluster: &Cluster, source: &str, counts: &str) -> Result<Duration, String> {

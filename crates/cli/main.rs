@@ -76,11 +76,20 @@ async fn run(cli: Cli) -> ExitStatus {
     let keys_listening =
         matches!(cli.command, Command::Migrate(_) | Command::Demo(_)) && keys::listen(&control);
     let renderer = Arc::new(Renderer::new(style, keys_listening));
+    // Nothing of these is lost by stopping at once: a verification
+    // continues with --resume, a joined copy's unfinished parts roll back
+    // and go to the other processes.
+    let stops_at_once = matches!(&cli.command, Command::Verify(_))
+        || matches!(&cli.command, Command::Migrate(args) if args.join);
     {
         let control = control.clone();
         let renderer = Arc::clone(&renderer);
         tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
+                if stops_at_once {
+                    renderer.info("Ctrl-C: stopping now");
+                    std::process::exit(ExitStatus::Interrupted as i32);
+                }
                 if control.stop_requested() {
                     renderer.info("second Ctrl-C: stopping now");
                     std::process::exit(ExitStatus::Interrupted as i32);

@@ -40,7 +40,8 @@ const WAIT_FOR_COPY: Duration = Duration::from_secs(600);
 /// Joins the copy of migration `options.name`, run by a `migrate` on
 /// another process or machine, with `options.jobs` workers, until no part
 /// is left to claim. Waits (up to ten minutes) for a migration that has not
-/// reached its copy yet; refuses one past it.
+/// reached its copy yet (or whose copy is starting again after a stop);
+/// refuses one past it.
 pub async fn join_copy(
     source: ConnectConfig,
     target: ConnectConfig,
@@ -54,7 +55,11 @@ pub async fn join_copy(
         reason,
     };
     let deadline = Instant::now() + WAIT_FOR_COPY;
-    let (record, snapshot) = loop {
+    let mut source_client = connect_sql(&source).await?;
+    // A snapshot recorded by a copy that stopped, until its next run
+    // records a new one.
+    let mut gone: Option<String> = None;
+    let (record, snapshot, catalog) = loop {
         let record = state::load(&target_client, name)
             .await?
             .ok_or_else(|| Error::NotFound {
@@ -74,7 +79,22 @@ pub async fn join_copy(
             });
         }
         if let Some(snapshot) = state::copy_snapshot(&target_client, name).await? {
-            break (record, snapshot);
+            if gone.as_ref() != Some(&snapshot.name) {
+                // The tables as the running copy sees them: read under its
+                // snapshot.
+                match read_only_transaction(&mut source_client, Some(&snapshot.name)).await {
+                    Ok(tx) => {
+                        let filter = record.settings.filter();
+                        let catalog = Catalog::read(&tx, &filter).await?;
+                        drop(tx);
+                        break (record, snapshot, catalog);
+                    }
+                    Err(SnapshotError::Import { .. }) => gone = Some(snapshot.name),
+                    Err(SnapshotError::Begin(e)) => {
+                        return Err(e).doing("starting a transaction on the source");
+                    }
+                }
+            }
         }
         if Instant::now() > deadline {
             return Err(nothing(format!(
@@ -86,22 +106,6 @@ pub async fn join_copy(
     };
     let mut job = Job::for_recorded(source, target, &record);
     job.options.jobs = options.jobs.max(1);
-    // The tables as the running copy sees them: read under its snapshot.
-    let mut source_client = connect_sql(&job.source).await?;
-    let catalog = {
-        let tx = match read_only_transaction(&mut source_client, Some(&snapshot.name)).await {
-            Ok(tx) => tx,
-            Err(SnapshotError::Import { .. }) => {
-                return Err(nothing(
-                    "its copy ended meanwhile (the snapshot it reads is gone)".to_owned(),
-                ));
-            }
-            Err(SnapshotError::Begin(e)) => {
-                return Err(e).doing("starting a transaction on the source");
-            }
-        };
-        Catalog::read(&tx, &job.filter()).await?
-    };
     let pending: Vec<_> = pglive_snapshot::status(&target_client, name)
         .await?
         .into_iter()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pglive_postgres::{ConnectConfig, connect_sql};
 use pglive_repl::{CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, SchemaCopy};
-use pglive_snapshot::{Copier, Snapshot};
+use pglive_snapshot::{Copier, CopyEvent, Snapshot};
 use tokio_postgres::Client;
 
 use crate::control::Control;
@@ -228,16 +228,19 @@ async fn run(
             m
         }
         None => {
-            start(
+            let started = start(
                 &job,
-                &source_client,
-                &target_client,
+                (&source_client, &target_client),
                 &catalog,
-                &slot,
-                &publication,
+                (&slot, &publication),
                 &events,
+                control,
             )
-            .await?
+            .await?;
+            match started {
+                Some(record) => record,
+                None => return Ok(Outcome::Stopped),
+            }
         }
     };
     drop(source_client);
@@ -259,15 +262,16 @@ async fn run(
 /// A new migration: publication, slot with exported snapshot, schema, copy,
 /// post-data — the snapshot is held (the replication connection stays idle)
 /// until the copy is done.
+/// Creates the migration and copies its data; `None` when a stop was
+/// asked for while the copy waited for processes that joined it.
 async fn start(
     job: &Job,
-    source: &Client,
-    target: &Client,
+    (source, target): (&Client, &Client),
     catalog: &Catalog,
-    slot: &str,
-    publication: &str,
+    (slot, publication): (&str, &str),
     events: &Arc<dyn Events>,
-) -> Result<Record> {
+    control: &Control,
+) -> Result<Option<Record>> {
     let superuser: bool = source
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -318,6 +322,7 @@ async fn start(
         finishing: None,
         cutover_error: None,
         slot_wal: None,
+        apply_waiting: None,
         summary: None,
         verify_request: None,
         settings: job.options.settings.clone(),
@@ -328,14 +333,16 @@ async fn start(
     let snapshot = exported_snapshot(&created)?;
     schema_pre_data(job, Some(&snapshot.name), catalog, events.as_ref()).await?;
     state::set_stage(target, job.name(), Stage::Copy).await?;
-    copy(job, catalog, &snapshot, events).await?;
+    if !copy(job, catalog, &snapshot, events, control).await? {
+        return Ok(None);
+    }
     // The snapshot is no longer needed.
     replication.close().await.ok();
     state::set_stage(target, job.name(), Stage::PostData).await?;
-    Ok(Record {
+    Ok(Some(Record {
         stage: Stage::PostData,
         ..record
-    })
+    }))
 }
 
 async fn schema_pre_data(
@@ -387,12 +394,15 @@ async fn schema_pre_data(
     Ok(())
 }
 
+/// Copies the data under `snapshot`; false when a stop was asked for while
+/// it waited for parts that processes which joined it copy.
 async fn copy(
     job: &Job,
     catalog: &Catalog,
     snapshot: &Snapshot,
     events: &Arc<dyn Events>,
-) -> Result<()> {
+    control: &Control,
+) -> Result<bool> {
     let started = Instant::now();
     let total: u64 = catalog
         .tables_with_rows()
@@ -419,21 +429,27 @@ async fn copy(
         workers: job.options.jobs,
     });
     let target = connect_sql(&job.target).await?;
-    // Other processes may join the copy while this one runs it.
-    state::set_copy_snapshot(&target, job.name(), Some(snapshot)).await?;
-    let sink = Arc::clone(events);
-    let summary = copier
-        .run(snapshot, move |event| sink.event(Event::Copy(event)))
-        .await;
-    let summary = match summary {
-        Ok(summary) => wait_for_joined(&copier, snapshot, summary, events).await,
-        Err(error) => Err(error.into()),
-    };
-    state::set_copy_snapshot(&target, job.name(), None)
-        .await
-        .ok();
+    let copied = async {
+        let plan = copier.prepare(snapshot).await?;
+        events.event(Event::Copy(CopyEvent::Planned {
+            parts: plan.parts.len(),
+            restarted: plan.restarted,
+        }));
+        // With the parts recorded, other processes may join.
+        state::set_copy_snapshot(&target, job.name(), Some(snapshot)).await?;
+        let sink = Arc::clone(events);
+        let summary = copier
+            .copy_pending(snapshot, move |event| sink.event(Event::Copy(event)))
+            .await?;
+        wait_for_joined(&copier, snapshot, summary, events, control).await
+    }
+    .await;
+    let cleared = state::set_copy_snapshot(&target, job.name(), None).await;
     events.event(Event::CopyFinished);
-    let summary = summary.doing("copying the data")?;
+    let Some(summary) = copied.doing("copying the data")? else {
+        return Ok(false);
+    };
+    cleared?;
     let secs = started.elapsed().as_secs_f64().max(0.001);
     events.note(
         Step::Copy,
@@ -445,18 +461,20 @@ async fn copy(
             human::bytes((summary.bytes as f64 / secs) as u64)
         ),
     );
-    Ok(())
+    Ok(true)
 }
 
 /// After this process's workers found no part left to claim: waits for
 /// the parts processes that joined the copy are copying (taking over any
-/// a stopped one left), then returns this process's summary.
+/// a stopped one left), then returns this process's summary; `None` when
+/// a stop was asked for meanwhile.
 async fn wait_for_joined(
     copier: &Copier,
     snapshot: &Snapshot,
     mut summary: pglive_snapshot::CopySummary,
     events: &Arc<dyn Events>,
-) -> Result<pglive_snapshot::CopySummary> {
+    control: &Control,
+) -> Result<Option<pglive_snapshot::CopySummary>> {
     let mut said = false;
     while summary.remaining > 0 {
         if !said {
@@ -469,7 +487,10 @@ async fn wait_for_joined(
             );
             said = true;
         }
-        tokio::time::sleep(JOINED_POLL).await;
+        tokio::select! {
+            () = tokio::time::sleep(JOINED_POLL) => {}
+            () = control.stopped() => return Ok(None),
+        }
         let sink = Arc::clone(events);
         let more = copier
             .copy_pending(snapshot, move |event| sink.event(Event::Copy(event)))
@@ -479,7 +500,7 @@ async fn wait_for_joined(
         summary.bytes += more.bytes;
         summary.remaining = more.remaining;
     }
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// How often the copy looks at the parts processes that joined it copy.
@@ -516,7 +537,9 @@ async fn continue_from(
             }
             state::set_stage(target, job.name(), Stage::Copy).await?;
         }
-        copy(job, catalog, &snapshot, events).await?;
+        if !copy(job, catalog, &snapshot, events, control).await? {
+            return Ok(Outcome::Stopped);
+        }
         replication.close().await.ok();
         state::set_stage(target, job.name(), Stage::PostData).await?;
         record.stage = Stage::PostData;

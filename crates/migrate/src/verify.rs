@@ -181,7 +181,17 @@ pub(crate) async fn compare(
         point,
         events,
     };
-    let figures = run.compare(source, target, &plan, known).await?;
+    let resumed: Vec<bool> = known.iter().map(Option::is_some).collect();
+    let mut figures = run.compare(source, target, &plan, known).await?;
+    // A part that differed at an earlier point is compared again at this
+    // one, where its rows are narrowed down.
+    for (i, part) in plan.iter().enumerate() {
+        if resumed[i] && !figures[i].equal() {
+            figures[i] = run
+                .figures(main_source.side(), main_target.side(), part)
+                .await?;
+        }
+    }
     let mut by_table: HashMap<&str, Vec<(&record::PartPlan, &record::Figures)>> = HashMap::new();
     for (part, figures) in plan.iter().zip(&figures) {
         by_table
@@ -214,8 +224,7 @@ pub(crate) async fn compare(
             differing_rows: Vec::new(),
         };
         for (part, figures) in &parts {
-            let differs = figures.source_rows != figures.target_rows
-                || figures.source_sum != figures.target_sum;
+            let differs = !figures.equal();
             let want = MAX_ROWS_NAMED - comparison.differing_rows.len();
             if !differs || want == 0 {
                 continue;
@@ -357,6 +366,13 @@ async fn recording<'a>(
     }
 }
 
+/// How long the running migrate may take to hold apply (it looks for
+/// requests every second, between batches).
+const HOLD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long apply may take to reach the verification's point.
+const POINT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// How many times a live verification asks apply to hold before giving up.
 const HOLD_ATTEMPTS: usize = 5;
 
@@ -430,7 +446,8 @@ async fn hold_at_point(
     };
     state::ask_verify_hold(target, name).await?;
     events.note(Step::Verify, "verify: asking apply to hold");
-    let waited = wait_for_migrate(target, name, |r| r != VerifyRequest::Hold).await?;
+    let waited =
+        wait_for_migrate(target, name, |r| r != VerifyRequest::Hold, HOLD_PATIENCE).await?;
     match waited {
         VerifyRequest::Held => {}
         VerifyRequest::Missed => return Ok(None),
@@ -468,7 +485,14 @@ async fn hold_at_point(
         replication.close().await.ok();
         return Ok(None);
     }
-    match wait_for_migrate(target, name, |r| r != VerifyRequest::Requested(point)).await? {
+    // Apply may first have to work through a backlog to get there.
+    let reached = wait_for_migrate(
+        target,
+        name,
+        |r| r != VerifyRequest::Requested(point),
+        POINT_PATIENCE,
+    );
+    match reached.await? {
         VerifyRequest::Paused(at) if at == point => {}
         VerifyRequest::Missed => {
             replication.close().await.ok();
@@ -492,16 +516,25 @@ async fn hold_at_point(
     Ok(Some((replication, slot, target_at_point?)))
 }
 
-/// Waits (up to an hour: apply may first have to work through a backlog)
-/// until `answered` accepts the verification request.
+/// Waits up to `patience` until `answered` accepts the verification
+/// request; fails at once when the migrate stops running.
 async fn wait_for_migrate(
     target: &Client,
     name: &str,
     answered: impl Fn(VerifyRequest) -> bool,
+    patience: std::time::Duration,
 ) -> Result<VerifyRequest> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    let deadline = std::time::Instant::now() + patience;
+    let mut polls: u32 = 0;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        polls += 1;
+        // About every second: a migrate that went away answers nothing.
+        if polls % 50 == 0 && !state::is_running(target, name).await? {
+            return Err(Error::VerifyPoint {
+                reason: "the migrate running this migration stopped".to_owned(),
+            });
+        }
         match state::verify_request(target, name).await? {
             Some(request) if answered(request) => return Ok(request),
             Some(_) => {}
@@ -514,7 +547,10 @@ async fn wait_for_migrate(
         }
         if std::time::Instant::now() > deadline {
             return Err(Error::VerifyPoint {
-                reason: "the running migrate did not answer within an hour".to_owned(),
+                reason: format!(
+                    "the running migrate did not answer within {} s",
+                    patience.as_secs()
+                ),
             });
         }
     }

@@ -145,7 +145,7 @@ pub struct CopySummary {
     pub bytes: u64,
     /// Tables restarted because they were half-done under another snapshot.
     pub restarted: Vec<QualifiedName>,
-    /// Parts of the migration still pending when this process stopped:
+    /// Parts of the given tables still pending when this process stopped:
     /// being copied by other processes, or (if none are running) left for
     /// a run under a snapshot that matches their table's finished parts.
     pub remaining: usize,
@@ -386,10 +386,12 @@ impl Copier {
             return Err(e);
         }
         let client = connect(&self.target).await?;
+        // Parts of tables this copier does not hold (dropped on the source
+        // since they were planned) are not waited for.
         summary.remaining = state::status(&client, &self.options.migration)
             .await?
             .iter()
-            .filter(|p| !p.done)
+            .filter(|p| !p.done && tables.contains_key(&p.table))
             .count();
         Ok(summary)
     }

@@ -67,6 +67,17 @@ pub enum Error {
         /// The other snapshot's LSN, as stored.
         theirs: String,
     },
+    /// The copy was started again under another snapshot (by the process
+    /// that runs it) while this one still held the old one.
+    #[error(
+        "the copy of migration {migration:?} now runs under another snapshot than this process's (at {ours}): it was started again; join it anew"
+    )]
+    SnapshotReplaced {
+        /// The migration.
+        migration: String,
+        /// This process's snapshot LSN.
+        ours: pglive_postgres::Lsn,
+    },
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] pglive_schema::Error),

@@ -32,7 +32,7 @@ const STATE_LOCK: i64 = 0x70_67_6c_69_76_65;
 /// The copy's table, by version (see [`StateSchema`]).
 pub(crate) const STATE: StateSchema = StateSchema {
     component: "snapshot",
-    steps: &[VERSION_1],
+    steps: &[VERSION_1, VERSION_2],
 };
 
 const VERSION_1: &str = "
@@ -58,6 +58,16 @@ CREATE TABLE IF NOT EXISTS pglive.copy_parts (
 COMMENT ON TABLE pglive.copy_parts IS 'pglive initial data copy: one row per table part (pglive-snapshot)';
 ";
 
+/// Version 2: the snapshot a migration's copy runs under now. Seeding
+/// under a new snapshot replaces it (then waits for parts being copied
+/// under the old one), and a part is claimed only under the current one,
+/// so processes still holding an old snapshot cannot mix it into a table.
+const VERSION_2: &str = "
+CREATE TABLE IF NOT EXISTS pglive.copy_runs (
+    migration text PRIMARY KEY,
+    snapshot_lsn pg_lsn NOT NULL
+);";
+
 /// Creates the state table if needed and records the parts of every table
 /// that has none yet (tables with parts keep theirs, whoever planned them),
 /// then resets tables left half-done under a snapshot other than `lsn`.
@@ -69,6 +79,7 @@ pub(crate) async fn seed(
     lsn: Lsn,
 ) -> Result<Vec<QualifiedName>> {
     STATE.upgrade(client).await?;
+    replace_snapshot(client, migration, lsn).await?;
     let tx = client
         .transaction()
         .await
@@ -163,6 +174,49 @@ pub(crate) async fn seed(
     Ok(reset)
 }
 
+/// Makes `lsn` the snapshot migration `migration`'s copy runs under. When
+/// it replaces another, no part is claimed under the old one from then
+/// on, and this waits for the parts being copied under it to commit or
+/// roll back: the seed that follows sees them.
+async fn replace_snapshot(
+    client: &mut tokio_postgres::Client,
+    migration: &str,
+    lsn: Lsn,
+) -> Result<()> {
+    let current = client
+        .query_opt(
+            "SELECT 1 FROM pglive.copy_runs WHERE migration = $1 AND snapshot_lsn = $2::text::pg_lsn",
+            &[&migration, &lsn.to_string()],
+        )
+        .await
+        .map_err(target("reading pglive.copy_runs"))?;
+    if current.is_some() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "INSERT INTO pglive.copy_runs (migration, snapshot_lsn) VALUES ($1, $2::text::pg_lsn)
+             ON CONFLICT (migration) DO UPDATE SET snapshot_lsn = excluded.snapshot_lsn",
+            &[&migration, &lsn.to_string()],
+        )
+        .await
+        .map_err(target("recording the copy's snapshot in pglive.copy_runs"))?;
+    // A claimed part's row stays locked until its copy commits.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(target("starting the state transaction"))?;
+    tx.query(
+        "SELECT 1 FROM pglive.copy_parts WHERE migration = $1 AND state = 'pending' FOR UPDATE",
+        &[&migration],
+    )
+    .await
+    .map_err(target("waiting for parts copied under the old snapshot"))?;
+    tx.commit()
+        .await
+        .map_err(target("waiting for parts copied under the old snapshot"))
+}
+
 /// A part claimed by a worker, as read back from the state table.
 #[derive(Clone, Debug)]
 pub(crate) struct Claimed {
@@ -205,6 +259,21 @@ pub(crate) async fn claim(
     let Some(row) = row else {
         return Ok(None);
     };
+    // After the part's row is locked: a new snapshot committed since is
+    // seen here, and one committed later waits for this part.
+    let current = tx
+        .query_opt(
+            "SELECT 1 FROM pglive.copy_runs WHERE migration = $1 AND snapshot_lsn = $2::text::pg_lsn",
+            &[&migration, &lsn.to_string()],
+        )
+        .await
+        .map_err(target("checking the copy's snapshot"))?;
+    if current.is_none() {
+        return Err(Error::SnapshotReplaced {
+            migration: migration.to_owned(),
+            ours: lsn,
+        });
+    }
     let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
     let number: i32 = row.get(2);
     let kind: String = row.get(3);
@@ -390,6 +459,24 @@ pub async fn reset(client: &impl GenericClient, migration: &str) -> Result<()> {
             )
             .await
             .map_err(target("deleting from pglive.copy_parts"))?;
+        // Before version 2 there is no such table.
+        let runs: bool = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass('pglive.copy_runs') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(target("looking for pglive.copy_runs"))?
+            .get(0);
+        if runs {
+            client
+                .execute(
+                    "DELETE FROM pglive.copy_runs WHERE migration = $1",
+                    &[&migration],
+                )
+                .await
+                .map_err(target("deleting from pglive.copy_runs"))?;
+        }
     }
     Ok(())
 }

@@ -188,7 +188,7 @@ impl Run<'_> {
     }
 
     /// One part's figures, both sides read at once.
-    async fn figures(
+    pub async fn figures(
         &self,
         source: Side<'_>,
         target: Side<'_>,

@@ -63,6 +63,13 @@ pub(crate) struct Figures {
     pub target_sum: Option<String>,
 }
 
+impl Figures {
+    /// Whether both sides agree.
+    pub fn equal(&self) -> bool {
+        self.source_rows == self.target_rows && self.source_sum == self.target_sum
+    }
+}
+
 /// A recorded verification: its parts, those compared with their figures.
 pub(crate) struct Recorded {
     /// Whether it compares checksums.

@@ -78,6 +78,9 @@ pub(crate) fn print(status: &Status) {
             }
         );
     }
+    if let Some(why) = &status.apply_waiting {
+        println!("  apply waits: {why}");
+    }
     if let Some(error) = &status.last_cutover_error {
         println!("  the last cutover was withdrawn: {error}");
     }

@@ -332,7 +332,7 @@ fn assert_sequences_not_behind(source: &Cluster, src: &str, target: &Cluster, ds
 /// `pg_dump --schema-only` of a database, as entries keyed by their TOC
 /// header (name, type, schema, owner), without the lines that differ by
 /// run (`\restrict` keys, version banners).
-fn schema_entries(cluster: &Cluster, db: &str) -> BTreeMap<String, String> {
+pub(crate) fn schema_entries(cluster: &Cluster, db: &str) -> BTreeMap<String, String> {
     let output = std::process::Command::new(versions::newest_pg_dump())
         .args([
             "--schema-only",

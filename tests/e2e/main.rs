@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli_output;
 mod corpus;
+mod ddl;
 mod example;
 mod faults;
 mod fence;

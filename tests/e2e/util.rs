@@ -140,10 +140,15 @@ pub fn wait_until_copied(
             }
         }
         assert!(child.try_wait().unwrap().is_none(), "migrate exited");
-        assert!(
-            Instant::now() < deadline,
-            "{table} was never copied ({state})"
-        );
+        if Instant::now() >= deadline {
+            let waiting = cluster
+                .psql(
+                    db,
+                    "SELECT string_agg(name || ': ' || coalesce(apply_waiting, 'apply not waiting'), '; ') FROM pglive.migration",
+                )
+                .unwrap_or_default();
+            panic!("{table} was never copied ({state}); {waiting}");
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -67,6 +67,10 @@ pub struct ApplyOptions {
     /// or whose key's equal values can print differently (`numeric`),
     /// always run on the first one.
     pub sessions: usize,
+    /// Whether target tables may have columns the source does not send
+    /// (they keep their defaults): on for targets prepared by hand. Off,
+    /// such a column stops apply as the source dropping (or renaming) it.
+    pub extra_target_columns: bool,
 }
 
 impl ApplyOptions {
@@ -86,6 +90,7 @@ impl ApplyOptions {
             spool_memory: 128 << 20,
             spill_dir: std::env::temp_dir(),
             sessions: 4,
+            extra_target_columns: false,
         }
     }
 }
@@ -192,7 +197,11 @@ impl Applier {
                 options.spool_memory,
                 options.spill_dir.clone(),
             ),
-            relations: Relations::new(target_config.clone(), options.ignored_tables.clone()),
+            relations: Relations::new(
+                target_config.clone(),
+                options.ignored_tables.clone(),
+                options.extra_target_columns,
+            ),
             batch: Batch::new(&options),
             options,
             sessions,
@@ -373,9 +382,11 @@ impl Applier {
                 }
                 Ok(())
             }
-            LogicalMessage::Type(_) | LogicalMessage::Origin(_) | LogicalMessage::Message(_) => {
+            LogicalMessage::Type(described) => {
+                self.relations.note_type(&described);
                 Ok(())
             }
+            LogicalMessage::Origin(_) | LogicalMessage::Message(_) => Ok(()),
             other => Err(Error::Protocol(format!(
                 "{} messages are not expected: the stream must be started without two_phase",
                 other.kind()
@@ -401,6 +412,10 @@ impl Applier {
             if txn.final_lsn < *copied_at {
                 return Ok(None);
             }
+        }
+        // Only a change that is applied needs the shapes to match.
+        if let Some(problem) = &table.mismatch {
+            return Err(problem.error(&table.name));
         }
         Ok(Some(table))
     }

@@ -86,6 +86,7 @@ fn map_tuple(table: &TableMap, tuple: TupleData) -> Result<Values> {
                 tuple.columns.len(),
                 table.source_to_column.len()
             ),
+            fix: None,
         });
     }
     let mut values = Vec::with_capacity(table.columns.len());

@@ -37,12 +37,18 @@ pub enum Error {
     },
     /// A source table's shape no longer matches the target's (DDL on the
     /// source during the migration).
-    #[error("table {table}: {difference}; change the target to match and resume")]
+    #[error(
+        "table {table}: {difference}; make the target match{} and resume",
+        fix.as_ref().map(|f| format!(" (run on the target: {f})")).unwrap_or_default()
+    )]
     ShapeMismatch {
         /// The schema-qualified name.
         table: String,
         /// What differs, naming the columns.
         difference: String,
+        /// The SQL that makes the target's table match the source's, when
+        /// it is known.
+        fix: Option<String>,
     },
     /// An UPDATE or DELETE arrived for a table that has no replica identity.
     #[error(

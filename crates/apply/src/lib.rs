@@ -55,8 +55,9 @@
 //!   them `ALWAYS` again at cutover.
 //! - **Values are never changed on the way.** Casts from the stream's text
 //!   carry no type modifier (the column's own modifier checks the stored
-//!   value), and a column whose built-in type or modifier differs from the
-//!   source's stops apply ([`Error::ShapeMismatch`]).
+//!   value), and a column whose type (built-in by OID, the source's own
+//!   types by the name their Type message gives) or modifier differs from
+//!   the source's stops apply ([`Error::ShapeMismatch`]).
 //! - **Rows must be there.** An UPDATE or DELETE that does not find every
 //!   row the source changed stops apply ([`Error::RowsMissing`]): the target
 //!   diverged and silently going on would hide it.
@@ -65,11 +66,16 @@
 //!   in-progress transactions spill to disk past
 //!   [`ApplyOptions::spool_memory`].
 //!
-//! A source relation whose columns no longer match the target stops apply
-//! with [`Error::ShapeMismatch`] naming the table and the columns; nothing
-//! of the unfinished batch is committed, so after fixing the target a new
-//! run resumes from the last committed batch. Generated columns are never
-//! written; columns are matched by name.
+//! A source relation whose columns no longer match the target (a column
+//! added, retyped, dropped or renamed on the source) stops apply with
+//! [`Error::ShapeMismatch`] naming the table and the columns, and the
+//! `ALTER TABLE` that makes the target match (a single column gone and a
+//! single one added with the same type is taken for a rename); nothing of
+//! the unfinished batch is committed, so after fixing the target a new run
+//! resumes from the last committed batch. Generated columns are never
+//! written; columns are matched by name; a target column the source does
+//! not send (other than a generated one) stops apply too, as the source's
+//! rows would leave it empty.
 #![deny(missing_docs)]
 
 mod applier;
@@ -84,6 +90,7 @@ mod progress;
 mod relations;
 mod run;
 mod sessions;
+mod shape;
 mod spool;
 mod spread;
 mod table;

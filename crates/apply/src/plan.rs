@@ -371,6 +371,7 @@ mod tests {
             tied: false,
             spread: true,
             identity_always: Vec::new(),
+            mismatch: None,
         }
     }
 

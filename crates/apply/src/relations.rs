@@ -12,11 +12,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use pglive_postgres::{ConnectConfig, QualifiedName, connect_sql};
-use pglive_repl::pgoutput::Relation;
+use pglive_repl::pgoutput::{Relation, Type};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::progress;
+use crate::shape::Shapes;
 use crate::table::TableMap;
 
 /// The relations described so far.
@@ -29,18 +30,28 @@ pub(crate) struct Relations {
     /// Tables whose triggers and identity columns are ready for the
     /// source's rows.
     prepared: HashSet<QualifiedName>,
+    /// The source's own types named by Type messages, by OID.
+    types: HashMap<u32, QualifiedName>,
+    /// Whether target tables may have columns the source does not send.
+    extra_target_columns: bool,
     /// For the short sessions that change a table's identity columns.
     target: ConnectConfig,
 }
 
 impl Relations {
     /// No relation described yet; `ignored_tables` are never applied.
-    pub fn new(target: ConnectConfig, ignored_tables: HashSet<QualifiedName>) -> Relations {
+    pub fn new(
+        target: ConnectConfig,
+        ignored_tables: HashSet<QualifiedName>,
+        extra_target_columns: bool,
+    ) -> Relations {
         Relations {
             by_id: HashMap::new(),
             ignored_tables,
             ignored_ids: HashSet::new(),
             prepared: HashSet::new(),
+            types: HashMap::new(),
+            extra_target_columns,
             target,
         }
     }
@@ -59,6 +70,19 @@ impl Relations {
         ignored
     }
 
+    /// Notes the name of a source type (a Type message, sent before the
+    /// first Relation that uses it).
+    pub fn note_type(&mut self, described: &Type) {
+        // pgoutput leaves pg_catalog's name out.
+        let schema = if described.namespace.is_empty() {
+            "pg_catalog"
+        } else {
+            &described.namespace
+        };
+        self.types
+            .insert(described.id, QualifiedName::new(schema, &described.name));
+    }
+
     /// Resolves `relation` against the target (through `client`) and
     /// prepares its table the first time it is met; `checks_foreign_keys`
     /// when the sessions cannot silence triggers. True when the relation
@@ -70,7 +94,11 @@ impl Relations {
         checks_foreign_keys: bool,
     ) -> Result<bool> {
         let again = self.by_id.contains_key(&relation.id);
-        let map = TableMap::resolve(client, relation, checks_foreign_keys).await?;
+        let shapes = Shapes {
+            types: &self.types,
+            extra_target_columns: self.extra_target_columns,
+        };
+        let map = TableMap::resolve(client, relation, &shapes, checks_foreign_keys).await?;
         if self.prepared.insert(map.name.clone()) {
             if checks_foreign_keys {
                 progress::disable_user_triggers(client, &map.name).await?;

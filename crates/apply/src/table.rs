@@ -1,12 +1,15 @@
 //! Mapping a source relation (from a pgoutput Relation message) onto the
 //! target table of the same schema-qualified name, columns by name.
 
+use std::sync::Arc;
+
 use pglive_postgres::QualifiedName;
 use pglive_postgres::quote_ident;
 use pglive_repl::pgoutput::{Relation, ReplicaIdentity};
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result, target};
+use crate::shape::{ShapeProblem, Shapes};
 use crate::spread;
 
 /// How rows of a table are found for UPDATE and DELETE.
@@ -41,6 +44,12 @@ pub(crate) struct TargetColumn {
     /// `format_type(type, -1)`, which names `bpchar` and `"bit"` rather than
     /// `character` and `bit`, which a cast would read as length 1.
     pub type_sql: String,
+    /// The type with the column's modifier, as `format_type` spells it
+    /// (`numeric(12,2)`).
+    pub type_with_modifier: String,
+    /// The type's schema and name (a domain's base type's, as pgoutput's
+    /// Type message names it).
+    pub type_name: QualifiedName,
     /// The type's OID, when it is a built-in type (the same on every
     /// server); `None` for types made by `CREATE TYPE` or extensions.
     pub builtin_type: Option<u32>,
@@ -78,6 +87,9 @@ pub(crate) struct TableMap {
     /// target (unquoted names): they refuse the source's values until made
     /// `BY DEFAULT`.
     pub identity_always: Vec<String>,
+    /// How the source's columns differ from the target's, if they do: a
+    /// change to apply stops with it.
+    pub mismatch: Option<Arc<ShapeProblem>>,
 }
 
 /// For a table (and its partitions or children) on the target: whether a
@@ -126,17 +138,18 @@ SELECT EXISTS (
                OR NOT COALESCE((pg_catalog.to_jsonb(co.*) ->> 'collisdeterministic')::bool, true))";
 
 /// OIDs below this are built-in objects, the same on every server.
-const FIRST_USER_OID: u32 = 16384;
+pub(crate) const FIRST_USER_OID: u32 = 16384;
 
 impl TableMap {
-    /// Looks the relation's table up on the target and checks that every
-    /// source column exists there. Target columns the source does not send
-    /// keep their defaults. `checks_foreign_keys` says whether the apply
+    /// Looks the relation's table up on the target and compares their
+    /// shapes (see `shape`): a mismatch is kept on the map, and stops apply
+    /// at the first change that is applied. `checks_foreign_keys` says whether the apply
     /// session fires foreign-key triggers (it does without
     /// `session_replication_role = replica`).
     pub async fn resolve(
         client: &Client,
         relation: &Relation,
+        shapes: &Shapes<'_>,
         checks_foreign_keys: bool,
     ) -> Result<TableMap> {
         let name = QualifiedName::new(&relation.namespace, &relation.name);
@@ -148,6 +161,9 @@ impl TableMap {
                         a.attidentity = 'a',
                         a.atttypid,
                         a.atttypmod,
+                        format_type(a.atttypid, a.atttypmod),
+                        bn.nspname::text,
+                        b.typname::text,
                         EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc
                                   JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
                                  WHERE am.amname = 'btree' AND oc.opcdefault
@@ -158,6 +174,10 @@ impl TableMap {
                    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                    JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                   -- pgoutput's Type message names a domain's base type.
+                   JOIN pg_catalog.pg_type b
+                     ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+                   JOIN pg_catalog.pg_namespace bn ON bn.oid = b.typnamespace
                   WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&relation.namespace, &relation.name],
             )
@@ -175,10 +195,17 @@ impl TableMap {
                 identity_always: r.get(3),
                 builtin_type: Some(r.get::<_, u32>(4)).filter(|oid| *oid < FIRST_USER_OID),
                 type_modifier: r.get(5),
-                orderable: r.get(6),
+                type_with_modifier: r.get(6),
+                type_name: QualifiedName::new(r.get::<_, String>(7), r.get::<_, String>(8)),
+                orderable: r.get(9),
             })
             .collect();
+        let mismatch = match shapes.compare(relation, &target_columns) {
+            Some(mismatch) => Some(Arc::new(mismatch.explain(client, &name, shapes).await?)),
+            None => None,
+        };
         let mut map = Self::from_target_columns(name, relation, &target_columns)?;
+        map.mismatch = mismatch;
         if map.identity == Identity::Key {
             let key_names: Vec<&str> = relation
                 .columns
@@ -209,30 +236,13 @@ impl TableMap {
         let mut source_to_column = Vec::with_capacity(relation.columns.len());
         let mut columns = Vec::new();
         let mut key = Vec::new();
-        let mut missing = Vec::new();
         let mut identity_always = Vec::new();
-        let mut differing = Vec::new();
         for source in &relation.columns {
             match target_columns.iter().find(|c| c.name == source.name) {
-                None => {
-                    missing.push(quote_ident(&source.name));
-                    source_to_column.push(None);
-                }
+                // Never applied: the shapes' mismatch stops it first.
+                None => source_to_column.push(None),
                 Some(column) if column.generated => source_to_column.push(None),
                 Some(column) => {
-                    let builtin_differs = source.type_id < FIRST_USER_OID
-                        && column.builtin_type.is_some_and(|oid| oid != source.type_id);
-                    if builtin_differs || column.type_modifier != source.type_modifier {
-                        differing.push(format!(
-                            "{} (type {} modifier {} on the source, {}{} modifier {} on the target)",
-                            quote_ident(&source.name),
-                            source.type_id,
-                            source.type_modifier,
-                            column.type_sql,
-                            column.builtin_type.map(|o| format!(" ({o})")).unwrap_or_default(),
-                            column.type_modifier
-                        ));
-                    }
                     if source.is_key() {
                         key.push(columns.len());
                     }
@@ -247,26 +257,6 @@ impl TableMap {
                     });
                 }
             }
-        }
-        if !missing.is_empty() {
-            return Err(Error::ShapeMismatch {
-                table: name.to_string(),
-                difference: format!(
-                    "the source has column{} {} that the target lacks",
-                    if missing.len() == 1 { "" } else { "s" },
-                    missing.join(", ")
-                ),
-            });
-        }
-        if !differing.is_empty() {
-            return Err(Error::ShapeMismatch {
-                table: name.to_string(),
-                difference: format!(
-                    "the column type differs, so values could be changed on the way: {}; \
-                     make the target's columns the source's types",
-                    differing.join(", ")
-                ),
-            });
         }
         let identity = match relation.replica_identity {
             ReplicaIdentity::Full => Identity::Full,
@@ -284,6 +274,7 @@ impl TableMap {
             tied: true,
             spread: false,
             identity_always,
+            mismatch: None,
         })
     }
 }

@@ -126,6 +126,14 @@ pub(crate) async fn stream(
     let mut delays = reconnect_delays();
     // Tables created and dropped on the source during the migration.
     let mut ignored = HashSet::new();
+    // Where a table's shape stopped apply, while the target does not match
+    // (a wait recorded by an earlier run is found again if it still holds).
+    let mut waiting: Option<Lsn> = None;
+    {
+        let target = connect_sql(&job.target).await?;
+        state::set_apply_waiting(&target, job.name(), None).await?;
+    }
+    let mut said: Option<(String, Lsn)> = None;
     loop {
         // A cutover past its checks that lost a connection is finished.
         if let Some(summary) = finish_if_recorded(job, events.as_ref()).await? {
@@ -138,10 +146,32 @@ pub(crate) async fn stream(
             events,
             control,
             cutover_when_ready,
-            &mut ignored,
+            (&mut ignored, &mut waiting),
         )
         .await
         {
+            Ok(Stretch::ShapeWaits { message, applied }) => {
+                let again = said
+                    .as_ref()
+                    .is_some_and(|(m, at)| *m == message && *at == applied);
+                if !again {
+                    events.warn(
+                        Step::Streaming,
+                        format!(
+                            "apply waits at {applied}: {message} (it goes on by itself once the target matches; `pglive status` shows this)"
+                        ),
+                    );
+                    let target = connect_sql(&job.target).await?;
+                    state::set_apply_waiting(&target, job.name(), Some(&message)).await?;
+                    said = Some((message, applied));
+                }
+                waiting = Some(applied);
+                tokio::select! {
+                    () = tokio::time::sleep(SHAPE_RECHECK) => {}
+                    () = control.stopped() => return Ok(LiveOutcome::Stopped),
+                }
+                continue;
+            }
             Ok(Stretch::Done(outcome)) => {
                 events.event(Event::StreamingFinished);
                 return Ok(outcome);
@@ -185,7 +215,35 @@ enum Stretch {
     ServerEnded,
     /// A cutover failed and was withdrawn: stream on, on new sessions.
     CutoverWithdrawn,
+    /// A source table changed shape and the target does not match it:
+    /// apply stopped before its first row, with everything up to `applied`
+    /// applied; connect again once the target matches.
+    ShapeWaits {
+        /// What differs and the SQL that makes the target match.
+        message: String,
+        /// Where apply stopped.
+        applied: Lsn,
+    },
 }
+
+/// The message of a source table's shape the target does not match, if
+/// that is what stopped `error`.
+fn shape_mismatch(error: &Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(found @ pglive_apply::Error::ShapeMismatch { .. }) =
+            current.downcast_ref::<pglive_apply::Error>()
+        {
+            return Some(found.to_string());
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// How often apply, stopped by a table whose shape the target does not
+/// match, tries again.
+const SHAPE_RECHECK: Duration = Duration::from_secs(5);
 
 /// One connected stretch of streaming.
 async fn session(
@@ -194,7 +252,7 @@ async fn session(
     events: &Arc<dyn Events>,
     control: &Control,
     cutover_when_ready: bool,
-    ignored: &mut HashSet<QualifiedName>,
+    (ignored, waiting): (&mut HashSet<QualifiedName>, &mut Option<Lsn>),
 ) -> Result<Stretch> {
     let state_client = connect_sql(&job.target).await?;
     let source_client = connect_sql(&job.source).await?;
@@ -213,7 +271,7 @@ async fn session(
                 [&state_client, &source_client],
                 job,
                 control,
-                cutover_when_ready,
+                (cutover_when_ready, &mut *waiting),
                 Arc::clone(&latest),
                 Arc::clone(&reason),
                 events.as_ref(),
@@ -266,6 +324,14 @@ async fn session(
                     crate::adopt::adopt(job, record, &new, events.as_ref()).await?;
                     continue 'connect;
                 }
+                Err(error @ pglive_apply::Error::ShapeMismatch { .. }) => {
+                    stream.stop().await.ok();
+                    events.event(Event::StreamingFinished);
+                    return Ok(Stretch::ShapeWaits {
+                        message: error.to_string(),
+                        applied: applier.applied_lsn(),
+                    });
+                }
                 Err(error) => return Err(error.into()),
             };
             let why = reason.lock().expect("not poisoned").clone();
@@ -292,15 +358,25 @@ async fn session(
                     // said): streaming goes on, unless cutting over was all
                     // this run was for. Past its checks, it is finished by
                     // the next attempt instead.
-                    if finishing || error.is_transient() || cutover_when_ready {
+                    let shape = shape_mismatch(&error);
+                    if finishing || error.is_transient() || (cutover_when_ready && shape.is_none())
+                    {
                         return Err(error);
                     }
                     control.withdraw_cutover();
                     events.note(Step::Cutover, "cutover: streaming goes on");
+                    if let Some(message) = shape {
+                        // Apply waits for the target, then a cutover when
+                        // ready is tried again.
+                        let applied = pglive_apply::applied_lsn(&state_client, job.name())
+                            .await?
+                            .unwrap_or(record.start_lsn);
+                        return Ok(Stretch::ShapeWaits { message, applied });
+                    }
                     return Ok(Stretch::CutoverWithdrawn);
                 }
                 (Stopped::Shutdown, Some(Reason::VerifyHold)) => {
-                    if !pause_for_verify(
+                    let paused = pause_for_verify(
                         job,
                         &mut applier,
                         &mut stream,
@@ -308,10 +384,28 @@ async fn session(
                         events.as_ref(),
                         control,
                     )
-                    .await?
-                    {
-                        stream.stop().await.ok();
-                        return Ok(Stretch::Done(LiveOutcome::Stopped));
+                    .await;
+                    match paused {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            stream.stop().await.ok();
+                            return Ok(Stretch::Done(LiveOutcome::Stopped));
+                        }
+                        Err(error) => {
+                            // The verification cannot reach its point.
+                            state::clear_verify_request(&state_client, job.name())
+                                .await
+                                .ok();
+                            let Some(message) = shape_mismatch(&error) else {
+                                return Err(error);
+                            };
+                            stream.stop().await.ok();
+                            events.event(Event::StreamingFinished);
+                            return Ok(Stretch::ShapeWaits {
+                                message,
+                                applied: applier.applied_lsn(),
+                            });
+                        }
                     }
                 }
                 (Stopped::Shutdown, Some(Reason::NotCarried(tables))) => {
@@ -341,7 +435,7 @@ async fn watch_requests(
     [state_client, source_client]: [&tokio_postgres::Client; 2],
     job: &Job,
     control: &Control,
-    cutover_when_ready: bool,
+    (cutover_when_ready, waiting): (bool, &mut Option<Lsn>),
     latest: Arc<Mutex<Option<Progress>>>,
     reason: Arc<Mutex<Option<Reason>>>,
     events: &dyn Events,
@@ -397,6 +491,18 @@ async fn watch_requests(
         let progress = latest.lock().expect("not poisoned").clone();
         if let Some(p) = &progress {
             let _ = state::save_progress(state_client, name, p).await;
+            // Past where a table's shape stopped it: the target matched.
+            if waiting.is_some_and(|at| p.stats.applied_lsn > at)
+                && state::set_apply_waiting(state_client, name, None)
+                    .await
+                    .is_ok()
+            {
+                *waiting = None;
+                events.note(
+                    Step::Streaming,
+                    "apply goes on: the target's tables match the source's again",
+                );
+            }
             if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
                 return set(Reason::Cutover { fence: false });
             }
@@ -423,6 +529,10 @@ async fn watch_requests(
         }
     }
 }
+
+/// How long apply stays paused at a verification's point for it to take
+/// the target's snapshot (which takes milliseconds).
+const VERIFY_PAUSE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long apply holds for a verification to take the source's snapshot
 /// (longer when transactions open on the source delay it): then it goes
@@ -510,16 +620,24 @@ async fn pause_for_verify(
         VerifyRequest::Paused(lsn),
     )
     .await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(3600);
+    // The verifier only takes the target's snapshot now; a verifier that
+    // went away must not hold apply.
+    let deadline = std::time::Instant::now() + VERIFY_PAUSE_PATIENCE;
     loop {
         tokio::select! {
             () = control.stopped() => break,
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
         let pending = state::verify_request(state_client, name).await?;
-        if pending != Some(VerifyRequest::Paused(lsn)) || std::time::Instant::now() > deadline {
+        if pending != Some(VerifyRequest::Paused(lsn))
+            || std::time::Instant::now() > deadline
+            || !state::verify_is_running(state_client, name).await?
+        {
             break;
         }
+    }
+    if state::verify_request(state_client, name).await? == Some(VerifyRequest::Paused(lsn)) {
+        state::clear_verify_request(state_client, name).await?;
     }
     applier.resume().await?;
     events.note(

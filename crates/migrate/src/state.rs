@@ -85,6 +85,8 @@ pub(crate) struct Record {
     pub cutover_error: Option<String>,
     /// The slot's WAL figures as last seen while streaming.
     pub slot_wal: Option<serde_json::Value>,
+    /// Why apply waits, while it does.
+    pub apply_waiting: Option<String>,
     pub summary: Option<String>,
     /// A `pglive verify` request, where its handshake is.
     pub verify_request: Option<VerifyRequest>,
@@ -137,7 +139,7 @@ impl Settings {
 /// The migration's tables, by version (see [`StateSchema`]).
 const STATE: StateSchema = StateSchema {
     component: "migrate",
-    steps: &[VERSION_1, VERSION_2, VERSION_3, VERSION_4],
+    steps: &[VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5],
 };
 
 /// Version 1, which also brings the layouts made before versions were kept
@@ -184,6 +186,26 @@ const VERSION_3: &str = "ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS s
 const VERSION_4: &str = "
 ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS copy_snapshot text;
 ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS copy_snapshot_lsn pg_lsn;";
+
+/// Version 5: why apply waits (a source table's shape the target does not
+/// match yet).
+const VERSION_5: &str = "ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS apply_waiting text;";
+
+/// Records (or, with `None`, clears) why apply waits.
+pub(crate) async fn set_apply_waiting(
+    client: &Client,
+    name: &str,
+    why: Option<&str>,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE pglive.migration SET apply_waiting = $2 WHERE name = $1",
+            &[&name, &why],
+        )
+        .await
+        .doing("recording why apply waits")?;
+    Ok(())
+}
 
 /// Records (or, with `None`, clears) the snapshot the running copy reads,
 /// so that other processes may join it.
@@ -242,7 +264,7 @@ pub(crate) async fn create_tables(client: &Client) -> Result<()> {
 pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> {
     const SELECT: &str = "SELECT name, slot, publication, stage, start_lsn::text, source, cutover_requested, fence, summary,
                 verify_lsn::text, verify_state, settings::text, keyless_baseline::text,
-                fence_raised, fence_prior, finishing, cutover_error, slot_wal::text
+                fence_raised, fence_prior, finishing, cutover_error, slot_wal::text, apply_waiting
            FROM pglive.migration WHERE name = $1";
     let row = match client.query_opt(SELECT, &[&name]).await {
         Ok(row) => row,
@@ -274,6 +296,7 @@ pub(crate) async fn load(client: &Client, name: &str) -> Result<Option<Record>> 
             slot_wal: r
                 .get::<_, Option<String>>(17)
                 .and_then(|text| serde_json::from_str(&text).ok()),
+            apply_waiting: r.get(18),
             summary: r.get(8),
             verify_request: verify_request_of(r.get(9), r.get(10))?,
             settings_recorded: r.get::<_, Option<String>>(11).is_some(),
@@ -789,9 +812,23 @@ pub(crate) async fn try_lock_verify(client: &Client, name: &str) -> Result<bool>
 /// the lock: a migrate taking it again after losing its session must not
 /// find it held by a look.
 pub(crate) async fn is_running(client: &Client, name: &str) -> Result<bool> {
+    lock_held(client, lock_key(name))
+        .await
+        .doing("reading the migration lock")
+}
+
+/// Whether a `pglive verify` of migration `name` holds its lock.
+pub(crate) async fn verify_is_running(client: &Client, name: &str) -> Result<bool> {
+    lock_held(client, lock_key(&format!("verify {name}")))
+        .await
+        .doing("reading the verification's lock")
+}
+
+/// Whether some session holds the advisory lock `key` in this database.
+async fn lock_held(client: &Client, key: i64) -> std::result::Result<bool, tokio_postgres::Error> {
     // A bigint advisory key shows as classid (high half) and objid (low
     // half) with objsubid 1.
-    let key = lock_key(name) as u64;
+    let key = key as u64;
     let (high, low) = ((key >> 32) as i64, (key & 0xffff_ffff) as i64);
     let row = client
         .query_one(
@@ -801,8 +838,7 @@ pub(crate) async fn is_running(client: &Client, name: &str) -> Result<bool> {
                                AND classid = $1::int8::oid AND objid = $2::int8::oid)",
             &[&high, &low],
         )
-        .await
-        .doing("reading the migration lock")?;
+        .await?;
     Ok(row.get(0))
 }
 

@@ -37,6 +37,10 @@ pub struct Status {
     pub source_fenced: bool,
     /// Why the last cutover asked for was withdrawn.
     pub last_cutover_error: Option<String>,
+    /// Why apply waits, while it does: a source table changed shape (DDL
+    /// on the source) and the target does not match it yet; the message
+    /// holds the SQL to run on the target.
+    pub apply_waiting: Option<String>,
     /// The slot's WAL on the source as last seen while streaming (every
     /// 10 s): `retained_bytes`, `wal_status`, `safe_bytes` (how much more
     /// before `max_slot_wal_keep_size` invalidates it; null without limit).
@@ -126,6 +130,7 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
         cutover_requested: record.cutover_requested,
         source_fenced: record.fence_raised,
         last_cutover_error: record.cutover_error,
+        apply_waiting: record.apply_waiting,
         slot_wal: record.slot_wal,
         summary: record.summary,
         copy: CopyStatus {

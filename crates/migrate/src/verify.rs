@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use pglive_postgres::ConnectConfig;
+use pglive_postgres::{ConnectConfig, QualifiedName};
 use pglive_repl::{ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::ObjectFilter;
 use tokio_postgres::Client;
@@ -153,7 +153,7 @@ pub(crate) async fn compare(
             let (mut plan, mut known): (Vec<_>, Vec<_>) = recorded.parts.into_iter().unzip();
             let new: Vec<_> = tables
                 .iter()
-                .filter(|t| !plan.iter().any(|p| p.table == t.name.to_string()))
+                .filter(|t| !plan.iter().any(|p| p.table == t.name))
                 .copied()
                 .collect();
             let added = parts::plan(main_source.side(), &new, options.part_bytes).await?;
@@ -173,7 +173,7 @@ pub(crate) async fn compare(
     };
     let parts_resumed = known.iter().flatten().count();
     let run = parts::Run {
-        tables: tables.iter().map(|t| (t.name.to_string(), *t)).collect(),
+        tables: tables.iter().map(|t| (t.name.clone(), *t)).collect(),
         full: options.full,
         jobs: options.jobs,
         pace: options.max_source_bytes_per_second.map(parts::Pace::new),
@@ -192,7 +192,8 @@ pub(crate) async fn compare(
                 .await?;
         }
     }
-    let mut by_table: HashMap<&str, Vec<(&record::PartPlan, &record::Figures)>> = HashMap::new();
+    let mut by_table: HashMap<&QualifiedName, Vec<(&record::PartPlan, &record::Figures)>> =
+        HashMap::new();
     for (part, figures) in plan.iter().zip(&figures) {
         by_table
             .entry(&part.table)
@@ -202,7 +203,7 @@ pub(crate) async fn compare(
     let mut compared = Vec::new();
     for table in &tables {
         let name = table.name.to_string();
-        let mut parts = by_table.remove(name.as_str()).unwrap_or_default();
+        let mut parts = by_table.remove(&table.name).unwrap_or_default();
         parts.sort_by_key(|(p, _)| p.number);
         let sum = |pick: fn(&record::Figures) -> Option<&String>| {
             let sums: Option<Vec<&String>> = parts.iter().map(|(_, f)| pick(f)).collect();

@@ -216,13 +216,19 @@ pub async fn plan(
             });
         }
     }
+    largest_first(&mut parts);
+    Ok(parts)
+}
+
+/// Orders parts largest first (then by table and number), the order
+/// workers take them in, so the longest work starts first.
+pub fn largest_first(parts: &mut [Part]) {
     parts.sort_by(|a, b| {
         b.estimated_bytes
             .cmp(&a.estimated_bytes)
             .then_with(|| a.table.cmp(&b.table))
             .then(a.number.cmp(&b.number))
     });
-    Ok(parts)
 }
 
 /// Ranges of `table`'s integer `key` for `pieces` parts: at the quantiles

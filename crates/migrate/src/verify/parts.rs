@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
+use pglive_postgres::QualifiedName;
 use pglive_schema::Table;
 use pglive_snapshot::PartRange;
 use tokio::time::Instant;
@@ -46,18 +47,13 @@ pub(crate) async fn plan(
         };
         let count = ranges.len() as i64;
         parts.extend(ranges.into_iter().enumerate().map(|(i, range)| PartPlan {
-            table: table.name.to_string(),
+            table: table.name.clone(),
             number: i as i32,
             range,
             estimated_bytes: table.bytes / count,
         }));
     }
-    parts.sort_by(|a, b| {
-        b.estimated_bytes
-            .cmp(&a.estimated_bytes)
-            .then_with(|| a.table.cmp(&b.table))
-            .then(a.number.cmp(&b.number))
-    });
+    pglive_snapshot::largest_first(&mut parts);
     Ok(parts)
 }
 
@@ -91,8 +87,8 @@ impl Pace {
 
 /// What the parts are compared with and where their figures go.
 pub(crate) struct Run<'a> {
-    /// The tables, by quoted name.
-    pub tables: HashMap<String, &'a Table>,
+    /// The tables, by name.
+    pub tables: HashMap<QualifiedName, &'a Table>,
     /// Checksums too, not only counts.
     pub full: bool,
     /// Pairs of sessions at once.
@@ -174,7 +170,7 @@ impl Run<'_> {
                 board.results[i] = Some(figures);
                 board.parts_done += 1;
                 board.bytes_done += part.estimated_bytes.max(0) as u64;
-                report(Some(&part.table), &board);
+                report(Some(&part.table.to_string()), &board);
             }
         };
         try_join_all((0..workers).map(|_| worker())).await?;

@@ -2,7 +2,7 @@
 //! (`pglive.verify_run`, `pglive.verify_part`) as they are compared, so a
 //! verification that stopped continues where it was.
 
-use pglive_postgres::StateSchema;
+use pglive_postgres::{QualifiedName, StateSchema};
 use pglive_snapshot::PartRange;
 use tokio_postgres::Client;
 
@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS pglive.verify_run (
 );
 CREATE TABLE IF NOT EXISTS pglive.verify_part (
     migration text NOT NULL,
+    table_schema text NOT NULL,
     table_name text NOT NULL,
     part int NOT NULL,
     key_column text,
@@ -34,21 +35,12 @@ CREATE TABLE IF NOT EXISTS pglive.verify_part (
     source_sum text,
     target_sum text,
     compared_at text,
-    PRIMARY KEY (migration, table_name, part)
+    PRIMARY KEY (migration, table_schema, table_name, part)
 );";
 
-/// One part of a verification: a key range of one table (or all of it).
-#[derive(Clone, Debug)]
-pub(crate) struct PartPlan {
-    /// The table, quoted.
-    pub table: String,
-    /// Its number within the table, from 0.
-    pub number: i32,
-    /// The rows it covers.
-    pub range: PartRange,
-    /// Its estimated size on the source.
-    pub estimated_bytes: i64,
-}
+/// One part of a verification: a key range of one table (or all of it),
+/// planned as the copy plans its parts.
+pub(crate) use pglive_snapshot::Part as PartPlan;
 
 /// One part's figures on both sides.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -139,14 +131,15 @@ async fn insert(
     name: &str,
     parts: &[PartPlan],
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    let (mut tables, mut numbers, mut columns, mut starts, mut ends, mut bytes) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut schemas, mut tables, mut numbers) = (vec![], vec![], vec![]);
+    let (mut columns, mut starts, mut ends, mut bytes) = (vec![], vec![], vec![], vec![]);
     for part in parts {
         let (column, start, end) = match &part.range {
             PartRange::Key { column, start, end } => (Some(column.clone()), *start, *end),
             _ => (None, None, None),
         };
-        tables.push(part.table.clone());
+        schemas.push(part.table.schema.clone());
+        tables.push(part.table.name.clone());
         numbers.push(part.number);
         columns.push(column);
         starts.push(start);
@@ -156,9 +149,9 @@ async fn insert(
     client
         .execute(
             "INSERT INTO pglive.verify_part
-               (migration, table_name, part, key_column, range_start, range_end, estimated_bytes)
-             SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::int8[], $6::int8[], $7::int8[])",
-            &[&name, &tables, &numbers, &columns, &starts, &ends, &bytes],
+               (migration, table_schema, table_name, part, key_column, range_start, range_end, estimated_bytes)
+             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::int8[], $7::int8[], $8::int8[])",
+            &[&name, &schemas, &tables, &numbers, &columns, &starts, &ends, &bytes],
         )
         .await
 }
@@ -174,12 +167,13 @@ pub(crate) async fn save(
     client
         .execute(
             "UPDATE pglive.verify_part
-                SET source_rows = $4, target_rows = $5, source_sum = $6, target_sum = $7,
-                    compared_at = coalesce($8, now()::text)
-              WHERE migration = $1 AND table_name = $2 AND part = $3",
+                SET source_rows = $5, target_rows = $6, source_sum = $7, target_sum = $8,
+                    compared_at = coalesce($9, now()::text)
+              WHERE migration = $1 AND table_schema = $2 AND table_name = $3 AND part = $4",
             &[
                 &name,
-                &part.table,
+                &part.table.schema,
+                &part.table.name,
                 &part.number,
                 &figures.source_rows,
                 &figures.target_rows,
@@ -233,34 +227,34 @@ pub(crate) async fn stopped(client: &Client, name: &str) -> Result<Recorded> {
     }
     let parts = client
         .query(
-            "SELECT table_name, part, key_column, range_start, range_end, estimated_bytes,
+            "SELECT table_schema, table_name, part, key_column, range_start, range_end, estimated_bytes,
                     source_rows, target_rows, source_sum, target_sum
-               FROM pglive.verify_part WHERE migration = $1 ORDER BY estimated_bytes DESC, table_name, part",
+               FROM pglive.verify_part WHERE migration = $1 ORDER BY estimated_bytes DESC, table_schema, table_name, part",
             &[&name],
         )
         .await
         .doing("reading pglive.verify_part")?
         .iter()
         .map(|r| {
-            let range = match r.get::<_, Option<String>>(2) {
+            let range = match r.get::<_, Option<String>>(3) {
                 Some(column) => PartRange::Key {
                     column,
-                    start: r.get(3),
-                    end: r.get(4),
+                    start: r.get(4),
+                    end: r.get(5),
                 },
                 None => PartRange::Whole,
             };
             let plan = PartPlan {
-                table: r.get(0),
-                number: r.get(1),
+                table: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                number: r.get(2),
                 range,
-                estimated_bytes: r.get(5),
+                estimated_bytes: r.get(6),
             };
-            let figures = r.get::<_, Option<i64>>(6).map(|source_rows| Figures {
+            let figures = r.get::<_, Option<i64>>(7).map(|source_rows| Figures {
                 source_rows,
-                target_rows: r.get(7),
-                source_sum: r.get(8),
-                target_sum: r.get(9),
+                target_rows: r.get(8),
+                source_sum: r.get(9),
+                target_sum: r.get(10),
             });
             (plan, figures)
         })

@@ -449,9 +449,13 @@ fn new_caches(sessions: usize) -> Vec<StatementCache> {
 /// may set `session_replication_role = replica`.
 async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
     let client = connect_sql(target_config).await?;
-    // Fully qualified type names for casts. (A position is confirmed to
-    // the source only once its batch is durable: `connect_sql` raises
-    // synchronous_commit to `on`.)
+    // Fully qualified type names for casts.
+    // A position is confirmed to the source only once its batch is
+    // durable: at least flushed locally (a target configured with
+    // synchronous_commit = off would lose confirmed batches in a crash),
+    // and on the synchronous standbys the target waits for, if any (a
+    // failover would lose them otherwise). `on` is both; remote_write
+    // and remote_apply, chosen by the target's owner, are kept.
     // Keyed statements find each row through the key's index, whatever
     // the table's size: a hash join would scan the whole table. JIT
     // compiles a batch's statement afresh whenever its estimated cost
@@ -460,6 +464,8 @@ async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
     client
         .batch_execute(
             "SET search_path = pg_catalog;
+             SELECT pg_catalog.set_config('synchronous_commit', 'on', false)
+              WHERE pg_catalog.current_setting('synchronous_commit') IN ('off', 'local');
              SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off",
         )
         .await

@@ -70,14 +70,14 @@ pub async fn connect_sql(config: &ConnectConfig) -> Result<tokio_postgres::Clien
         server: server.clone(),
         source,
     };
-    let client = match tls::client_config(config)? {
+    match tls::client_config(config)? {
         Some(tls) => {
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
             let (client, connection) = pg.connect(connector).await.map_err(sql_error)?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
-            client
+            Ok(client)
         }
         None => {
             let (client, connection) =
@@ -85,21 +85,7 @@ pub async fn connect_sql(config: &ConnectConfig) -> Result<tokio_postgres::Clien
             tokio::spawn(async move {
                 let _ = connection.await;
             });
-            client
+            Ok(client)
         }
-    };
-    // What pglive commits must survive a crash of the server: its state
-    // (a stage reached, a fence raised), a copied part, an applied batch.
-    // A server set to `synchronous_commit = off` or `local` (common for
-    // bulk loads) would lose the last ones; `on` also waits for the
-    // server's synchronous standbys. `remote_write` and `remote_apply`,
-    // chosen by the server's owner, are kept.
-    client
-        .batch_execute(
-            "SELECT pg_catalog.set_config('synchronous_commit', 'on', false)
-              WHERE pg_catalog.current_setting('synchronous_commit') IN ('off', 'local')",
-        )
-        .await
-        .map_err(sql_error)?;
-    Ok(client)
+    }
 }

@@ -376,13 +376,24 @@ pub(crate) async fn insert(client: &Client, m: &Record) -> Result<()> {
 }
 
 pub(crate) async fn set_stage(client: &Client, name: &str, stage: Stage) -> Result<()> {
-    client
-        .execute(
-            "UPDATE pglive.migration SET stage = $2, updated_at = now() WHERE name = $1",
-            &[&name, &stage.as_str()],
-        )
-        .await
-        .doing("updating pglive.migration")?;
+    // Durable even on a target set to synchronous_commit = off: a stage
+    // lost in a crash would leave a streaming migration recorded as
+    // post-data, and no cutover could be asked for.
+    let updated = client
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT pg_catalog.set_config('synchronous_commit', 'on', true)
+              WHERE pg_catalog.current_setting('synchronous_commit') IN ('off', 'local');
+             UPDATE pglive.migration SET stage = {}, updated_at = now() WHERE name = {};
+             COMMIT",
+            pglive_postgres::quote_literal(stage.as_str()),
+            pglive_postgres::quote_literal(name)
+        ))
+        .await;
+    if updated.is_err() {
+        client.batch_execute("ROLLBACK").await.ok();
+    }
+    updated.doing("updating pglive.migration")?;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ fn apply_waits_for_the_target_to_match_a_changed_table() {
     let (src, dst) = util::databases(
         cluster,
         "shape",
-        "CREATE TABLE t (id int PRIMARY KEY, a text, n int, gone text);
+        "CREATE TABLE t (id int PRIMARY KEY, a text, n int, gone text NOT NULL);
          INSERT INTO t SELECT g, 'a' || g, g, 'x' FROM generate_series(1, 1000) g;",
     );
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));

@@ -80,7 +80,13 @@ impl Shapes<'_> {
         }
         if !self.extra_target_columns {
             for target in target_columns {
-                if !target.generated && !relation.columns.iter().any(|c| c.name == target.name) {
+                // A column rows may leave out takes its default: rows from
+                // before the source's change still arrive that way after
+                // the target was made to match.
+                if !target.generated
+                    && target.required
+                    && !relation.columns.iter().any(|c| c.name == target.name)
+                {
                     mismatch
                         .extra
                         .push((target.name.clone(), target.type_with_modifier.clone()));
@@ -292,6 +298,7 @@ mod tests {
             type_name: QualifiedName::new("pg_catalog", sql),
             builtin_type: builtin,
             type_modifier: modifier,
+            required: true,
             generated: false,
             orderable: true,
             identity_always: false,

@@ -55,6 +55,8 @@ pub(crate) struct TargetColumn {
     pub builtin_type: Option<u32>,
     /// `atttypmod` (-1: none).
     pub type_modifier: i32,
+    /// `NOT NULL` without a default (nor identity): a row must give it.
+    pub required: bool,
     pub generated: bool,
     pub orderable: bool,
     /// `GENERATED ALWAYS AS IDENTITY`.
@@ -164,6 +166,7 @@ impl TableMap {
                         format_type(a.atttypid, a.atttypmod),
                         bn.nspname::text,
                         b.typname::text,
+                        a.attnotnull AND NOT a.atthasdef AND a.attidentity = '',
                         EXISTS (SELECT 1 FROM pg_catalog.pg_opclass oc
                                   JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
                                  WHERE am.amname = 'btree' AND oc.opcdefault
@@ -197,7 +200,8 @@ impl TableMap {
                 type_modifier: r.get(5),
                 type_with_modifier: r.get(6),
                 type_name: QualifiedName::new(r.get::<_, String>(7), r.get::<_, String>(8)),
-                orderable: r.get(9),
+                required: r.get(9),
+                orderable: r.get(10),
             })
             .collect();
         let mismatch = match shapes.compare(relation, &target_columns) {

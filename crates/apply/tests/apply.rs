@@ -276,7 +276,7 @@ async fn a_different_type_modifier_stops_apply_before_values_change() {
     assert!(matches!(error, Error::ShapeMismatch { .. }), "{error}");
     let message = error.to_string();
     assert!(
-        message.contains("\"amount\"") && message.contains("modifier"),
+        message.contains("\"amount\" is numeric(12,4) on the source, numeric(12,2) on the target"),
         "{message}"
     );
     assert!(!message.contains("\"code\""), "{message}");

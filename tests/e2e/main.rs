@@ -10,6 +10,7 @@ mod faults;
 mod fence;
 mod join;
 mod migrate;
+mod timescale;
 mod util;
 mod verify;
 mod versions;

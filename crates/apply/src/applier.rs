@@ -20,6 +20,7 @@ use pglive_repl::pgoutput::LogicalMessage;
 
 use crate::batcher::Batch;
 use crate::changes;
+use crate::chunks::{ChunkedTable, MoveMarker};
 use crate::error::{Error, Result};
 use crate::intake::{Intake, Intook};
 use crate::lanes;
@@ -71,6 +72,14 @@ pub struct ApplyOptions {
     /// (they keep their defaults): on for targets prepared by hand. Off,
     /// such a column stops apply as the source dropping (or renaming) it.
     pub extra_target_columns: bool,
+    /// Tables whose rows the source reports on their chunks (TimescaleDB
+    /// hypertables): a chunk's changes are applied to its table. Default:
+    /// none.
+    pub chunked_tables: Vec<ChunkedTable>,
+    /// Schemas where the source keeps chunks and TimescaleDB's internal
+    /// relations: changes of relations in them that are not chunks of
+    /// [`ApplyOptions::chunked_tables`] are never applied. Default: none.
+    pub internal_schemas: Vec<String>,
 }
 
 impl ApplyOptions {
@@ -91,6 +100,8 @@ impl ApplyOptions {
             spill_dir: std::env::temp_dir(),
             sessions: 4,
             extra_target_columns: false,
+            chunked_tables: Vec::new(),
+            internal_schemas: Vec::new(),
         }
     }
 }
@@ -134,6 +145,9 @@ struct SourceTxn {
     final_lsn: Lsn,
     /// Applied before a restart: its changes are skipped.
     skip: bool,
+    /// Between TimescaleDB's markers of rows it moves into or out of
+    /// compressed chunks: chunks' changes are not the application's.
+    moving_rows: bool,
 }
 
 /// Applies a pgoutput stream to the target in large, ordered batches,
@@ -200,6 +214,8 @@ impl Applier {
             relations: Relations::new(
                 target_config.clone(),
                 options.ignored_tables.clone(),
+                options.chunked_tables.clone(),
+                options.internal_schemas.clone(),
                 options.extra_target_columns,
             ),
             batch: Batch::new(&options),
@@ -311,6 +327,7 @@ impl Applier {
         self.txn = Some(SourceTxn {
             final_lsn,
             skip: final_lsn < self.applied,
+            moving_rows: false,
         });
         Ok(())
     }
@@ -370,7 +387,10 @@ impl Applier {
                 let mut tables = Vec::new();
                 for id in &truncate.relation_ids {
                     if let Some(table) = self.table_for_change(*id)? {
-                        tables.push(table);
+                        // Several chunks of one table are one table here.
+                        if !tables.iter().any(|t: &Arc<TableMap>| t.name == table.name) {
+                            tables.push(table);
+                        }
                     }
                 }
                 if !tables.is_empty() {
@@ -386,7 +406,15 @@ impl Applier {
                 self.relations.note_type(&described);
                 Ok(())
             }
-            LogicalMessage::Origin(_) | LogicalMessage::Message(_) => Ok(()),
+            LogicalMessage::Message(message) => {
+                if let (Some(marker), Some(txn)) =
+                    (MoveMarker::of(&message.prefix), self.txn.as_mut())
+                {
+                    txn.moving_rows = marker == MoveMarker::Start;
+                }
+                Ok(())
+            }
+            LogicalMessage::Origin(_) => Ok(()),
             other => Err(Error::Protocol(format!(
                 "{} messages are not expected: the stream must be started without two_phase",
                 other.kind()
@@ -402,7 +430,7 @@ impl Applier {
             .txn
             .as_ref()
             .ok_or_else(|| Error::Protocol("a change outside of a transaction".to_owned()))?;
-        if txn.skip {
+        if txn.skip || (txn.moving_rows && self.relations.is_chunk(relation_id)) {
             return Ok(None);
         }
         let Some(table) = self.relations.table(relation_id)? else {

@@ -81,6 +81,7 @@
 mod applier;
 mod batcher;
 mod changes;
+mod chunks;
 mod error;
 mod execute;
 mod intake;
@@ -96,6 +97,7 @@ mod spread;
 mod table;
 
 pub use applier::{Applier, ApplyOptions, ApplyStats};
+pub use chunks::ChunkedTable;
 pub use error::{Error, Result};
 pub use progress::{applied_lsn, forget, restore_identity_columns, restore_triggers};
 pub use run::{Progress, RunOptions, Stopped, run};

@@ -15,6 +15,7 @@ use pglive_postgres::{ConnectConfig, QualifiedName, connect_sql};
 use pglive_repl::pgoutput::{Relation, Type};
 use tokio_postgres::Client;
 
+use crate::chunks::{self, ChunkedTable, Resolved};
 use crate::error::{Error, Result};
 use crate::progress;
 use crate::shape::Shapes;
@@ -27,6 +28,12 @@ pub(crate) struct Relations {
     ignored_tables: HashSet<QualifiedName>,
     /// …and by the ids their Relation messages gave them.
     ignored_ids: HashSet<u32>,
+    /// Tables whose rows the source reports on their chunks.
+    chunked: Vec<ChunkedTable>,
+    /// Schemas of TimescaleDB's chunks and internal relations.
+    internal_schemas: Vec<String>,
+    /// The ids of relations that are chunks of a [`ChunkedTable`].
+    chunk_ids: HashSet<u32>,
     /// Tables whose triggers and identity columns are ready for the
     /// source's rows.
     prepared: HashSet<QualifiedName>,
@@ -39,16 +46,22 @@ pub(crate) struct Relations {
 }
 
 impl Relations {
-    /// No relation described yet; `ignored_tables` are never applied.
+    /// No relation described yet; `ignored_tables` are never applied, nor
+    /// relations in `internal_schemas` other than chunks of `chunked`.
     pub fn new(
         target: ConnectConfig,
         ignored_tables: HashSet<QualifiedName>,
+        chunked: Vec<ChunkedTable>,
+        internal_schemas: Vec<String>,
         extra_target_columns: bool,
     ) -> Relations {
         Relations {
             by_id: HashMap::new(),
             ignored_tables,
             ignored_ids: HashSet::new(),
+            chunked,
+            internal_schemas,
+            chunk_ids: HashSet::new(),
             prepared: HashSet::new(),
             types: HashMap::new(),
             extra_target_columns,
@@ -59,15 +72,33 @@ impl Relations {
     /// Notes whether `relation` is of an ignored table; true when it is
     /// (nothing more needs describing).
     pub fn ignore(&mut self, relation: &Relation) -> bool {
-        let ignored = self
-            .ignored_tables
-            .contains(&QualifiedName::new(&relation.namespace, &relation.name));
+        let ignored = match self.resolve(relation) {
+            Resolved::Internal => true,
+            Resolved::ChunkOf(table) => self.ignored_tables.contains(&table),
+            Resolved::Itself => self
+                .ignored_tables
+                .contains(&QualifiedName::new(&relation.namespace, &relation.name)),
+        };
         if ignored {
             self.ignored_ids.insert(relation.id);
         } else {
             self.ignored_ids.remove(&relation.id);
         }
         ignored
+    }
+
+    fn resolve(&self, relation: &Relation) -> Resolved {
+        chunks::resolve(
+            &self.chunked,
+            &self.internal_schemas,
+            &relation.namespace,
+            &relation.name,
+        )
+    }
+
+    /// Whether relation `id` is a chunk of a table (see [`ChunkedTable`]).
+    pub fn is_chunk(&self, id: u32) -> bool {
+        self.chunk_ids.contains(&id)
     }
 
     /// Notes the name of a source type (a Type message, sent before the
@@ -94,6 +125,24 @@ impl Relations {
         checks_foreign_keys: bool,
     ) -> Result<bool> {
         let again = self.by_id.contains_key(&relation.id);
+        // A chunk's changes go to its table, which routes them to the
+        // target's own chunks.
+        let chunk_of;
+        let relation = match self.resolve(relation) {
+            Resolved::ChunkOf(table) => {
+                self.chunk_ids.insert(relation.id);
+                chunk_of = Relation {
+                    namespace: table.schema,
+                    name: table.name,
+                    ..relation.clone()
+                };
+                &chunk_of
+            }
+            _ => {
+                self.chunk_ids.remove(&relation.id);
+                relation
+            }
+        };
         let shapes = Shapes {
             types: &self.types,
             extra_target_columns: self.extra_target_columns,

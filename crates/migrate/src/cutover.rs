@@ -244,6 +244,15 @@ async fn check(
             format!("cutover: {identities} identity column(s) made GENERATED ALWAYS again"),
         );
     }
+    let (aggregates, jobs) = crate::timescale::finish_on_target(job, source, target).await?;
+    if aggregates + jobs > 0 {
+        events.note(
+            Step::Cutover,
+            format!(
+                "cutover: TimescaleDB: {aggregates} continuous aggregate(s) refreshed, {jobs} job(s) scheduled"
+            ),
+        );
+    }
     // Again, for what changed between the point and the fence.
     let keyless = keyless_changes(source, record, &job.filter()).await?;
     keyless.report(events);

@@ -186,6 +186,21 @@ pub enum Error {
     /// `pglive cutover --abort` ended the cutover.
     #[error("cutover aborted")]
     CutoverAborted,
+
+    /// TimescaleDB's new chunks could not be made to join the publications.
+    #[error(
+        "the source's hypertables make chunks as rows arrive, and each must be published: pglive \
+         could not turn on {setting} for every session ({reason}). As a superuser on the source \
+         run `GRANT ALTER SYSTEM ON PARAMETER {setting} TO <role>; GRANT EXECUTE ON FUNCTION \
+         pg_catalog.pg_reload_conf() TO <role>;`, or set {setting} = on in its configuration and \
+         reload it, then run the migration again"
+    )]
+    ChunksUnpublished {
+        /// The TimescaleDB setting.
+        setting: &'static str,
+        /// Why it could not be set.
+        reason: String,
+    },
     /// Row counts differ after the catch-up.
     #[error(
         "row counts differ on {} table(s) ({}); the slot is kept so nothing is lost: investigate, then run `pglive cutover` again",

@@ -81,6 +81,7 @@ mod slot;
 mod stages;
 mod state;
 mod status;
+mod timescale;
 mod verify;
 
 pub use clean::clean;

@@ -79,14 +79,24 @@ pub(crate) async fn connect(
     options.copied_at = copied_at;
     options.ignored_tables = ignored.clone();
     options.sessions = job.options.apply_sessions;
+    let source = connect_sql(&job.source).await?;
+    let timescale = crate::timescale::chunked_tables(&source, job).await?;
+    let messages = timescale.is_some();
+    if let Some((chunked, internal)) = timescale {
+        options.chunked_tables = chunked;
+        options.internal_schemas = internal;
+    }
     let applier = Applier::connect(&job.target, options).await?;
     let publications = {
-        let source = connect_sql(&job.source).await?;
         slot::check_usable(&source, &record.slot).await?;
         publication::stream_names(&source, &record.publication).await?
     };
+    drop(source);
     let mut pgoutput = PgOutputOptions::new(publications);
     pgoutput.proto_version = proto;
+    // TimescaleDB marks the rows it moves into and out of compressed
+    // chunks with logical messages.
+    pgoutput.messages = messages;
     if proto >= 2 {
         pgoutput.streaming = Streaming::On;
     }

@@ -280,6 +280,10 @@ async fn start(
         .await?
         .get(0);
     let keyless_baseline = publication::keyless_changes(source, catalog).await?;
+    if !catalog.timescale.hypertables.is_empty() {
+        // Before the publications exist: no chunk is made outside them.
+        crate::timescale::publish_new_chunks(source, events.as_ref()).await?;
+    }
     let (tables, keyed) = publication::create(
         source,
         publication,
@@ -373,23 +377,12 @@ async fn schema_pre_data(
             format!("not restored, as only a superuser may run it on the target: {skipped}"),
         );
     }
-    if job.options.hypertables && !catalog.hypertables.is_empty() && !job.options.reuse_schema {
-        // Chunks are made as rows arrive, so the table must be a hypertable
-        // before the copy.
+    if job.options.hypertables
+        && !catalog.timescale.hypertables.is_empty()
+        && !job.options.reuse_schema
+    {
         let target = connect_sql(&job.target).await?;
-        for hypertable in &catalog.hypertables {
-            target
-                .batch_execute(&hypertable.create_sql())
-                .await
-                .doing_with(|| format!("making {} a hypertable on the target", hypertable.name))?;
-        }
-        events.note(
-            Step::Schema,
-            format!(
-                "schema: {} hypertable(s) created",
-                catalog.hypertables.len()
-            ),
-        );
+        crate::timescale::create_on_target(&target, &catalog.timescale, events).await?;
     }
     Ok(())
 }
@@ -574,6 +567,18 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
+        if !catalog.timescale.continuous_aggregates.is_empty() {
+            let started = Instant::now();
+            let source = connect_sql(&job.source).await?;
+            let refreshed = crate::timescale::refresh_aggregates(job, &source, target).await?;
+            events.note(
+                Step::PostData,
+                format!(
+                    "post-data: {refreshed} continuous aggregate(s) materialized in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
         state::set_stage(target, job.name(), Stage::Streaming).await?;
         record.stage = Stage::Streaming;
     }

@@ -19,6 +19,7 @@ use tokio_postgres::GenericClient;
 
 use crate::error::{Result, query};
 use crate::filter::ObjectFilter;
+use crate::timescale::Timescale;
 use pglive_postgres::QualifiedName;
 
 /// The first OID handed out to user objects; lower OIDs are built in and the
@@ -152,66 +153,6 @@ pub struct Extension {
     pub version: String,
 }
 
-/// One partitioning dimension of a TimescaleDB hypertable.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dimension {
-    /// The column.
-    pub column: String,
-    /// The column's type.
-    pub column_type: String,
-    /// The chunk interval as SQL text (an interval, or an integer for
-    /// integer time columns); `None` for a space dimension.
-    pub interval: Option<String>,
-    /// The number of hash partitions of a space dimension.
-    pub partitions: Option<i32>,
-}
-
-/// A TimescaleDB hypertable: the target must get `create_hypertable` before
-/// the data (see [`Hypertable::create_sql`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hypertable {
-    /// The hypertable.
-    pub name: QualifiedName,
-    /// The time dimension first, then any space dimension.
-    pub dimensions: Vec<Dimension>,
-}
-
-impl Hypertable {
-    /// The statements that make the same (empty) table a hypertable on the
-    /// target: `create_hypertable` for the time dimension and
-    /// `add_dimension` for each further one.
-    pub fn create_sql(&self) -> String {
-        let table = pglive_postgres::quote_literal(&self.name.quoted());
-        let mut sql = String::new();
-        for (i, d) in self.dimensions.iter().enumerate() {
-            let column = pglive_postgres::quote_literal(&d.column);
-            let interval = d.interval.as_ref().map(|iv| {
-                if iv.chars().all(|c| c.is_ascii_digit()) {
-                    iv.clone()
-                } else {
-                    format!("INTERVAL {}", pglive_postgres::quote_literal(iv))
-                }
-            });
-            match (i, interval, d.partitions) {
-                (0, Some(iv), _) => sql.push_str(&format!(
-                    "SELECT create_hypertable({table}, {column}, chunk_time_interval => {iv});\n"
-                )),
-                (0, None, _) => {
-                    sql.push_str(&format!("SELECT create_hypertable({table}, {column});\n"))
-                }
-                (_, _, Some(n)) => sql.push_str(&format!(
-                    "SELECT add_dimension({table}, {column}, number_partitions => {n});\n"
-                )),
-                (_, Some(iv), None) => sql.push_str(&format!(
-                    "SELECT add_dimension({table}, {column}, chunk_time_interval => {iv});\n"
-                )),
-                (_, None, None) => {}
-            }
-        }
-        sql
-    }
-}
-
 /// Everything the other stages need to know about the source.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Catalog {
@@ -225,8 +166,9 @@ pub struct Catalog {
     pub extensions: Vec<Extension>,
     /// How many large objects the database holds.
     pub large_objects: i64,
-    /// TimescaleDB hypertables (empty without the extension).
-    pub hypertables: Vec<Hypertable>,
+    /// TimescaleDB's hypertables, continuous aggregates and jobs (empty
+    /// without the extension).
+    pub timescale: Timescale,
 }
 
 /// Schemas never copied: system schemas and pglive's state.
@@ -250,14 +192,12 @@ impl Catalog {
             .get(0);
         let server_version_num = version.parse().unwrap_or(0);
         let extensions = read_extensions(client).await?;
-        let hypertables = if extensions.iter().any(|e| e.name == "timescaledb") {
-            read_hypertables(client).await?
-        } else {
-            Vec::new()
-        };
         let mut tables = read_tables(client, filter).await?;
+        let timescaledb = extensions.iter().find(|e| e.name == "timescaledb");
+        let timescale =
+            Timescale::read(client, timescaledb.map(|e| e.version.as_str()), &tables).await?;
         for table in &mut tables {
-            table.hypertable = hypertables.iter().any(|h| h.name == table.name);
+            table.hypertable = timescale.hypertables.iter().any(|h| h.name == table.name);
         }
         let sequences = read_sequences(client, filter).await?;
         let large_objects: i64 = client
@@ -274,7 +214,7 @@ impl Catalog {
             sequences,
             extensions,
             large_objects,
-            hypertables,
+            timescale,
         })
     }
 
@@ -315,38 +255,6 @@ async fn read_extensions(client: &impl GenericClient) -> Result<Vec<Extension>> 
             version: r.get(2),
         })
         .collect())
-}
-
-async fn read_hypertables(client: &impl GenericClient) -> Result<Vec<Hypertable>> {
-    let rows = client
-        .query(
-            "SELECT hypertable_schema::text, hypertable_name::text, column_name::text, \
-                    column_type::text, \
-                    coalesce(time_interval::text, integer_interval::text), num_partitions::int4 \
-             FROM timescaledb_information.dimensions \
-             ORDER BY 1, 2, dimension_number",
-            &[],
-        )
-        .await
-        .map_err(query("reading TimescaleDB hypertables"))?;
-    let mut hypertables: Vec<Hypertable> = Vec::new();
-    for row in rows {
-        let name = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        let dimension = Dimension {
-            column: row.get(2),
-            column_type: row.get(3),
-            interval: row.get(4),
-            partitions: row.get(5),
-        };
-        match hypertables.last_mut() {
-            Some(h) if h.name == name => h.dimensions.push(dimension),
-            _ => hypertables.push(Hypertable {
-                name,
-                dimensions: vec![dimension],
-            }),
-        }
-    }
-    Ok(hypertables)
 }
 
 /// The filter's parameters for the table and sequence queries: $1 include
@@ -746,31 +654,5 @@ mod tests {
         assert!(!binary_safe(&types, 20001));
         assert!(!binary_safe(&types, 20002));
         assert!(binary_safe(&types, 20003));
-    }
-
-    #[test]
-    fn hypertable_sql() {
-        let h = Hypertable {
-            name: QualifiedName::new("public", "Metrics"),
-            dimensions: vec![
-                Dimension {
-                    column: "time".into(),
-                    column_type: "timestamp with time zone".into(),
-                    interval: Some("7 days".into()),
-                    partitions: None,
-                },
-                Dimension {
-                    column: "device".into(),
-                    column_type: "integer".into(),
-                    interval: None,
-                    partitions: Some(4),
-                },
-            ],
-        };
-        assert_eq!(
-            h.create_sql(),
-            "SELECT create_hypertable('\"public\".\"Metrics\"', 'time', chunk_time_interval => INTERVAL '7 days');\n\
-             SELECT add_dimension('\"public\".\"Metrics\"', 'device', number_partitions => 4);\n"
-        );
     }
 }

@@ -139,6 +139,9 @@ struct Dumped {
     post_entries: Vec<TocEntry>,
     keys: KeyObjects,
     identities: Identities,
+    /// Constraints of TimescaleDB hypertables (OIDs): restored without
+    /// `ONLY`.
+    hypertable_constraints: HashSet<u32>,
 }
 
 /// How post-data objects are recognized on the target, so that a restore
@@ -341,14 +344,21 @@ impl SchemaCopy {
     pub async fn dump(&mut self, snapshot: Option<&str>) -> Result<()> {
         let pre_data = self.work.join("pre-data.dump");
         let post_data = self.work.join("post-data.dump");
+        let adjustments = {
+            let client = connect(&self.source).await?;
+            crate::timescale::dump_adjustments(&client).await?
+        };
+        let excluded = &adjustments.exclusions;
         // Two sessions of the same snapshot: both dumps run at once.
         let (pre, post, keys) = tokio::join!(
             async {
-                self.pg_dump("pre-data", &pre_data, snapshot).await?;
+                self.pg_dump("pre-data", &pre_data, snapshot, excluded)
+                    .await?;
                 self.list(&pre_data).await
             },
             async {
-                self.pg_dump("post-data", &post_data, snapshot).await?;
+                self.pg_dump("post-data", &post_data, snapshot, excluded)
+                    .await?;
                 self.list(&post_data).await
             },
             self.key_objects(snapshot),
@@ -364,11 +374,20 @@ impl SchemaCopy {
             post_entries,
             keys,
             identities,
+            hypertable_constraints: adjustments.hypertable_constraints,
         });
         Ok(())
     }
 
-    async fn pg_dump(&self, section: &str, file: &Path, snapshot: Option<&str>) -> Result<()> {
+    /// Runs `pg_dump` of one section into `file`, leaving out `excluded`
+    /// (further `--exclude-…` arguments).
+    async fn pg_dump(
+        &self,
+        section: &str,
+        file: &Path,
+        snapshot: Option<&str>,
+        excluded: &[String],
+    ) -> Result<()> {
         let mut cmd = self.tools.command("pg_dump", &self.source);
         cmd.arg("--format=custom")
             .arg(format!("--section={section}"))
@@ -376,6 +395,7 @@ impl SchemaCopy {
             .arg("--no-subscriptions")
             .arg("--exclude-schema=pglive")
             .args(self.options.filter.pg_dump_args())
+            .args(excluded)
             .arg("--file")
             .arg(file);
         if !self.options.keep_privileges {
@@ -553,8 +573,36 @@ impl SchemaCopy {
             if entries.is_empty() {
                 continue;
             }
+            let (hypertables, entries): (Vec<TocEntry>, Vec<TocEntry>) =
+                entries.iter().cloned().partition(|e| {
+                    e.catalog == toc::PG_CONSTRAINT
+                        && dumped.hypertable_constraints.contains(&e.oid)
+                });
             let list = self.work.join(format!("{}.list", name.replace(' ', "-")));
-            write(&list, &toc::list_file(entries))?;
+            if !hypertables.is_empty() {
+                // TimescaleDB refuses `ALTER TABLE ONLY` on a hypertable;
+                // without ONLY it adds the constraint to every chunk.
+                write(&list, &toc::list_file(&hypertables))?;
+                let script = self
+                    .restore_script(&dumped.post_data, &list, &[])
+                    .await?
+                    .replace("ALTER TABLE ONLY ", "ALTER TABLE ");
+                for entry in &hypertables {
+                    // As pg_restore would say it: `CONSTRAINT "schema.table name"`.
+                    let words: Vec<&str> = entry.rest.split(' ').collect();
+                    if let [kind, schema, table, name, ..] = words.as_slice() {
+                        on_line(&format!(
+                            "pg_restore: creating {kind} \"{schema}.{table} {name}\""
+                        ));
+                    }
+                }
+                self.psql(&script, "restoring constraints of hypertables")
+                    .await?;
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            write(&list, &toc::list_file(&entries))?;
             tracing::debug!(phase = name, entries = entries.len(), "restoring");
             self.pg_restore(&dumped.post_data, &list, args, name, &mut on_line)
                 .await?;

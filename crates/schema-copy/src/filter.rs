@@ -110,6 +110,12 @@ impl ObjectFilter {
     }
 }
 
+/// A psql pattern that matches exactly `name`: quoted, `"` doubled (inside
+/// quotes `*`, `?` and `.` are literal).
+pub(crate) fn literal_pattern(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// Translates a psql pattern as `processSQLNamePattern` does.
 pub(crate) fn parse(pattern: &str) -> Result<NamePattern> {
     let mut parts: Vec<String> = vec![String::new()];

@@ -57,14 +57,14 @@ mod copy;
 mod error;
 mod filter;
 mod sequences;
+mod timescale;
 mod toc;
 mod tools;
 
-pub use catalog::{
-    Catalog, Column, Dimension, Extension, Hypertable, ReplicaIdentity, Sequence, Table, TableKind,
-};
+pub use catalog::{Catalog, Column, Extension, ReplicaIdentity, Sequence, Table, TableKind};
 pub use copy::{PostDataProgress, RestoreReport, SchemaCopy, SchemaOptions};
 pub use error::{Error, Result};
 pub use filter::ObjectFilter;
 pub use sequences::{SyncedSequence, sync_sequences};
+pub use timescale::{Compression, ContinuousAggregate, Dimension, Hypertable, Job, Timescale};
 pub use tools::{PgTools, server_major};

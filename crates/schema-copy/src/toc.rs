@@ -13,7 +13,7 @@ use std::collections::HashSet;
 /// `pg_class`, the catalog of indexes.
 const PG_CLASS: u32 = 1259;
 /// `pg_constraint`.
-const PG_CONSTRAINT: u32 = 2606;
+pub(crate) const PG_CONSTRAINT: u32 = 2606;
 
 /// One line of `pg_restore -l`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -65,7 +65,7 @@ async fn catalog_describes_tables_keys_and_types() {
     let catalog = Catalog::read(&client, &ObjectFilter::new()).await.unwrap();
     assert_eq!(catalog.server_major(), cluster.major_version());
     assert_eq!(catalog.large_objects, 1);
-    assert!(catalog.hypertables.is_empty());
+    assert!(catalog.timescale.hypertables.is_empty());
     let extensions: Vec<&str> = catalog.extensions.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(extensions, ["citext", "hstore", "plpgsql"]);
 

@@ -65,6 +65,7 @@ pub struct ClusterOptions {
     password_auth: bool,
     auth_method: Option<String>,
     major: Option<u32>,
+    timescaledb: bool,
 }
 
 impl ClusterOptions {
@@ -120,6 +121,14 @@ impl ClusterOptions {
             .setting("maintenance_work_mem", "256MB")
             .setting("max_wal_size", "4GB")
             .setting("checkpoint_timeout", "30min")
+    }
+
+    /// Preloads TimescaleDB (`shared_preload_libraries`, telemetry off),
+    /// building and installing it into the server installation first when
+    /// it is missing (`../shared/timescaledb/install.sh`, a few minutes).
+    pub fn timescaledb(mut self, on: bool) -> Self {
+        self.timescaledb = on;
+        self
     }
 
     /// Uses the server programs of this major version (e.g. `15`).
@@ -193,6 +202,9 @@ impl Cluster {
             Some(major) => PgBinaries::find_major(major)?,
             None => PgBinaries::find()?,
         };
+        if options.timescaledb {
+            crate::timescaledb::ensure_installed(&binaries)?;
+        }
         let run_as = run_as()?;
         let root = create_root(run_as)?;
         let data_dir = root.join("data");
@@ -277,6 +289,10 @@ impl Cluster {
             settings.push(("ssl_cert_file".into(), path_str(&certs.server_cert)));
             settings.push(("ssl_key_file".into(), path_str(&certs.server_key)));
             self.ca_cert = Some(certs.ca_cert);
+        }
+        if options.timescaledb {
+            settings.push(("shared_preload_libraries".into(), "timescaledb".into()));
+            settings.push(("timescaledb.telemetry_level".into(), "off".into()));
         }
         settings.extend(options.settings.iter().cloned());
 

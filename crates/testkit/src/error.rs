@@ -96,6 +96,18 @@ pub enum Error {
         stderr: String,
     },
 
+    /// TimescaleDB was asked for and could not be installed.
+    #[error(
+        "TimescaleDB is not installed in {libdir} and could not be: {detail}; install it with \
+         `../shared/timescaledb/install.sh PG_CONFIG`"
+    )]
+    TimescaleDbMissing {
+        /// The server's library directory (`pg_config --pkglibdir`).
+        libdir: String,
+        /// Why it could not be installed.
+        detail: String,
+    },
+
     /// The per-cluster supervisor process (which owns the server and deletes
     /// the cluster's directory) stopped answering.
     #[error("the cluster's supervisor process failed: {detail}")]

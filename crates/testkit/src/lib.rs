@@ -86,6 +86,7 @@ mod proxy;
 pub mod sample;
 mod ssl;
 mod supervisor;
+mod timescaledb;
 
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterOptions, Credentials};

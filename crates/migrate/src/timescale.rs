@@ -1,0 +1,222 @@
+//! TimescaleDB on the target: hypertables, continuous aggregates and jobs
+//! made through TimescaleDB's own functions before the copy, the jobs
+//! paused until cutover; at cutover the aggregates are refreshed and the
+//! jobs run as on the source.
+
+use pglive_apply::ChunkedTable;
+use pglive_schema::{Catalog, Timescale};
+use tokio_postgres::Client;
+
+use crate::error::{Doing, Result};
+use crate::events::{Events, Step};
+use crate::job::Job;
+
+/// For apply, when the source runs TimescaleDB: the selected hypertables,
+/// whose changes arrive on their chunks, and the schemas of TimescaleDB's
+/// internal relations, whose changes are never applied.
+pub(crate) async fn chunked_tables(
+    source: &Client,
+    job: &Job,
+) -> Result<Option<(Vec<ChunkedTable>, Vec<String>)>> {
+    let catalog = Catalog::read(source, &job.filter())
+        .await
+        .doing("reading the source's TimescaleDB hypertables")?;
+    let timescale = catalog.timescale;
+    if timescale.version.is_none() {
+        return Ok(None);
+    }
+    let chunked = timescale
+        .hypertables
+        .into_iter()
+        .map(|h| ChunkedTable {
+            table: h.name,
+            chunk_schema: h.chunk_schema,
+            chunk_prefix: h.chunk_prefix,
+        })
+        .collect();
+    Ok(Some((chunked, timescale.internal_schemas)))
+}
+
+/// Makes the source's hypertables (with their compression settings),
+/// continuous aggregates (empty) and jobs (paused) on the target, whose
+/// tables exist and are empty.
+pub(crate) async fn create_on_target(
+    target: &Client,
+    timescale: &Timescale,
+    events: &dyn Events,
+) -> Result<()> {
+    // Chunks are made as rows arrive, so the table must be a hypertable
+    // before the copy.
+    for hypertable in &timescale.hypertables {
+        target
+            .batch_execute(&hypertable.create_sql())
+            .await
+            .doing_with(|| format!("making {} a hypertable on the target", hypertable.name))?;
+    }
+    for aggregate in &timescale.continuous_aggregates {
+        target
+            .batch_execute(&aggregate.create_sql())
+            .await
+            .doing_with(|| {
+                format!(
+                    "creating continuous aggregate {} on the target",
+                    aggregate.name
+                )
+            })?;
+    }
+    let mut created = 0;
+    for job in &timescale.jobs {
+        let Some(create) = job.create_sql() else {
+            events.warn(
+                Step::Schema,
+                format!(
+                    "TimescaleDB job {} is of a kind pglive does not know: create it on the \
+                     target by hand",
+                    job.describe()
+                ),
+            );
+            continue;
+        };
+        // One transaction: the scheduler never sees the job before it is
+        // paused.
+        let made = async {
+            target.batch_execute("BEGIN").await?;
+            let id: i32 = target.query_one(&create, &[]).await?.get(0);
+            target.execute(&job.configure_sql(), &[&id]).await?;
+            target.batch_execute("COMMIT").await
+        }
+        .await;
+        if made.is_err() {
+            target.batch_execute("ROLLBACK").await.ok();
+        }
+        made.doing_with(|| format!("creating TimescaleDB job {} on the target", job.describe()))?;
+        created += 1;
+    }
+    if !timescale.hypertables.is_empty() {
+        events.note(
+            Step::Schema,
+            format!(
+                "schema: {} hypertable(s), {} continuous aggregate(s), {created} job(s) \
+                 (paused until cutover) created",
+                timescale.hypertables.len(),
+                timescale.continuous_aggregates.len(),
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Makes TimescaleDB add every chunk created from now on to the
+/// publications of its hypertable (`timescaledb.enable_chunk_auto_publication`
+/// for every session, through `ALTER SYSTEM` and a reload): the
+/// application's sessions create chunks as rows arrive, and a chunk in no
+/// publication would keep its changes out of the stream.
+pub(crate) async fn publish_new_chunks(source: &Client, events: &dyn Events) -> Result<()> {
+    const SETTING: &str = "timescaledb.enable_chunk_auto_publication";
+    let set: bool = source
+        .query_one(
+            "SELECT coalesce(bool_or(setting = 'on'), false) FROM pg_catalog.pg_settings \
+              WHERE name = $1 AND source = 'configuration file'",
+            &[&SETTING],
+        )
+        .await
+        .doing("reading the source's settings")?
+        .get(0);
+    if set {
+        return Ok(());
+    }
+    // One statement each: ALTER SYSTEM runs outside a transaction.
+    for statement in [
+        format!("ALTER SYSTEM SET {SETTING} = on"),
+        "SELECT pg_catalog.pg_reload_conf()".to_owned(),
+    ] {
+        if let Err(err) = source.batch_execute(&statement).await {
+            return Err(crate::error::Error::ChunksUnpublished {
+                setting: SETTING,
+                reason: err
+                    .as_db_error()
+                    .map(|e| e.message().to_owned())
+                    .unwrap_or_else(|| err.to_string()),
+            });
+        }
+    }
+    events.note(
+        Step::Schema,
+        format!("TimescaleDB: {SETTING} turned on (ALTER SYSTEM), so new chunks are published"),
+    );
+    Ok(())
+}
+
+/// At cutover, once the target holds every change: runs the retention
+/// policies the source runs (chunks the source dropped while the migration
+/// ran are dropped on the target too), refreshes the continuous
+/// aggregates, and schedules each job as it is scheduled on the source.
+/// Returns how many aggregates and jobs it refreshed and scheduled.
+pub(crate) async fn finish_on_target(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+) -> Result<(usize, usize)> {
+    let on_source = Catalog::read(source, &job.filter())
+        .await
+        .doing("reading the source's TimescaleDB jobs")?
+        .timescale;
+    if on_source.hypertables.is_empty() {
+        return Ok((0, 0));
+    }
+    let on_target = Catalog::read(target, &job.filter())
+        .await
+        .doing("reading the target's TimescaleDB jobs")?
+        .timescale;
+    let pairs: Vec<_> = on_target
+        .jobs
+        .iter()
+        .filter_map(|t| on_source.jobs.iter().find(|s| s.same_as(t)).map(|s| (s, t)))
+        .collect();
+    for (source_job, target_job) in &pairs {
+        if source_job.is_retention() && source_job.scheduled {
+            target
+                .batch_execute(&format!("CALL run_job({})", target_job.id))
+                .await
+                .doing_with(|| format!("running {} on the target", target_job.describe()))?;
+        }
+    }
+    for aggregate in &on_source.continuous_aggregates {
+        target
+            .batch_execute(&aggregate.refresh_sql())
+            .await
+            .doing_with(|| format!("refreshing continuous aggregate {}", aggregate.name))?;
+    }
+    let mut scheduled = 0;
+    for (source_job, target_job) in &pairs {
+        if source_job.scheduled && !target_job.scheduled {
+            target
+                .execute("SELECT alter_job($1, scheduled => true)", &[&target_job.id])
+                .await
+                .doing_with(|| format!("scheduling {} on the target", target_job.describe()))?;
+            scheduled += 1;
+        }
+    }
+    Ok((on_source.continuous_aggregates.len(), scheduled))
+}
+
+/// Materializes the target's continuous aggregates once the copy is in
+/// (what streams later is refreshed at cutover from its invalidations).
+pub(crate) async fn refresh_aggregates(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+) -> Result<usize> {
+    let aggregates = Catalog::read(source, &job.filter())
+        .await
+        .doing("reading the source's continuous aggregates")?
+        .timescale
+        .continuous_aggregates;
+    for aggregate in &aggregates {
+        target
+            .batch_execute(&aggregate.refresh_sql())
+            .await
+            .doing_with(|| format!("refreshing continuous aggregate {}", aggregate.name))?;
+    }
+    Ok(aggregates.len())
+}

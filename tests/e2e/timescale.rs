@@ -1,0 +1,237 @@
+//! TimescaleDB on both sides, against a real TimescaleDB (built from
+//! `../shared/timescaledb` by testkit when missing).
+
+use std::sync::OnceLock;
+
+use pglive_testkit::{Cluster, ClusterOptions};
+
+use crate::util::{self, finish, run};
+
+/// A cluster preloading TimescaleDB, shared by this module's tests.
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        Cluster::start(ClusterOptions::new().timescaledb(true))
+            .unwrap_or_else(|err| panic!("a TimescaleDB cluster: {err}"))
+    })
+}
+
+/// The source: three hypertables — `metrics` (time and space dimensions,
+/// keyed), `events` (keyless, with a retention policy), `readings`
+/// (compressed, with a compression policy) — and a continuous aggregate
+/// of `metrics` with a refresh policy.
+const SOURCE: &str = "
+CREATE EXTENSION timescaledb;
+CREATE TABLE metrics (ts timestamptz NOT NULL, device int NOT NULL, value float8, note text,
+                      PRIMARY KEY (device, ts));
+SELECT create_hypertable('metrics', by_range('ts', INTERVAL '1 day'));
+SELECT add_dimension('metrics', by_hash('device', 4));
+INSERT INTO metrics SELECT '2026-01-01'::timestamptz + g * INTERVAL '10 minutes', g % 10, g, 'n' || g
+  FROM generate_series(1, 6000) g;
+CREATE TABLE events (ts timestamptz NOT NULL, kind text, payload jsonb);
+SELECT create_hypertable('events', by_range('ts', INTERVAL '7 days'));
+INSERT INTO events SELECT '2024-01-01'::timestamptz + g * INTERVAL '1 hour', 'old', jsonb_build_object('g', g)
+  FROM generate_series(1, 500) g;
+INSERT INTO events SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', 'k' || (g % 3), jsonb_build_object('g', g)
+  FROM generate_series(1, 2000) g;
+SELECT add_retention_policy('events', INTERVAL '400 days');
+CREATE TABLE readings (ts timestamptz NOT NULL, sensor int NOT NULL, v numeric, PRIMARY KEY (sensor, ts));
+SELECT create_hypertable('readings', by_range('ts', INTERVAL '1 day'));
+ALTER TABLE readings SET (timescaledb.compress, timescaledb.compress_segmentby = 'sensor',
+                          timescaledb.compress_orderby = 'ts');
+INSERT INTO readings SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 minutes', g % 5, g / 7.0
+  FROM generate_series(1, 8000) g;
+SELECT compress_chunk(c) FROM show_chunks('readings', older_than => '2026-01-10'::timestamptz) c;
+SELECT add_compression_policy('readings', compress_after => INTERVAL '30 days');
+CREATE MATERIALIZED VIEW metrics_hourly WITH (timescaledb.continuous) AS
+  SELECT time_bucket('1 hour', ts) AS bucket, device, avg(value) AS mean, count(*) AS n
+    FROM metrics GROUP BY 1, 2 WITH DATA;
+SELECT add_continuous_aggregate_policy('metrics_hourly', start_offset => NULL,
+  end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour');
+";
+
+/// One statement of the workload: inserts into new time ranges (new
+/// chunks) and old ones, updates and deletes in uncompressed and
+/// compressed chunks, of keyed and keyless hypertables.
+fn workload(n: u64) -> String {
+    let old = |step: u64| format!("'2026-01-01'::timestamptz + {step} * INTERVAL '5 minutes'");
+    match n % 6 {
+        0 => format!(
+            "INSERT INTO metrics VALUES ('2026-03-01'::timestamptz + {n} * INTERVAL '1 hour', {}, {n}, 'new')",
+            n % 10
+        ),
+        1 => format!(
+            "UPDATE metrics SET value = value + 0.5, note = 'upd' \
+             WHERE ts = '2026-01-01'::timestamptz + {} * INTERVAL '10 minutes'",
+            (n * 7) % 6000 + 1
+        ),
+        2 => format!(
+            "UPDATE readings SET v = v + 1 WHERE ts = {}",
+            old((n * 13) % 8000 + 1)
+        ),
+        3 => format!(
+            "DELETE FROM readings WHERE ts = {}",
+            old((n * 29) % 8000 + 1)
+        ),
+        4 => format!(
+            "INSERT INTO events VALUES ('2026-01-02'::timestamptz + {n} * INTERVAL '3 hours', 'live', '{{\"n\": {n}}}'); \
+             INSERT INTO readings VALUES ('2026-01-03'::timestamptz + {n} * INTERVAL '1 second', 9, {n}) ON CONFLICT DO NOTHING"
+        ),
+        _ => format!(
+            "DELETE FROM metrics WHERE ts = '2026-01-01'::timestamptz + {} * INTERVAL '10 minutes'",
+            (n * 11) % 6000 + 1
+        ),
+    }
+}
+
+/// Runs `sql` on the source, failing the test if the source refuses it
+/// (a publication must never make the application's writes fail).
+fn source_ok(cluster: &Cluster, db: &str, sql: &str) {
+    if let Err(err) = cluster.psql(db, sql) {
+        panic!("the source refused {sql}: {err}");
+    }
+}
+
+/// Runs the source's policy job `proc_name` now.
+fn run_job(cluster: &Cluster, db: &str, proc_name: &str) {
+    let id = cluster
+        .psql(
+            db,
+            &format!(
+                "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = '{proc_name}'"
+            ),
+        )
+        .unwrap();
+    source_ok(cluster, db, &format!("CALL run_job({})", id.trim()));
+}
+
+/// What TimescaleDB says of a database's hypertables, compression and
+/// jobs, without the ids that differ between databases.
+fn timescale_settings(cluster: &Cluster, db: &str) -> String {
+    cluster
+        .psql(
+            db,
+            "SELECT hypertable_schema, hypertable_name, dimension_number, column_name, column_type,
+                    time_interval, integer_interval, num_partitions
+               FROM timescaledb_information.dimensions ORDER BY 1, 2, 3;
+             SELECT hypertable_schema, hypertable_name, attname, segmentby_column_index,
+                    orderby_column_index, orderby_asc, orderby_nullsfirst
+               FROM timescaledb_information.compression_settings ORDER BY 1, 2, 3;
+             SELECT view_schema, view_name, materialized_only, view_definition
+               FROM timescaledb_information.continuous_aggregates ORDER BY 1, 2;
+             SELECT proc_name, coalesce(hypertable_name, ''), schedule_interval,
+                    config - 'hypertable_id' - 'mat_hypertable_id'
+               FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY 1, 2",
+        )
+        .unwrap()
+}
+
+/// Whether every policy job of a database is scheduled (enabled).
+fn jobs_scheduled(cluster: &Cluster, db: &str) -> String {
+    cluster
+        .psql(
+            db,
+            "SELECT proc_name || ' ' || scheduled FROM timescaledb_information.jobs
+              WHERE job_id >= 1000 ORDER BY 1",
+        )
+        .unwrap()
+}
+
+/// A TimescaleDB source migrated into a TimescaleDB target under a live
+/// workload that creates chunks, changes rows in compressed and
+/// uncompressed chunks, while the compression policy, the retention
+/// policy and a continuous aggregate refresh run on the source: every
+/// hypertable equal row by row, the continuous aggregate equal to its
+/// query evaluated afresh on the target, the hypertables, compression
+/// settings and jobs as on the source, the jobs paused until cutover.
+#[test]
+fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
+    let cluster = cluster();
+    let (src, dst) = util::databases(cluster, "tsdb", SOURCE);
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = util::migrate_until_streaming(&source, &target, "tsdb", &[]);
+    assert_eq!(
+        timescale_settings(cluster, &src),
+        timescale_settings(cluster, &dst),
+        "the target's hypertables, compression and jobs are the source's"
+    );
+    assert!(
+        !jobs_scheduled(cluster, &dst).contains(" t"),
+        "the target's jobs are paused until cutover: {}",
+        jobs_scheduled(cluster, &dst)
+    );
+
+    for n in 1..=480 {
+        source_ok(cluster, &src, &workload(n));
+        match n {
+            // Background work of TimescaleDB's own, mid-stream.
+            100 => run_job(cluster, &src, "policy_compression"),
+            200 => source_ok(
+                cluster,
+                &src,
+                "SELECT decompress_chunk(c) FROM show_chunks('readings', older_than => '2026-01-03'::timestamptz) c",
+            ),
+            // Rows old enough for the retention policy, in chunks of their own.
+            250 => source_ok(
+                cluster,
+                &src,
+                "INSERT INTO events SELECT '2024-06-01'::timestamptz + g * INTERVAL '1 hour', 'expired', '{}'
+                   FROM generate_series(1, 300) g",
+            ),
+            300 => run_job(cluster, &src, "policy_retention"),
+            400 => source_ok(
+                cluster,
+                &src,
+                "CALL refresh_continuous_aggregate('metrics_hourly', NULL, NULL)",
+            ),
+            _ => {}
+        }
+    }
+    assert!(migrate.try_wait().unwrap().is_none(), "{}", finish(migrate));
+
+    // Hypertables are compared through their chunks.
+    let verified = run(&[
+        "verify", "--source", &source, "--target", &target, "--name", "tsdb",
+    ]);
+    if !verified.status.success() {
+        migrate.kill().ok();
+        let log = util::text(&migrate.wait_with_output().unwrap());
+        panic!(
+            "verify failed: {}\nmigrate said:\n{log}",
+            util::text(&verified)
+        );
+    }
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "tsdb",
+        ],
+        &mut migrate,
+    );
+    finish(migrate);
+    for table in ["metrics", "events", "readings"] {
+        util::assert_table_equal(cluster, &src, cluster, &dst, table);
+    }
+    let fresh = "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (
+                   SELECT time_bucket('1 hour', ts) AS bucket, device, avg(value) AS mean, count(*) AS n
+                     FROM metrics GROUP BY 1, 2) r";
+    let aggregate =
+        "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (
+                       SELECT bucket, device, mean, n FROM metrics_hourly) r";
+    assert_eq!(
+        cluster.psql(&dst, fresh).unwrap(),
+        cluster.psql(&dst, aggregate).unwrap(),
+        "the continuous aggregate on the target equals its query"
+    );
+    assert_eq!(
+        timescale_settings(cluster, &src),
+        timescale_settings(cluster, &dst)
+    );
+    assert_eq!(
+        jobs_scheduled(cluster, &src),
+        jobs_scheduled(cluster, &dst),
+        "the jobs run on the target after cutover"
+    );
+    let output = run(&["status", "--target", &target, "--name", "tsdb"]);
+    assert!(output.status.success(), "{}", util::text(&output));
+}

@@ -106,6 +106,15 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
+    let retention = crate::timescale::run_retention(job, source, target).await?;
+    if retention > 0 {
+        events.note(
+            Step::Cutover,
+            format!(
+                "cutover: TimescaleDB: {retention} retention polic(ies) run on the target, as on the source"
+            ),
+        );
+    }
 
     // Counted at one point, while the application still writes: changes
     // after it are applied row by row, each checked to touch exactly the

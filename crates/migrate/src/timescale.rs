@@ -147,40 +147,66 @@ pub(crate) async fn publish_new_chunks(source: &Client, events: &dyn Events) -> 
     Ok(())
 }
 
-/// At cutover, once the target holds every change: runs the retention
-/// policies the source runs (chunks the source dropped while the migration
-/// ran are dropped on the target too), refreshes the continuous
-/// aggregates, and schedules each job as it is scheduled on the source.
-/// Returns how many aggregates and jobs it refreshed and scheduled.
-pub(crate) async fn finish_on_target(
+/// The source's TimescaleDB objects, and each of its jobs with the
+/// target's same job.
+async fn jobs_on_both(
     job: &Job,
     source: &Client,
     target: &Client,
-) -> Result<(usize, usize)> {
+) -> Result<(Timescale, Vec<(pglive_schema::Job, pglive_schema::Job)>)> {
     let on_source = Catalog::read(source, &job.filter())
         .await
         .doing("reading the source's TimescaleDB jobs")?
         .timescale;
     if on_source.hypertables.is_empty() {
-        return Ok((0, 0));
+        return Ok((on_source, Vec::new()));
     }
     let on_target = Catalog::read(target, &job.filter())
         .await
         .doing("reading the target's TimescaleDB jobs")?
         .timescale;
-    let pairs: Vec<_> = on_target
+    let pairs = on_target
         .jobs
-        .iter()
-        .filter_map(|t| on_source.jobs.iter().find(|s| s.same_as(t)).map(|s| (s, t)))
+        .into_iter()
+        .filter_map(|t| {
+            on_source
+                .jobs
+                .iter()
+                .find(|s| s.same_as(&t))
+                .map(|s| (s.clone(), t))
+        })
         .collect();
+    Ok((on_source, pairs))
+}
+
+/// At cutover, before the counts: runs on the target each retention policy
+/// the source runs, so chunks the source dropped while the migration ran
+/// (TimescaleDB drops them whole, without a change in the stream) are
+/// dropped there too. Returns how many ran.
+pub(crate) async fn run_retention(job: &Job, source: &Client, target: &Client) -> Result<usize> {
+    let (_, pairs) = jobs_on_both(job, source, target).await?;
+    let mut ran = 0;
     for (source_job, target_job) in &pairs {
         if source_job.is_retention() && source_job.scheduled {
             target
                 .batch_execute(&format!("CALL run_job({})", target_job.id))
                 .await
                 .doing_with(|| format!("running {} on the target", target_job.describe()))?;
+            ran += 1;
         }
     }
+    Ok(ran)
+}
+
+/// At cutover, once the target holds every change: refreshes the
+/// continuous aggregates and schedules each job as it is scheduled on the
+/// source. Returns how many aggregates and jobs it refreshed and scheduled.
+pub(crate) async fn finish_on_target(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+) -> Result<(usize, usize)> {
+    let (on_source, pairs) = jobs_on_both(job, source, target).await?;
     for aggregate in &on_source.continuous_aggregates {
         target
             .batch_execute(&aggregate.refresh_sql())

@@ -114,6 +114,16 @@ impl Table {
         self.kind == TableKind::Ordinary
     }
 
+    /// What to read the table's own rows from in SQL: `ONLY "schema"."name"`
+    /// (not its partitions' or inheritance children's rows), or for a
+    /// hypertable its name (its rows live in its chunks).
+    pub fn rows_from(&self) -> String {
+        match self.hypertable {
+            true => self.name.quoted(),
+            false => format!("ONLY {}", self.name.quoted()),
+        }
+    }
+
     /// The columns that are copied: all but generated ones.
     pub fn copied_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| !c.generated)
@@ -198,6 +208,21 @@ impl Catalog {
             Timescale::read(client, timescaledb.map(|e| e.version.as_str()), &tables).await?;
         for table in &mut tables {
             table.hypertable = timescale.hypertables.iter().any(|h| h.name == table.name);
+            if table.hypertable {
+                // The root holds nothing; its chunks hold the rows.
+                table.bytes = client
+                    .query_one(
+                        "SELECT coalesce(sum(table_bytes + toast_bytes), 0)::int8 \
+                           FROM hypertable_detailed_size($1::text::regclass)",
+                        &[&table.name.quoted()],
+                    )
+                    .await
+                    .map_err(query(format!(
+                        "reading the size of hypertable {}",
+                        table.name
+                    )))?
+                    .get(0);
+            }
         }
         let sequences = read_sequences(client, filter).await?;
         let large_objects: i64 = client

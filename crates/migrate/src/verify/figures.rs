@@ -15,14 +15,14 @@ pub(crate) fn figures_sql(table: &Table, condition: Option<&str>, full: bool) ->
     let filter = condition.map(|c| format!(" WHERE {c}")).unwrap_or_default();
     if !full {
         return format!(
-            "SELECT count(*)::int8, '' FROM ONLY {} t{filter}",
-            table.name.quoted()
+            "SELECT count(*)::int8, '' FROM {} t{filter}",
+            table.rows_from()
         );
     }
     format!(
-        "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({}), 1, 15))::bit(60)::int8::numeric), 0)::text FROM ONLY {} t{filter}",
+        "SELECT count(*)::int8, coalesce(sum(('x' || substr(md5({}), 1, 15))::bit(60)::int8::numeric), 0)::text FROM {} t{filter}",
         row_text(table),
-        table.name.quoted()
+        table.rows_from()
     )
 }
 

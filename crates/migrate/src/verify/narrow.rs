@@ -81,8 +81,8 @@ async fn key_bounds(
     condition: Option<&str>,
 ) -> Result<Option<(i64, i64)>> {
     let bounds = format!(
-        "SELECT min({key})::int8, max({key})::int8 FROM ONLY {}{}",
-        table.name.quoted(),
+        "SELECT min({key})::int8, max({key})::int8 FROM {}{}",
+        table.rows_from(),
         condition.map(|c| format!(" WHERE {c}")).unwrap_or_default()
     );
     let (s, t) = (
@@ -151,10 +151,10 @@ async fn rows_that_differ(
     condition: &str,
 ) -> Result<Vec<String>> {
     let sql = format!(
-        "SELECT {}::int8, md5({}) FROM ONLY {} t WHERE {condition}",
+        "SELECT {}::int8, md5({}) FROM {} t WHERE {condition}",
         pglive_postgres::quote_ident(key),
         figures::row_text(table),
-        table.name.quoted()
+        table.rows_from()
     );
     let read = |rows: Vec<tokio_postgres::Row>| -> std::collections::BTreeMap<i64, String> {
         rows.iter().map(|r| (r.get(0), r.get(1))).collect()

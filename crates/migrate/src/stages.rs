@@ -592,7 +592,15 @@ async fn continue_from(
             summary: record.summary.clone().unwrap_or_default(),
         });
     }
-    match live::stream(job, &record, events, control, cutover_when_ready).await? {
+    match Box::pin(live::stream(
+        job,
+        &record,
+        events,
+        control,
+        cutover_when_ready,
+    ))
+    .await?
+    {
         LiveOutcome::Stopped => Ok(Outcome::Stopped),
         LiveOutcome::CutOver(summary) => Ok(Outcome::CutOver { summary }),
     }

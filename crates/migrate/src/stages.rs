@@ -567,7 +567,7 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
-        if !catalog.timescale.continuous_aggregates.is_empty() {
+        if job.options.hypertables && !catalog.timescale.continuous_aggregates.is_empty() {
             let started = Instant::now();
             let source = connect_sql(&job.source).await?;
             let refreshed = crate::timescale::refresh_aggregates(job, &source, target).await?;

@@ -158,8 +158,9 @@ async fn jobs_on_both(
         .await
         .doing("reading the source's TimescaleDB jobs")?
         .timescale;
-    if on_source.hypertables.is_empty() {
-        return Ok((on_source, Vec::new()));
+    if on_source.hypertables.is_empty() || !job.options.hypertables {
+        // Nothing of TimescaleDB's was made on the target.
+        return Ok((Timescale::default(), Vec::new()));
     }
     let on_target = Catalog::read(target, &job.filter())
         .await

@@ -180,14 +180,17 @@ impl Job {
         (self.procedure.schema == "_timescaledb_functions").then_some(self.procedure.name.as_str())
     }
 
-    /// The configuration value of `key` as an SQL argument.
-    fn argument(&self, key: &str) -> String {
-        let value = self
-            .config
+    /// The configuration value of `key`, if any.
+    fn setting(&self, key: &str) -> Option<serde_json::Value> {
+        self.config
             .as_deref()
             .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-            .and_then(|c| c.get(key).cloned());
-        match value {
+            .and_then(|c| c.get(key).cloned())
+    }
+
+    /// The configuration value of `key` as an SQL argument.
+    fn argument(&self, key: &str) -> String {
+        match self.setting(key) {
             Some(serde_json::Value::Number(n)) => n.to_string(),
             Some(serde_json::Value::String(s)) => interval_sql(&s),
             _ => "NULL".to_owned(),
@@ -204,11 +207,7 @@ impl Job {
             .as_ref()
             .map(|r| quote_literal(&r.quoted()))
             .unwrap_or_else(|| "NULL".to_owned());
-        let has = |key: &str| {
-            self.config
-                .as_deref()
-                .is_some_and(|c| c.contains(&format!("\"{key}\"")))
-        };
+        let has = |key: &str| self.setting(key).is_some_and(|v| !v.is_null());
         let call = match self.policy() {
             None => format!(
                 "add_job({}::regproc, {}, config => {}, scheduled => false)",
@@ -245,13 +244,9 @@ impl Job {
             Some("policy_reorder") => format!(
                 "add_reorder_policy({relation}, {})",
                 quote_literal(
-                    &self
-                        .config
-                        .as_deref()
-                        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-                        .and_then(|c| c
-                            .get("index_name")
-                            .and_then(|v| v.as_str().map(str::to_owned)))
+                    self.setting("index_name")
+                        .as_ref()
+                        .and_then(|v| v.as_str())
                         .unwrap_or_default()
                 )
             ),

@@ -211,6 +211,13 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
         match n {
             // Background work of TimescaleDB's own, mid-stream.
             100 => run_job(cluster, &src, "policy_compression"),
+            // Whole compressed batches: TimescaleDB deletes them without
+            // decompressing, unless told not to.
+            150 => source_ok(
+                cluster,
+                &src,
+                "DELETE FROM readings WHERE sensor = 4 AND ts >= '2026-01-05' AND ts < '2026-01-08'",
+            ),
             200 => source_ok(
                 cluster,
                 &src,

@@ -187,18 +187,20 @@ pub enum Error {
     #[error("cutover aborted")]
     CutoverAborted,
 
-    /// TimescaleDB's new chunks could not be made to join the publications.
+    /// The source's TimescaleDB settings could not be made what a migration
+    /// needs.
     #[error(
-        "the source's hypertables make chunks as rows arrive, and each must be published: pglive \
-         could not turn on {setting} for every session ({reason}). As a superuser on the source \
-         run `GRANT ALTER SYSTEM ON PARAMETER {setting} TO <role>; GRANT EXECUTE ON FUNCTION \
-         pg_catalog.pg_reload_conf() TO <role>;`, or set {setting} = on in its configuration and \
-         reload it, then run the migration again"
+        "the source runs TimescaleDB, and while pglive streams every session there needs \
+         {settings}; pglive could not set them with ALTER SYSTEM ({reason}). As a superuser on \
+         the source run `{grants} GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO \
+         <role>;`, or put them in its configuration and reload it, then run the migration again"
     )]
-    ChunksUnpublished {
-        /// The TimescaleDB setting.
-        setting: &'static str,
-        /// Why it could not be set.
+    TimescaleSettings {
+        /// The settings, their values and why.
+        settings: String,
+        /// The GRANTs that let the role set them.
+        grants: String,
+        /// Why they could not be set.
         reason: String,
     },
     /// Row counts differ after the catch-up.

@@ -282,7 +282,7 @@ async fn start(
     let keyless_baseline = publication::keyless_changes(source, catalog).await?;
     if !catalog.timescale.hypertables.is_empty() {
         // Before the publications exist: no chunk is made outside them.
-        crate::timescale::publish_new_chunks(source, events.as_ref()).await?;
+        crate::timescale::prepare_source(source, events.as_ref()).await?;
     }
     let (tables, keyed) = publication::create(
         source,

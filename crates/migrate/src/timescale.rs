@@ -106,33 +106,76 @@ pub(crate) async fn create_on_target(
     Ok(())
 }
 
-/// Makes TimescaleDB add every chunk created from now on to the
-/// publications of its hypertable (`timescaledb.enable_chunk_auto_publication`
-/// for every session, through `ALTER SYSTEM` and a reload): the
-/// application's sessions create chunks as rows arrive, and a chunk in no
-/// publication would keep its changes out of the stream.
-pub(crate) async fn publish_new_chunks(source: &Client, events: &dyn Events) -> Result<()> {
-    const SETTING: &str = "timescaledb.enable_chunk_auto_publication";
-    let set: bool = source
-        .query_one(
-            "SELECT coalesce(bool_or(setting = 'on'), false) FROM pg_catalog.pg_settings \
-              WHERE name = $1 AND source = 'configuration file'",
-            &[&SETTING],
+/// TimescaleDB settings every session of the source must have while a
+/// migration streams, and why: with the defaults, rows change without a
+/// trace in the stream.
+const SOURCE_SETTINGS: [(&str, &str, &str); 4] = [
+    (
+        "timescaledb.enable_chunk_auto_publication",
+        "on",
+        "a chunk made as rows arrive joins the publications",
+    ),
+    (
+        "timescaledb.enable_compressed_direct_batch_delete",
+        "off",
+        "a DELETE of whole compressed batches decompresses them first, so its rows reach the stream",
+    ),
+    (
+        "timescaledb.enable_direct_compress_insert",
+        "off",
+        "inserted rows are never written straight into compressed chunks",
+    ),
+    (
+        "timescaledb.enable_direct_compress_copy",
+        "off",
+        "copied rows are never written straight into compressed chunks",
+    ),
+];
+
+/// Gives every session of the source the [`SOURCE_SETTINGS`] (`ALTER
+/// SYSTEM` and a reload; the application's sessions pick them up at once,
+/// unless one sets them itself). Run before the publications exist.
+pub(crate) async fn prepare_source(source: &Client, events: &dyn Events) -> Result<()> {
+    let names: Vec<&str> = SOURCE_SETTINGS.iter().map(|(name, _, _)| *name).collect();
+    let configured: Vec<(String, String)> = source
+        .query(
+            "SELECT name, setting FROM pg_catalog.pg_settings \
+              WHERE name = ANY($1) AND source = 'configuration file'",
+            &[&names],
         )
         .await
         .doing("reading the source's settings")?
-        .get(0);
-    if set {
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let missing: Vec<_> = SOURCE_SETTINGS
+        .iter()
+        .filter(|(name, value, _)| !configured.iter().any(|(n, v)| n == name && v == value))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
     // One statement each: ALTER SYSTEM runs outside a transaction.
-    for statement in [
-        format!("ALTER SYSTEM SET {SETTING} = on"),
-        "SELECT pg_catalog.pg_reload_conf()".to_owned(),
-    ] {
-        if let Err(err) = source.batch_execute(&statement).await {
-            return Err(crate::error::Error::ChunksUnpublished {
-                setting: SETTING,
+    let mut statements: Vec<String> = missing
+        .iter()
+        .map(|(name, value, _)| format!("ALTER SYSTEM SET {name} = {value}"))
+        .collect();
+    statements.push("SELECT pg_catalog.pg_reload_conf()".to_owned());
+    for statement in &statements {
+        if let Err(err) = source.batch_execute(statement).await {
+            return Err(crate::error::Error::TimescaleSettings {
+                settings: SOURCE_SETTINGS
+                    .iter()
+                    .map(|(name, value, why)| format!("{name} = {value} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                grants: SOURCE_SETTINGS
+                    .iter()
+                    .map(|(name, _, _)| {
+                        format!("GRANT ALTER SYSTEM ON PARAMETER {name} TO <role>;")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 reason: err
                     .as_db_error()
                     .map(|e| e.message().to_owned())
@@ -140,10 +183,12 @@ pub(crate) async fn publish_new_chunks(source: &Client, events: &dyn Events) -> 
             });
         }
     }
-    events.note(
-        Step::Schema,
-        format!("TimescaleDB: {SETTING} turned on (ALTER SYSTEM), so new chunks are published"),
-    );
+    for (name, value, why) in missing {
+        events.note(
+            Step::Schema,
+            format!("TimescaleDB: {name} = {value} on the source (ALTER SYSTEM), so {why}"),
+        );
+    }
     Ok(())
 }
 

@@ -275,3 +275,57 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
     let output = run(&["status", "--target", &target, "--name", "tsdb"]);
     assert!(output.status.success(), "{}", util::text(&output));
 }
+
+/// A source with hypertables and a target that cannot make them (TimescaleDB
+/// not preloaded there): refused by preflight, nothing created on either
+/// side.
+#[test]
+fn a_target_without_timescaledb_is_refused_before_anything_changes() {
+    let source_cluster = cluster();
+    let src = source_cluster.create_database("tsdb_refused_src").unwrap();
+    source_cluster
+        .psql(
+            &src,
+            "CREATE EXTENSION timescaledb;
+             CREATE TABLE m (ts timestamptz NOT NULL, v int);
+             SELECT create_hypertable('m', by_range('ts'));
+             INSERT INTO m VALUES (now(), 1);",
+        )
+        .unwrap();
+    let target_cluster = Cluster::shared();
+    let dst = target_cluster.create_database("tsdb_refused_dst").unwrap();
+    let output = run(&[
+        "migrate",
+        "--source",
+        &source_cluster.conninfo(&src),
+        "--target",
+        &target_cluster.conninfo(&dst),
+        "--name",
+        "refused",
+    ]);
+    assert_eq!(output.status.code(), Some(3), "{}", util::text(&output));
+    let said = util::text(&output);
+    assert!(
+        said.contains("shared_preload_libraries") && said.contains("--hypertables none"),
+        "{said}"
+    );
+    assert_eq!(
+        source_cluster
+            .psql(
+                &src,
+                "SELECT (SELECT count(*) FROM pg_publication)
+                      + (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())"
+            )
+            .unwrap(),
+        "0"
+    );
+    assert_eq!(
+        target_cluster
+            .psql(
+                &dst,
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'pglive'"
+            )
+            .unwrap(),
+        "0"
+    );
+}

@@ -63,6 +63,8 @@ pub(crate) struct Plan<'a> {
     pub settings: &'a Settings,
     /// `--roles`: missing roles will be created on the target.
     pub copy_roles: bool,
+    /// Hypertables are made hypertables on the target.
+    pub hypertables: bool,
 }
 
 /// A preflight failure with one finding.
@@ -300,6 +302,11 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
     // Tools and target.
     if let Err(e) = PgTools::find(catalog.server_major()) {
         fail(&mut found, chain(&e));
+    }
+    if plan.hypertables && !plan.reuse_schema {
+        let (failures, notes) = crate::timescale::check_target(&target, &catalog.timescale).await;
+        found.failures.extend(failures);
+        found.notes.extend(notes);
     }
     for failure in privileges::check(&source, &target, plan, &catalog).await {
         fail(&mut found, failure);

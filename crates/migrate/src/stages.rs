@@ -195,6 +195,7 @@ async fn run(
         reuse_schema: job.options.reuse_schema,
         settings: &job.options.settings,
         copy_roles: options.copy_roles,
+        hypertables: job.options.hypertables,
     };
     let (findings, source_client, target_client, catalog) = preflight::run(&plan).await?;
     for warning in &findings.warnings {

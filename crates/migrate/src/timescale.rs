@@ -292,3 +292,61 @@ pub(crate) async fn refresh_aggregates(
     }
     Ok(aggregates.len())
 }
+
+/// Preflight, when the source has hypertables: the target must be able to
+/// make them (TimescaleDB installed there or installable, and preloaded).
+/// Returns failures and notes (the versions of both sides).
+pub(crate) async fn check_target(
+    target: &Client,
+    timescale: &Timescale,
+) -> (Vec<String>, Vec<String>) {
+    let (Some(source_version), false) = (&timescale.version, timescale.hypertables.is_empty())
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let read = target
+        .query_one(
+            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'), \
+                    (SELECT default_version FROM pg_catalog.pg_available_extensions \
+                      WHERE name = 'timescaledb'), \
+                    current_setting('shared_preload_libraries') ~ '(^|[ ,])timescaledb($|[ ,])'",
+            &[],
+        )
+        .await;
+    let row = match read {
+        Ok(row) => row,
+        Err(e) => {
+            return (
+                vec![format!("cannot read the target's extensions: {e}")],
+                Vec::new(),
+            );
+        }
+    };
+    let (installed, available, preloaded): (Option<String>, Option<String>, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    let mut failures = Vec::new();
+    let mut notes = Vec::new();
+    let remedy = "or copy hypertables as plain tables with --hypertables none";
+    match (&installed, &available) {
+        (None, None) => failures.push(format!(
+            "the source's {} hypertable(s) need TimescaleDB on the target, which does not have it: \
+             install TimescaleDB {source_version} there and add it to shared_preload_libraries, {remedy}",
+            timescale.hypertables.len()
+        )),
+        _ if !preloaded => failures.push(format!(
+            "TimescaleDB is not in the target's shared_preload_libraries: add it (ALTER SYSTEM SET \
+             shared_preload_libraries = 'timescaledb', then restart the target), {remedy}"
+        )),
+        _ => {}
+    }
+    let target_version = installed.or(available);
+    if let Some(target_version) = target_version {
+        if &target_version != source_version {
+            notes.push(format!(
+                "TimescaleDB {source_version} on the source, {target_version} on the target: pglive \
+                 makes hypertables, continuous aggregates and jobs with the target's own functions"
+            ));
+        }
+    }
+    (failures, notes)
+}

@@ -107,6 +107,9 @@ pub(crate) struct MigrateArgs {
     /// Create TimescaleDB hypertables on the target before the data (auto: when the source has them).
     #[arg(long, value_enum, default_value_t = Hypertables::Auto)]
     pub(crate) hypertables: Hypertables,
+    /// Make a plain source table a TimescaleDB hypertable on the target: TABLE:TIME_COLUMN[:INTERVAL] (e.g. 'public.metrics:ts:1 day'); repeatable.
+    #[arg(long = "hypertable", value_name = "TABLE:COLUMN[:INTERVAL]")]
+    pub(crate) new_hypertables: Vec<pglive_migrate::NewHypertable>,
     /// Replication slot name (default: the migration's name).
     #[arg(long)]
     pub(crate) slot: Option<String>,

@@ -44,6 +44,7 @@ pub(crate) fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
     options.apply_sessions = usize::from(args.apply_sessions);
     options.reuse_schema = args.reuse_schema;
     options.hypertables = args.hypertables == Hypertables::Auto;
+    options.new_hypertables = args.new_hypertables.clone();
     options.settings = Settings {
         include: args.include.clone(),
         exclude: args.exclude.clone(),

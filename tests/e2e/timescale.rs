@@ -329,3 +329,95 @@ fn a_target_without_timescaledb_is_refused_before_anything_changes() {
         "0"
     );
 }
+
+/// A plain PostgreSQL table made a hypertable on the target with
+/// `--hypertable`: refused first for a table whose key lacks the time
+/// column; then, under a workload, every row arrives in the target's
+/// chunks, with the dimension and chunk interval asked for.
+#[test]
+fn a_plain_table_becomes_a_hypertable_on_the_target() {
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        "tohyper",
+        "CREATE TABLE readings (ts timestamptz NOT NULL, sensor int NOT NULL, v numeric,
+                                PRIMARY KEY (sensor, ts));
+         INSERT INTO readings SELECT '2026-01-01'::timestamptz + g * INTERVAL '7 minutes', g % 5, g
+           FROM generate_series(1, 3000) g;
+         CREATE TABLE keyed_by_id (id int PRIMARY KEY, ts timestamptz NOT NULL);",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let refused = run(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "tohyper",
+        "--hypertable",
+        "keyed_by_id:ts",
+    ]);
+    assert_eq!(refused.status.code(), Some(3), "{}", util::text(&refused));
+    assert!(
+        util::text(&refused).contains("keyed_by_id_pkey"),
+        "{}",
+        util::text(&refused)
+    );
+
+    let mut migrate = util::migrate_until_streaming(
+        &source,
+        &target,
+        "tohyper",
+        &["--hypertable", "public.readings:ts:1 day"],
+    );
+    for n in 0..200u64 {
+        let sql = match n % 3 {
+            0 => format!(
+                "INSERT INTO readings VALUES ('2026-02-01'::timestamptz + {n} * INTERVAL '2 hours', 7, {n})"
+            ),
+            1 => format!(
+                "UPDATE readings SET v = v * 2 WHERE ts = '2026-01-01'::timestamptz + {} * INTERVAL '7 minutes'",
+                n * 13 % 3000 + 1
+            ),
+            _ => format!(
+                "DELETE FROM readings WHERE ts = '2026-01-01'::timestamptz + {} * INTERVAL '7 minutes'",
+                n * 17 % 3000 + 1
+            ),
+        };
+        source_ok(cluster, &src, &sql);
+    }
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "tohyper",
+        ],
+        &mut migrate,
+    );
+    finish(migrate);
+    util::assert_table_equal(cluster, &src, cluster, &dst, "readings");
+    util::assert_table_equal(cluster, &src, cluster, &dst, "keyed_by_id");
+    assert_eq!(
+        cluster
+            .psql(
+                &dst,
+                "SELECT column_name || ' ' || time_interval FROM timescaledb_information.dimensions
+                  WHERE hypertable_name = 'readings'"
+            )
+            .unwrap(),
+        "ts 1 day"
+    );
+    let chunks: i64 = cluster
+        .psql(&dst, "SELECT count(*) FROM show_chunks('readings')")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(chunks > 20, "the rows are in the target's chunks: {chunks}");
+    assert_eq!(
+        cluster
+            .psql(&dst, "SELECT count(*) FROM ONLY readings")
+            .unwrap(),
+        "0",
+        "no row in the hypertable's root"
+    );
+}

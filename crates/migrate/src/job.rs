@@ -1,7 +1,7 @@
 //! What a migration is asked to do, and the resolved form every stage
 //! reads.
 
-use pglive_postgres::ConnectConfig;
+use pglive_postgres::{ConnectConfig, QualifiedName};
 use pglive_schema::{ObjectFilter, SchemaOptions};
 
 use crate::state::{Record, Settings};
@@ -27,6 +27,8 @@ pub struct MigrateOptions {
     pub reuse_schema: bool,
     /// Make TimescaleDB hypertables on the target before the data.
     pub hypertables: bool,
+    /// Plain source tables to make TimescaleDB hypertables on the target.
+    pub new_hypertables: Vec<NewHypertable>,
     /// Filters and owner and privilege choices; recorded with the
     /// migration, and kept by every later command.
     pub settings: Settings,
@@ -51,6 +53,7 @@ impl MigrateOptions {
             apply_sessions: 4,
             reuse_schema: false,
             hypertables: true,
+            new_hypertables: Vec::new(),
             settings: Settings::default(),
             copy_roles: false,
             cutover_when_ready: false,
@@ -139,5 +142,86 @@ impl Job {
         options.keep_owners = self.options.settings.keep_owners;
         options.keep_privileges = self.options.settings.keep_privileges;
         options
+    }
+}
+
+/// A plain source table that becomes a TimescaleDB hypertable on the
+/// target (`--hypertable TABLE:TIME_COLUMN[:INTERVAL]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewHypertable {
+    /// The table (`public` when no schema is given).
+    pub table: QualifiedName,
+    /// Its time (or integer) column: the hypertable's dimension.
+    pub time_column: String,
+    /// The chunk interval (`7 days`, or an integer for an integer column);
+    /// TimescaleDB's default when `None`.
+    pub interval: Option<String>,
+}
+
+impl std::str::FromStr for NewHypertable {
+    type Err = String;
+
+    /// Parses `[SCHEMA.]TABLE:TIME_COLUMN[:INTERVAL]` (names as written,
+    /// not case-folded).
+    fn from_str(text: &str) -> std::result::Result<NewHypertable, String> {
+        let mut parts = text.splitn(3, ':');
+        let (table, column) = match (parts.next(), parts.next()) {
+            (Some(t), Some(c)) if !t.is_empty() && !c.is_empty() => (t, c),
+            _ => {
+                return Err(format!(
+                    "{text:?}: expected TABLE:TIME_COLUMN[:INTERVAL], e.g. public.metrics:ts:1 day"
+                ));
+            }
+        };
+        let table = match table.split_once('.') {
+            Some((schema, name)) if !schema.is_empty() && !name.is_empty() => {
+                QualifiedName::new(schema, name)
+            }
+            Some(_) => return Err(format!("{text:?}: the table name is incomplete")),
+            None => QualifiedName::new("public", table),
+        };
+        let interval = parts.next().map(str::trim).filter(|i| !i.is_empty());
+        Ok(NewHypertable {
+            table,
+            time_column: column.to_owned(),
+            interval: interval.map(str::to_owned),
+        })
+    }
+}
+
+impl NewHypertable {
+    /// The hypertable it becomes, as the schema stage makes it.
+    pub(crate) fn hypertable(&self) -> pglive_schema::Hypertable {
+        pglive_schema::Hypertable {
+            name: self.table.clone(),
+            dimensions: vec![pglive_schema::Dimension {
+                column: self.time_column.clone(),
+                column_type: String::new(),
+                interval: self.interval.clone(),
+                partitions: None,
+            }],
+            chunk_schema: String::new(),
+            chunk_prefix: String::new(),
+            compression: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod new_hypertable_tests {
+    use super::*;
+
+    #[test]
+    fn parses_table_column_and_interval() {
+        let h: NewHypertable = "sales.Orders:created at:1 day".parse().unwrap();
+        assert_eq!(h.table, QualifiedName::new("sales", "Orders"));
+        assert_eq!(h.time_column, "created at");
+        assert_eq!(h.interval.as_deref(), Some("1 day"));
+        let h: NewHypertable = "events:ts".parse().unwrap();
+        assert_eq!(h.table, QualifiedName::new("public", "events"));
+        assert_eq!(h.interval, None);
+        assert!("events".parse::<NewHypertable>().is_err());
+        assert!(".x:ts".parse::<NewHypertable>().is_err());
+        assert!(":ts".parse::<NewHypertable>().is_err());
     }
 }

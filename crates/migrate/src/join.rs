@@ -85,8 +85,10 @@ pub async fn join_copy(
                 match read_only_transaction(&mut source_client, Some(&snapshot.name)).await {
                     Ok(tx) => {
                         let filter = record.settings.filter();
-                        let catalog = Catalog::read(&tx, &filter).await?;
+                        let mut catalog = Catalog::read(&tx, &filter).await?;
                         drop(tx);
+                        crate::timescale::mark_target_hypertables(&mut catalog, &target_client)
+                            .await?;
                         break (record, snapshot, catalog);
                     }
                     Err(SnapshotError::Import { .. }) => gone = Some(snapshot.name),

@@ -89,7 +89,7 @@ pub use control::Control;
 pub use cutover::{CutoverOptions, CutoverOutcome, abort_cutover, cutover};
 pub use error::{Error, Result, chain};
 pub use events::{Event, Events, Ignore, Step, VerifyProgress};
-pub use job::MigrateOptions;
+pub use job::{MigrateOptions, NewHypertable};
 pub use join::{JoinSummary, join_copy};
 pub use preflight::Findings;
 pub use stages::{Outcome, migrate};

@@ -65,6 +65,8 @@ pub(crate) struct Plan<'a> {
     pub copy_roles: bool,
     /// Hypertables are made hypertables on the target.
     pub hypertables: bool,
+    /// `--hypertable`: plain tables made hypertables on the target.
+    pub new_hypertables: &'a [crate::job::NewHypertable],
 }
 
 /// A preflight failure with one finding.
@@ -303,10 +305,22 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
     if let Err(e) = PgTools::find(catalog.server_major()) {
         fail(&mut found, chain(&e));
     }
-    if plan.hypertables && !plan.reuse_schema {
-        let (failures, notes) = crate::timescale::check_target(&target, &catalog.timescale).await;
+    if !plan.reuse_schema && !plan.resuming {
+        let carried = match plan.hypertables {
+            true => catalog.timescale.hypertables.len(),
+            false => 0,
+        };
+        let (failures, notes) = crate::timescale::check_target(
+            &target,
+            carried + plan.new_hypertables.len(),
+            catalog.timescale.version.as_deref(),
+        )
+        .await;
         found.failures.extend(failures);
         found.notes.extend(notes);
+        found.failures.extend(
+            crate::timescale::check_new_hypertables(&source, &catalog, plan.new_hypertables).await,
+        );
     }
     for failure in privileges::check(&source, &target, plan, &catalog).await {
         fail(&mut found, failure);

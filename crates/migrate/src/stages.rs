@@ -196,8 +196,22 @@ async fn run(
         settings: &job.options.settings,
         copy_roles: options.copy_roles,
         hypertables: job.options.hypertables,
+        new_hypertables: &job.options.new_hypertables,
     };
-    let (findings, source_client, target_client, catalog) = preflight::run(&plan).await?;
+    let (findings, source_client, target_client, mut catalog) = preflight::run(&plan).await?;
+    // Tables that are (or are to become) hypertables on the target are
+    // written and read there through their root.
+    for table in &mut catalog.tables {
+        if job
+            .options
+            .new_hypertables
+            .iter()
+            .any(|h| h.table == table.name)
+        {
+            table.hypertable = true;
+        }
+    }
+    crate::timescale::mark_target_hypertables(&mut catalog, &target_client).await?;
     for warning in &findings.warnings {
         events.warn(Step::Preflight, warning.as_str());
     }
@@ -378,12 +392,24 @@ async fn schema_pre_data(
             format!("not restored, as only a superuser may run it on the target: {skipped}"),
         );
     }
-    if job.options.hypertables
-        && !catalog.timescale.hypertables.is_empty()
-        && !job.options.reuse_schema
-    {
+    if !job.options.reuse_schema {
         let target = connect_sql(&job.target).await?;
-        crate::timescale::create_on_target(&target, &catalog.timescale, events).await?;
+        if job.options.hypertables && !catalog.timescale.hypertables.is_empty() {
+            crate::timescale::create_on_target(&target, &catalog.timescale, events).await?;
+        }
+        for new in &job.options.new_hypertables {
+            target
+                .batch_execute(&new.hypertable().create_sql())
+                .await
+                .doing_with(|| format!("making {} a hypertable on the target", new.table))?;
+            events.note(
+                Step::Schema,
+                format!(
+                    "schema: {} made a hypertable on the target (by {})",
+                    new.table, new.time_column
+                ),
+            );
+        }
     }
     Ok(())
 }

@@ -293,17 +293,17 @@ pub(crate) async fn refresh_aggregates(
     Ok(aggregates.len())
 }
 
-/// Preflight, when the source has hypertables: the target must be able to
-/// make them (TimescaleDB installed there or installable, and preloaded).
-/// Returns failures and notes (the versions of both sides).
+/// Preflight, when the target is to have `wanted` hypertables: it must be
+/// able to make them (TimescaleDB installed there or installable, and
+/// preloaded). Returns failures and notes (the versions of both sides).
 pub(crate) async fn check_target(
     target: &Client,
-    timescale: &Timescale,
+    wanted: usize,
+    source_version: Option<&str>,
 ) -> (Vec<String>, Vec<String>) {
-    let (Some(source_version), false) = (&timescale.version, timescale.hypertables.is_empty())
-    else {
+    if wanted == 0 {
         return (Vec::new(), Vec::new());
-    };
+    }
     let read = target
         .query_one(
             "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'), \
@@ -329,9 +329,9 @@ pub(crate) async fn check_target(
     let remedy = "or copy hypertables as plain tables with --hypertables none";
     match (&installed, &available) {
         (None, None) => failures.push(format!(
-            "the source's {} hypertable(s) need TimescaleDB on the target, which does not have it: \
-             install TimescaleDB {source_version} there and add it to shared_preload_libraries, {remedy}",
-            timescale.hypertables.len()
+            "{wanted} hypertable(s) need TimescaleDB on the target, which does not have it: \
+             install TimescaleDB{} there and add it to shared_preload_libraries, {remedy}",
+            source_version.map(|v| format!(" {v}")).unwrap_or_default()
         )),
         _ if !preloaded => failures.push(format!(
             "TimescaleDB is not in the target's shared_preload_libraries: add it (ALTER SYSTEM SET \
@@ -340,8 +340,8 @@ pub(crate) async fn check_target(
         _ => {}
     }
     let target_version = installed.or(available);
-    if let Some(target_version) = target_version {
-        if &target_version != source_version {
+    if let (Some(target_version), Some(source_version)) = (target_version, source_version) {
+        if target_version != source_version {
             notes.push(format!(
                 "TimescaleDB {source_version} on the source, {target_version} on the target: pglive \
                  makes hypertables, continuous aggregates and jobs with the target's own functions"
@@ -349,4 +349,84 @@ pub(crate) async fn check_target(
         }
     }
     (failures, notes)
+}
+
+/// Marks the tables of `catalog` (read from the source) that are
+/// hypertables on the target — made so by `--hypertable`, or by TimescaleDB
+/// on both sides — so that their rows are read there through the root.
+pub(crate) async fn mark_target_hypertables(catalog: &mut Catalog, target: &Client) -> Result<()> {
+    let on_target = pglive_schema::hypertable_names(target)
+        .await
+        .doing("reading the target's hypertables")?;
+    for table in &mut catalog.tables {
+        if on_target.contains(&table.name) {
+            table.hypertable = true;
+        }
+    }
+    Ok(())
+}
+
+/// Preflight of `--hypertable`: each table must be selected and hold rows,
+/// have the time column, and every unique index must include that column
+/// (TimescaleDB partitions unique indexes by it). Returns the failures.
+pub(crate) async fn check_new_hypertables(
+    source: &Client,
+    catalog: &Catalog,
+    new: &[crate::job::NewHypertable],
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for h in new {
+        let Some(table) = catalog.table(&h.table.schema, &h.table.name) else {
+            failures.push(format!(
+                "--hypertable {}: no such table among the ones migrated",
+                h.table
+            ));
+            continue;
+        };
+        if !table.holds_rows() || table.partition_of.is_some() {
+            failures.push(format!(
+                "--hypertable {}: only a plain table can become a hypertable (not a partitioned \
+                 table or a partition)",
+                h.table
+            ));
+            continue;
+        }
+        if !table.columns.iter().any(|c| c.name == h.time_column) {
+            failures.push(format!(
+                "--hypertable {}: it has no column {:?}",
+                h.table, h.time_column
+            ));
+            continue;
+        }
+        let without: Vec<String> = match source
+            .query(
+                "SELECT i.indexrelid::regclass::text FROM pg_catalog.pg_index i \
+                  WHERE i.indrelid = $1::text::regclass AND i.indisunique \
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                                     WHERE a.attrelid = i.indrelid AND a.attname = $2 \
+                                       AND a.attnum = ANY (i.indkey))",
+                &[&h.table.quoted(), &h.time_column],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => {
+                failures.push(format!(
+                    "--hypertable {}: reading its indexes: {e}",
+                    h.table
+                ));
+                continue;
+            }
+        };
+        if !without.is_empty() {
+            failures.push(format!(
+                "--hypertable {}: TimescaleDB needs {:?} in every unique index and primary key, \
+                 and {} lack it: add it to them on the source first, or leave the table plain",
+                h.table,
+                h.time_column,
+                without.join(", ")
+            ));
+        }
+    }
+    failures
 }

@@ -136,7 +136,13 @@ pub(crate) async fn compare(
     events: &dyn Events,
 ) -> Result<Comparison> {
     let (main_source, main_target) = tokio::try_join!(source.open(), target.open())?;
-    let catalog = main_source.side().catalog(filter).await?;
+    let mut catalog = main_source.side().catalog(filter).await?;
+    main_target
+        .side()
+        .within(async |client| {
+            crate::timescale::mark_target_hypertables(&mut catalog, client).await
+        })
+        .await?;
     let tables: Vec<_> = catalog.tables_with_rows().collect();
     let (plan, known) = match record {
         Some(name) if options.resume => {

@@ -139,9 +139,6 @@ struct Dumped {
     post_entries: Vec<TocEntry>,
     keys: KeyObjects,
     identities: Identities,
-    /// Constraints of TimescaleDB hypertables (OIDs): restored without
-    /// `ONLY`.
-    hypertable_constraints: HashSet<u32>,
 }
 
 /// How post-data objects are recognized on the target, so that a restore
@@ -374,7 +371,6 @@ impl SchemaCopy {
             post_entries,
             keys,
             identities,
-            hypertable_constraints: adjustments.hypertable_constraints,
         });
         Ok(())
     }
@@ -546,6 +542,7 @@ impl SchemaCopy {
                     .is_some_and(|identity| existing.contains(identity))
             });
         let phases = toc::post_data_phases(todo, &dumped.keys);
+        let hypertable_constraints = self.hypertable_constraints().await?;
         let jobs = self.options.jobs.max(1);
         let parallel = if jobs > 1 {
             vec![format!("--jobs={jobs}")]
@@ -575,8 +572,7 @@ impl SchemaCopy {
             }
             let (hypertables, entries): (Vec<TocEntry>, Vec<TocEntry>) =
                 entries.iter().cloned().partition(|e| {
-                    e.catalog == toc::PG_CONSTRAINT
-                        && dumped.hypertable_constraints.contains(&e.oid)
+                    e.catalog == toc::PG_CONSTRAINT && hypertable_constraints.contains(&e.oid)
                 });
             let list = self.work.join(format!("{}.list", name.replace(' ', "-")));
             if !hypertables.is_empty() {
@@ -614,6 +610,33 @@ impl SchemaCopy {
             skipped: done.len(),
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The source's constraints (OIDs) of the tables that are TimescaleDB
+    /// hypertables on the target: `pg_dump` adds them with `ALTER TABLE
+    /// ONLY`, which a hypertable refuses.
+    async fn hypertable_constraints(&self) -> Result<HashSet<u32>> {
+        let target = connect(&self.target).await?;
+        let hypertables: Vec<String> = crate::timescale::hypertable_names(&target)
+            .await?
+            .iter()
+            .map(|name| name.quoted())
+            .collect();
+        if hypertables.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let source = connect(&self.source).await?;
+        Ok(source
+            .query(
+                "SELECT c.oid FROM pg_catalog.pg_constraint c \
+                  WHERE c.conrelid = ANY (SELECT pg_catalog.to_regclass(t) FROM unnest($1::text[]) t)",
+                &[&hypertables],
+            )
+            .await
+            .map_err(query("reading the constraints of hypertables"))?
+            .iter()
+            .map(|r| r.get::<_, u32>(0))
+            .collect())
     }
 
     /// The pre-data section as one script that a role which is not a

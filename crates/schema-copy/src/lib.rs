@@ -66,5 +66,7 @@ pub use copy::{PostDataProgress, RestoreReport, SchemaCopy, SchemaOptions};
 pub use error::{Error, Result};
 pub use filter::ObjectFilter;
 pub use sequences::{SyncedSequence, sync_sequences};
-pub use timescale::{Compression, ContinuousAggregate, Dimension, Hypertable, Job, Timescale};
+pub use timescale::{
+    Compression, ContinuousAggregate, Dimension, Hypertable, Job, Timescale, hypertable_names,
+};
 pub use tools::{PgTools, server_major};

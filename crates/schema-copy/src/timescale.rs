@@ -350,15 +350,40 @@ impl Timescale {
     }
 }
 
+/// The hypertables of the database `client` is connected to (none without
+/// the extension).
+pub async fn hypertable_names(
+    client: &impl GenericClient,
+) -> Result<std::collections::HashSet<QualifiedName>> {
+    let installed = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await
+        .map_err(query("looking for TimescaleDB"))?
+        .is_some();
+    if !installed {
+        return Ok(Default::default());
+    }
+    Ok(client
+        .query(
+            "SELECT schema_name::text, table_name::text FROM _timescaledb_catalog.hypertable",
+            &[],
+        )
+        .await
+        .map_err(query("reading TimescaleDB hypertables"))?
+        .iter()
+        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
 /// How a dump of a TimescaleDB database is made and restored differently.
 #[derive(Debug, Default)]
 pub(crate) struct DumpAdjustments {
     /// `pg_dump` arguments that leave out TimescaleDB's chunks and internal
     /// relations and the views of continuous aggregates.
     pub exclusions: Vec<String>,
-    /// The constraints of hypertables (OIDs), which `pg_dump` adds with
-    /// `ALTER TABLE ONLY`, refused on a hypertable.
-    pub hypertable_constraints: std::collections::HashSet<u32>,
 }
 
 /// The [`DumpAdjustments`] of the database `client` is connected to (none
@@ -394,22 +419,7 @@ pub(crate) async fn dump_adjustments(client: &impl GenericClient) -> Result<Dump
             crate::filter::literal_pattern(row.get(1))
         ));
     }
-    let hypertable_constraints = client
-        .query(
-            "SELECT c.oid FROM pg_catalog.pg_constraint c \
-               JOIN _timescaledb_catalog.hypertable h \
-                 ON c.conrelid = format('%I.%I', h.schema_name, h.table_name)::regclass",
-            &[],
-        )
-        .await
-        .map_err(query("reading the constraints of hypertables"))?
-        .iter()
-        .map(|r| r.get::<_, u32>(0))
-        .collect();
-    Ok(DumpAdjustments {
-        exclusions,
-        hypertable_constraints,
-    })
+    Ok(DumpAdjustments { exclusions })
 }
 
 /// TimescaleDB's own schemas (`_timescaledb_internal`, `_timescaledb_catalog`,

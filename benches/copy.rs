@@ -272,7 +272,7 @@ fn raw_limit(cluster: &Cluster, source: &str, counts: &str) -> Result<Duration, 
                         let Some(table) = queue.lock().unwrap().next() else {
                             break;
                         };
-                        if let Err(e) = pipe(&bin, &src, &dst, &table) {
+                        if let Err(e) = pipe(&bin, &src, &dst, &table, &table) {
                             errors.lock().unwrap().push(e);
                         }
                     }

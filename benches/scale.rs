@@ -37,10 +37,7 @@ use pglive_testkit::{Cluster, ClusterOptions};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::pipe;
-
-/// The release binary this bench was built with.
-const PGLIVE: &str = env!("CARGO_BIN_EXE_pglive");
+use support::{drop_database, pglive, pipe, seconds_after, sizes};
 
 fn main() {
     let mut lines = Vec::new();
@@ -69,16 +66,6 @@ fn main() {
     for line in lines {
         println!("{line}");
     }
-}
-
-/// The sizes listed in environment variable `name` (comma-separated).
-fn sizes(name: &str, default: &str) -> Vec<u64> {
-    std::env::var(name)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse().expect("a whole number"))
-        .collect()
 }
 
 /// The copy of one table of about `megabytes` by the raw pipe and by
@@ -118,6 +105,7 @@ fn copy_and_verify(cluster: &Cluster, megabytes: u64) -> Vec<String> {
         cluster.bin_dir(),
         &cluster.conninfo(&source),
         &cluster.conninfo(&raw_target),
+        "wide",
         "wide",
     )
     .expect("the raw pipe");
@@ -225,7 +213,7 @@ fn backlog_memory(updates: u64) -> String {
     let output = Command::new("bash")
         .arg(script)
         .arg(updates.to_string())
-        .env("PGLIVE", PGLIVE)
+        .env("PGLIVE", support::PGLIVE)
         .stdin(Stdio::null())
         .output()
         .expect("bash runs");
@@ -238,39 +226,4 @@ fn backlog_memory(updates: u64) -> String {
     let line = format!("backlog | {}", said.lines().collect::<Vec<_>>().join(" | "));
     eprintln!("{line}");
     line
-}
-
-/// Runs the binary; its stdout and stderr (it must succeed).
-fn pglive(args: &[&str]) -> String {
-    let output = Command::new(PGLIVE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("pglive runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "pglive {args:?} failed:\n{said}");
-    said
-}
-
-/// The seconds in `…<marker>… in 12.3s` on the first line starting with
-/// `prefix` that has them.
-fn seconds_after(log: &str, prefix: &str, marker: &str) -> f64 {
-    log.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| {
-            let rest = &l[l.rfind(marker)? + marker.len()..];
-            rest.split('s').next()?.parse().ok()
-        })
-        .next()
-        .unwrap_or_else(|| panic!("no {prefix:?} line with seconds in:\n{log}"))
-}
-
-fn drop_database(cluster: &Cluster, name: &str) {
-    cluster
-        .psql("postgres", &format!("DROP DATABASE \"{name}\""))
-        .unwrap();
 }

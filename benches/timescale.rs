@@ -1,0 +1,234 @@
+//! TimescaleDB, measured through the release binary against a real
+//! TimescaleDB (testkit builds it from `../shared/timescaledb` when missing).
+//!
+//! ```text
+//! cargo bench --bench timescale                          # small sizes
+//! PGLIVE_TS_COPY_MB=500,2000 PGLIVE_TS_BACKLOG_ROWS=1000000,4000000 \
+//!   cargo bench --bench timescale
+//! ```
+//!
+//! - **copy** (`PGLIVE_TS_COPY_MB`, default `200,800`): one hypertable (1-day
+//!   chunks, ~110-byte rows, a `(device, ts)` key) of each size. The raw
+//!   limit: `psql -c "COPY (SELECT * FROM ht) TO STDOUT (FORMAT binary)" |
+//!   psql -c "COPY ht FROM STDIN (FORMAT binary)"` into an empty hypertable,
+//!   then `ALTER TABLE ht ADD PRIMARY KEY`. pglive: `pglive migrate --jobs 2 --cutover-when-ready`;
+//!   copy and post-data seconds from its log. MB are the chunks' table bytes.
+//! - **backlog** (`PGLIVE_TS_BACKLOG_ROWS`, default `300000,1200000`): a
+//!   migration is stopped while streaming, that many rows are inserted into
+//!   new chunks of the source hypertable (insert-only, 10,000 per
+//!   transaction), and `pglive migrate --cutover-when-ready` is run again:
+//!   rows/s = rows / (its seconds of streaming), from its log. Timescale's
+//!   live migration documents about 20,000 rows/s.
+//!
+//! A benchmark, not a test: the figures are printed as one table at the end.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pglive_testkit::{Cluster, ClusterOptions};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{PGLIVE, drop_database, pglive, pipe, seconds_after, sizes};
+
+/// The hypertable, without its key (added by [`KEY`]).
+const HYPERTABLE: &str = "
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+CREATE TABLE ht (ts timestamptz NOT NULL, device int NOT NULL, v float8, body text);
+SELECT create_hypertable('ht', by_range('ts', INTERVAL '1 day'));";
+
+/// The hypertable's key.
+const KEY: &str = "ALTER TABLE ht ADD PRIMARY KEY (device, ts)";
+
+fn main() {
+    let cluster = Cluster::start(
+        ClusterOptions::bulk()
+            .timescaledb(true)
+            .setting("shared_buffers", "512MB")
+            .setting("checkpoint_timeout", "1h")
+            .setting("autovacuum", "off"),
+    )
+    .expect("start a TimescaleDB cluster");
+    let mut lines = Vec::new();
+    for megabytes in sizes("PGLIVE_TS_COPY_MB", "200,800") {
+        lines.push(copy(&cluster, megabytes));
+    }
+    for rows in sizes("PGLIVE_TS_BACKLOG_ROWS", "300000,1200000") {
+        lines.push(backlog(&cluster, rows));
+    }
+    println!();
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+/// The copy of one hypertable of about `megabytes` by the raw pipe and by
+/// pglive.
+fn copy(cluster: &Cluster, megabytes: u64) -> String {
+    let source = cluster.create_database("ts_src").unwrap();
+    eprintln!("generating a hypertable of about {megabytes} MB ...");
+    let rows = megabytes * 1_000_000 / 110;
+    cluster
+        .psql(
+            &source,
+            &format!(
+                "{HYPERTABLE}
+                 INSERT INTO ht SELECT '2025-01-01'::timestamptz + g * INTERVAL '1 second', g % 100,
+                                       g, md5(g::text) || md5((g * 7)::text)
+                   FROM generate_series(1, {rows}) g;
+                 {KEY};
+                 VACUUM ANALYZE ht;"
+            ),
+        )
+        .unwrap();
+    let mb: f64 = cluster
+        .psql(
+            &source,
+            "SELECT sum(table_bytes + toast_bytes) / 1e6 FROM hypertable_detailed_size('ht')",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rate = |secs: f64| mb / secs.max(0.001);
+
+    let raw_target = cluster.create_database("ts_raw").unwrap();
+    cluster.psql(&raw_target, HYPERTABLE).unwrap();
+    cluster.psql("postgres", "CHECKPOINT").unwrap();
+    let started = Instant::now();
+    pipe(
+        cluster.bin_dir(),
+        &cluster.conninfo(&source),
+        &cluster.conninfo(&raw_target),
+        "(SELECT * FROM ht)",
+        "ht",
+    )
+    .expect("the raw pipe");
+    let raw_copy = started.elapsed().as_secs_f64();
+    cluster.psql(&raw_target, KEY).unwrap();
+    let raw = started.elapsed().as_secs_f64();
+    drop_database(cluster, &raw_target);
+
+    let target = cluster.create_database("ts_dst").unwrap();
+    cluster
+        .psql(&target, "CREATE EXTENSION timescaledb")
+        .unwrap();
+    cluster.psql("postgres", "CHECKPOINT").unwrap();
+    let log = pglive(&[
+        "migrate",
+        "--source",
+        &cluster.conninfo(&source),
+        "--target",
+        &cluster.conninfo(&target),
+        "--name",
+        "tsbench",
+        "--jobs",
+        "2",
+        "--cutover-when-ready",
+    ]);
+    let copied = seconds_after(&log, "copy: ", " in ");
+    let post_data = seconds_after(&log, "post-data: ", " in ");
+    drop_database(cluster, &target);
+    drop_database(cluster, &source);
+    let line = format!(
+        "hypertable copy {mb:>6.0} MB | raw pipe {raw_copy:6.1}s + key {:5.1}s = {raw:6.1}s ({:5.1} MB/s) | pglive copy {copied:6.1}s + post-data {post_data:5.1}s ({:5.1} MB/s, {:.2}x raw)",
+        raw - raw_copy,
+        rate(raw),
+        rate(copied + post_data),
+        (copied + post_data) / raw,
+    );
+    eprintln!("{line}");
+    line
+}
+
+/// Apply's rows/s on an insert-only backlog of `rows` into new chunks.
+fn backlog(cluster: &Cluster, rows: u64) -> String {
+    let (source, target) = (
+        cluster.create_database("ts_backlog_src").unwrap(),
+        cluster.create_database("ts_backlog_dst").unwrap(),
+    );
+    cluster
+        .psql(
+            &source,
+            &format!(
+                "{HYPERTABLE}
+                 {KEY};
+                 INSERT INTO ht SELECT '2025-01-01'::timestamptz + g * INTERVAL '1 minute', g % 100, g, 'x'
+                   FROM generate_series(1, 10000) g;"
+            ),
+        )
+        .unwrap();
+    cluster
+        .psql(&target, "CREATE EXTENSION timescaledb")
+        .unwrap();
+    let (src, dst) = (cluster.conninfo(&source), cluster.conninfo(&target));
+    let args = [
+        "migrate",
+        "--source",
+        &src,
+        "--target",
+        &dst,
+        "--name",
+        "tsbacklog",
+    ];
+    // Until it streams, then stopped (Ctrl-C stops at a transaction boundary).
+    let mut first = Command::new(PGLIVE)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pglive runs");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while cluster
+        .psql(
+            &target,
+            "SELECT count(*) FROM pglive.migration WHERE stage = 'streaming'",
+        )
+        .map(|n| n != "1")
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the migration never streamed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stopped = Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    // Exit status 5: stopped at a transaction boundary, resumable.
+    assert!(stopped.success() && first.wait().unwrap().code() == Some(5));
+
+    eprintln!("inserting {rows} rows into new chunks of the source ...");
+    let mut done = 0;
+    while done < rows {
+        let n = (rows - done).min(10_000);
+        cluster
+            .psql(
+                &source,
+                &format!(
+                    "INSERT INTO ht SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 second', g % 100, g, 'backlog'
+                       FROM generate_series({}, {}) g",
+                    done + 1,
+                    done + n
+                ),
+            )
+            .unwrap();
+        done += n;
+    }
+    let started = Instant::now();
+    let log = pglive(&[&args[..], &["--cutover-when-ready"]].concat());
+    let whole = started.elapsed().as_secs_f64();
+    let target_rows: u64 = cluster
+        .psql(&target, "SELECT count(*) FROM ht")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(target_rows, rows + 10_000, "every row arrived:\n{log}");
+    drop_database(cluster, &target);
+    drop_database(cluster, &source);
+    let line = format!(
+        "hypertable backlog {rows:>9} inserted rows | applied and cut over in {whole:6.1}s: {:>8.0} rows/s (connection and cutover included)",
+        rows as f64 / whole
+    );
+    eprintln!("{line}");
+    line
+}

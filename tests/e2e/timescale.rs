@@ -16,16 +16,18 @@ fn cluster() -> &'static Cluster {
     })
 }
 
-/// The source: three hypertables — `metrics` (time and space dimensions,
+/// The source: four hypertables — `metrics` (time and space dimensions,
 /// keyed), `events` (keyless, with a retention policy), `readings`
-/// (compressed, with a compression policy) — and a continuous aggregate
-/// of `metrics` with a refresh policy.
+/// (compressed, with a compression policy), `scratch` (truncated while
+/// streaming) — and a continuous aggregate of `metrics` with a refresh
+/// policy.
 const SOURCE: &str = "
 CREATE EXTENSION timescaledb;
 CREATE TABLE metrics (ts timestamptz NOT NULL, device int NOT NULL, value float8, note text,
                       PRIMARY KEY (device, ts));
 SELECT create_hypertable('metrics', by_range('ts', INTERVAL '1 day'));
 SELECT add_dimension('metrics', by_hash('device', 4));
+SELECT add_reorder_policy('metrics', 'metrics_ts_idx');
 INSERT INTO metrics SELECT '2026-01-01'::timestamptz + g * INTERVAL '10 minutes', g % 10, g, 'n' || g
   FROM generate_series(1, 6000) g;
 CREATE TABLE events (ts timestamptz NOT NULL, kind text, payload jsonb);
@@ -43,6 +45,9 @@ INSERT INTO readings SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 minutes'
   FROM generate_series(1, 8000) g;
 SELECT compress_chunk(c) FROM show_chunks('readings', older_than => '2026-01-10'::timestamptz) c;
 SELECT add_compression_policy('readings', compress_after => INTERVAL '30 days');
+CREATE TABLE scratch (ts timestamptz NOT NULL, n int);
+SELECT create_hypertable('scratch', by_range('ts', INTERVAL '1 day'));
+INSERT INTO scratch SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g FROM generate_series(1, 200) g;
 CREATE MATERIALIZED VIEW metrics_hourly WITH (timescaledb.continuous) AS
   SELECT time_bucket('1 hour', ts) AS bucket, device, avg(value) AS mean, count(*) AS n
     FROM metrics GROUP BY 1, 2 WITH DATA;
@@ -232,6 +237,12 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
                    FROM generate_series(1, 300) g",
             ),
             300 => run_job(cluster, &src, "policy_retention"),
+            // The application empties a hypertable, then fills it again.
+            350 => source_ok(
+                cluster,
+                &src,
+                "TRUNCATE scratch; INSERT INTO scratch VALUES ('2026-05-01', 1), ('2026-05-02', 2)",
+            ),
             400 => source_ok(
                 cluster,
                 &src,
@@ -249,7 +260,7 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
         &mut migrate,
     );
     finish(migrate);
-    for table in ["metrics", "events", "readings"] {
+    for table in ["metrics", "events", "readings", "scratch"] {
         util::assert_table_equal(cluster, &src, cluster, &dst, table);
     }
     let fresh = "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (

@@ -145,9 +145,11 @@ struct SourceTxn {
     final_lsn: Lsn,
     /// Applied before a restart: its changes are skipped.
     skip: bool,
-    /// Between TimescaleDB's markers of rows it moves into or out of
-    /// compressed chunks: chunks' changes are not the application's.
-    moving_rows: bool,
+    /// How deep inside TimescaleDB's markers of rows it moves into or out
+    /// of compressed chunks (a recompression decompresses inside a
+    /// compression): while above 0, chunks' changes are not the
+    /// application's.
+    moving_rows: u32,
 }
 
 /// Applies a pgoutput stream to the target in large, ordered batches,
@@ -327,7 +329,7 @@ impl Applier {
         self.txn = Some(SourceTxn {
             final_lsn,
             skip: final_lsn < self.applied,
-            moving_rows: false,
+            moving_rows: 0,
         });
         Ok(())
     }
@@ -384,14 +386,25 @@ impl Applier {
                     .await
             }
             LogicalMessage::Truncate(truncate) => {
-                let mut tables = Vec::new();
+                let mut tables: Vec<Arc<TableMap>> = Vec::new();
+                let mut of_chunks: Vec<Arc<TableMap>> = Vec::new();
                 for id in &truncate.relation_ids {
                     if let Some(table) = self.table_for_change(*id)? {
-                        // Several chunks of one table are one table here.
-                        if !tables.iter().any(|t: &Arc<TableMap>| t.name == table.name) {
-                            tables.push(table);
+                        match self.relations.is_chunk(*id) {
+                            true => of_chunks.push(table),
+                            false => tables.push(table),
                         }
                     }
+                }
+                // A table truncated with its chunks is truncated once;
+                // chunks truncated without their table cannot be.
+                if let Some(alone) = of_chunks
+                    .iter()
+                    .find(|c| !tables.iter().any(|t| t.name == c.name))
+                {
+                    return Err(Error::ChunkTruncated {
+                        table: alone.name.to_string(),
+                    });
                 }
                 if !tables.is_empty() {
                     self.batch.push_truncate(
@@ -410,7 +423,10 @@ impl Applier {
                 if let (Some(marker), Some(txn)) =
                     (MoveMarker::of(&message.prefix), self.txn.as_mut())
                 {
-                    txn.moving_rows = marker == MoveMarker::Start;
+                    txn.moving_rows = match marker {
+                        MoveMarker::Start => txn.moving_rows + 1,
+                        MoveMarker::End => txn.moving_rows.saturating_sub(1),
+                    };
                 }
                 Ok(())
             }
@@ -430,7 +446,7 @@ impl Applier {
             .txn
             .as_ref()
             .ok_or_else(|| Error::Protocol("a change outside of a transaction".to_owned()))?;
-        if txn.skip || (txn.moving_rows && self.relations.is_chunk(relation_id)) {
+        if txn.skip || (txn.moving_rows > 0 && self.relations.is_chunk(relation_id)) {
             return Ok(None);
         }
         let Some(table) = self.relations.table(relation_id)? else {

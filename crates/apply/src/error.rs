@@ -77,6 +77,17 @@ pub enum Error {
         /// The last source commit in the batch.
         lsn: Lsn,
     },
+    /// A TRUNCATE named chunks of a table but not the table (a chunk
+    /// truncated by hand): truncating the whole table would lose rows.
+    #[error(
+        "the source truncated chunks of {table} without the table itself; the target's chunks \
+         differ, so pglive cannot tell which rows that removed: delete the same time range on the \
+         target by hand, then run the migration again, or compare with `pglive verify --full`"
+    )]
+    ChunkTruncated {
+        /// The table whose chunks were truncated.
+        table: String,
+    },
     /// The stream broke the protocol's rules (a change outside a
     /// transaction, an unknown relation id, binary values that were not
     /// asked for).

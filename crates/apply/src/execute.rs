@@ -572,7 +572,8 @@ async fn copy_rows(client: &Client, table: &TableMap, rows: &[Values]) -> Result
     Ok(())
 }
 
-/// `TRUNCATE ONLY` the tables in one statement, as the source did.
+/// `TRUNCATE ONLY` the tables in one statement, as the source did (a
+/// hypertable with its chunks: TimescaleDB refuses `ONLY`).
 pub(crate) async fn truncate(
     client: &Client,
     tables: &[&TableMap],
@@ -580,9 +581,17 @@ pub(crate) async fn truncate(
     restart_identity: bool,
 ) -> Result<()> {
     let names: Vec<&str> = tables.iter().map(|t| t.quoted.as_str()).collect();
+    // ONLY binds to each name of the list on its own.
+    let targets: Vec<String> = tables
+        .iter()
+        .map(|t| match t.hypertable {
+            true => t.quoted.clone(),
+            false => format!("ONLY {}", t.quoted),
+        })
+        .collect();
     let sql = format!(
-        "TRUNCATE ONLY {}{}{}",
-        names.join(", "),
+        "TRUNCATE {}{}{}",
+        targets.join(", "),
         if restart_identity {
             " RESTART IDENTITY"
         } else {

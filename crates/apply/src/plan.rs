@@ -372,6 +372,7 @@ mod tests {
             spread: true,
             identity_always: Vec::new(),
             mismatch: None,
+            hypertable: false,
         }
     }
 

@@ -92,6 +92,34 @@ pub(crate) struct TableMap {
     /// How the source's columns differ from the target's, if they do: a
     /// change to apply stops with it.
     pub mismatch: Option<Arc<ShapeProblem>>,
+    /// A TimescaleDB hypertable on the target: its rows live in its chunks
+    /// (it is truncated without `ONLY`, which TimescaleDB refuses).
+    pub hypertable: bool,
+}
+
+/// Whether `name` is a TimescaleDB hypertable on the target of `client`.
+async fn is_hypertable(client: &Client, name: &QualifiedName) -> Result<bool> {
+    let context = || format!("reading whether {name} is a hypertable");
+    let timescale: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(target(context()))?
+        .get(0);
+    if !timescale {
+        return Ok(false);
+    }
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable \
+                             WHERE schema_name = $1 AND table_name = $2)",
+            &[&name.schema, &name.name],
+        )
+        .await
+        .map_err(target(context()))?
+        .get(0))
 }
 
 /// For a table (and its partitions or children) on the target: whether a
@@ -210,6 +238,7 @@ impl TableMap {
         };
         let mut map = Self::from_target_columns(name, relation, &target_columns)?;
         map.mismatch = mismatch;
+        map.hypertable = is_hypertable(client, &map.name).await?;
         if map.identity == Identity::Key {
             let key_names: Vec<&str> = relation
                 .columns
@@ -279,6 +308,7 @@ impl TableMap {
             spread: false,
             identity_always,
             mismatch: None,
+            hypertable: false,
         })
     }
 }

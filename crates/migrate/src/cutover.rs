@@ -106,12 +106,12 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
-    let retention = crate::timescale::run_retention(job, source, target).await?;
-    if retention > 0 {
+    let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
+    if dropped > 0 {
         events.note(
             Step::Cutover,
             format!(
-                "cutover: TimescaleDB: {retention} retention polic(ies) run on the target, as on the source"
+                "cutover: TimescaleDB: {dropped} chunk(s) the source dropped (retention) dropped on the target"
             ),
         );
     }

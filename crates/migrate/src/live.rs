@@ -80,7 +80,7 @@ pub(crate) async fn connect(
     options.ignored_tables = ignored.clone();
     options.sessions = job.options.apply_sessions;
     let source = connect_sql(&job.source).await?;
-    let timescale = Box::pin(crate::timescale::chunked_tables(&source, job)).await?;
+    let timescale = crate::timescale::chunked_tables(&source).await?;
     let messages = timescale.is_some();
     if let Some((chunked, internal)) = timescale {
         options.chunked_tables = chunked;

@@ -397,6 +397,12 @@ async fn schema_pre_data(
         if job.options.hypertables && !catalog.timescale.hypertables.is_empty() {
             crate::timescale::create_on_target(&target, &catalog.timescale, events).await?;
         }
+        if !job.options.new_hypertables.is_empty() {
+            target
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                .await
+                .doing("creating the timescaledb extension on the target")?;
+        }
         for new in &job.options.new_hypertables {
             target
                 .batch_execute(&new.hypertable().create_sql())
@@ -594,14 +600,16 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
-        if job.options.hypertables && !catalog.timescale.continuous_aggregates.is_empty() {
+        if !catalog.timescale.hypertables.is_empty() && job.options.hypertables {
             let started = Instant::now();
             let source = connect_sql(&job.source).await?;
-            let refreshed = crate::timescale::refresh_aggregates(job, &source, target).await?;
+            let (aggregates, jobs) =
+                crate::timescale::after_post_data(job, &source, target, events.as_ref()).await?;
             events.note(
                 Step::PostData,
                 format!(
-                    "post-data: {refreshed} continuous aggregate(s) materialized in {:.1}s",
+                    "post-data: TimescaleDB: {aggregates} continuous aggregate(s) materialized, \
+                     {jobs} job(s) created (paused until cutover) in {:.1}s",
                     started.elapsed().as_secs_f64()
                 ),
             );

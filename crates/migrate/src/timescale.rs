@@ -11,35 +11,39 @@ use crate::error::{Doing, Result};
 use crate::events::{Events, Step};
 use crate::job::Job;
 
-/// For apply, when the source runs TimescaleDB: the selected hypertables,
-/// whose changes arrive on their chunks, and the schemas of TimescaleDB's
-/// internal relations, whose changes are never applied.
+/// For apply, when the source runs TimescaleDB: its hypertables, whose
+/// changes arrive on their chunks, and the schemas of TimescaleDB's
+/// internal relations, whose changes are never applied. Read at each
+/// stream start without a snapshot, so only TimescaleDB's own small
+/// catalog (tables come and go meanwhile).
 pub(crate) async fn chunked_tables(
     source: &Client,
-    job: &Job,
 ) -> Result<Option<(Vec<ChunkedTable>, Vec<String>)>> {
-    let catalog = Catalog::read(source, &job.filter())
+    let Some(layout) = pglive_schema::chunk_layout(source)
         .await
-        .doing("reading the source's TimescaleDB hypertables")?;
-    let timescale = catalog.timescale;
-    if timescale.version.is_none() {
+        .doing("reading the source's TimescaleDB hypertables")?
+    else {
         return Ok(None);
-    }
-    let chunked = timescale
+    };
+    // TimescaleDB's own hypertables (compressed data, materializations)
+    // live in its own schemas: their chunks are never applied.
+    let chunked = layout
         .hypertables
         .into_iter()
-        .map(|h| ChunkedTable {
-            table: h.name,
-            chunk_schema: h.chunk_schema,
-            chunk_prefix: h.chunk_prefix,
+        .filter(|(table, _, _)| !layout.internal_schemas.contains(&table.schema))
+        .map(|(table, chunk_schema, chunk_prefix)| ChunkedTable {
+            table,
+            chunk_schema,
+            chunk_prefix,
         })
         .collect();
-    Ok(Some((chunked, timescale.internal_schemas)))
+    Ok(Some((chunked, layout.internal_schemas)))
 }
 
-/// Makes the source's hypertables (with their compression settings),
-/// continuous aggregates (empty) and jobs (paused) on the target, whose
-/// tables exist and are empty.
+/// Makes the source's hypertables (with their compression settings) and
+/// continuous aggregates (empty) on the target, whose tables exist and are
+/// empty. Jobs come after post-data ([`create_jobs`]): a reorder policy
+/// needs its index.
 pub(crate) async fn create_on_target(
     target: &Client,
     timescale: &Timescale,
@@ -64,40 +68,11 @@ pub(crate) async fn create_on_target(
                 )
             })?;
     }
-    let mut created = 0;
-    for job in &timescale.jobs {
-        let Some(create) = job.create_sql() else {
-            events.warn(
-                Step::Schema,
-                format!(
-                    "TimescaleDB job {} is of a kind pglive does not know: create it on the \
-                     target by hand",
-                    job.describe()
-                ),
-            );
-            continue;
-        };
-        // One transaction: the scheduler never sees the job before it is
-        // paused.
-        let made = async {
-            target.batch_execute("BEGIN").await?;
-            let id: i32 = target.query_one(&create, &[]).await?.get(0);
-            target.execute(&job.configure_sql(), &[&id]).await?;
-            target.batch_execute("COMMIT").await
-        }
-        .await;
-        if made.is_err() {
-            target.batch_execute("ROLLBACK").await.ok();
-        }
-        made.doing_with(|| format!("creating TimescaleDB job {} on the target", job.describe()))?;
-        created += 1;
-    }
     if !timescale.hypertables.is_empty() {
         events.note(
             Step::Schema,
             format!(
-                "schema: {} hypertable(s), {} continuous aggregate(s), {created} job(s) \
-                 (paused until cutover) created",
+                "schema: {} hypertable(s) and {} continuous aggregate(s) created",
                 timescale.hypertables.len(),
                 timescale.continuous_aggregates.len(),
             ),
@@ -109,7 +84,13 @@ pub(crate) async fn create_on_target(
 /// TimescaleDB settings every session of the source must have while a
 /// migration streams, and why: with the defaults, rows change without a
 /// trace in the stream.
-const SOURCE_SETTINGS: [(&str, &str, &str); 4] = [
+const SOURCE_SETTINGS: [(&str, &str, &str); 5] = [
+    (
+        "timescaledb.enable_compression_wal_markers",
+        "on",
+        "rows TimescaleDB moves into or out of compressed chunks are marked in the stream, and not \
+         applied twice",
+    ),
     (
         "timescaledb.enable_chunk_auto_publication",
         "on",
@@ -192,75 +173,169 @@ pub(crate) async fn prepare_source(source: &Client, events: &dyn Events) -> Resu
     Ok(())
 }
 
-/// The source's TimescaleDB objects, and each of its jobs with the
-/// target's same job.
-async fn jobs_on_both(
+/// What TimescaleDB holds on each side for the migration's tables, and
+/// each target job paired with the source's same job (the same procedure
+/// for the same relation; several alike are paired in order).
+struct BothSides {
+    source: Timescale,
+    target: Timescale,
+    /// (source job, target job).
+    pairs: Vec<(pglive_schema::Job, pglive_schema::Job)>,
+}
+
+async fn both_sides(job: &Job, source: &Client, target: &Client) -> Result<BothSides> {
+    let source = Catalog::read(source, &job.filter())
+        .await
+        .doing("reading the source's TimescaleDB objects")?
+        .timescale;
+    let target = Catalog::read(target, &job.filter())
+        .await
+        .doing("reading the target's TimescaleDB objects")?
+        .timescale;
+    let mut pairs = Vec::new();
+    let mut taken = vec![false; target.jobs.len()];
+    for s in &source.jobs {
+        let found = target
+            .jobs
+            .iter()
+            .enumerate()
+            .find(|(i, t)| !taken[*i] && s.same_as(t));
+        if let Some((i, t)) = found {
+            taken[i] = true;
+            pairs.push((s.clone(), t.clone()));
+        }
+    }
+    Ok(BothSides {
+        source,
+        target,
+        pairs,
+    })
+}
+
+/// After post-data: makes on the target each source job it lacks for the
+/// migration's tables and aggregates, configured as on the source and
+/// paused (a run that stopped midway makes only the missing ones). Returns
+/// how many it made.
+pub(crate) async fn create_jobs(
     job: &Job,
     source: &Client,
     target: &Client,
-) -> Result<(Timescale, Vec<(pglive_schema::Job, pglive_schema::Job)>)> {
-    let on_source = Catalog::read(source, &job.filter())
-        .await
-        .doing("reading the source's TimescaleDB jobs")?
-        .timescale;
-    if on_source.hypertables.is_empty() || !job.options.hypertables {
-        // Nothing of TimescaleDB's was made on the target.
-        return Ok((Timescale::default(), Vec::new()));
-    }
-    let on_target = Catalog::read(target, &job.filter())
-        .await
-        .doing("reading the target's TimescaleDB jobs")?
-        .timescale;
-    let pairs = on_target
-        .jobs
-        .into_iter()
-        .filter_map(|t| {
-            on_source
-                .jobs
+    events: &dyn Events,
+) -> Result<usize> {
+    let both = both_sides(job, source, target).await?;
+    let on_target = |name: &pglive_postgres::QualifiedName| {
+        both.target.hypertables.iter().any(|h| &h.name == name)
+            || both
+                .target
+                .continuous_aggregates
                 .iter()
-                .find(|s| s.same_as(&t))
-                .map(|s| (s.clone(), t))
-        })
-        .collect();
-    Ok((on_source, pairs))
-}
-
-/// At cutover, before the counts: runs on the target each retention policy
-/// the source runs, so chunks the source dropped while the migration ran
-/// (TimescaleDB drops them whole, without a change in the stream) are
-/// dropped there too. Returns how many ran.
-pub(crate) async fn run_retention(job: &Job, source: &Client, target: &Client) -> Result<usize> {
-    let (_, pairs) = jobs_on_both(job, source, target).await?;
-    let mut ran = 0;
-    for (source_job, target_job) in &pairs {
-        if source_job.is_retention() && source_job.scheduled {
-            target
-                .batch_execute(&format!("CALL run_job({})", target_job.id))
-                .await
-                .doing_with(|| format!("running {} on the target", target_job.describe()))?;
-            ran += 1;
+                .any(|c| &c.name == name)
+    };
+    let mut created = 0;
+    for (i, wanted) in both.source.jobs.iter().enumerate() {
+        let paired = both.pairs.iter().filter(|(s, _)| s.same_as(wanted)).count();
+        let earlier = both.source.jobs[..i]
+            .iter()
+            .filter(|s| s.same_as(wanted))
+            .count();
+        if earlier < paired || wanted.relation.as_ref().is_some_and(|r| !on_target(r)) {
+            continue;
         }
+        let Some(create) = wanted.create_sql() else {
+            events.warn(
+                Step::PostData,
+                format!(
+                    "TimescaleDB job {} is of a kind pglive does not know: create it on the \
+                     target by hand",
+                    wanted.describe()
+                ),
+            );
+            continue;
+        };
+        // One transaction: the scheduler never sees the job before it is
+        // paused.
+        let made = async {
+            target.batch_execute("BEGIN").await?;
+            let id: i32 = target.query_one(&create, &[]).await?.get(0);
+            target.execute(&wanted.configure_sql(), &[&id]).await?;
+            target.batch_execute("COMMIT").await
+        }
+        .await;
+        if made.is_err() {
+            target.batch_execute("ROLLBACK").await.ok();
+        }
+        made.doing_with(|| {
+            format!(
+                "creating TimescaleDB job {} on the target",
+                wanted.describe()
+            )
+        })?;
+        created += 1;
     }
-    Ok(ran)
+    Ok(created)
 }
 
-/// At cutover, once the target holds every change: refreshes the
-/// continuous aggregates and schedules each job as it is scheduled on the
-/// source. Returns how many aggregates and jobs it refreshed and scheduled.
+/// At cutover, before the counts: drops the target's chunks older than the
+/// oldest chunk the source still has, for each hypertable of both sides —
+/// retention policies and `drop_chunks` drop whole chunks on the source
+/// without a change in the stream. Returns how many chunks it dropped.
+pub(crate) async fn drop_chunks_gone_from_source(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+) -> Result<i64> {
+    let both = both_sides(job, source, target).await?;
+    let mut dropped = 0;
+    for hypertable in &both.source.hypertables {
+        let (Some(time), true) = (
+            hypertable.dimensions.first(),
+            both.target
+                .hypertables
+                .iter()
+                .any(|t| t.name == hypertable.name),
+        ) else {
+            continue;
+        };
+        let oldest: Option<String> = source
+            .query_one(
+                "SELECT coalesce(min(range_start)::text, min(range_start_integer)::text) \
+                   FROM timescaledb_information.chunks \
+                  WHERE hypertable_schema = $1 AND hypertable_name = $2",
+                &[&hypertable.name.schema, &hypertable.name.name],
+            )
+            .await
+            .doing_with(|| format!("reading the chunks of {} on the source", hypertable.name))?
+            .get(0);
+        // A source without chunks: nothing to go by (the counts tell).
+        let Some(oldest) = oldest else { continue };
+        let sql = format!(
+            "SELECT count(*) FROM drop_chunks({}, older_than => {}::{})",
+            pglive_postgres::quote_literal(&hypertable.name.quoted()),
+            pglive_postgres::quote_literal(&oldest),
+            time.column_type
+        );
+        let n: i64 = target
+            .query_one(&sql, &[])
+            .await
+            .doing_with(|| format!("dropping old chunks of {} on the target", hypertable.name))?
+            .get(0);
+        dropped += n;
+    }
+    Ok(dropped)
+}
+
+/// At cutover, once the target holds every change: refreshes its
+/// continuous aggregates and schedules each job as the source schedules
+/// it. Returns how many aggregates and jobs it refreshed and scheduled.
 pub(crate) async fn finish_on_target(
     job: &Job,
     source: &Client,
     target: &Client,
 ) -> Result<(usize, usize)> {
-    let (on_source, pairs) = jobs_on_both(job, source, target).await?;
-    for aggregate in &on_source.continuous_aggregates {
-        target
-            .batch_execute(&aggregate.refresh_sql())
-            .await
-            .doing_with(|| format!("refreshing continuous aggregate {}", aggregate.name))?;
-    }
+    let both = both_sides(job, source, target).await?;
+    refresh(target, &both.target.continuous_aggregates).await?;
     let mut scheduled = 0;
-    for (source_job, target_job) in &pairs {
+    for (source_job, target_job) in &both.pairs {
         if source_job.scheduled && !target_job.scheduled {
             target
                 .execute("SELECT alter_job($1, scheduled => true)", &[&target_job.id])
@@ -269,28 +344,38 @@ pub(crate) async fn finish_on_target(
             scheduled += 1;
         }
     }
-    Ok((on_source.continuous_aggregates.len(), scheduled))
+    Ok((both.target.continuous_aggregates.len(), scheduled))
 }
 
-/// Materializes the target's continuous aggregates once the copy is in
-/// (what streams later is refreshed at cutover from its invalidations).
-pub(crate) async fn refresh_aggregates(
-    job: &Job,
-    source: &Client,
-    target: &Client,
-) -> Result<usize> {
-    let aggregates = Catalog::read(source, &job.filter())
-        .await
-        .doing("reading the source's continuous aggregates")?
-        .timescale
-        .continuous_aggregates;
-    for aggregate in &aggregates {
+/// Materializes all of each of `aggregates` on the target.
+async fn refresh(target: &Client, aggregates: &[pglive_schema::ContinuousAggregate]) -> Result<()> {
+    for aggregate in aggregates {
         target
             .batch_execute(&aggregate.refresh_sql())
             .await
             .doing_with(|| format!("refreshing continuous aggregate {}", aggregate.name))?;
     }
-    Ok(aggregates.len())
+    Ok(())
+}
+
+/// After post-data: materializes the target's continuous aggregates once
+/// the copy is in (what streams later is refreshed at cutover from its
+/// invalidations) and makes the jobs ([`create_jobs`]). Returns how many
+/// aggregates and jobs.
+pub(crate) async fn after_post_data(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+    events: &dyn Events,
+) -> Result<(usize, usize)> {
+    let aggregates = Catalog::read(target, &job.filter())
+        .await
+        .doing("reading the target's continuous aggregates")?
+        .timescale
+        .continuous_aggregates;
+    refresh(target, &aggregates).await?;
+    let jobs = create_jobs(job, source, target, events).await?;
+    Ok((aggregates.len(), jobs))
 }
 
 /// Preflight, when the target is to have `wanted` hypertables: it must be

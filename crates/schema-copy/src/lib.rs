@@ -67,6 +67,7 @@ pub use error::{Error, Result};
 pub use filter::ObjectFilter;
 pub use sequences::{SyncedSequence, sync_sequences};
 pub use timescale::{
-    Compression, ContinuousAggregate, Dimension, Hypertable, Job, Timescale, hypertable_names,
+    ChunkLayout, Compression, ContinuousAggregate, Dimension, Hypertable, Job, Timescale,
+    chunk_layout, hypertable_names,
 };
 pub use tools::{PgTools, server_major};

@@ -102,12 +102,8 @@ impl Hypertable {
 
 /// An integer or an interval setting as SQL.
 fn interval_sql(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .trim_start_matches('-')
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-    {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         value.to_owned()
     } else {
         format!("INTERVAL {}", quote_literal(value))
@@ -285,11 +281,6 @@ impl Job {
         self.procedure == other.procedure && self.relation == other.relation
     }
 
-    /// Whether it is a retention policy (it drops chunks).
-    pub fn is_retention(&self) -> bool {
-        self.policy() == Some("policy_retention")
-    }
-
     /// A name for messages: the procedure and its relation.
     pub fn describe(&self) -> String {
         match &self.relation {
@@ -310,7 +301,7 @@ pub struct Timescale {
     pub continuous_aggregates: Vec<ContinuousAggregate>,
     /// The jobs (TimescaleDB's own background jobs, below id 1000, left out).
     pub jobs: Vec<Job>,
-    /// TimescaleDB's own schemas and those that hold chunks.
+    /// TimescaleDB's own schemas.
     pub internal_schemas: Vec<String>,
 }
 
@@ -350,32 +341,68 @@ impl Timescale {
     }
 }
 
-/// The hypertables of the database `client` is connected to (none without
-/// the extension).
-pub async fn hypertable_names(
-    client: &impl GenericClient,
-) -> Result<std::collections::HashSet<QualifiedName>> {
-    let installed = client
+/// Whether the database `client` is connected to has TimescaleDB.
+async fn installed(client: &impl GenericClient) -> Result<bool> {
+    Ok(client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'",
             &[],
         )
         .await
         .map_err(query("looking for TimescaleDB"))?
-        .is_some();
-    if !installed {
-        return Ok(Default::default());
+        .is_some())
+}
+
+/// The hypertables of the database `client` is connected to (none without
+/// the extension).
+pub async fn hypertable_names(
+    client: &impl GenericClient,
+) -> Result<std::collections::HashSet<QualifiedName>> {
+    Ok(chunk_layout(client)
+        .await?
+        .map(|layout| layout.hypertables.into_iter().map(|h| h.0).collect())
+        .unwrap_or_default())
+}
+
+/// Where a TimescaleDB database keeps its chunks: each hypertable (user
+/// ones and TimescaleDB's own) with its chunks' schema and name prefix, and
+/// TimescaleDB's own schemas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkLayout {
+    /// (hypertable, chunk schema, chunk name prefix).
+    pub hypertables: Vec<(QualifiedName, String, String)>,
+    /// TimescaleDB's own schemas (`_timescaledb_internal`, `_timescaledb_catalog`, …).
+    pub internal_schemas: Vec<String>,
+}
+
+/// The [`ChunkLayout`] of the database `client` is connected to; `None`
+/// without the extension. Cheap: two small catalog reads.
+pub async fn chunk_layout(client: &impl GenericClient) -> Result<Option<ChunkLayout>> {
+    if !installed(client).await? {
+        return Ok(None);
     }
-    Ok(client
+    let hypertables = client
         .query(
-            "SELECT schema_name::text, table_name::text FROM _timescaledb_catalog.hypertable",
+            "SELECT schema_name::text, table_name::text, associated_schema_name::text, \
+                    associated_table_prefix::text \
+               FROM _timescaledb_catalog.hypertable ORDER BY id",
             &[],
         )
         .await
         .map_err(query("reading TimescaleDB hypertables"))?
         .iter()
-        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect())
+        .map(|r| {
+            (
+                QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get(2),
+                r.get(3),
+            )
+        })
+        .collect();
+    Ok(Some(ChunkLayout {
+        hypertables,
+        internal_schemas: internal_schemas(client).await?,
+    }))
 }
 
 /// How a dump of a TimescaleDB database is made and restored differently.
@@ -389,22 +416,26 @@ pub(crate) struct DumpAdjustments {
 /// The [`DumpAdjustments`] of the database `client` is connected to (none
 /// without the extension).
 pub(crate) async fn dump_adjustments(client: &impl GenericClient) -> Result<DumpAdjustments> {
-    let installed = client
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'",
-            &[],
-        )
-        .await
-        .map_err(query("looking for TimescaleDB"))?
-        .is_some();
-    if !installed {
+    if !installed(client).await? {
         return Ok(DumpAdjustments::default());
     }
-    let mut exclusions: Vec<String> = internal_schemas(client)
-        .await?
+    let layout = chunk_layout(client).await?.unwrap_or_default();
+    let mut exclusions: Vec<String> = layout
+        .internal_schemas
         .iter()
         .map(|s| format!("--exclude-schema={}", crate::filter::literal_pattern(s)))
         .collect();
+    // Chunks made in a schema of the user's (`associated_schema_name`).
+    for (_, schema, prefix) in &layout.hypertables {
+        if !layout.internal_schemas.contains(schema) {
+            exclusions.push(format!(
+                "--exclude-table={}.{}*{}",
+                crate::filter::literal_pattern(schema),
+                crate::filter::literal_pattern(&format!("{prefix}_")),
+                crate::filter::literal_pattern("_chunk"),
+            ));
+        }
+    }
     for row in client
         .query(
             "SELECT user_view_schema::text, user_view_name::text                FROM _timescaledb_catalog.continuous_agg",
@@ -422,13 +453,12 @@ pub(crate) async fn dump_adjustments(client: &impl GenericClient) -> Result<Dump
     Ok(DumpAdjustments { exclusions })
 }
 
-/// TimescaleDB's own schemas (`_timescaledb_internal`, `_timescaledb_catalog`,
-/// …) and every schema chunks are created in.
+/// TimescaleDB's own schemas (`_timescaledb_internal`, where chunks go by
+/// default, `_timescaledb_catalog`, …).
 async fn internal_schemas(client: &impl GenericClient) -> Result<Vec<String>> {
     Ok(client
         .query(
             "SELECT nspname::text FROM pg_catalog.pg_namespace WHERE nspname ~ '^_?timescaledb_' \
-             UNION SELECT associated_schema_name::text FROM _timescaledb_catalog.hypertable \
              ORDER BY 1",
             &[],
         )
@@ -446,12 +476,19 @@ async fn read_hypertables(client: &impl GenericClient) -> Result<Vec<Hypertable>
                     d.column_type::text, \
                     coalesce(d.time_interval::text, d.integer_interval::text), d.num_partitions::int4, \
                     h.associated_schema_name::text, h.associated_table_prefix::text, \
-                    h.compression_state = 1, s.segmentby, s.orderby \
+                    h.compression_state = 1, \
+                    (SELECT string_agg(quote_ident(c), ', ') FROM unnest(cs.segmentby) c), \
+                    (SELECT string_agg(quote_ident(o.c) \
+                              || CASE WHEN o.d THEN ' DESC' ELSE ' ASC' END \
+                              || CASE WHEN o.n THEN ' NULLS FIRST' ELSE ' NULLS LAST' END, \
+                              ', ' ORDER BY o.i) \
+                       FROM unnest(cs.orderby, cs.orderby_desc, cs.orderby_nullsfirst) \
+                            WITH ORDINALITY o(c, d, n, i)) \
              FROM timescaledb_information.dimensions d \
              JOIN _timescaledb_catalog.hypertable h \
                ON h.schema_name = d.hypertable_schema AND h.table_name = d.hypertable_name \
-             LEFT JOIN timescaledb_information.hypertable_compression_settings s \
-               ON s.hypertable = format('%I.%I', h.schema_name, h.table_name)::regclass \
+             LEFT JOIN _timescaledb_catalog.compression_settings cs \
+               ON cs.relid = format('%I.%I', h.schema_name, h.table_name)::regclass \
              ORDER BY 1, 2, d.dimension_number",
             &[],
         )
@@ -619,6 +656,8 @@ mod tests {
     fn integer_and_interval_settings() {
         assert_eq!(interval_sql("86400000000"), "86400000000");
         assert_eq!(interval_sql("-5"), "-5");
+        assert_eq!(interval_sql("--5"), "INTERVAL '--5'");
+        assert_eq!(interval_sql("-"), "INTERVAL '-'");
         assert_eq!(interval_sql("1 day"), "INTERVAL '1 day'");
     }
 }

@@ -28,7 +28,8 @@ CREATE TABLE metrics (ts timestamptz NOT NULL, device int NOT NULL, value float8
 SELECT create_hypertable('metrics', by_range('ts', INTERVAL '1 day'));
 SELECT add_dimension('metrics', by_hash('device', 4));
 SELECT add_reorder_policy('metrics', 'metrics_ts_idx');
-INSERT INTO metrics SELECT '2026-01-01'::timestamptz + g * INTERVAL '10 minutes', g % 10, g, 'n' || g
+INSERT INTO metrics SELECT '2026-01-01'::timestamptz + g * INTERVAL '10 minutes', g % 10, g,
+                           'n' || g || repeat(md5(g::text), 20)
   FROM generate_series(1, 6000) g;
 CREATE TABLE events (ts timestamptz NOT NULL, kind text, payload jsonb);
 SELECT create_hypertable('events', by_range('ts', INTERVAL '7 days'));
@@ -199,7 +200,18 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
     let (src, dst) = util::databases(cluster, "tsdb", SOURCE);
     cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let mut migrate = util::migrate_until_streaming(&source, &target, "tsdb", &[]);
+    // Parts of about 1 MB: metrics (~5 MB) is copied in runs of chunks.
+    let mut migrate =
+        util::migrate_until_streaming(&source, &target, "tsdb", &["--part-size", "1"]);
+    let parts: i64 = cluster
+        .psql(&dst, "SELECT count(*) FROM pglive.copy_parts WHERE table_name = 'metrics' AND kind = 'timestamptz'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        parts > 2,
+        "metrics is copied in parts of whole chunks: {parts}"
+    );
     assert_eq!(
         timescale_settings(cluster, &src),
         timescale_settings(cluster, &dst),

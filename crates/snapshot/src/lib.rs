@@ -77,5 +77,5 @@ mod state;
 
 pub use copier::{Copier, CopyEvent, CopyOptions, CopyPlan, CopySummary, Snapshot, vacuum_analyze};
 pub use error::{Error, Result};
-pub use plan::{Part, PartRange, PlanOptions, key_ranges, largest_first, plan};
+pub use plan::{Part, PartRange, PlanOptions, TimeType, key_ranges, largest_first, plan};
 pub use state::{PartStatus, copied_at, reset, status};

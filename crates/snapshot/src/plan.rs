@@ -74,6 +74,69 @@ pub enum PartRange {
     },
     /// Every large object (the part's table is `pg_catalog.pg_largeobject`).
     LargeObjects,
+    /// Whole chunks of a TimescaleDB hypertable: `column >= start AND
+    /// column < end` on its time column, the bounds in TimescaleDB's
+    /// internal time (microseconds since the Unix epoch; an open bound is
+    /// `None`).
+    Time {
+        /// The time column.
+        column: String,
+        /// Its type.
+        time_type: TimeType,
+        /// Inclusive lower bound.
+        start: Option<i64>,
+        /// Exclusive upper bound.
+        end: Option<i64>,
+    },
+}
+
+/// The type of a hypertable's time column, which says how TimescaleDB's
+/// internal time converts to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeType {
+    /// `timestamp with time zone`.
+    TimestampTz,
+    /// `timestamp without time zone`.
+    Timestamp,
+    /// `date`.
+    Date,
+}
+
+impl TimeType {
+    /// The type of a column by its name (`format_type`), if it is one.
+    pub fn of(type_name: &str) -> Option<TimeType> {
+        match type_name {
+            "timestamp with time zone" => Some(TimeType::TimestampTz),
+            "timestamp without time zone" => Some(TimeType::Timestamp),
+            "date" => Some(TimeType::Date),
+            _ => None,
+        }
+    }
+
+    /// The kind of its parts, as stored in the state table.
+    fn kind(self) -> &'static str {
+        match self {
+            TimeType::TimestampTz => "timestamptz",
+            TimeType::Timestamp => "timestamp",
+            TimeType::Date => "date",
+        }
+    }
+
+    /// The type whose parts are stored as `kind`.
+    pub(crate) fn from_kind(kind: &str) -> Option<TimeType> {
+        [TimeType::TimestampTz, TimeType::Timestamp, TimeType::Date]
+            .into_iter()
+            .find(|t| t.kind() == kind)
+    }
+
+    /// TimescaleDB's function from internal time to this type.
+    fn conversion(self) -> &'static str {
+        match self {
+            TimeType::TimestampTz => "_timescaledb_functions.to_timestamp",
+            TimeType::Timestamp => "_timescaledb_functions.to_timestamp_without_timezone",
+            TimeType::Date => "_timescaledb_functions.to_date",
+        }
+    }
 }
 
 impl PartRange {
@@ -84,6 +147,7 @@ impl PartRange {
             PartRange::Key { .. } => "key",
             PartRange::Blocks { .. } => "blocks",
             PartRange::LargeObjects => "large_objects",
+            PartRange::Time { time_type, .. } => time_type.kind(),
         }
     }
 
@@ -110,6 +174,14 @@ impl PartRange {
             PartRange::Blocks { start, end } => {
                 bounds("ctid", start, end, &|v| format!("'({v},0)'::tid"))
             }
+            PartRange::Time {
+                column,
+                time_type,
+                start,
+                end,
+            } => bounds(&pglive_postgres::quote_ident(column), start, end, &|v| {
+                format!("{}({v})", time_type.conversion())
+            }),
         }
     }
 }
@@ -125,6 +197,83 @@ pub struct Part {
     pub range: PartRange,
     /// Its estimated size, which orders the work (largest first).
     pub estimated_bytes: i64,
+}
+
+/// A hypertable's parts: runs of whole chunks of about `part_size` bytes
+/// each, cut along its (first) time dimension, the first and last open;
+/// the whole table when it has no such dimension or one run.
+async fn chunk_ranges(
+    client: &impl GenericClient,
+    table: &Table,
+    part_size: i64,
+) -> Result<Vec<PartRange>> {
+    let rows = client
+        .query(
+            "WITH d AS (SELECT d.id, d.column_name::text AS column_name, \
+                               format_type(d.column_type, NULL) AS column_type \
+                          FROM _timescaledb_catalog.dimension d \
+                          JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id \
+                         WHERE h.schema_name = $1 AND h.table_name = $2 \
+                           AND d.interval_length IS NOT NULL \
+                         ORDER BY d.id LIMIT 1) \
+             SELECT d.column_name, d.column_type, ds.range_start, \
+                    sum(coalesce(pg_catalog.pg_total_relation_size( \
+                            pg_catalog.to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0) \
+                        + coalesce((SELECT pg_catalog.pg_total_relation_size( \
+                                             pg_catalog.to_regclass(format('%I.%I', z.schema_name, z.table_name))) \
+                                      FROM _timescaledb_catalog.chunk z WHERE z.id = c.compressed_chunk_id), 0))::int8 \
+               FROM d \
+               JOIN _timescaledb_catalog.dimension_slice ds ON ds.dimension_id = d.id \
+               JOIN _timescaledb_catalog.chunk_constraint cc ON cc.dimension_slice_id = ds.id \
+               JOIN _timescaledb_catalog.chunk c ON c.id = cc.chunk_id \
+              GROUP BY 1, 2, 3 ORDER BY 3",
+            &[&table.name.schema, &table.name.name],
+        )
+        .await
+        .map_err(source(format!("reading the chunks of {}", table.name)))?;
+    let Some(first) = rows.first() else {
+        return Ok(vec![PartRange::Whole]);
+    };
+    let column: String = first.get(0);
+    let type_name: String = first.get(1);
+    let time_type = TimeType::of(&type_name);
+    let integer = matches!(type_name.as_str(), "smallint" | "integer" | "bigint");
+    if time_type.is_none() && !integer {
+        return Ok(vec![PartRange::Whole]);
+    }
+    // Cut before a chunk once the run so far holds about part_size.
+    let mut cuts: Vec<i64> = Vec::new();
+    let mut run = 0;
+    for row in &rows {
+        let (start, bytes): (i64, i64) = (row.get(2), row.get(3));
+        if run >= part_size {
+            cuts.push(start);
+            run = 0;
+        }
+        run += bytes;
+    }
+    if cuts.is_empty() {
+        return Ok(vec![PartRange::Whole]);
+    }
+    let mut bounds: Vec<Option<i64>> = vec![None];
+    bounds.extend(cuts.into_iter().map(Some));
+    bounds.push(None);
+    Ok(bounds
+        .windows(2)
+        .map(|w| match time_type {
+            Some(time_type) => PartRange::Time {
+                column: column.clone(),
+                time_type,
+                start: w[0],
+                end: w[1],
+            },
+            None => PartRange::Key {
+                column: column.clone(),
+                start: w[0],
+                end: w[1],
+            },
+        })
+        .collect())
 }
 
 /// The name under which large objects are tracked.
@@ -150,12 +299,14 @@ pub async fn plan(
         .get::<_, bool>(0);
     let mut parts = Vec::new();
     for table in tables.iter().filter(|t| t.holds_rows()) {
-        let pieces = if table.bytes > options.split_threshold && !table.hypertable {
+        let pieces = if table.bytes > options.split_threshold {
             ((table.bytes + options.part_size - 1) / options.part_size.max(1)).max(1)
         } else {
             1
         };
-        let ranges = if pieces <= 1 {
+        let ranges = if table.hypertable && table.bytes > options.split_threshold {
+            chunk_ranges(client, table, options.part_size).await?
+        } else if pieces <= 1 {
             vec![PartRange::Whole]
         } else if let (false, Some(key)) = (tid_range_scans, table.integer_key()) {
             key_ranges(client, table, key, pieces).await?
@@ -376,6 +527,20 @@ mod tests {
             "ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid"
         );
         assert_eq!(PartRange::Whole.condition(), None);
+        let time = PartRange::Time {
+            column: "ts".into(),
+            time_type: TimeType::TimestampTz,
+            start: Some(1),
+            end: Some(2),
+        };
+        assert_eq!(
+            time.condition().unwrap(),
+            "\"ts\" >= _timescaledb_functions.to_timestamp(1) AND \"ts\" < _timescaledb_functions.to_timestamp(2)"
+        );
+        assert_eq!(
+            TimeType::from_kind(time.kind()),
+            Some(TimeType::TimestampTz)
+        );
         assert_eq!(
             PartRange::Blocks {
                 start: None,

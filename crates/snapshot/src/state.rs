@@ -32,7 +32,7 @@ const STATE_LOCK: i64 = 0x70_67_6c_69_76_65;
 /// The copy's table, by version (see [`StateSchema`]).
 pub(crate) const STATE: StateSchema = StateSchema {
     component: "snapshot",
-    steps: &[VERSION_1, VERSION_2],
+    steps: &[VERSION_1, VERSION_2, VERSION_3],
 };
 
 const VERSION_1: &str = "
@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS pglive.copy_runs (
     migration text PRIMARY KEY,
     snapshot_lsn pg_lsn NOT NULL
 );";
+
+/// Version 3: parts of whole chunks of a TimescaleDB hypertable, by the
+/// type of its time column (bounds in TimescaleDB's internal time).
+const VERSION_3: &str = "
+ALTER TABLE pglive.copy_parts DROP CONSTRAINT IF EXISTS copy_parts_kind_check;
+ALTER TABLE pglive.copy_parts ADD CONSTRAINT copy_parts_kind_check
+    CHECK (kind IN ('table', 'key', 'blocks', 'large_objects', 'timestamptz', 'timestamp', 'date'));";
 
 /// Creates the state table if needed and records the parts of every table
 /// that has none yet (tables with parts keep theirs, whoever planned them),
@@ -108,18 +115,22 @@ pub(crate) async fn seed(
     let column = |f: &dyn Fn(&Part) -> Option<i64>| new.iter().map(|p| f(p)).collect::<Vec<_>>();
     let (starts, ends) = (
         column(&|p| match &p.range {
-            PartRange::Key { start, .. } | PartRange::Blocks { start, .. } => *start,
+            PartRange::Key { start, .. }
+            | PartRange::Blocks { start, .. }
+            | PartRange::Time { start, .. } => *start,
             _ => None,
         }),
         column(&|p| match &p.range {
-            PartRange::Key { end, .. } | PartRange::Blocks { end, .. } => *end,
+            PartRange::Key { end, .. }
+            | PartRange::Blocks { end, .. }
+            | PartRange::Time { end, .. } => *end,
             _ => None,
         }),
     );
     let keys: Vec<Option<&str>> = new
         .iter()
         .map(|p| match &p.range {
-            PartRange::Key { column, .. } => Some(column.as_str()),
+            PartRange::Key { column, .. } | PartRange::Time { column, .. } => Some(column.as_str()),
             _ => None,
         })
         .collect();
@@ -287,7 +298,15 @@ pub(crate) async fn claim(
         },
         "blocks" => PartRange::Blocks { start, end },
         "large_objects" => PartRange::LargeObjects,
-        _ => PartRange::Whole,
+        other => match crate::plan::TimeType::from_kind(other) {
+            Some(time_type) => PartRange::Time {
+                column: row.get::<_, Option<String>>(4).unwrap_or_default(),
+                time_type,
+                start,
+                end,
+            },
+            None => PartRange::Whole,
+        },
     };
     tx.execute(
         "UPDATE pglive.copy_parts SET claimed_by = $4, started_at = now() \

@@ -29,7 +29,7 @@ use pglive_testkit::{Cluster, ClusterOptions};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{PGLIVE, drop_database, pglive, pipe, seconds_after, sizes};
+use support::{PGLIVE, drop_database, pglive, seconds_after, sizes, timed_pipe};
 
 /// The hypertable, without its key (added by [`KEY`]).
 const HYPERTABLE: &str = "
@@ -93,19 +93,10 @@ fn copy(cluster: &Cluster, megabytes: u64) -> String {
 
     let raw_target = cluster.create_database("ts_raw").unwrap();
     cluster.psql(&raw_target, HYPERTABLE).unwrap();
-    cluster.psql("postgres", "CHECKPOINT").unwrap();
+    let raw_copy = timed_pipe(cluster, &source, &raw_target, "(SELECT * FROM ht)", "ht");
     let started = Instant::now();
-    pipe(
-        cluster.bin_dir(),
-        &cluster.conninfo(&source),
-        &cluster.conninfo(&raw_target),
-        "(SELECT * FROM ht)",
-        "ht",
-    )
-    .expect("the raw pipe");
-    let raw_copy = started.elapsed().as_secs_f64();
     cluster.psql(&raw_target, KEY).unwrap();
-    let raw = started.elapsed().as_secs_f64();
+    let raw = raw_copy + started.elapsed().as_secs_f64();
     drop_database(cluster, &raw_target);
 
     let target = cluster.create_database("ts_dst").unwrap();

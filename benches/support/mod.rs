@@ -32,6 +32,22 @@ pub fn pipe(bin: &Path, src: &str, dst: &str, from: &str, into: &str) -> Result<
     }
 }
 
+/// Seconds of [`pipe`] from database `source` to `target` of `cluster`,
+/// after a checkpoint (so that neither pays for the other's dirty pages).
+pub fn timed_pipe(cluster: &Cluster, source: &str, target: &str, from: &str, into: &str) -> f64 {
+    cluster.psql("postgres", "CHECKPOINT").unwrap();
+    let started = std::time::Instant::now();
+    pipe(
+        cluster.bin_dir(),
+        &cluster.conninfo(source),
+        &cluster.conninfo(target),
+        from,
+        into,
+    )
+    .expect("the raw pipe");
+    started.elapsed().as_secs_f64()
+}
+
 /// The sizes listed in environment variable `name` (comma-separated).
 pub fn sizes(name: &str, default: &str) -> Vec<u64> {
     std::env::var(name)

@@ -200,8 +200,6 @@ impl NewHypertable {
                 interval: self.interval.clone(),
                 partitions: None,
             }],
-            chunk_schema: String::new(),
-            chunk_prefix: String::new(),
             compression: None,
         }
     }

@@ -216,13 +216,7 @@ async fn both_sides(job: &Job, source: &Client, target: &Client) -> Result<BothS
 /// migration's tables and aggregates, configured as on the source and
 /// paused (a run that stopped midway makes only the missing ones). Returns
 /// how many it made.
-pub(crate) async fn create_jobs(
-    job: &Job,
-    source: &Client,
-    target: &Client,
-    events: &dyn Events,
-) -> Result<usize> {
-    let both = both_sides(job, source, target).await?;
+async fn create_jobs(both: &BothSides, target: &Client, events: &dyn Events) -> Result<usize> {
     let on_target = |name: &pglive_postgres::QualifiedName| {
         both.target.hypertables.iter().any(|h| &h.name == name)
             || both
@@ -368,14 +362,10 @@ pub(crate) async fn after_post_data(
     target: &Client,
     events: &dyn Events,
 ) -> Result<(usize, usize)> {
-    let aggregates = Catalog::read(target, &job.filter())
-        .await
-        .doing("reading the target's continuous aggregates")?
-        .timescale
-        .continuous_aggregates;
-    refresh(target, &aggregates).await?;
-    let jobs = create_jobs(job, source, target, events).await?;
-    Ok((aggregates.len(), jobs))
+    let both = both_sides(job, source, target).await?;
+    refresh(target, &both.target.continuous_aggregates).await?;
+    let jobs = create_jobs(&both, target, events).await?;
+    Ok((both.target.continuous_aggregates.len(), jobs))
 }
 
 /// Preflight, when the target is to have `wanted` hypertables: it must be

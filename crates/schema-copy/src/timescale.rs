@@ -46,10 +46,6 @@ pub struct Hypertable {
     pub name: QualifiedName,
     /// The time dimension first, then any space dimension.
     pub dimensions: Vec<Dimension>,
-    /// The schema its chunks are created in.
-    pub chunk_schema: String,
-    /// Its chunks are named `<prefix>_<id>_chunk`.
-    pub chunk_prefix: String,
     /// Compression, when enabled.
     pub compression: Option<Compression>,
 }
@@ -301,8 +297,6 @@ pub struct Timescale {
     pub continuous_aggregates: Vec<ContinuousAggregate>,
     /// The jobs (TimescaleDB's own background jobs, below id 1000, left out).
     pub jobs: Vec<Job>,
-    /// TimescaleDB's own schemas.
-    pub internal_schemas: Vec<String>,
 }
 
 impl Timescale {
@@ -330,13 +324,11 @@ impl Timescale {
             Some(r) => selected(r) || continuous_aggregates.iter().any(|c| &c.name == r),
             None => true,
         });
-        let internal_schemas = internal_schemas(client).await?;
         Ok(Timescale {
             version: Some(version.to_owned()),
             hypertables,
             continuous_aggregates,
             jobs,
-            internal_schemas,
         })
     }
 }
@@ -475,7 +467,6 @@ async fn read_hypertables(client: &impl GenericClient) -> Result<Vec<Hypertable>
             "SELECT d.hypertable_schema::text, d.hypertable_name::text, d.column_name::text, \
                     d.column_type::text, \
                     coalesce(d.time_interval::text, d.integer_interval::text), d.num_partitions::int4, \
-                    h.associated_schema_name::text, h.associated_table_prefix::text, \
                     h.compression_state = 1, \
                     (SELECT string_agg(quote_ident(c), ', ') FROM unnest(cs.segmentby) c), \
                     (SELECT string_agg(quote_ident(o.c) \
@@ -508,11 +499,9 @@ async fn read_hypertables(client: &impl GenericClient) -> Result<Vec<Hypertable>
             _ => hypertables.push(Hypertable {
                 name,
                 dimensions: vec![dimension],
-                chunk_schema: row.get(6),
-                chunk_prefix: row.get(7),
-                compression: row.get::<_, bool>(8).then(|| Compression {
-                    segment_by: row.get::<_, Option<String>>(9).unwrap_or_default(),
-                    order_by: row.get::<_, Option<String>>(10).unwrap_or_default(),
+                compression: row.get::<_, bool>(6).then(|| Compression {
+                    segment_by: row.get::<_, Option<String>>(7).unwrap_or_default(),
+                    order_by: row.get::<_, Option<String>>(8).unwrap_or_default(),
                 }),
             }),
         }
@@ -633,8 +622,6 @@ mod tests {
                     partitions: Some(4),
                 },
             ],
-            chunk_schema: "_timescaledb_internal".into(),
-            chunk_prefix: "_hyper_1".into(),
             compression: Some(Compression {
                 segment_by: "device".into(),
                 order_by: "time DESC".into(),

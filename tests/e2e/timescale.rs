@@ -444,3 +444,84 @@ fn a_plain_table_becomes_a_hypertable_on_the_target() {
         "no row in the hypertable's root"
     );
 }
+
+/// A source role that is not a superuser (a managed service's admin owning
+/// the tables): preflight refuses it, changing nothing, and names the
+/// GRANTs that let it set TimescaleDB's settings; once granted, the
+/// migration runs and every row arrives.
+#[test]
+fn a_source_role_without_superuser_is_told_the_grants_then_migrates() {
+    let cluster = &Cluster::start(ClusterOptions::new().timescaledb(true).password_auth(true))
+        .expect("a TimescaleDB cluster with a non-superuser role");
+    let role = cluster.role().unwrap().user.clone();
+    let (src, dst) = util::databases(
+        cluster,
+        "tsrole",
+        &format!(
+            "CREATE EXTENSION timescaledb;
+             CREATE TABLE m (ts timestamptz NOT NULL, device int NOT NULL, v int,
+                             PRIMARY KEY (device, ts));
+             SELECT create_hypertable('m', by_range('ts', INTERVAL '1 day'));
+             INSERT INTO m SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g % 3, g
+               FROM generate_series(1, 500) g;
+             ALTER TABLE m OWNER TO {role};"
+        ),
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let source = cluster.role_conninfo(&src).unwrap();
+    let target = cluster.conninfo(&dst);
+    let refused = run(&[
+        "migrate", "--source", &source, "--target", &target, "--name", "tsrole",
+    ]);
+    assert_eq!(refused.status.code(), Some(3), "{}", util::text(&refused));
+    let said = util::text(&refused);
+    assert!(
+        said.contains(&format!(
+            "GRANT ALTER SYSTEM ON PARAMETER timescaledb.enable_chunk_auto_publication TO \"{role}\";"
+        )) && said.contains(&format!(
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO \"{role}\";"
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        cluster
+            .psql(
+                &src,
+                "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)"
+            )
+            .unwrap(),
+        "0"
+    );
+
+    cluster
+        .psql(
+            &src,
+            &format!(
+                "GRANT ALTER SYSTEM ON PARAMETER timescaledb.enable_compression_wal_markers,
+                     timescaledb.enable_chunk_auto_publication,
+                     timescaledb.enable_compressed_direct_batch_delete,
+                     timescaledb.enable_direct_compress_insert,
+                     timescaledb.enable_direct_compress_copy TO {role};
+                 GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO {role};"
+            ),
+        )
+        .unwrap();
+    let mut migrate = util::migrate_until_streaming(&source, &target, "tsrole", &[]);
+    // New chunks, written by the role's own sessions.
+    cluster
+        .psql(
+            &src,
+            "INSERT INTO m SELECT '2026-03-01'::timestamptz + g * INTERVAL '1 hour', 7, g
+               FROM generate_series(1, 100) g;
+             UPDATE m SET v = -v WHERE device = 1;",
+        )
+        .unwrap();
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "tsrole",
+        ],
+        &mut migrate,
+    );
+    finish(migrate);
+    util::assert_table_equal(cluster, &src, cluster, &dst, "m");
+}

@@ -321,6 +321,11 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
         found.failures.extend(
             crate::timescale::check_new_hypertables(&source, &catalog, plan.new_hypertables).await,
         );
+        if !catalog.timescale.hypertables.is_empty() {
+            found
+                .failures
+                .extend(crate::timescale::check_source_settings(&source, &plan.source.user).await);
+        }
     }
     for failure in privileges::check(&source, &target, plan, &catalog).await {
         fail(&mut found, failure);

@@ -113,10 +113,10 @@ const SOURCE_SETTINGS: [(&str, &str, &str); 5] = [
     ),
 ];
 
-/// Gives every session of the source the [`SOURCE_SETTINGS`] (`ALTER
-/// SYSTEM` and a reload; the application's sessions pick them up at once,
-/// unless one sets them itself). Run before the publications exist.
-pub(crate) async fn prepare_source(source: &Client, events: &dyn Events) -> Result<()> {
+/// The [`SOURCE_SETTINGS`] the source's configuration does not hold yet.
+async fn missing_settings(
+    source: &Client,
+) -> Result<Vec<&'static (&'static str, &'static str, &'static str)>> {
     let names: Vec<&str> = SOURCE_SETTINGS.iter().map(|(name, _, _)| *name).collect();
     let configured: Vec<(String, String)> = source
         .query(
@@ -129,10 +129,70 @@ pub(crate) async fn prepare_source(source: &Client, events: &dyn Events) -> Resu
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let missing: Vec<_> = SOURCE_SETTINGS
+    Ok(SOURCE_SETTINGS
         .iter()
         .filter(|(name, value, _)| !configured.iter().any(|(n, v)| n == name && v == value))
+        .collect())
+}
+
+/// Preflight, when the source has hypertables: the source role may set the
+/// [`SOURCE_SETTINGS`] it lacks (`ALTER SYSTEM` on each, and
+/// `pg_reload_conf()`), or it is a failure with the GRANTs to run.
+pub(crate) async fn check_source_settings(source: &Client, role: &str) -> Vec<String> {
+    let role = pglive_postgres::quote_ident(role);
+    let missing = match missing_settings(source).await {
+        Ok(missing) => missing,
+        Err(e) => return vec![format!("cannot read the source's settings: {e}")],
+    };
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<&str> = missing.iter().map(|(name, _, _)| *name).collect();
+    let denied: Vec<String> = match source
+        .query(
+            "SELECT n FROM unnest($1::text[]) n \
+              WHERE NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) \
+                AND NOT pg_catalog.has_parameter_privilege(n, 'ALTER SYSTEM') \
+             UNION ALL \
+             SELECT 'pg_reload_conf()' \
+              WHERE NOT pg_catalog.has_function_privilege('pg_catalog.pg_reload_conf()', 'EXECUTE')",
+            &[&names],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => return vec![format!("cannot read the source role's privileges: {e}")],
+    };
+    if denied.is_empty() {
+        return Vec::new();
+    }
+    let grants: Vec<String> = denied
+        .iter()
+        .map(|d| match d.as_str() {
+            "pg_reload_conf()" => {
+                format!("GRANT EXECUTE ON FUNCTION pg_catalog.pg_reload_conf() TO {role};")
+            }
+            name => format!("GRANT ALTER SYSTEM ON PARAMETER {name} TO {role};"),
+        })
         .collect();
+    vec![format!(
+        "the source runs TimescaleDB, and while pglive streams every session there needs {}; the \
+         source role may not set them (ALTER SYSTEM and a reload): as a superuser on the source run \
+         `{}`, or put them in its configuration and reload it",
+        missing
+            .iter()
+            .map(|(name, value, why)| format!("{name} = {value} ({why})"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        grants.join(" ")
+    )]
+}
+
+/// Gives every session of the source the [`SOURCE_SETTINGS`] (`ALTER
+/// SYSTEM` and a reload; the application's sessions pick them up at once,
+/// unless one sets them itself). Run before the publications exist.
+pub(crate) async fn prepare_source(source: &Client, events: &dyn Events) -> Result<()> {
+    let missing = missing_settings(source).await?;
     if missing.is_empty() {
         return Ok(());
     }

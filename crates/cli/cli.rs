@@ -67,6 +67,11 @@ pub(crate) enum Command {
         after_help = "Example:\n  pglive clean --source postgresql://repl@old-db/shop --target postgresql://app@new-db/shop"
     )]
     Clean(CleanArgs),
+    /// Decide about a schema change that apply waits at (`pglive status` shows it).
+    #[command(
+        after_help = "Examples:\n  pglive ddl retry --target postgresql://app@new-db/shop\n  pglive ddl skip --target postgresql://app@new-db/shop   # after running an equivalent on the target by hand"
+    )]
+    Ddl(DdlArgs),
     /// Run a complete migration between two throwaway local clusters, with a live workload.
     Demo(DemoArgs),
 }
@@ -134,6 +139,9 @@ pub(crate) struct MigrateArgs {
     /// The size aimed at for each part of a large table's copy, in MB (tables above four parts' size are split).
     #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) part_size: u32,
+    /// Schema changes on the source while the migration runs: capture them and replay them on the target in stream order (auto: when the source role is a superuser and every table is migrated), or stop apply at a changed table, with the ALTER to run on the target.
+    #[arg(long, value_enum, default_value_t = Ddl::Auto)]
+    pub(crate) ddl: Ddl,
     /// Join the copy of this migration, run by a `pglive migrate` elsewhere (same --source, --target, --name): take its pending parts with --jobs workers, then exit.
     #[arg(long, conflicts_with_all = ["cutover_when_ready", "reuse_schema", "roles", "include", "exclude", "no_owner", "no_acl", "slot", "publication"])]
     pub(crate) join: bool,
@@ -145,6 +153,37 @@ pub(crate) enum Hypertables {
     Auto,
     /// Copy hypertables as plain tables.
     None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Ddl {
+    /// Capture when the source role may; else stop.
+    Auto,
+    /// Capture (preflight refuses a source role that cannot).
+    Capture,
+    /// Do not capture: a changed table stops apply until the target matches.
+    Stop,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DdlArgs {
+    /// What to do with the schema change apply waits at.
+    #[arg(value_enum)]
+    pub(crate) decision: DdlChoice,
+    /// The target database holding the migration state.
+    #[arg(long, env = "PGLIVE_TARGET", hide_env_values = true)]
+    pub(crate) target: String,
+    /// The migration's name.
+    #[arg(long, default_value = "pglive")]
+    pub(crate) name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum DdlChoice {
+    /// Replay it as captured (after fixing what made it fail on the target, or for a command pglive does not replay by itself).
+    Retry,
+    /// Leave it out: an equivalent was run on the target by hand.
+    Skip,
 }
 
 #[derive(Debug, Args)]

@@ -7,14 +7,15 @@ use std::time::Duration;
 use anyhow::Result;
 use pglive_migrate::human::{bytes, count};
 use pglive_migrate::{
-    Control, CutoverOptions, CutoverOutcome, Findings, MigrateOptions, Outcome, Settings,
-    Verification, VerifyOptions,
+    Control, CutoverOptions, CutoverOutcome, DdlDecision, DdlMode, Findings, MigrateOptions,
+    Outcome, Settings, Verification, VerifyOptions,
 };
 use pglive_postgres::ConnectConfig;
 
 use crate::ExitStatus;
 use crate::cli::{
-    CleanArgs, CutoverArgs, Hypertables, MigrateArgs, Servers, StatusArgs, VerifyArgs,
+    CleanArgs, CutoverArgs, Ddl, DdlArgs, DdlChoice, Hypertables, MigrateArgs, Servers, StatusArgs,
+    VerifyArgs,
 };
 use crate::render::Renderer;
 
@@ -54,6 +55,11 @@ pub(crate) fn migrate_options(args: &MigrateArgs) -> MigrateOptions {
     options.copy_roles = args.roles;
     options.cutover_when_ready = args.cutover_when_ready;
     options.part_bytes = i64::from(args.part_size) << 20;
+    options.ddl = match args.ddl {
+        Ddl::Auto => DdlMode::Auto,
+        Ddl::Capture => DdlMode::Capture,
+        Ddl::Stop => DdlMode::Stop,
+    };
     options
 }
 
@@ -201,6 +207,26 @@ pub(crate) fn print_verification(verification: &Verification, full: bool) {
         ),
         n => println!("{n} table(s) differ"),
     }
+}
+
+/// `pglive ddl retry|skip`.
+pub(crate) async fn ddl(args: DdlArgs) -> Result<ExitStatus> {
+    let target = conninfo(&args.target, "--target")?;
+    let decision = match args.decision {
+        DdlChoice::Retry => DdlDecision::Retry,
+        DdlChoice::Skip => DdlDecision::Skip,
+    };
+    let change = pglive_migrate::decide_ddl(target, &args.name, decision).await?;
+    let what = match decision {
+        DdlDecision::Retry => "will be replayed as captured",
+        DdlDecision::Skip => "will be left out",
+    };
+    println!(
+        "{} in the source transaction committed at {} {what}: {}",
+        change.tag, change.lsn, change.command
+    );
+    println!("a running `pglive migrate` goes on within a second (or at its next start)");
+    Ok(ExitStatus::Success)
 }
 
 /// `pglive clean`.

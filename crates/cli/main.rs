@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> ExitStatus {
         Command::Status(args) => commands::status(args).await,
         Command::Verify(args) => commands::verify(args, Arc::clone(&renderer)).await,
         Command::Clean(args) => commands::clean(args).await,
+        Command::Ddl(args) => commands::ddl(args).await,
         Command::Demo(args) => demo::run(args, Arc::clone(&renderer), control).await,
     };
     match result {

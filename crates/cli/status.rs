@@ -81,6 +81,23 @@ pub(crate) fn print(status: &Status) {
     if let Some(why) = &status.apply_waiting {
         println!("  apply waits: {why}");
     }
+    if !status.schema_changes.is_empty() {
+        println!("  schema changes captured on the source:");
+        for change in &status.schema_changes {
+            println!(
+                "    {} #{} {}: {}{}",
+                change.lsn,
+                change.position,
+                change.outcome,
+                change.command,
+                change
+                    .problem
+                    .as_ref()
+                    .map(|p| format!(" ({p}; `pglive ddl retry|skip` decides)"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(error) = &status.last_cutover_error {
         println!("  the last cutover was withdrawn: {error}");
     }

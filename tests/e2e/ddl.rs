@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use pglive_testkit::Cluster;
 
 use crate::corpus::schema_entries;
-use crate::util::{self, finish, run};
+use crate::util::{self, Workload, finish, run};
 
 /// `apply_waiting` from `pglive status --json` (`None` while apply runs).
 fn apply_waiting(target: &str, name: &str) -> Option<String> {
@@ -31,7 +31,7 @@ fn apply_waits_for_the_target_to_match_a_changed_table() {
          INSERT INTO t SELECT g, 'a' || g, g, 'x' FROM generate_series(1, 1000) g;",
     );
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
-    let mut migrate = util::migrate_until_streaming(&source, &target, "shape", &[]);
+    let mut migrate = util::migrate_until_streaming(&source, &target, "shape", &["--ddl", "stop"]);
     let changes = [
         (
             "ALTER TABLE t ADD COLUMN added numeric(10,2)",
@@ -81,4 +81,223 @@ fn apply_waits_for_the_target_to_match_a_changed_table() {
     assert!(log.contains("apply goes on"), "{log}");
     util::assert_table_equal(cluster, &src, cluster, &dst, "t");
     assert_eq!(schema_entries(cluster, &src), schema_entries(cluster, &dst));
+}
+
+/// Runs `sql` on `conninfo` as one query string, the way `psql -c` or an
+/// application's migration tool sends it: several statements, one
+/// implicit transaction.
+fn one_query(conninfo: &str, sql: &str) {
+    util::block_on(async {
+        let config = pglive_postgres::ConnectConfig::parse(conninfo).unwrap();
+        let client = pglive_postgres::connect_sql(&config).await.unwrap();
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    });
+}
+
+/// The `pglive status --json` of migration `name`.
+fn status_json(target: &str, name: &str) -> serde_json::Value {
+    let output = run(&["status", "--target", target, "--name", name, "--json"]);
+    assert!(output.status.success(), "{}", util::text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Waits until apply has met a schema change of this tag and outcome.
+fn wait_for_schema_change(
+    target: &str,
+    name: &str,
+    tag: &str,
+    outcome: &str,
+    migrate: &mut std::process::Child,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = status_json(target, name);
+        if let Some(found) = status["schema_changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["tag"] == tag && c["outcome"] == outcome)
+        {
+            return found.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {outcome} {tag} in {status:#}"
+        );
+        if let Some(exit) = migrate.try_wait().unwrap() {
+            let mut log = String::new();
+            if let Some(mut e) = migrate.stderr.take() {
+                use std::io::Read;
+                e.read_to_string(&mut log).ok();
+            }
+            panic!("migrate ended ({exit}) before a {outcome} {tag}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// With DDL captured (the default for a superuser source), every kind of
+/// schema change the source runs while rows stream — in transactions with
+/// rows written under the new shape, sent as one query string — is
+/// replayed on the target at its place in the stream; a rolled-back one
+/// never is; commands pglive does not replay stop apply with the command
+/// shown until `pglive ddl retry` or `skip` (after replaying it by hand).
+/// After cutover the target's schema equals the source's entry by entry
+/// and every table equals row by row.
+#[test]
+fn schema_changes_are_replayed_in_stream_order() {
+    let cluster = Cluster::shared();
+    let (src, dst) = util::databases(
+        cluster,
+        "ddlcap",
+        "CREATE TABLE t (id int PRIMARY KEY, a text, n int, gone text);
+         INSERT INTO t SELECT g, 'a' || g, g, 'x' FROM generate_series(1, 1000) g;
+         CREATE SEQUENCE workload_ids START 100000;
+         DO $$ BEGIN CREATE ROLE ddl_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+    );
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = util::migrate_until_streaming(&source, &target, "ddlcap", &[]);
+    // Rows stream all along: inserts and updates of t by its key only, so
+    // that they go on whatever its other columns become.
+    let workload = Workload::start(source.clone(), |n| {
+        format!(
+            "INSERT INTO t (id) VALUES (nextval('workload_ids')); UPDATE t SET id = id WHERE id = {}",
+            n % 1000 + 1
+        )
+    });
+    let changes = [
+        // Columns: added with a default, retyped, renamed, constrained, dropped.
+        "ALTER TABLE t ADD COLUMN added numeric(10,2) DEFAULT 1.5; INSERT INTO t (id, a, n, added) VALUES (2001, 'b', 1, 2.25)",
+        "ALTER TABLE t ALTER COLUMN n TYPE bigint; UPDATE t SET n = 5000000000 WHERE id = 7",
+        "ALTER TABLE t RENAME COLUMN a TO label; UPDATE t SET label = 'renamed' WHERE id = 8",
+        "ALTER TABLE t ALTER COLUMN label SET DEFAULT 'none'; UPDATE t SET label = 'none' WHERE label IS NULL; \
+         ALTER TABLE t ALTER COLUMN label SET NOT NULL; ALTER TABLE t ADD CONSTRAINT n_positive CHECK (n > 0)",
+        "ALTER TABLE t DROP COLUMN gone; INSERT INTO t (id, label) VALUES (2002, 'c')",
+        // A new table: its rows, updates and deletes from its first.
+        "CREATE TABLE fresh (id int PRIMARY KEY, v text); INSERT INTO fresh SELECT g, 'v' || g FROM generate_series(1, 50) g",
+        "UPDATE fresh SET v = 'changed' WHERE id <= 10; DELETE FROM fresh WHERE id > 40",
+        // Types: a new enum used at once, a value added then used.
+        "CREATE TYPE mood AS ENUM ('ok', 'meh'); ALTER TABLE t ADD COLUMN m mood; UPDATE t SET m = 'ok' WHERE id = 9",
+        "ALTER TYPE mood ADD VALUE 'great'",
+        "UPDATE t SET m = 'great' WHERE id = 10",
+        // Indexes, also CONCURRENTLY (each alone: it cannot run in a transaction).
+        "CREATE INDEX CONCURRENTLY t_label ON t (label)",
+        "CREATE UNIQUE INDEX CONCURRENTLY t_n ON t (n) WHERE n > 4000000000",
+        "DROP INDEX CONCURRENTLY t_n",
+        // Comments, privileges, views, sequences.
+        "COMMENT ON TABLE t IS 'the main table'; COMMENT ON COLUMN t.label IS 'was a'",
+        "GRANT SELECT, UPDATE (label) ON t TO ddl_reader; REVOKE UPDATE (label) ON t FROM ddl_reader",
+        "CREATE VIEW labels AS SELECT id, label FROM t WHERE m IS NOT NULL",
+        "CREATE OR REPLACE VIEW labels AS SELECT id, label, m FROM t WHERE m IS NOT NULL; \
+         CREATE VIEW doomed AS SELECT 1 AS one; DROP VIEW doomed",
+        "CREATE SEQUENCE fresh_ids START 500; ALTER SEQUENCE fresh_ids INCREMENT BY 5; \
+         ALTER TABLE fresh ALTER COLUMN id SET DEFAULT nextval('fresh_ids'); INSERT INTO fresh (v) VALUES ('from seq')",
+        // Partitions: created with rows, attached, detached.
+        "CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); \
+         CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01'); \
+         INSERT INTO events VALUES (1, '2026-03-01'), (2, '2026-04-01')",
+        "CREATE TABLE events_2027 (LIKE events INCLUDING ALL); \
+         ALTER TABLE events ATTACH PARTITION events_2027 FOR VALUES FROM ('2027-01-01') TO ('2028-01-01'); \
+         INSERT INTO events VALUES (3, '2027-05-01'); UPDATE events SET id = 20 WHERE id = 2",
+        "ALTER TABLE events DETACH PARTITION events_2026; DELETE FROM events_2026 WHERE id = 1",
+        // Rolled back: never replayed.
+        "BEGIN; ALTER TABLE t ADD COLUMN never int; INSERT INTO t (id, label) VALUES (9999, 'never'); ROLLBACK",
+        "BEGIN; SAVEPOINT s; CREATE TABLE never_either (x int); ROLLBACK TO SAVEPOINT s; \
+         INSERT INTO t (id, label) VALUES (2003, 'kept'); COMMIT",
+        // Temporary tables: never replayed either.
+        "CREATE TEMP TABLE scratch (x int); DROP TABLE scratch",
+    ];
+    for change in changes {
+        one_query(&source, change);
+    }
+
+    // A table made from a query's rows arrives with its rows: they reach
+    // the stream before the command, and the table is carried like any
+    // table created on the source.
+    one_query(
+        &source,
+        "CREATE TABLE made_with_rows AS SELECT id, label FROM t WHERE id <= 20",
+    );
+
+    // Not on the list: stops until `retry` replays it as captured.
+    one_query(
+        &source,
+        "CREATE STATISTICS t_stats (dependencies) ON id, n FROM t",
+    );
+    wait_for_schema_change(
+        &target,
+        "ddlcap",
+        "CREATE STATISTICS",
+        "pending",
+        &mut migrate,
+    );
+    let decided = run(&["ddl", "retry", "--target", &target, "--name", "ddlcap"]);
+    assert!(decided.status.success(), "{}", util::text(&decided));
+    wait_for_schema_change(
+        &target,
+        "ddlcap",
+        "CREATE STATISTICS",
+        "replayed",
+        &mut migrate,
+    );
+
+    // Run inside a DO block, the command has no text of its own: replayed
+    // by hand, then skipped.
+    one_query(
+        &source,
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE fresh ADD COLUMN note text'; END $$; UPDATE fresh SET note = 'n' WHERE id = 1",
+    );
+    wait_for_schema_change(&target, "ddlcap", "ALTER TABLE", "pending", &mut migrate);
+    cluster
+        .psql(&dst, "ALTER TABLE fresh ADD COLUMN note text")
+        .unwrap();
+    let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
+    assert!(decided.status.success(), "{}", util::text(&decided));
+    one_query(
+        &source,
+        "INSERT INTO fresh (v, note) VALUES ('after', 'n2')",
+    );
+
+    let rows = workload.stop();
+    assert!(rows > 0, "the workload wrote nothing");
+    let status = status_json(&target, "ddlcap");
+    let log = status["schema_changes"].to_string();
+    assert!(
+        !log.contains("never"),
+        "a rolled-back change was replayed: {log}"
+    );
+    assert!(
+        !log.contains("scratch"),
+        "a temporary table's change was replayed: {log}"
+    );
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "ddlcap",
+        ],
+        &mut migrate,
+    );
+    finish(migrate);
+    for table in [
+        "t",
+        "fresh",
+        "events",
+        "events_2026",
+        "events_2027",
+        "made_with_rows",
+        "labels",
+    ] {
+        util::assert_table_equal(cluster, &src, cluster, &dst, table);
+    }
+    assert_eq!(schema_entries(cluster, &src), schema_entries(cluster, &dst));
+    // The capture is gone from the source with the migration.
+    let left = cluster
+        .psql(
+            &src,
+            "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'pglive%'",
+        )
+        .unwrap();
+    assert_eq!(left.trim(), "0");
 }

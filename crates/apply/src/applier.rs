@@ -21,6 +21,7 @@ use pglive_repl::pgoutput::LogicalMessage;
 use crate::batcher::Batch;
 use crate::changes;
 use crate::chunks::{ChunkedTable, MoveMarker};
+use crate::ddl::{self, Captured, DdlDecision, DdlStep, Disposition};
 use crate::error::{Error, Result};
 use crate::intake::{Intake, Intook};
 use crate::lanes;
@@ -150,6 +151,11 @@ struct SourceTxn {
     /// compression): while above 0, chunks' changes are not the
     /// application's.
     moving_rows: u32,
+    /// The schema changes captured in it so far, by the sending they came
+    /// in (see [`Captured::sending`]); the index is their position.
+    ddl_seen: Vec<(String, String, String)>,
+    /// A schema change was replayed: the batch commits after it.
+    replayed_ddl: bool,
 }
 
 /// Applies a pgoutput stream to the target in large, ordered batches,
@@ -171,6 +177,10 @@ pub struct Applier {
     txn: Option<SourceTxn>,
     /// A target transaction is open (statements ran before the commit).
     target_open: bool,
+    /// The prefix of this stream's captured schema changes.
+    ddl_prefix: String,
+    /// Decisions about schema changes apply stopped at before.
+    ddl_decisions: HashMap<(Lsn, u32), DdlDecision>,
     stats: ApplyStats,
 }
 
@@ -200,6 +210,8 @@ impl Applier {
         // this migration) is prepared when its Relation message arrives.
         let copied: Vec<&QualifiedName> = options.copied_at.keys().collect();
         progress::allow_identity_values_of(sessions.first(), &copied).await?;
+        let ddl_decisions = ddl::decisions(sessions.first(), &options.stream_id).await?;
+        let ddl_prefix = ddl::ddl_message_prefix(&options.stream_id);
         let applied = positions.lowest();
         let stats = ApplyStats {
             applied_lsn: applied,
@@ -228,6 +240,8 @@ impl Applier {
             catch_up: (!positions.settled()).then_some(positions),
             txn: None,
             target_open: false,
+            ddl_prefix,
+            ddl_decisions,
             stats,
         })
     }
@@ -330,6 +344,8 @@ impl Applier {
             final_lsn,
             skip: final_lsn < self.applied,
             moving_rows: 0,
+            ddl_seen: Vec::new(),
+            replayed_ddl: false,
         });
         Ok(())
     }
@@ -344,7 +360,9 @@ impl Applier {
             return Ok(());
         }
         self.stats.transactions += 1;
-        if self.batch.source_committed(end_lsn, commit_time) {
+        // After a schema change, at once: a new enum value, for one, may
+        // be used only once committed.
+        if self.batch.source_committed(end_lsn, commit_time) || txn.replayed_ddl {
             self.start_commit().await?;
         }
         Ok(())
@@ -419,6 +437,9 @@ impl Applier {
                 self.relations.note_type(&described);
                 Ok(())
             }
+            LogicalMessage::Message(message) if message.prefix == self.ddl_prefix => {
+                self.schema_change(&message.content).await
+            }
             LogicalMessage::Message(message) => {
                 if let (Some(marker), Some(txn)) =
                     (MoveMarker::of(&message.prefix), self.txn.as_mut())
@@ -436,6 +457,80 @@ impl Applier {
                 other.kind()
             ))),
         }
+    }
+
+    /// Replays a schema change captured on the source (see `ddl`) after
+    /// the changes before it, or stops apply before it.
+    async fn schema_change(&mut self, content: &[u8]) -> Result<()> {
+        let txn = self.txn.as_mut().ok_or_else(|| {
+            Error::Protocol("a schema change outside of a transaction".to_owned())
+        })?;
+        let captured = Captured::parse(content)?;
+        let sending = captured.sending();
+        let position = txn.ddl_seen.len() as u32;
+        let ordinal = txn.ddl_seen.iter().filter(|s| **s == sending).count();
+        txn.ddl_seen.push(sending);
+        if txn.skip {
+            return Ok(());
+        }
+        let lsn = txn.final_lsn;
+        let made = captured.tables_made_with_rows();
+        if !made.is_empty() {
+            self.settle().await?;
+            let exists: bool = self
+                .sessions
+                .first()
+                .query_one(
+                    "SELECT bool_and(pg_catalog.to_regclass(t) IS NOT NULL) FROM unnest($1::text[]) t",
+                    &[&made],
+                )
+                .await
+                .map_err(crate::error::target("looking for a table made from a query's rows"))?
+                .get(0);
+            if exists {
+                return Ok(());
+            }
+        }
+        let txn = self.txn.as_mut().expect("inside a transaction");
+        let decision = self.ddl_decisions.get(&(lsn, position)).copied();
+        let disposition = captured.disposition(ordinal, &self.options.internal_schemas);
+        let run = match (disposition, decision) {
+            (Disposition::Ignore, _) => return Ok(()),
+            (_, Some(DdlDecision::Skip)) => None,
+            (Disposition::Replay(statement), _) => Some(statement),
+            (
+                Disposition::NotReplayed {
+                    statement: Some(statement),
+                    ..
+                },
+                Some(DdlDecision::Retry),
+            ) => Some(statement),
+            (Disposition::NotReplayed { reason, statement }, _) => {
+                return Err(Error::DdlNotReplayed {
+                    pending: ddl::PendingDdl {
+                        lsn,
+                        position,
+                        tag: captured.tag,
+                        command: statement.unwrap_or(captured.query),
+                        problem: reason,
+                    },
+                });
+            }
+        };
+        txn.replayed_ddl = true;
+        let command = run.clone().unwrap_or_else(|| captured.query.clone());
+        self.batch.push_ddl(DdlStep {
+            lsn,
+            position,
+            tag: captured.tag,
+            command,
+            run,
+            role: captured.role,
+            search_path: captured.search_path,
+        });
+        // Now, so that the Relation messages after it describe the target
+        // as the command left it.
+        self.execute_pending().await
     }
 
     /// The table of a change, or `None` when the change must be skipped:

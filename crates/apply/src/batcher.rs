@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use pglive_postgres::{Lsn, PgTimestamp};
 
 use crate::applier::ApplyOptions;
+use crate::ddl::DdlStep;
 use crate::plan::{Change, TablePlan};
 use crate::spread::SpreadTally;
 use crate::table::TableMap;
@@ -34,6 +35,8 @@ pub(crate) enum Segment {
         cascade: bool,
         restart_identity: bool,
     },
+    /// A schema change captured on the source.
+    Ddl(DdlStep),
 }
 
 /// The batch being collected.
@@ -114,6 +117,13 @@ impl Batch {
             cascade,
             restart_identity,
         });
+        self.changes += 1;
+    }
+
+    /// Adds a schema change, which runs in order with everything around it.
+    pub fn push_ddl(&mut self, step: DdlStep) {
+        self.spread.schema_change();
+        self.segments.push(Segment::Ddl(step));
         self.changes += 1;
     }
 

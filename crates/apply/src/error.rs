@@ -88,6 +88,30 @@ pub enum Error {
         /// The table whose chunks were truncated.
         table: String,
     },
+    /// A schema change captured on the source is not replayed by pglive
+    /// (not on its list, or run inside a function): apply stops before it,
+    /// to go on after `pglive ddl retry|skip` ([`crate::decide_ddl`]).
+    #[error(
+        "schema change {} in the source transaction committed at {} is not replayed: {}. The command: {}",
+        pending.tag, pending.lsn, pending.problem, pending.command
+    )]
+    DdlNotReplayed {
+        /// The command.
+        pending: crate::PendingDdl,
+    },
+    /// A captured schema change failed on the target: apply stops before
+    /// it, to go on after `pglive ddl retry|skip` ([`crate::decide_ddl`]).
+    #[error(
+        "schema change {} in the source transaction committed at {} failed on the target: {}. The command: {}",
+        pending.tag, pending.lsn, pending.problem, pending.command
+    )]
+    DdlFailed {
+        /// The command, and the target's error as its problem.
+        pending: crate::PendingDdl,
+        /// The target's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The stream broke the protocol's rules (a change outside a
     /// transaction, an unknown relation id, binary values that were not
     /// asked for).
@@ -105,6 +129,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A target error in one line: severity, SQLSTATE, message and detail.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    sqlstate_suffix(error).trim_start_matches(": ").to_owned()
 }
 
 fn sqlstate_suffix(error: &tokio_postgres::Error) -> String {
@@ -130,11 +159,21 @@ impl Error {
         }
     }
 
+    /// The schema change apply stopped at, when that is what stopped it.
+    pub fn pending_ddl(&self) -> Option<&crate::PendingDdl> {
+        match self {
+            Error::DdlNotReplayed { pending } | Error::DdlFailed { pending, .. } => Some(pending),
+            _ => None,
+        }
+    }
+
     /// Whether the error is a lost connection or server restart, after which
     /// a new applier resumes from the state in the target.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Target { source, .. } => pglive_postgres::is_transient_statement_error(source),
+            Error::Target { source, .. } | Error::DdlFailed { source, .. } => {
+                pglive_postgres::is_transient_statement_error(source)
+            }
             Error::Connect(e) => e.is_transient(),
             Error::State(e) => e.is_transient(),
             Error::Replication(e) => e.is_transient(),

@@ -82,6 +82,7 @@ mod applier;
 mod batcher;
 mod changes;
 mod chunks;
+mod ddl;
 mod error;
 mod execute;
 mod intake;
@@ -94,10 +95,14 @@ mod sessions;
 mod shape;
 mod spool;
 mod spread;
+mod statements;
 mod table;
 
 pub use applier::{Applier, ApplyOptions, ApplyStats};
 pub use chunks::ChunkedTable;
+pub use ddl::{
+    DdlDecision, DdlRecord, PendingDdl, ddl_log, ddl_message_prefix, decide_ddl, record_pending_ddl,
+};
 pub use error::{Error, Result};
 pub use progress::{applied_lsn, forget, restore_identity_columns, restore_triggers};
 pub use run::{Progress, RunOptions, Stopped, run};

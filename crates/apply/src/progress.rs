@@ -13,7 +13,7 @@ use pglive_postgres::QualifiedName;
 /// The applier's tables, by version (see [`StateSchema`]).
 pub(crate) const STATE: StateSchema = StateSchema {
     component: "apply",
-    steps: &[VERSION_1],
+    steps: &[VERSION_1, VERSION_2],
 };
 
 /// Version 1, which also brings the layouts made before versions were kept
@@ -50,6 +50,22 @@ CREATE TABLE IF NOT EXISTS pglive.apply_identity_always (
     table_name text NOT NULL,
     column_name text NOT NULL,
     PRIMARY KEY (table_schema, table_name, column_name)
+);";
+
+/// Version 2: the schema changes captured on the source, replayed or
+/// waiting for a decision (see `ddl`).
+const VERSION_2: &str = "
+CREATE TABLE IF NOT EXISTS pglive.apply_ddl (
+    stream_id text NOT NULL,
+    lsn pg_lsn NOT NULL,
+    position integer NOT NULL,
+    tag text NOT NULL,
+    command text NOT NULL,
+    outcome text NOT NULL
+        CHECK (outcome IN ('replayed', 'skipped', 'pending', 'retry', 'skip')),
+    problem text,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, lsn, position)
 );";
 
 /// How long [`load`] waits for an earlier session's open batch on the same
@@ -497,18 +513,21 @@ pub async fn restore_identity_columns(client: &Client) -> Result<u64> {
     Ok(restored)
 }
 
-/// Forgets the applied positions of `stream_id` (for removing one
-/// migration from a target that holds others).
+/// Forgets the applied positions and the schema changes of `stream_id`
+/// (for removing one migration from a target that holds others).
 pub async fn forget(client: &Client, stream_id: &str) -> Result<()> {
-    match client
-        .execute(
-            "DELETE FROM pglive.apply_progress WHERE stream_id = $1",
-            &[&stream_id],
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(()),
-        Err(e) => Err(target("deleting from pglive.apply_progress")(e)),
+    for table in ["pglive.apply_progress", "pglive.apply_ddl"] {
+        match client
+            .execute(
+                &format!("DELETE FROM {table} WHERE stream_id = $1"),
+                &[&stream_id],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.code().map(|c| c.code()) == Some("42P01") => {}
+            Err(e) => return Err(target(format!("deleting from {table}"))(e)),
+        }
     }
+    Ok(())
 }

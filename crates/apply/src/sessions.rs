@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 use pglive_postgres::{ConnectConfig, connect_sql};
 
 use crate::batcher::Segment;
+use crate::ddl::DdlStep;
 use crate::error::{Error, Result, target};
 use crate::execute::{self, StatementCache};
 use crate::lanes;
@@ -208,6 +209,7 @@ enum Step {
         cascade: bool,
         restart_identity: bool,
     },
+    Ddl(DdlStep),
 }
 
 /// The segments' statements, in the order they must run.
@@ -229,6 +231,7 @@ fn steps(segments: Vec<Segment>) -> Vec<Step> {
                 cascade,
                 restart_identity,
             }),
+            Segment::Ddl(step) => steps.push(Step::Ddl(step)),
         }
     }
     steps
@@ -301,11 +304,11 @@ async fn perform_spread(sessions: Lanes, work: Work) -> (Vec<StatementCache>, Re
                     }
                 }
             }
-            Step::Truncate { .. } => {
+            Step::Truncate { .. } | Step::Ddl(_) => {
                 return (
                     caches,
                     Err(Error::Protocol(
-                        "a truncate in a batch spread over lanes".to_owned(),
+                        "a truncate or a schema change in a batch spread over lanes".to_owned(),
                     )),
                 );
             }
@@ -428,6 +431,11 @@ async fn perform(
                 let refs: Vec<&TableMap> = tables.iter().map(|t| t.as_ref()).collect();
                 execute::truncate(client, &refs, cascade, restart_identity).await?;
                 done.truncates += 1;
+            }
+            Step::Ddl(step) => {
+                step.perform(client, &work.stream_id).await?;
+                // Statements prepared before may describe the old shapes.
+                *cache = StatementCache::default();
             }
         }
     }

@@ -75,6 +75,11 @@ impl SpreadTally {
     pub fn truncate(&mut self) {
         self.one_session = true;
     }
+
+    /// So does a schema change.
+    pub fn schema_change(&mut self) {
+        self.one_session = true;
+    }
 }
 
 /// A batch about to run, as far as spreading is concerned.

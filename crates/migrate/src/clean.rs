@@ -86,6 +86,11 @@ pub async fn clean(
     for dropped in publication::drop(&source, &publication).await? {
         done.push(format!("dropped publication {dropped:?}"));
     }
+    if crate::ddl_capture::remove(&source, name).await? {
+        done.push(format!(
+            "removed the capture of schema changes (event trigger \"pglive_{name}\")"
+        ));
+    }
     let target_state = connect_sql(&target_config).await?;
     let has_state = target_state
         .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'pglive'", &[])

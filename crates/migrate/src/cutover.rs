@@ -435,6 +435,7 @@ async fn complete(
             .doing_with(|| format!("dropping slot {:?}", record.slot))?;
         replication.close().await.ok();
     }
+    crate::ddl_capture::remove(source, job.name()).await?;
     publication::drop(source, &record.publication).await?;
     state::finish(target, job.name(), summary).await?;
     events.note(

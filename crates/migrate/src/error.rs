@@ -68,6 +68,12 @@ pub enum Error {
         /// The target, described without password.
         target: String,
     },
+    /// `pglive ddl retry|skip` while apply waits at no schema change.
+    #[error("migration {name:?} waits at no schema change (`pglive status` lists them)")]
+    NoPendingDdl {
+        /// The migration's name.
+        name: String,
+    },
     /// The migration was started with another slot or publication.
     #[error(
         "migration {name:?} on the target uses slot {slot:?} and publication {publication:?}; run with the same --slot/--publication, or `pglive clean` to start over"

@@ -39,6 +39,8 @@ pub struct MigrateOptions {
     /// The size aimed at for each part of a table the copy splits (tables
     /// above four parts' size are split). Default: 256 MiB.
     pub part_bytes: i64,
+    /// Whether the source's schema changes are captured and replayed.
+    pub ddl: crate::DdlMode,
 }
 
 impl MigrateOptions {
@@ -58,6 +60,7 @@ impl MigrateOptions {
             copy_roles: false,
             cutover_when_ready: false,
             part_bytes: 256 << 20,
+            ddl: crate::DdlMode::Auto,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use pglive_apply::{Applier, ApplyOptions, Progress, RunOptions, Stopped};
+use pglive_apply::{Applier, ApplyOptions, PendingDdl, Progress, RunOptions, Stopped};
 use pglive_postgres::{Lsn, QualifiedName, connect_sql};
 use pglive_repl::{
     PgOutputOptions, ReplicationClient, ReplicationStream, StreamOptions, Streaming,
@@ -81,7 +81,9 @@ pub(crate) async fn connect(
     options.sessions = job.options.apply_sessions;
     let source = connect_sql(&job.source).await?;
     let timescale = crate::timescale::chunked_tables(&source).await?;
-    let messages = timescale.is_some();
+    // Captured schema changes travel as logical messages too.
+    let messages =
+        timescale.is_some() || crate::ddl_capture::installed(&source, job.name()).await?;
     if let Some((chunked, internal)) = timescale {
         options.chunked_tables = chunked;
         options.internal_schemas = internal;
@@ -160,25 +162,44 @@ pub(crate) async fn stream(
         )
         .await
         {
-            Ok(Stretch::ShapeWaits { message, applied }) => {
+            Ok(Stretch::ApplyWaits(Waits {
+                message,
+                applied,
+                ddl,
+            })) => {
                 let again = said
                     .as_ref()
                     .is_some_and(|(m, at)| *m == message && *at == applied);
+                let target = connect_sql(&job.target).await?;
                 if !again {
+                    let what_next = match &ddl {
+                        Some(_) => format!(
+                            "replay it by hand on the target and run `pglive ddl skip --name {name}`, or run `pglive ddl retry --name {name}` to replay it as captured",
+                            name = job.name()
+                        ),
+                        None => "it goes on by itself once the target matches".to_owned(),
+                    };
                     events.warn(
                         Step::Streaming,
                         format!(
-                            "apply waits at {applied}: {message} (it goes on by itself once the target matches; `pglive status` shows this)"
+                            "apply waits at {applied}: {message} ({what_next}; `pglive status` shows this)"
                         ),
                     );
-                    let target = connect_sql(&job.target).await?;
                     state::set_apply_waiting(&target, job.name(), Some(&message)).await?;
                     said = Some((message, applied));
                 }
                 waiting = Some(applied);
-                tokio::select! {
-                    () = tokio::time::sleep(SHAPE_RECHECK) => {}
-                    () = control.stopped() => return Ok(LiveOutcome::Stopped),
+                match ddl {
+                    Some(pending) => {
+                        pglive_apply::record_pending_ddl(&target, job.name(), &pending).await?;
+                        if !decided(&target, job.name(), &pending, control).await? {
+                            return Ok(LiveOutcome::Stopped);
+                        }
+                    }
+                    None => tokio::select! {
+                        () = tokio::time::sleep(SHAPE_RECHECK) => {}
+                        () = control.stopped() => return Ok(LiveOutcome::Stopped),
+                    },
                 }
                 continue;
             }
@@ -225,26 +246,37 @@ enum Stretch {
     ServerEnded,
     /// A cutover failed and was withdrawn: stream on, on new sessions.
     CutoverWithdrawn,
-    /// A source table changed shape and the target does not match it:
-    /// apply stopped before its first row, with everything up to `applied`
-    /// applied; connect again once the target matches.
-    ShapeWaits {
-        /// What differs and the SQL that makes the target match.
-        message: String,
-        /// Where apply stopped.
-        applied: Lsn,
-    },
+    /// Apply stopped, with everything up to `applied` applied, before the
+    /// first row of a source table whose shape the target does not match
+    /// (connect again once it does), or before a captured schema change
+    /// that was not replayed (connect again once it is decided about).
+    ApplyWaits(Waits),
 }
 
-/// The message of a source table's shape the target does not match, if
-/// that is what stopped `error`.
-fn shape_mismatch(error: &Error) -> Option<String> {
+/// Why apply waits, and where.
+struct Waits {
+    /// What differs and the SQL that makes the target match, or the
+    /// schema change and why it was not replayed.
+    message: String,
+    /// Where apply stopped.
+    applied: Lsn,
+    /// The schema change, when that is what apply waits at.
+    ddl: Option<PendingDdl>,
+}
+
+/// Why apply waits, if that is what stopped `error`: a source table's
+/// shape the target does not match, or a captured schema change that was
+/// not replayed.
+fn why_apply_waits(error: &Error) -> Option<(String, Option<PendingDdl>)> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
-        if let Some(found @ pglive_apply::Error::ShapeMismatch { .. }) =
-            current.downcast_ref::<pglive_apply::Error>()
-        {
-            return Some(found.to_string());
+        if let Some(found) = current.downcast_ref::<pglive_apply::Error>() {
+            if let Some(pending) = found.pending_ddl() {
+                return Some((found.to_string(), Some(pending.clone())));
+            }
+            if matches!(found, pglive_apply::Error::ShapeMismatch { .. }) {
+                return Some((found.to_string(), None));
+            }
         }
         cause = current.source();
     }
@@ -254,6 +286,29 @@ fn shape_mismatch(error: &Error) -> Option<String> {
 /// How often apply, stopped by a table whose shape the target does not
 /// match, tries again.
 const SHAPE_RECHECK: Duration = Duration::from_secs(5);
+
+/// Waits until the schema change apply stopped at is decided about
+/// (`pglive ddl retry|skip`); false when a stop was asked for first.
+async fn decided(
+    target: &tokio_postgres::Client,
+    name: &str,
+    pending: &PendingDdl,
+    control: &Control,
+) -> Result<bool> {
+    loop {
+        let log = pglive_apply::ddl_log(target, name).await?;
+        let still = log.iter().any(|r| {
+            r.lsn == pending.lsn && r.position == pending.position && r.outcome == "pending"
+        });
+        if !still {
+            return Ok(true);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = control.stopped() => return Ok(false),
+        }
+    }
+}
 
 /// One connected stretch of streaming.
 async fn session(
@@ -266,6 +321,8 @@ async fn session(
 ) -> Result<Stretch> {
     let state_client = connect_sql(&job.target).await?;
     let source_client = connect_sql(&job.source).await?;
+    // Captured, a table created on the source arrives through its CREATE.
+    let capturing = crate::ddl_capture::installed(&source_client, job.name()).await?;
     // Each round connects an applier and a stream; a round ends for good,
     // or after tables created on the source were added to the migration.
     'connect: loop {
@@ -281,7 +338,7 @@ async fn session(
                 [&state_client, &source_client],
                 job,
                 control,
-                (cutover_when_ready, &mut *waiting),
+                (cutover_when_ready, capturing, &mut *waiting),
                 Arc::clone(&latest),
                 Arc::clone(&reason),
                 events.as_ref(),
@@ -334,13 +391,17 @@ async fn session(
                     crate::adopt::adopt(job, record, &new, events.as_ref()).await?;
                     continue 'connect;
                 }
-                Err(error @ pglive_apply::Error::ShapeMismatch { .. }) => {
+                Err(error)
+                    if matches!(error, pglive_apply::Error::ShapeMismatch { .. })
+                        || error.pending_ddl().is_some() =>
+                {
                     stream.stop().await.ok();
                     events.event(Event::StreamingFinished);
-                    return Ok(Stretch::ShapeWaits {
+                    return Ok(Stretch::ApplyWaits(Waits {
                         message: error.to_string(),
                         applied: applier.applied_lsn(),
-                    });
+                        ddl: error.pending_ddl().cloned(),
+                    }));
                 }
                 Err(error) => return Err(error.into()),
             };
@@ -368,20 +429,24 @@ async fn session(
                     // said): streaming goes on, unless cutting over was all
                     // this run was for. Past its checks, it is finished by
                     // the next attempt instead.
-                    let shape = shape_mismatch(&error);
+                    let shape = why_apply_waits(&error);
                     if finishing || error.is_transient() || (cutover_when_ready && shape.is_none())
                     {
                         return Err(error);
                     }
                     control.withdraw_cutover();
                     events.note(Step::Cutover, "cutover: streaming goes on");
-                    if let Some(message) = shape {
+                    if let Some((message, ddl)) = shape {
                         // Apply waits for the target, then a cutover when
                         // ready is tried again.
                         let applied = pglive_apply::applied_lsn(&state_client, job.name())
                             .await?
                             .unwrap_or(record.start_lsn);
-                        return Ok(Stretch::ShapeWaits { message, applied });
+                        return Ok(Stretch::ApplyWaits(Waits {
+                            message,
+                            applied,
+                            ddl,
+                        }));
                     }
                     return Ok(Stretch::CutoverWithdrawn);
                 }
@@ -406,15 +471,16 @@ async fn session(
                             state::clear_verify_request(&state_client, job.name())
                                 .await
                                 .ok();
-                            let Some(message) = shape_mismatch(&error) else {
+                            let Some((message, ddl)) = why_apply_waits(&error) else {
                                 return Err(error);
                             };
                             stream.stop().await.ok();
                             events.event(Event::StreamingFinished);
-                            return Ok(Stretch::ShapeWaits {
+                            return Ok(Stretch::ApplyWaits(Waits {
                                 message,
                                 applied: applier.applied_lsn(),
-                            });
+                                ddl,
+                            }));
                         }
                     }
                 }
@@ -445,7 +511,7 @@ async fn watch_requests(
     [state_client, source_client]: [&tokio_postgres::Client; 2],
     job: &Job,
     control: &Control,
-    (cutover_when_ready, waiting): (bool, &mut Option<Lsn>),
+    (cutover_when_ready, capturing, waiting): (bool, bool, &mut Option<Lsn>),
     latest: Arc<Mutex<Option<Progress>>>,
     reason: Arc<Mutex<Option<Reason>>>,
     events: &dyn Events,
@@ -478,7 +544,7 @@ async fn watch_requests(
                 warned_at_risk = wal.at_risk();
             }
         }
-        if tokio::time::Instant::now() >= next_table_check {
+        if !capturing && tokio::time::Instant::now() >= next_table_check {
             next_table_check += NEW_TABLES_EVERY;
             if let Ok(tables) = publication::tables_not_carried(
                 source_client,
@@ -508,10 +574,7 @@ async fn watch_requests(
                     .is_ok()
             {
                 *waiting = None;
-                events.note(
-                    Step::Streaming,
-                    "apply goes on: the target's tables match the source's again",
-                );
+                events.note(Step::Streaming, "apply goes on past where it waited");
             }
             if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
                 return set(Reason::Cutover { fence: false });

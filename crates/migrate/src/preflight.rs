@@ -67,6 +67,8 @@ pub(crate) struct Plan<'a> {
     pub hypertables: bool,
     /// `--hypertable`: plain tables made hypertables on the target.
     pub new_hypertables: &'a [crate::job::NewHypertable],
+    /// `--ddl`.
+    pub ddl: crate::DdlMode,
 }
 
 /// A preflight failure with one finding.
@@ -325,6 +327,27 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
             found
                 .failures
                 .extend(crate::timescale::check_source_settings(&source, &plan.source.user).await);
+        }
+    }
+    if !plan.resuming && plan.ddl == crate::DdlMode::Capture {
+        match crate::ddl_capture::why_not_allowed(&source).await {
+            Ok(Some(why)) => fail(
+                &mut found,
+                format!(
+                    "--ddl capture: {why}; run as a superuser, or choose --ddl stop (a changed table then stops apply with the ALTER to run on the target)"
+                ),
+            ),
+            Ok(None) => {}
+            Err(e) => fail(
+                &mut found,
+                format!("cannot tell whether DDL can be captured: {}", chain(&e)),
+            ),
+        }
+        if !plan.filter.is_empty() {
+            fail(
+                &mut found,
+                "--ddl capture carries every schema change, and this migration carries only some tables: choose --ddl stop, or migrate every table".to_owned(),
+            );
         }
     }
     for failure in privileges::check(&source, &target, plan, &catalog).await {

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use crate::control::Control;
 use crate::cutover;
+use crate::ddl_capture::DdlMode;
 use crate::error::{Doing, Error, Result};
 use crate::events::{Event, Events, Step};
 use crate::human;
@@ -197,6 +198,7 @@ async fn run(
         copy_roles: options.copy_roles,
         hypertables: job.options.hypertables,
         new_hypertables: &job.options.new_hypertables,
+        ddl: job.options.ddl,
     };
     let (findings, source_client, target_client, mut catalog) = preflight::run(&plan).await?;
     // Tables that are (or are to become) hypertables on the target are
@@ -313,6 +315,23 @@ async fn start(
             publication::changes_name(publication)
         ),
     );
+
+    let capture = match job.options.ddl {
+        DdlMode::Capture => true,
+        DdlMode::Stop => false,
+        DdlMode::Auto => superuser && job.filter().is_empty(),
+    };
+    if capture {
+        // Before the slot: every command after its snapshot is captured.
+        crate::ddl_capture::install(source, job.name(), publication).await?;
+        events.note(
+            Step::Schema,
+            format!(
+                "schema changes on the source are captured (event trigger \"pglive_{}\") and replayed in stream order",
+                job.name()
+            ),
+        );
+    }
 
     let mut replication = ReplicationClient::connect(&job.source).await?;
     let created = replication

@@ -52,6 +52,9 @@ pub struct Status {
     /// The last recorded streaming figures (positions, lag, counters,
     /// `seconds_since_update`).
     pub streaming: Option<serde_json::Value>,
+    /// The schema changes captured on the source and met by apply:
+    /// replayed, skipped, or pending.
+    pub schema_changes: Vec<crate::SchemaChange>,
 }
 
 /// The copy's progress.
@@ -101,6 +104,7 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
     let parts = pglive_snapshot::status(&client, name).await?;
     let streaming = state::load_progress(&client, name).await?;
     let running = state::is_running(&client, name).await?;
+    let schema_changes = crate::schema_changes::list(&client, name).await?;
     let mut by_table: BTreeMap<String, TableCopy> = BTreeMap::new();
     for part in &parts {
         let table = part.table.to_string();
@@ -139,5 +143,6 @@ pub async fn status(target: ConnectConfig, name: &str) -> Result<Status> {
             per_table,
         },
         streaming,
+        schema_changes,
     })
 }

@@ -364,6 +364,7 @@ impl SchemaCopy {
         if self.options.skip_extensions {
             pre_entries = toc::without_extensions(pre_entries);
         }
+        let post_entries = toc::without_pglive_event_triggers(post_entries);
         self.dumped = Some(Dumped {
             pre_data,
             pre_entries,

@@ -65,6 +65,16 @@ pub(crate) fn without_extensions(entries: Vec<TocEntry>) -> Vec<TocEntry> {
         .collect()
 }
 
+/// Drops pglive's own event triggers (which capture a migration's schema
+/// changes on the source and call functions in its `pglive` schema, which
+/// is never copied).
+pub(crate) fn without_pglive_event_triggers(entries: Vec<TocEntry>) -> Vec<TocEntry> {
+    entries
+        .into_iter()
+        .filter(|e| !e.rest.starts_with("EVENT TRIGGER - pglive_"))
+        .collect()
+}
+
 /// The objects the applier needs before anything else: primary keys and the
 /// indexes used as replica identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

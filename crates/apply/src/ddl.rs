@@ -1,0 +1,565 @@
+//! Schema changes captured on the source, replayed on the target at their
+//! place in the stream.
+//!
+//! An event trigger on the source (installed by `pglive-migrate`) writes
+//! each DDL command into the WAL as a transactional logical message with
+//! the prefix [`ddl_message_prefix`]: the command tag, the query string as
+//! the server received it, the role and `search_path` it ran under, and the
+//! objects it touched. The message reaches the stream in commit order with
+//! the rows, so a column added in a transaction is on the target before
+//! that transaction's rows. A rolled-back command never arrives.
+//!
+//! The applier runs the command inside the batch's target transaction,
+//! after every change before it, under the same role and `search_path`,
+//! and records it in `pglive.apply_ddl` in that transaction: exactly once,
+//! like the rows. `CONCURRENTLY` is left out (the target serves no
+//! application yet, and a batch is one transaction). The batch commits at
+//! the end of that source transaction, so a new enum value is usable by
+//! the next one. A command that is not replayed (not on the list, run
+//! inside a function, or failing on the target) stops apply with
+//! [`crate::Error::DdlNotReplayed`] or [`crate::Error::DdlFailed`]; the
+//! person running the migration decides with [`decide_ddl`]: replay it as
+//! captured, or skip it (having run an equivalent on the target by hand).
+
+use std::collections::HashMap;
+
+use pglive_postgres::{Lsn, quote_ident, quote_literal};
+use serde::Deserialize;
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result, target};
+use crate::statements;
+
+/// The prefix of the logical messages that carry the DDL captured for
+/// the migration whose stream is `stream_id`
+/// ([`crate::ApplyOptions::stream_id`]): each migration captured from one
+/// source gets its own copy of every command.
+pub fn ddl_message_prefix(stream_id: &str) -> String {
+    format!("pglive_ddl:{stream_id}")
+}
+
+/// Command tags replayed as captured. Commands that also write rows
+/// (`CREATE TABLE AS`, `SELECT INTO`, materialized views) are not: their
+/// rows would arrive twice, once made by the target and once streamed.
+const REPLAYED_TAGS: &[&str] = &[
+    "ALTER TABLE",
+    "CREATE TABLE",
+    "DROP TABLE",
+    "CREATE INDEX",
+    "ALTER INDEX",
+    "DROP INDEX",
+    "CREATE TYPE",
+    "ALTER TYPE",
+    "DROP TYPE",
+    "CREATE DOMAIN",
+    "ALTER DOMAIN",
+    "DROP DOMAIN",
+    "COMMENT",
+    "GRANT",
+    "REVOKE",
+    "ALTER DEFAULT PRIVILEGES",
+    "CREATE VIEW",
+    "ALTER VIEW",
+    "DROP VIEW",
+    "CREATE SEQUENCE",
+    "ALTER SEQUENCE",
+    "DROP SEQUENCE",
+    "CREATE SCHEMA",
+    "ALTER SCHEMA",
+    "DROP SCHEMA",
+    "CREATE FUNCTION",
+    "ALTER FUNCTION",
+    "DROP FUNCTION",
+    "CREATE PROCEDURE",
+    "ALTER PROCEDURE",
+    "DROP PROCEDURE",
+    "CREATE TRIGGER",
+    "ALTER TRIGGER",
+    "DROP TRIGGER",
+    "CREATE POLICY",
+    "ALTER POLICY",
+    "DROP POLICY",
+    "CREATE RULE",
+    "DROP RULE",
+    "CREATE EXTENSION",
+    "ALTER EXTENSION",
+    "DROP EXTENSION",
+    // Materialized views are not published: made or refreshed on the
+    // target at the same place in the stream, from the same rows, they
+    // hold what the source's hold.
+    "CREATE MATERIALIZED VIEW",
+    "ALTER MATERIALIZED VIEW",
+    "DROP MATERIALIZED VIEW",
+    "REFRESH MATERIALIZED VIEW",
+];
+
+/// Command tags about the source's own replication, which the target must
+/// not copy (the migration's own publications change as tables appear).
+const IGNORED_TAGS: &[&str] = &[
+    "CREATE PUBLICATION",
+    "ALTER PUBLICATION",
+    "DROP PUBLICATION",
+    "CREATE SUBSCRIPTION",
+    "ALTER SUBSCRIPTION",
+    "DROP SUBSCRIPTION",
+];
+
+/// One DDL command as the source's trigger captured it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Captured {
+    /// The command tag (`ALTER TABLE`).
+    pub tag: String,
+    /// `current_query()`: the whole string the client sent.
+    pub query: String,
+    /// The role it ran as.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Its `search_path`.
+    #[serde(default)]
+    pub search_path: Option<String>,
+    /// `statement_timestamp()`, which tells apart two sendings of the
+    /// same query string in one transaction.
+    #[serde(default)]
+    pub at: String,
+    #[serde(default)]
+    objects: Vec<TouchedObject>,
+    #[serde(default)]
+    dropped: Vec<DroppedObject>,
+    /// Set when the trigger could not describe the command.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// An object a command created or altered.
+#[derive(Debug, Deserialize)]
+struct TouchedObject {
+    schema: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    identity: Option<String>,
+    #[serde(default)]
+    in_extension: bool,
+}
+
+/// An object a command dropped.
+#[derive(Debug, Deserialize)]
+struct DroppedObject {
+    schema: Option<String>,
+    #[serde(default)]
+    temporary: bool,
+}
+
+/// What to do with a captured command.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// Nothing: it only touched temporary objects, extension members or
+    /// TimescaleDB's internals.
+    Ignore,
+    /// Run this statement.
+    Replay(String),
+    /// Stop: why, and the statement if it was found in the query.
+    NotReplayed {
+        reason: String,
+        statement: Option<String>,
+    },
+}
+
+impl Captured {
+    /// Reads a message's content.
+    pub fn parse(content: &[u8]) -> Result<Captured> {
+        serde_json::from_slice(content).map_err(|e| {
+            Error::Protocol(format!(
+                "a captured schema change that is not pglive's: {e}"
+            ))
+        })
+    }
+
+    /// Which occurrences of the same command share a query string: the
+    /// `ordinal`-th of them is the `ordinal`-th statement with its tag.
+    pub fn sending(&self) -> (String, String, String) {
+        (self.query.clone(), self.at.clone(), self.tag.clone())
+    }
+
+    /// The tables a command that makes a table from a query's rows
+    /// (`CREATE TABLE AS`, `SELECT INTO`) created. Its rows reach the
+    /// stream before it (the trigger fires at the command's end), so a
+    /// table with rows is already carried when it arrives (see
+    /// [`crate::Error::TableMissing`]); an empty one is not.
+    pub fn tables_made_with_rows(&self) -> Vec<&str> {
+        if !matches!(self.tag.as_str(), "CREATE TABLE AS" | "SELECT INTO") {
+            return Vec::new();
+        }
+        self.objects
+            .iter()
+            .filter(|o| o.kind.as_deref() == Some("table"))
+            .filter_map(|o| o.identity.as_deref())
+            .collect()
+    }
+
+    /// What to do with the command, the `ordinal`-th with its tag in its
+    /// query string; `internal_schemas` hold objects never replayed.
+    pub fn disposition(&self, ordinal: usize, internal_schemas: &[String]) -> Disposition {
+        let internal = |schema: &Option<String>| {
+            schema.as_deref().is_some_and(|s| {
+                s == "pg_temp"
+                    || s.starts_with("pg_temp_")
+                    || internal_schemas.iter().any(|i| i == s)
+            })
+        };
+        let touched_only_internal = !self.objects.is_empty()
+            && self
+                .objects
+                .iter()
+                .all(|o| o.in_extension || internal(&o.schema));
+        let dropped_only_internal = self.objects.is_empty()
+            && !self.dropped.is_empty()
+            && self
+                .dropped
+                .iter()
+                .all(|o| o.temporary || internal(&o.schema));
+        if touched_only_internal
+            || dropped_only_internal
+            || IGNORED_TAGS.contains(&self.tag.as_str())
+        {
+            return Disposition::Ignore;
+        }
+        let statement = statements::split(&self.query)
+            .into_iter()
+            .filter(|s| statements::has_tag(s, &self.tag))
+            .nth(ordinal)
+            .map(statements::without_concurrently);
+        if let Some(error) = &self.error {
+            return Disposition::NotReplayed {
+                reason: format!("the capture trigger could not describe it ({error})"),
+                statement,
+            };
+        }
+        if matches!(self.tag.as_str(), "CREATE TABLE AS" | "SELECT INTO") {
+            return Disposition::NotReplayed {
+                reason: "its rows also arrive through the stream, so replaying it would copy them twice: create the table on the target without rows (`CREATE TABLE … AS … WITH NO DATA`), then `pglive ddl skip`".to_owned(),
+                statement,
+            };
+        }
+        if !REPLAYED_TAGS.contains(&self.tag.as_str()) {
+            return Disposition::NotReplayed {
+                reason: format!("{} is not replayed by pglive", self.tag),
+                statement,
+            };
+        }
+        match statement {
+            Some(statement) => Disposition::Replay(statement),
+            None => Disposition::NotReplayed {
+                reason: "it ran inside another statement (a function or a DO block), whose text is not its own".to_owned(),
+                statement: None,
+            },
+        }
+    }
+}
+
+/// A decision about a command apply stopped at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DdlDecision {
+    /// Replay it as captured (after fixing what made it fail, or for a
+    /// command pglive does not replay by itself).
+    Retry,
+    /// Do not replay it: an equivalent was run on the target by hand.
+    Skip,
+}
+
+impl DdlDecision {
+    fn outcome(self) -> &'static str {
+        match self {
+            DdlDecision::Retry => "retry",
+            DdlDecision::Skip => "skip",
+        }
+    }
+}
+
+/// A captured command apply stopped at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingDdl {
+    /// The commit LSN of its source transaction.
+    pub lsn: Lsn,
+    /// Which DDL command of that transaction (from 0).
+    pub position: u32,
+    /// Its command tag.
+    pub tag: String,
+    /// The statement, or the whole query string when the statement is not
+    /// in it.
+    pub command: String,
+    /// Why it was not replayed.
+    pub problem: String,
+}
+
+/// A captured command in `pglive.apply_ddl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DdlRecord {
+    /// The commit LSN of its source transaction.
+    pub lsn: Lsn,
+    /// Which DDL command of that transaction (from 0).
+    pub position: u32,
+    /// Its command tag.
+    pub tag: String,
+    /// The statement (or the query string it came in).
+    pub command: String,
+    /// `replayed`, `skipped`, `pending` (apply waits), or a decision not
+    /// yet carried out (`retry`, `skip`).
+    pub outcome: String,
+    /// Why apply stopped at it, for a pending one.
+    pub problem: Option<String>,
+}
+
+/// One command to run (or skip) inside a batch.
+#[derive(Debug)]
+pub(crate) struct DdlStep {
+    pub lsn: Lsn,
+    pub position: u32,
+    pub tag: String,
+    pub command: String,
+    /// `None` when skipped by decision.
+    pub run: Option<String>,
+    pub role: Option<String>,
+    pub search_path: Option<String>,
+}
+
+impl DdlStep {
+    /// The SQL that runs the command under its role and `search_path`, then
+    /// records it.
+    fn sql(&self, stream_id: &str) -> String {
+        let mut sql = String::new();
+        if let Some(statement) = &self.run {
+            if let Some(path) = &self.search_path {
+                sql.push_str(&format!(
+                    "SELECT pg_catalog.set_config('search_path', {}, false);\n",
+                    quote_literal(path)
+                ));
+            }
+            if let Some(role) = &self.role {
+                sql.push_str(&format!("SET ROLE {};\n", quote_ident(role)));
+            }
+            sql.push_str(statement);
+            sql.push_str(";\nRESET ROLE;\nSET search_path = pg_catalog;\n");
+        }
+        let outcome = if self.run.is_some() {
+            "replayed"
+        } else {
+            "skipped"
+        };
+        sql.push_str(&format!(
+            "INSERT INTO pglive.apply_ddl (stream_id, lsn, position, tag, command, outcome)
+             VALUES ({}, '{}'::pg_lsn, {}, {}, {}, '{outcome}')
+             ON CONFLICT (stream_id, lsn, position)
+             DO UPDATE SET outcome = EXCLUDED.outcome, problem = NULL, recorded_at = now()",
+            quote_literal(stream_id),
+            self.lsn,
+            self.position,
+            quote_literal(&self.tag),
+            quote_literal(&self.command),
+        ));
+        sql
+    }
+
+    /// Runs the step inside the open target transaction.
+    pub async fn perform(&self, client: &Client, stream_id: &str) -> Result<()> {
+        client
+            .batch_execute(&self.sql(stream_id))
+            .await
+            .map_err(|source| Error::DdlFailed {
+                pending: PendingDdl {
+                    lsn: self.lsn,
+                    position: self.position,
+                    tag: self.tag.clone(),
+                    command: self.command.clone(),
+                    problem: crate::error::describe(&source),
+                },
+                source,
+            })
+    }
+}
+
+/// The decisions taken about `stream_id`'s commands and not yet carried
+/// out, by (transaction commit LSN, position).
+pub(crate) async fn decisions(
+    client: &Client,
+    stream_id: &str,
+) -> Result<HashMap<(Lsn, u32), DdlDecision>> {
+    let rows = client
+        .query(
+            "SELECT lsn::text, position, outcome FROM pglive.apply_ddl
+              WHERE stream_id = $1 AND outcome IN ('retry', 'skip')",
+            &[&stream_id],
+        )
+        .await
+        .map_err(target("reading pglive.apply_ddl"))?;
+    let mut decisions = HashMap::new();
+    for row in rows {
+        let lsn: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e| Error::Protocol(format!("pglive.apply_ddl: {e}")))?;
+        let position: i32 = row.get(1);
+        let decision = match row.get::<_, &str>(2) {
+            "retry" => DdlDecision::Retry,
+            _ => DdlDecision::Skip,
+        };
+        decisions.insert((lsn, position as u32), decision);
+    }
+    Ok(decisions)
+}
+
+/// Records that apply waits at `pending` (it shows in [`ddl_log`] as
+/// `pending` until [`decide_ddl`]).
+pub async fn record_pending_ddl(
+    client: &Client,
+    stream_id: &str,
+    pending: &PendingDdl,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO pglive.apply_ddl (stream_id, lsn, position, tag, command, outcome, problem)
+             VALUES ($1, $2::text::pg_lsn, $3, $4, $5, 'pending', $6)
+             ON CONFLICT (stream_id, lsn, position) DO UPDATE
+                SET tag = EXCLUDED.tag, command = EXCLUDED.command, problem = EXCLUDED.problem,
+                    outcome = CASE WHEN apply_ddl.outcome IN ('retry', 'skip') THEN apply_ddl.outcome
+                                   ELSE 'pending' END,
+                    recorded_at = now()",
+            &[
+                &stream_id,
+                &pending.lsn.to_string(),
+                &(pending.position as i32),
+                &pending.tag,
+                &pending.command,
+                &pending.problem,
+            ],
+        )
+        .await
+        .map_err(target("recording the schema change apply waits at"))?;
+    Ok(())
+}
+
+/// Decides about the command `stream_id`'s apply waits at; returns it, or
+/// `None` when apply waits at none.
+pub async fn decide_ddl(
+    client: &Client,
+    stream_id: &str,
+    decision: DdlDecision,
+) -> Result<Option<DdlRecord>> {
+    let rows = client
+        .query(
+            &format!(
+                "UPDATE pglive.apply_ddl SET outcome = '{}', recorded_at = now()
+                  WHERE stream_id = $1 AND outcome = 'pending'
+              RETURNING {RECORD_COLUMNS}",
+                decision.outcome()
+            ),
+            &[&stream_id],
+        )
+        .await;
+    match rows {
+        Ok(rows) => Ok(rows.first().map(record).transpose()?),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(None),
+        Err(e) => Err(target("recording a decision in pglive.apply_ddl")(e)),
+    }
+}
+
+/// Every captured command of `stream_id` the applier met, in stream order
+/// (empty before apply ever ran).
+pub async fn ddl_log(client: &Client, stream_id: &str) -> Result<Vec<DdlRecord>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM pglive.apply_ddl
+                  WHERE stream_id = $1 ORDER BY lsn, position"
+            ),
+            &[&stream_id],
+        )
+        .await;
+    match rows {
+        Ok(rows) => rows.iter().map(record).collect(),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Ok(Vec::new()),
+        Err(e) => Err(target("reading pglive.apply_ddl")(e)),
+    }
+}
+
+const RECORD_COLUMNS: &str = "lsn::text, position, tag, command, outcome, problem";
+
+fn record(row: &tokio_postgres::Row) -> Result<DdlRecord> {
+    Ok(DdlRecord {
+        lsn: row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e| Error::Protocol(format!("pglive.apply_ddl: {e}")))?,
+        position: row.get::<_, i32>(1) as u32,
+        tag: row.get(2),
+        command: row.get(3),
+        outcome: row.get(4),
+        problem: row.get(5),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(tag: &str, query: &str) -> Captured {
+        Captured::parse(
+            serde_json::json!({"tag": tag, "query": query, "at": "t",
+                "objects": [{"schema": "public", "in_extension": false}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_nth_statement_with_the_tag_is_replayed() {
+        let c = captured(
+            "ALTER TABLE",
+            "ALTER TABLE t ADD a int; INSERT INTO t VALUES (1); ALTER TABLE t ADD b int;",
+        );
+        assert_eq!(
+            c.disposition(0, &[]),
+            Disposition::Replay("ALTER TABLE t ADD a int".into())
+        );
+        assert_eq!(
+            c.disposition(1, &[]),
+            Disposition::Replay("ALTER TABLE t ADD b int".into())
+        );
+        assert!(matches!(
+            c.disposition(2, &[]),
+            Disposition::NotReplayed {
+                statement: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rows_written_by_ddl_are_not_replayed_and_temporary_objects_are_ignored() {
+        let c = captured("CREATE TABLE AS", "CREATE TABLE x AS SELECT 1");
+        assert!(matches!(
+            c.disposition(0, &[]),
+            Disposition::NotReplayed { .. }
+        ));
+        let temp = Captured::parse(
+            br#"{"tag": "CREATE TABLE", "query": "CREATE TEMP TABLE x (a int)", "objects": [{"schema": "pg_temp"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(temp.disposition(0, &[]), Disposition::Ignore);
+        let dropped = Captured::parse(
+            br#"{"tag": "DROP TABLE", "query": "DROP TABLE x", "dropped": [{"schema": "pg_temp", "temporary": true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(dropped.disposition(0, &[]), Disposition::Ignore);
+    }
+
+    #[test]
+    fn concurrently_is_left_out() {
+        let c = captured("CREATE INDEX", "CREATE INDEX CONCURRENTLY i ON t (a)");
+        assert_eq!(
+            c.disposition(0, &[]),
+            Disposition::Replay("CREATE INDEX  i ON t (a)".into())
+        );
+    }
+}

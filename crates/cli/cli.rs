@@ -139,7 +139,7 @@ pub(crate) struct MigrateArgs {
     /// The size aimed at for each part of a large table's copy, in MB (tables above four parts' size are split).
     #[arg(long, value_name = "MB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) part_size: u32,
-    /// Schema changes on the source while the migration runs: capture them and replay them on the target in stream order (auto: when the source role is a superuser and every table is migrated), or stop apply at a changed table, with the ALTER to run on the target.
+    /// Schema changes on the source while the migration runs: capture them and replay them on the target in stream order (auto: when the source role is a superuser on PostgreSQL 14 or later and every table is migrated), or stop apply at a changed table, with the ALTER to run on the target.
     #[arg(long, value_enum, default_value_t = Ddl::Auto)]
     pub(crate) ddl: Ddl,
     /// Join the copy of this migration, run by a `pglive migrate` elsewhere (same --source, --target, --name): take its pending parts with --jobs workers, then exit.

@@ -32,8 +32,8 @@ use crate::publication;
 /// Whether a migration captures the source's schema changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DdlMode {
-    /// Capture when the source role may create event triggers (a
-    /// superuser) and the migration carries every table; else stop.
+    /// Capture when the source can (a superuser role, PostgreSQL 14 or
+    /// later) and the migration carries every table; else stop.
     #[default]
     Auto,
     /// Capture; preflight refuses a source role that cannot.
@@ -63,20 +63,26 @@ pub(crate) async fn installed(source: &Client, name: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Why the source role cannot capture, if it cannot: event triggers are
-/// created by superusers only.
+/// Why the source cannot capture, if it cannot: event triggers are
+/// created by superusers only, and pgoutput sends logical messages from
+/// PostgreSQL 14 on.
 pub(crate) async fn why_not_allowed(source: &Client) -> Result<Option<String>> {
-    let superuser: bool = source
+    let row = source
         .query_one(
-            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            "SELECT rolsuper, current_setting('server_version_num')::int
+               FROM pg_catalog.pg_roles WHERE rolname = current_user",
             &[],
         )
         .await
-        .doing("reading the source role")?
-        .get(0);
-    Ok((!superuser).then(|| {
-        "capturing schema changes needs an event trigger on the source, which only a superuser may create".to_owned()
-    }))
+        .doing("reading the source role")?;
+    let (superuser, version): (bool, i32) = (row.get(0), row.get(1));
+    Ok(if version < 140000 {
+        Some("capturing schema changes needs a PostgreSQL 14 or later source (pgoutput sends logical messages from 14 on)".to_owned())
+    } else if !superuser {
+        Some("capturing schema changes needs an event trigger on the source, which only a superuser may create".to_owned())
+    } else {
+        None
+    })
 }
 
 /// Installs `name`'s capture on the source (see the module documentation);

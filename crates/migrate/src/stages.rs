@@ -319,7 +319,9 @@ async fn start(
     let capture = match job.options.ddl {
         DdlMode::Capture => true,
         DdlMode::Stop => false,
-        DdlMode::Auto => superuser && job.filter().is_empty(),
+        DdlMode::Auto => {
+            job.filter().is_empty() && crate::ddl_capture::why_not_allowed(source).await?.is_none()
+        }
     };
     if capture {
         // Before the slot: every command after its snapshot is captured.

@@ -152,8 +152,10 @@ struct SourceTxn {
     /// application's.
     moving_rows: u32,
     /// The schema changes captured in it so far, by the sending they came
-    /// in (see [`Captured::sending`]); the index is their position.
+    /// in (see [`Captured::sending`]).
     ddl_seen: Vec<(String, String, String)>,
+    /// How many schema changes it brought so far: the next one's position.
+    ddl_count: u32,
     /// A schema change was replayed: the batch commits after it.
     replayed_ddl: bool,
 }
@@ -345,6 +347,7 @@ impl Applier {
             skip: final_lsn < self.applied,
             moving_rows: 0,
             ddl_seen: Vec::new(),
+            ddl_count: 0,
             replayed_ddl: false,
         });
         Ok(())
@@ -466,10 +469,15 @@ impl Applier {
             Error::Protocol("a schema change outside of a transaction".to_owned())
         })?;
         let captured = Captured::parse(content)?;
+        let position = txn.ddl_count;
+        txn.ddl_count += 1;
         let sending = captured.sending();
-        let position = txn.ddl_seen.len() as u32;
-        let ordinal = txn.ddl_seen.iter().filter(|s| **s == sending).count();
-        txn.ddl_seen.push(sending);
+        let ordinal = txn
+            .ddl_seen
+            .iter()
+            .filter(|s| Some(*s) == sending.as_ref())
+            .count();
+        txn.ddl_seen.extend(sending);
         if txn.skip {
             return Ok(());
         }

@@ -109,7 +109,9 @@ const IGNORED_TAGS: &[&str] = &[
 pub(crate) struct Captured {
     /// The command tag (`ALTER TABLE`).
     pub tag: String,
-    /// `current_query()`: the whole string the client sent.
+    /// `current_query()`: the whole string the client sent (empty when
+    /// the server has none, as for a background worker's command).
+    #[serde(default)]
     pub query: String,
     /// The role it ran as.
     #[serde(default)]
@@ -176,8 +178,11 @@ impl Captured {
 
     /// Which occurrences of the same command share a query string: the
     /// `ordinal`-th of them is the `ordinal`-th statement with its tag.
-    pub fn sending(&self) -> (String, String, String) {
-        (self.query.clone(), self.at.clone(), self.tag.clone())
+    /// `None` for a command an extension's script ran, which is no
+    /// statement of the query string.
+    pub fn sending(&self) -> Option<(String, String, String)> {
+        let in_extension = !self.objects.is_empty() && self.objects.iter().all(|o| o.in_extension);
+        (!in_extension).then(|| (self.query.clone(), self.at.clone(), self.tag.clone()))
     }
 
     /// The tables a command that makes a table from a query's rows
@@ -223,11 +228,28 @@ impl Captured {
         {
             return Disposition::Ignore;
         }
-        let statement = statements::split(&self.query)
-            .into_iter()
-            .filter(|s| statements::has_tag(s, &self.tag))
-            .nth(ordinal)
-            .map(statements::without_concurrently);
+        let all = statements::split(&self.query);
+        let candidates: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|s| statements::has_tag(s, &self.tag) && statements::fires_ddl_triggers(s))
+            .collect();
+        let statement = candidates
+            .get(ordinal)
+            .map(|s| statements::without_concurrently(s));
+        // Counted per transaction: with several transactions in one query
+        // string, the count restarts in each, and which statement this is
+        // cannot be told.
+        if candidates.len() > 1 && all.iter().any(|s| statements::controls_transactions(s)) {
+            return Disposition::NotReplayed {
+                reason: format!(
+                    "its query string holds several transactions and {} {} commands, so which one this is cannot be told: replay it by hand and `pglive ddl skip`",
+                    candidates.len(),
+                    self.tag
+                ),
+                statement: None,
+            };
+        }
         if let Some(error) = &self.error {
             return Disposition::NotReplayed {
                 reason: format!("the capture trigger could not describe it ({error})"),
@@ -249,7 +271,7 @@ impl Captured {
         match statement {
             Some(statement) => Disposition::Replay(statement),
             None => Disposition::NotReplayed {
-                reason: "it ran inside another statement (a function or a DO block), whose text is not its own".to_owned(),
+                reason: "it ran inside another statement (a function or a DO block), whose text is not its own: replay it by hand and `pglive ddl skip`".to_owned(),
                 statement: None,
             },
         }
@@ -324,57 +346,68 @@ pub(crate) struct DdlStep {
 }
 
 impl DdlStep {
-    /// The SQL that runs the command under its role and `search_path`, then
-    /// records it.
-    fn sql(&self, stream_id: &str) -> String {
-        let mut sql = String::new();
+    /// Runs the command inside the open target transaction under its role
+    /// and `search_path`, then records it. The command goes alone through
+    /// the extended protocol, which refuses a string of several
+    /// statements: whatever the splitter made of the source's query
+    /// string, one statement runs, under the role it ran as.
+    pub async fn perform(&self, client: &Client, stream_id: &str) -> Result<()> {
+        let failed = |source: tokio_postgres::Error| Error::DdlFailed {
+            pending: PendingDdl {
+                lsn: self.lsn,
+                position: self.position,
+                tag: self.tag.clone(),
+                command: self.command.clone(),
+                problem: crate::error::describe(&source),
+            },
+            source,
+        };
         if let Some(statement) = &self.run {
+            let mut prelude = String::new();
             if let Some(path) = &self.search_path {
-                sql.push_str(&format!(
-                    "SELECT pg_catalog.set_config('search_path', {}, false);\n",
+                prelude.push_str(&format!(
+                    "SELECT pg_catalog.set_config('search_path', {}, false);",
                     quote_literal(path)
                 ));
             }
             if let Some(role) = &self.role {
-                sql.push_str(&format!("SET ROLE {};\n", quote_ident(role)));
+                prelude.push_str(&format!("SET ROLE {};", quote_ident(role)));
             }
-            sql.push_str(statement);
-            sql.push_str(";\nRESET ROLE;\nSET search_path = pg_catalog;\n");
+            if !prelude.is_empty() {
+                client.batch_execute(&prelude).await.map_err(failed)?;
+            }
+            client
+                .execute(statement.as_str(), &[])
+                .await
+                .map_err(failed)?;
+            client
+                .batch_execute("RESET ROLE; SET search_path = pg_catalog")
+                .await
+                .map_err(failed)?;
         }
         let outcome = if self.run.is_some() {
             "replayed"
         } else {
             "skipped"
         };
-        sql.push_str(&format!(
-            "INSERT INTO pglive.apply_ddl (stream_id, lsn, position, tag, command, outcome)
-             VALUES ({}, '{}'::pg_lsn, {}, {}, {}, '{outcome}')
-             ON CONFLICT (stream_id, lsn, position)
-             DO UPDATE SET outcome = EXCLUDED.outcome, problem = NULL, recorded_at = now()",
-            quote_literal(stream_id),
-            self.lsn,
-            self.position,
-            quote_literal(&self.tag),
-            quote_literal(&self.command),
-        ));
-        sql
-    }
-
-    /// Runs the step inside the open target transaction.
-    pub async fn perform(&self, client: &Client, stream_id: &str) -> Result<()> {
         client
-            .batch_execute(&self.sql(stream_id))
+            .execute(
+                "INSERT INTO pglive.apply_ddl (stream_id, lsn, position, tag, command, outcome)
+                 VALUES ($1, $2::text::pg_lsn, $3, $4, $5, $6)
+                 ON CONFLICT (stream_id, lsn, position)
+                 DO UPDATE SET outcome = EXCLUDED.outcome, problem = NULL, recorded_at = now()",
+                &[
+                    &stream_id,
+                    &self.lsn.to_string(),
+                    &(self.position as i32),
+                    &self.tag,
+                    &self.command,
+                    &outcome,
+                ],
+            )
             .await
-            .map_err(|source| Error::DdlFailed {
-                pending: PendingDdl {
-                    lsn: self.lsn,
-                    position: self.position,
-                    tag: self.tag.clone(),
-                    command: self.command.clone(),
-                    problem: crate::error::describe(&source),
-                },
-                source,
-            })
+            .map_err(target("recording a replayed schema change"))?;
+        Ok(())
     }
 }
 
@@ -409,7 +442,8 @@ pub(crate) async fn decisions(
 }
 
 /// Records that apply waits at `pending` (it shows in [`ddl_log`] as
-/// `pending` until [`decide_ddl`]).
+/// `pending` until [`decide_ddl`]); a command that failed again after a
+/// `retry` waits for a new decision.
 pub async fn record_pending_ddl(
     client: &Client,
     stream_id: &str,
@@ -421,9 +455,7 @@ pub async fn record_pending_ddl(
              VALUES ($1, $2::text::pg_lsn, $3, $4, $5, 'pending', $6)
              ON CONFLICT (stream_id, lsn, position) DO UPDATE
                 SET tag = EXCLUDED.tag, command = EXCLUDED.command, problem = EXCLUDED.problem,
-                    outcome = CASE WHEN apply_ddl.outcome IN ('retry', 'skip') THEN apply_ddl.outcome
-                                   ELSE 'pending' END,
-                    recorded_at = now()",
+                    outcome = 'pending', recorded_at = now()",
             &[
                 &stream_id,
                 &pending.lsn.to_string(),

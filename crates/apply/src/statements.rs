@@ -151,12 +151,21 @@ pub(crate) fn split(query: &str) -> Vec<&str> {
     // Inside a SQL-standard function body (`BEGIN ATOMIC … END`), whose
     // statements end with semicolons too; CASE … END nests in it.
     let mut atomic_depth = 0usize;
+    // The statement's first word, whether it names a routine so far, and
+    // the piece before (only whitespace may separate BEGIN and ATOMIC).
+    let mut first_word: Option<&str> = None;
+    let mut routine = false;
     let mut previous_word: Option<&str> = None;
     for (piece, range) in pieces(query) {
         match piece {
             Piece::Word => {
                 let word = &query[range];
-                let opens_body = word.eq_ignore_ascii_case("atomic")
+                let first = *first_word.get_or_insert(word);
+                routine |= first.eq_ignore_ascii_case("create")
+                    && (word.eq_ignore_ascii_case("function")
+                        || word.eq_ignore_ascii_case("procedure"));
+                let opens_body = routine
+                    && word.eq_ignore_ascii_case("atomic")
                     && previous_word.is_some_and(|w| w.eq_ignore_ascii_case("begin"));
                 let opens_case = atomic_depth > 0 && word.eq_ignore_ascii_case("case");
                 if opens_body || opens_case {
@@ -170,8 +179,11 @@ pub(crate) fn split(query: &str) -> Vec<&str> {
                 statements.push(&query[start..range.start]);
                 start = range.end;
                 previous_word = None;
+                first_word = None;
+                routine = false;
             }
-            _ => {}
+            Piece::Other if query[range.clone()].trim().is_empty() => {}
+            _ => previous_word = None,
         }
     }
     statements.push(&query[start..]);
@@ -226,6 +238,58 @@ pub(crate) fn has_tag(statement: &str, tag: &str) -> bool {
     tag_words.all(|t| rest.next().is_some_and(|w| w.eq_ignore_ascii_case(t)))
 }
 
+/// The leading words of `statement`, lowercased.
+fn leading_words(statement: &str, count: usize) -> Vec<String> {
+    pieces(statement)
+        .into_iter()
+        .filter(|(p, _)| *p == Piece::Word)
+        .take(count)
+        .map(|(_, r)| statement[r].to_ascii_lowercase())
+        .collect()
+}
+
+/// Whether `statement` is transaction control (`BEGIN`, `COMMIT`,
+/// `SAVEPOINT`…): a query string holding one holds several transactions.
+pub(crate) fn controls_transactions(statement: &str) -> bool {
+    leading_words(statement, 1).first().is_some_and(|w| {
+        matches!(
+            w.as_str(),
+            "begin"
+                | "start"
+                | "commit"
+                | "end"
+                | "rollback"
+                | "abort"
+                | "savepoint"
+                | "release"
+                | "prepare"
+        )
+    })
+}
+
+/// Whether `statement` can fire a DDL event trigger at all: commands on
+/// shared objects (roles, databases, tablespaces, settings) never do, so
+/// a `GRANT role TO user` is not the `GRANT` a trigger reported.
+pub(crate) fn fires_ddl_triggers(statement: &str) -> bool {
+    let words: Vec<String> = pieces(statement)
+        .into_iter()
+        .filter(|(p, _)| *p == Piece::Word)
+        .map(|(_, r)| statement[r].to_ascii_lowercase())
+        .collect();
+    let on_shared = words.windows(2).any(|w| {
+        w[0] == "on"
+            && matches!(
+                w[1].as_str(),
+                "database" | "tablespace" | "parameter" | "role"
+            )
+    });
+    match words.first().map(String::as_str) {
+        Some("grant" | "revoke") => words.iter().any(|w| w == "on") && !on_shared,
+        Some("comment") => !on_shared,
+        _ => true,
+    }
+}
+
 /// `statement` without its `CONCURRENTLY` keywords: the target has no
 /// application to keep serving, and the command must run inside the
 /// batch's transaction, which `CONCURRENTLY` refuses.
@@ -259,6 +323,28 @@ mod tests {
         assert!(statements[1].ends_with("$f$)"));
         assert!(statements[2].starts_with("/* a;"));
         assert!(statements[2].ends_with("SELECT 2; END"));
+    }
+
+    #[test]
+    fn shared_objects_and_transactions_are_told_apart() {
+        assert!(!fires_ddl_triggers("GRANT admin TO bob"));
+        assert!(!fires_ddl_triggers("GRANT CONNECT ON DATABASE d TO bob"));
+        assert!(!fires_ddl_triggers("COMMENT ON ROLE bob IS 'x'"));
+        assert!(fires_ddl_triggers("GRANT SELECT ON t TO bob"));
+        assert!(fires_ddl_triggers("COMMENT ON TABLE t IS 'x'"));
+        assert!(controls_transactions("begin"));
+        assert!(controls_transactions("COMMIT"));
+        assert!(!controls_transactions("CREATE TABLE t ()"));
+    }
+
+    #[test]
+    fn only_a_routine_body_holds_semicolons() {
+        // A column named `begin` of type `atomic` is no routine body: the
+        // statements after it stay statements of their own.
+        let statements = split("CREATE TABLE begin (atomic int); RESET ROLE; SELECT 1");
+        assert_eq!(statements.len(), 3, "{statements:#?}");
+        let statements = split("CREATE TABLE t (begin /* x */ atomic); SELECT 1");
+        assert_eq!(statements.len(), 2, "{statements:#?}");
     }
 
     #[test]

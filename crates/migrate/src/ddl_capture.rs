@@ -10,7 +10,8 @@
 //!   created or changed and those it dropped. The message commits or rolls
 //!   back with the command, and reaches the applier in stream order;
 //! - `pglive."publish_<name>"`, which the capture calls (as the
-//!   migration's role) to keep the publication of UPDATEs and DELETEs
+//!   migration's role; it reads the command's tables itself, so it does
+//!   nothing outside an event trigger) to keep the publication of UPDATEs and DELETEs
 //!   right: a table created or given a key joins it in the same
 //!   transaction, so none of its changes is missed; a table that lost its
 //!   key leaves it, so the source never refuses its updates;
@@ -107,39 +108,49 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION pglive.{publish}(tables oid[]) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+-- Reads the command's tables itself: outside an event trigger it only
+-- fails, so nobody can call it to move tables in or out.
+CREATE OR REPLACE FUNCTION pglive.{publish}() RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     t oid;
     keyed boolean;
     published boolean;
 BEGIN
-    FOREACH t IN ARRAY tables LOOP
+    FOR t IN
+        SELECT DISTINCT d.objid FROM pg_catalog.pg_event_trigger_ddl_commands() d
+         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND d.object_type OPERATOR(pg_catalog.=) 'table' AND NOT d.in_extension
+    LOOP
         CONTINUE WHEN NOT EXISTS (
-            SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = t AND c.relkind = 'r' AND c.relpersistence = 'p'
                AND n.nspname NOT LIKE 'pg\_%' AND n.nspname NOT LIKE '\_timescaledb\_%'
                AND n.nspname NOT IN ('information_schema', 'pglive', 'timescaledb_information',
                                      'timescaledb_experimental'));
         SELECT CASE c.relreplident
                  WHEN 'f' THEN true
-                 WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = t AND i.indisprimary)
-                 WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = t AND i.indisreplident)
+                 WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                        WHERE i.indrelid = t AND i.indisprimary)
+                 WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                        WHERE i.indrelid = t AND i.indisreplident)
                  ELSE false END
-          INTO keyed FROM pg_class c WHERE c.oid = t;
+          INTO keyed FROM pg_catalog.pg_class c WHERE c.oid = t;
         published := EXISTS (
-            SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+            SELECT 1 FROM pg_catalog.pg_publication_rel r
+              JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
              WHERE p.pubname = {changes_literal} AND r.prrelid = t);
         IF keyed AND NOT published THEN
-            EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {changes_literal}, t::regclass);
+            EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {changes_literal}, t::pg_catalog.regclass);
         ELSIF published AND NOT keyed THEN
-            EXECUTE pg_catalog.format('ALTER PUBLICATION %I DROP TABLE %s', {changes_literal}, t::regclass);
+            EXECUTE pg_catalog.format('ALTER PUBLICATION %I DROP TABLE %s', {changes_literal}, t::pg_catalog.regclass);
         END IF;
-        IF NOT (SELECT puballtables FROM pg_publication WHERE pubname = {publication_literal})
+        IF NOT (SELECT p.puballtables FROM pg_catalog.pg_publication p WHERE p.pubname = {publication_literal})
            AND NOT EXISTS (
-               SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+               SELECT 1 FROM pg_catalog.pg_publication_rel r
+                 JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
                 WHERE p.pubname = {publication_literal} AND r.prrelid = t) THEN
-            EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {publication_literal}, t::regclass);
+            EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {publication_literal}, t::pg_catalog.regclass);
         END IF;
     END LOOP;
 END
@@ -148,41 +159,37 @@ $fn$;
 -- No SET search_path here: the command's own is what is captured. The
 -- message is written outside the exception block: written inside its
 -- subtransaction, logical decoding hands it out after the transaction's
--- later rows.
+-- later rows. Its content is UTF-8 whatever the database's encoding.
 CREATE OR REPLACE FUNCTION pglive.{capture}() RETURNS event_trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
     objects jsonb;
     dropped jsonb := '[]';
-    tables oid[];
-    payload text;
+    payload jsonb;
 BEGIN
+    payload := pg_catalog.jsonb_build_object(
+        'tag', tg_tag, 'query', coalesce(pg_catalog.current_query(), ''),
+        'role', current_user, 'search_path', pg_catalog.current_setting('search_path'),
+        'at', pg_catalog.statement_timestamp());
     BEGIN
         SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'schema', schema_name, 'in_extension', in_extension,
-                   'type', object_type, 'identity', object_identity)), '[]'),
-               coalesce(pg_catalog.array_agg(objid) FILTER (
-                   WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
-                     AND object_type OPERATOR(pg_catalog.=) 'table'), '{{}}')
-          INTO objects, tables
+                   'type', object_type, 'identity', object_identity)), '[]')
+          INTO objects
           FROM pg_catalog.pg_event_trigger_ddl_commands();
         IF tg_tag LIKE 'DROP %' THEN
             dropped := coalesce(NULLIF(
                 pg_catalog.current_setting('pglive.dropped', true), ''), '[]')::jsonb;
         END IF;
-        PERFORM pglive.{publish}(tables);
-        payload := pg_catalog.jsonb_build_object(
-                'tag', tg_tag, 'query', pg_catalog.current_query(), 'role', current_user,
-                'search_path', pg_catalog.current_setting('search_path'),
-                'at', pg_catalog.statement_timestamp(),
-                'objects', objects, 'dropped', dropped)::text;
+        PERFORM pglive.{publish}();
+        payload := payload OPERATOR(pg_catalog.||)
+            pg_catalog.jsonb_build_object('objects', objects, 'dropped', dropped);
     EXCEPTION WHEN OTHERS THEN
         -- Never the application's command that fails: apply stops here.
-        payload := pg_catalog.jsonb_build_object(
-                'tag', tg_tag, 'query', pg_catalog.current_query(),
-                'at', pg_catalog.statement_timestamp(), 'error', SQLERRM)::text;
+        payload := payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('error', SQLERRM);
     END;
-    PERFORM pg_catalog.pg_logical_emit_message(true, {prefix_literal}, payload);
+    PERFORM pg_catalog.pg_logical_emit_message(true, {prefix_literal},
+        pg_catalog.convert_to(payload::text, 'UTF8'));
 END
 $fn$;
 
@@ -217,7 +224,7 @@ pub(crate) async fn remove(source: &Client, name: &str) -> Result<bool> {
 BEGIN;
 DROP EVENT TRIGGER IF EXISTS {trigger};
 DROP FUNCTION IF EXISTS pglive.{capture}();
-DROP FUNCTION IF EXISTS pglive.{publish}(oid[]);
+DROP FUNCTION IF EXISTS pglive.{publish}();
 DO $do$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger e
                      JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid

@@ -271,6 +271,9 @@ fn why_apply_waits(error: &Error) -> Option<(String, Option<PendingDdl>)> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
         if let Some(found) = current.downcast_ref::<pglive_apply::Error>() {
+            if found.is_transient() {
+                return None;
+            }
             if let Some(pending) = found.pending_ddl() {
                 return Some((found.to_string(), Some(pending.clone())));
             }
@@ -388,12 +391,20 @@ async fn session(
                     if !new.contains(&table) {
                         return Err(pglive_apply::Error::TableMissing { table }.into());
                     }
+                    // Captured, the others arrive through their own CREATE
+                    // further on in the stream: only this one (made with
+                    // its rows by a query) is adopted.
+                    let new = match capturing {
+                        true => vec![table],
+                        false => new,
+                    };
                     crate::adopt::adopt(job, record, &new, events.as_ref()).await?;
                     continue 'connect;
                 }
                 Err(error)
-                    if matches!(error, pglive_apply::Error::ShapeMismatch { .. })
-                        || error.pending_ddl().is_some() =>
+                    if !error.is_transient()
+                        && (matches!(error, pglive_apply::Error::ShapeMismatch { .. })
+                            || error.pending_ddl().is_some()) =>
                 {
                     stream.stop().await.ok();
                     events.event(Event::StreamingFinished);

@@ -168,7 +168,8 @@ pub(crate) async fn change_counts(
 /// created after it started, which its copy does not hold. Their rows may
 /// be missing from the stream (a publication that lists its tables) and
 /// their updates and deletes are (the second publication always lists its
-/// tables), until `adopt` carries them.
+/// tables), until `adopt` carries them. With DDL captured, a table the
+/// target has is carried: its CREATE was replayed in the stream.
 pub(crate) async fn tables_not_carried(
     source: &Client,
     target: &Client,
@@ -181,7 +182,7 @@ pub(crate) async fn tables_not_carried(
         copied.keys().map(|name| name.to_string()).collect();
     // An adoption that stopped after the copy still owes the post-data.
     let unfinished = crate::state::adopting(target, migration).await?;
-    Ok(catalog
+    let not_copied: Vec<pglive_postgres::QualifiedName> = catalog
         .tables
         .iter()
         .filter(|t| {
@@ -189,6 +190,26 @@ pub(crate) async fn tables_not_carried(
                 && (!copied.contains(&t.name.to_string()) || unfinished.contains(&t.name))
         })
         .map(|t| t.name.clone())
+        .collect();
+    if not_copied.is_empty() || !crate::ddl_capture::installed(source, migration).await? {
+        return Ok(not_copied);
+    }
+    // Captured, a new table arrives through its own CREATE (and is in
+    // the publications from its first row): carried once the target has it.
+    let names: Vec<String> = not_copied.iter().map(|n| n.quoted()).collect();
+    let missing: Vec<String> = target
+        .query(
+            "SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NULL",
+            &[&names],
+        )
+        .await
+        .doing("looking for new tables on the target")?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(not_copied
+        .into_iter()
+        .filter(|n| missing.contains(&n.quoted()) || unfinished.contains(n))
         .collect())
 }
 

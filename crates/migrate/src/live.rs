@@ -152,14 +152,15 @@ pub(crate) async fn stream(
             events.event(Event::StreamingFinished);
             return Ok(LiveOutcome::CutOver(summary));
         }
-        let reason = match session(
+        // A large future (the whole connected stretch): on the heap.
+        let reason = match Box::pin(session(
             job,
             record,
             events,
             control,
             cutover_when_ready,
             (&mut ignored, &mut waiting),
-        )
+        ))
         .await
         {
             Ok(Stretch::ApplyWaits(Waits {

@@ -526,13 +526,14 @@ fn a_source_role_without_superuser_is_told_the_grants_then_migrates() {
     util::assert_table_equal(cluster, &src, cluster, &dst, "m");
 }
 
-/// Schema changes of a hypertable made while rows stream are captured and
-/// replayed on the target's hypertable (which TimescaleDB carries to its
-/// chunks): a column added and used in the same transaction, a column
-/// renamed; the hypertable equals the source's row by row and its columns
-/// match. (TimescaleDB runs `CREATE INDEX` on a hypertable, continuous
-/// aggregates and compression settings without firing event triggers:
-/// those are not captured yet.)
+/// Schema changes of a hypertable made while rows stream arrive on the
+/// target: a column added and used in the same transaction and a column
+/// renamed are captured and replayed on the target's hypertable (which
+/// TimescaleDB carries to its chunks); an index TimescaleDB makes without
+/// firing an event trigger is built on the target by cutover. The table
+/// equals the source's row by row, with the same columns, defaults and
+/// indexes. (While the migration runs, TimescaleDB refuses to make a new
+/// table a hypertable: it is in the migration's publication.)
 #[test]
 fn schema_changes_of_a_hypertable_are_replayed() {
     let cluster = cluster();
@@ -551,6 +552,7 @@ fn schema_changes_of_a_hypertable_are_replayed() {
     for sql in [
         "ALTER TABLE m ADD COLUMN unit text DEFAULT 'C';
          INSERT INTO m VALUES ('2026-03-01', 1, 2.5, 'F');",
+        "CREATE INDEX m_unit ON m (unit, ts);",
         "ALTER TABLE m RENAME COLUMN value TO reading;
          UPDATE m SET reading = -1 WHERE device = 2 AND ts < '2026-01-05';
          INSERT INTO m VALUES ('2026-04-01', 3, 7, 'K');",
@@ -559,6 +561,19 @@ fn schema_changes_of_a_hypertable_are_replayed() {
             .psql(&src, &format!("BEGIN; {sql} COMMIT;"))
             .unwrap();
     }
+    // A table in a publication cannot become a hypertable (TimescaleDB
+    // refuses it), and the migration's publication holds every table:
+    // the refusal is what the source's application meets meanwhile.
+    let refused = cluster.psql(
+        &src,
+        "BEGIN; CREATE TABLE n (ts timestamptz NOT NULL); SELECT create_hypertable('n', by_range('ts')); COMMIT;",
+    );
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("part of a publication")),
+        "{refused:?}"
+    );
     util::cutover_ok(
         &[
             "cutover", "--source", &source, "--target", &target, "--name", "tsddl",
@@ -569,7 +584,9 @@ fn schema_changes_of_a_hypertable_are_replayed() {
     util::assert_table_equal(cluster, &src, cluster, &dst, "m");
     let shape = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
                    FROM pg_attribute WHERE attrelid = 'm'::regclass AND attnum > 0 AND NOT attisdropped;
-                 SELECT string_agg(pg_get_expr(adbin, adrelid), ', ') FROM pg_attrdef WHERE adrelid = 'm'::regclass;";
+                 SELECT string_agg(pg_get_expr(adbin, adrelid), ', ') FROM pg_attrdef WHERE adrelid = 'm'::regclass;
+                 SELECT string_agg(indexdef, '; ' ORDER BY indexname) FROM pg_indexes WHERE tablename = 'm';
+                 SELECT hypertable_name FROM timescaledb_information.hypertables WHERE hypertable_name = 'm';";
     assert_eq!(
         cluster.psql(&src, shape).unwrap(),
         cluster.psql(&dst, shape).unwrap()

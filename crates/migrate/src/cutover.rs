@@ -106,6 +106,15 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
+    // Hypertables made and indexed on the source meanwhile (no event
+    // trigger fires for either), when the migration carries hypertables.
+    if !pglive_schema::hypertable_names(target)
+        .await
+        .doing("reading the target's hypertables")?
+        .is_empty()
+    {
+        crate::timescale::follow_source_hypertables(source, target, events, Step::Cutover).await?;
+    }
     let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
     if dropped > 0 {
         events.note(
@@ -832,7 +841,8 @@ pub async fn cutover(
         Ok(Some(summary)) => Ok(Ok(summary)),
         Ok(None) => {
             // The tail after writes stopped is short: one session.
-            let session = live::connect(&job, &record, &Default::default()).await?;
+            let session =
+                live::connect(&job, &record, &Default::default(), events.as_ref()).await?;
             tokio::time::timeout(
                 options.timeout,
                 perform(&job, &record, session, options.fence, events.as_ref()),

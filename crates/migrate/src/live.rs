@@ -62,13 +62,13 @@ pub(crate) async fn connect(
     job: &Job,
     record: &Record,
     ignored: &HashSet<QualifiedName>,
+    events: &dyn Events,
 ) -> Result<Session> {
     let target = connect_sql(&job.target).await?;
     let copied_at: HashMap<QualifiedName, Lsn> = pglive_snapshot::copied_at(&target, job.name())
         .await?
         .into_iter()
         .collect();
-    drop(target);
     let replication = ReplicationClient::connect(&job.source).await?;
     let proto = if replication.server_version_num().unwrap_or(0) >= 140000 {
         2
@@ -80,6 +80,14 @@ pub(crate) async fn connect(
     options.ignored_tables = ignored.clone();
     options.sessions = job.options.apply_sessions;
     let source = connect_sql(&job.source).await?;
+    if job.options.hypertables {
+        // Before the chunk layout is read: a table the source made a
+        // hypertable meanwhile is one on the target when its chunks' rows
+        // arrive.
+        crate::timescale::follow_source_hypertables(&source, &target, events, Step::Streaming)
+            .await?;
+    }
+    drop(target);
     let timescale = crate::timescale::chunked_tables(&source).await?;
     // Captured schema changes travel as logical messages too.
     let messages =
@@ -334,7 +342,7 @@ async fn session(
             mut applier,
             mut stream,
             protocol_version,
-        } = connect(job, record, ignored).await?;
+        } = connect(job, record, ignored, events.as_ref()).await?;
         loop {
             let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
             let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));

@@ -328,6 +328,14 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
                 .failures
                 .extend(crate::timescale::check_source_settings(&source, &plan.source.user).await);
         }
+        if catalog.timescale.version.is_some() {
+            found.warnings.push(
+                "while this migration runs, TimescaleDB refuses create_hypertable() on the source for any table \
+                 (\"part of a publication\": the migration's publication holds every table); make new hypertables \
+                 before it starts or after cutover"
+                    .to_owned(),
+            );
+        }
     }
     if !plan.resuming && plan.ddl == crate::DdlMode::Capture {
         match crate::ddl_capture::why_not_allowed(&source).await {

@@ -80,13 +80,9 @@ pub(crate) async fn connect(
     options.ignored_tables = ignored.clone();
     options.sessions = job.options.apply_sessions;
     let source = connect_sql(&job.source).await?;
-    if job.options.hypertables {
-        // Before the chunk layout is read: a table the source made a
-        // hypertable meanwhile is one on the target when its chunks' rows
-        // arrive.
-        crate::timescale::follow_source_hypertables(&source, &target, events, Step::Streaming)
-            .await?;
-    }
+    // Indexes made on the source's hypertables meanwhile.
+    crate::timescale::follow_source_hypertable_indexes(&source, &target, events, Step::Streaming)
+        .await?;
     drop(target);
     let timescale = crate::timescale::chunked_tables(&source).await?;
     // Captured schema changes travel as logical messages too.

@@ -4,6 +4,7 @@
 //! jobs run as on the source.
 
 use pglive_apply::ChunkedTable;
+use pglive_postgres::QualifiedName;
 use pglive_schema::{Catalog, Timescale};
 use tokio_postgres::Client;
 
@@ -40,63 +41,31 @@ pub(crate) async fn chunked_tables(
     Ok(Some((chunked, layout.internal_schemas)))
 }
 
-/// Makes the target follow what TimescaleDB did on the source while the
-/// migration ran without a trace the capture of schema changes sees: a
-/// table the source made a hypertable is made one on the target (with
-/// the rows it holds moved into chunks), and an index of a hypertable the
-/// source has and the target lacks (`CREATE INDEX` on a hypertable, and
-/// `create_hypertable`'s default index, fire no event trigger) is built
-/// on the target. Tables the target does not have yet are left for the
-/// stream.
-pub(crate) async fn follow_source_hypertables(
+/// Builds on the target each index of a hypertable that the source has
+/// and the target lacks: TimescaleDB runs `CREATE INDEX` on a hypertable
+/// without firing event triggers, so the capture of schema changes never
+/// sees it. Indexes backing constraints come with the schema; hypertables
+/// that are not hypertables on the target are left alone.
+pub(crate) async fn follow_source_hypertable_indexes(
     source: &Client,
     target: &Client,
     events: &dyn Events,
     step: Step,
 ) -> Result<()> {
-    let on_source: Vec<pglive_schema::Hypertable> = pglive_schema::hypertables(source)
+    let on_source: Vec<QualifiedName> = pglive_schema::hypertable_names(source)
         .await
         .doing("reading the source's hypertables")?
         .into_iter()
-        .filter(|h| !h.name.schema.starts_with("_timescaledb"))
+        .filter(|name| !name.schema.starts_with("_timescaledb"))
         .collect();
     if on_source.is_empty() {
-        return Ok(());
-    }
-    let target_has_timescaledb = target
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'",
-            &[],
-        )
-        .await
-        .doing("looking for TimescaleDB on the target")?
-        .is_some();
-    if !target_has_timescaledb {
         return Ok(());
     }
     let on_target = pglive_schema::hypertable_names(target)
         .await
         .doing("reading the target's hypertables")?;
-    for hypertable in &on_source {
-        let name = hypertable.name.quoted();
-        let exists: bool = target
-            .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
-            .await
-            .doing("looking for a hypertable's table on the target")?
-            .get(0);
-        if !exists {
-            continue;
-        }
-        if !on_target.contains(&hypertable.name) {
-            target
-                .batch_execute(&hypertable.convert_sql())
-                .await
-                .doing_with(|| format!("making {name} a hypertable on the target"))?;
-            events.note(
-                step,
-                format!("{name} became a hypertable on the source: it is one on the target now"),
-            );
-        }
+    for hypertable in on_source.iter().filter(|h| on_target.contains(h)) {
+        let name = hypertable.quoted();
         // Indexes that back no constraint (constraints come with the schema).
         let indexes = "SELECT c.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid)
                          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid

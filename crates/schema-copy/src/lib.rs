@@ -68,6 +68,6 @@ pub use filter::ObjectFilter;
 pub use sequences::{SyncedSequence, sync_sequences};
 pub use timescale::{
     ChunkLayout, Compression, ContinuousAggregate, Dimension, Hypertable, Job, Timescale,
-    chunk_layout, hypertable_names, hypertables,
+    chunk_layout, hypertable_names,
 };
 pub use tools::{PgTools, server_major};

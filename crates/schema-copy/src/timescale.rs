@@ -56,23 +56,7 @@ impl Hypertable {
     /// indexes: the source's indexes come with the schema), `add_dimension`
     /// for each further one, and its compression settings.
     pub fn create_sql(&self) -> String {
-        self.sql(false)
-    }
-
-    /// Like [`Hypertable::create_sql`], for a table that already holds
-    /// rows (made before the source made it a hypertable): they move into
-    /// chunks.
-    pub fn convert_sql(&self) -> String {
-        self.sql(true)
-    }
-
-    fn sql(&self, migrate_data: bool) -> String {
         let table = quote_literal(&self.name.quoted());
-        let migrate = if migrate_data {
-            ", migrate_data => true"
-        } else {
-            ""
-        };
         let mut sql = String::new();
         for (i, d) in self.dimensions.iter().enumerate() {
             let column = quote_literal(&d.column);
@@ -80,10 +64,10 @@ impl Hypertable {
             match (i, interval, d.partitions) {
                 (0, Some(iv), _) => sql.push_str(&format!(
                     "SELECT create_hypertable({table}, {column}, chunk_time_interval => {iv}, \
-                     create_default_indexes => false{migrate});\n"
+                     create_default_indexes => false);\n"
                 )),
                 (0, None, _) => sql.push_str(&format!(
-                    "SELECT create_hypertable({table}, {column}, create_default_indexes => false{migrate});\n"
+                    "SELECT create_hypertable({table}, {column}, create_default_indexes => false);\n"
                 )),
                 (_, _, Some(n)) => sql.push_str(&format!(
                     "SELECT add_dimension({table}, {column}, number_partitions => {n});\n"
@@ -359,16 +343,6 @@ async fn installed(client: &impl GenericClient) -> Result<bool> {
         .await
         .map_err(query("looking for TimescaleDB"))?
         .is_some())
-}
-
-/// The hypertables of the database `client` is connected to, as
-/// [`Hypertable`]s (none without the extension; TimescaleDB's own
-/// included).
-pub async fn hypertables(client: &impl GenericClient) -> Result<Vec<Hypertable>> {
-    match installed(client).await? {
-        true => read_hypertables(client).await,
-        false => Ok(Vec::new()),
-    }
 }
 
 /// The hypertables of the database `client` is connected to (none without

@@ -333,3 +333,44 @@ fn schema_changes_are_replayed_in_stream_order() {
         .unwrap();
     assert_eq!(left.trim(), "0");
 }
+
+/// `--ddl capture` where it cannot be had (here: a migration of some
+/// tables only, whose trigger would replay every table's changes) is
+/// refused by preflight, with nothing created on the source.
+#[test]
+fn ddl_capture_that_cannot_be_had_is_refused_before_anything_changes() {
+    let cluster = Cluster::shared();
+    let (src, dst) = util::databases(
+        cluster,
+        "ddlrefused",
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);",
+    );
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let refused = run(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "ddlrefused",
+        "--ddl",
+        "capture",
+        "--include",
+        "public.t",
+    ]);
+    assert_eq!(refused.status.code(), Some(3), "{}", util::text(&refused));
+    let said = util::text(&refused);
+    assert!(
+        said.contains("--ddl capture") && said.contains("--ddl stop"),
+        "{said}"
+    );
+    let left = cluster
+        .psql(
+            &src,
+            "SELECT (SELECT count(*) FROM pg_event_trigger) + (SELECT count(*) FROM pg_publication)
+                    + (SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ddlrefused')",
+        )
+        .unwrap();
+    assert_eq!(left.trim(), "0", "something was created on the source");
+}

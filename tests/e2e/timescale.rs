@@ -530,9 +530,12 @@ fn a_source_role_without_superuser_is_told_the_grants_then_migrates() {
 /// target: a column added and used in the same transaction and a column
 /// renamed are captured and replayed on the target's hypertable (which
 /// TimescaleDB carries to its chunks); an index TimescaleDB makes without
-/// firing an event trigger is built on the target by cutover. The table
-/// equals the source's row by row, with the same columns, defaults and
-/// indexes. (While the migration runs, TimescaleDB refuses to make a new
+/// firing an event trigger is built on the target by cutover, and so are
+/// a continuous aggregate (materialized), compression settings and the
+/// policies (scheduled) made meanwhile by TimescaleDB's own commands and
+/// functions. The table equals the source's row by row, with the same
+/// columns, defaults and indexes; dimensions, compression settings,
+/// aggregate definitions and jobs equal the source's. (While the migration runs, TimescaleDB refuses to make a new
 /// table a hypertable: it is in the migration's publication.)
 #[test]
 fn schema_changes_of_a_hypertable_are_replayed() {
@@ -556,6 +559,15 @@ fn schema_changes_of_a_hypertable_are_replayed() {
         "ALTER TABLE m RENAME COLUMN value TO reading;
          UPDATE m SET reading = -1 WHERE device = 2 AND ts < '2026-01-05';
          INSERT INTO m VALUES ('2026-04-01', 3, 7, 'K');",
+        // Through TimescaleDB's own commands and functions: no event trigger.
+        "CREATE MATERIALIZED VIEW m_daily WITH (timescaledb.continuous) AS
+           SELECT time_bucket('1 day', ts) AS day, device, max(reading) AS top FROM m GROUP BY 1, 2
+           WITH NO DATA;
+         SELECT add_continuous_aggregate_policy('m_daily', start_offset => NULL,
+           end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour');",
+        "ALTER TABLE m SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+         SELECT add_compression_policy('m', compress_after => INTERVAL '3000 days');
+         INSERT INTO m VALUES ('2026-05-01', 1, 9, 'C');",
     ] {
         cluster
             .psql(&src, &format!("BEGIN; {sql} COMMIT;"))
@@ -582,6 +594,22 @@ fn schema_changes_of_a_hypertable_are_replayed() {
     );
     finish(migrate);
     util::assert_table_equal(cluster, &src, cluster, &dst, "m");
+    assert_eq!(
+        timescale_settings(cluster, &src),
+        timescale_settings(cluster, &dst)
+    );
+    assert_eq!(jobs_scheduled(cluster, &src), jobs_scheduled(cluster, &dst));
+    let fresh = "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (
+                   SELECT time_bucket('1 day', ts) AS day, device, max(reading) AS top
+                     FROM m GROUP BY 1, 2) r";
+    let aggregate =
+        "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (
+                       SELECT day, device, top FROM m_daily) r";
+    assert_eq!(
+        cluster.psql(&dst, fresh).unwrap(),
+        cluster.psql(&dst, aggregate).unwrap(),
+        "the continuous aggregate made mid-run equals its query on the target"
+    );
     let shape = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
                    FROM pg_attribute WHERE attrelid = 'm'::regclass AND attnum > 0 AND NOT attisdropped;
                  SELECT string_agg(pg_get_expr(adbin, adrelid), ', ') FROM pg_attrdef WHERE adrelid = 'm'::regclass;

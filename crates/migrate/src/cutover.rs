@@ -257,7 +257,8 @@ async fn check(
             format!("cutover: {identities} identity column(s) made GENERATED ALWAYS again"),
         );
     }
-    let (aggregates, jobs) = crate::timescale::finish_on_target(job, source, target).await?;
+    let (aggregates, jobs) =
+        crate::timescale::finish_on_target(job, source, target, events).await?;
     if aggregates + jobs > 0 {
         events.note(
             Step::Cutover,

@@ -330,9 +330,9 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
         }
         if catalog.timescale.version.is_some() {
             found.warnings.push(
-                "while this migration runs, TimescaleDB refuses create_hypertable() on the source for any table \
-                 (\"part of a publication\": the migration's publication holds every table); make new hypertables \
-                 before it starts or after cutover"
+                "while this migration runs, TimescaleDB refuses create_hypertable() on the source for the \
+                 migration's tables, also those created meanwhile (\"part of a publication\"); make new \
+                 hypertables before it starts or after cutover"
                     .to_owned(),
             );
         }

@@ -8,7 +8,8 @@
 //!
 //! - `<name>` publishes INSERT and TRUNCATE of every selected table (`FOR
 //!   ALL TABLES` for a superuser without filters, so that tables created
-//!   later are in it too);
+//!   later are in it too, except on a TimescaleDB source, where a table in
+//!   a publication cannot become a hypertable);
 //! - `<name>_changes` publishes UPDATE and DELETE of the tables that have a
 //!   primary key or a replica identity.
 //!

@@ -301,11 +301,16 @@ async fn start(
         // Before the publications exist: no chunk is made outside them.
         crate::timescale::prepare_source(source, events.as_ref()).await?;
     }
+    // Not FOR ALL TABLES on a TimescaleDB source: TimescaleDB refuses to
+    // make a hypertable of a table in a publication, and with every table
+    // in one the source could create no continuous aggregate meanwhile
+    // (its materialization is a new hypertable). Tables created later join
+    // the listed publication by the capture of schema changes or adoption.
     let (tables, keyed) = publication::create(
         source,
         publication,
         catalog,
-        superuser && job.filter().is_empty(),
+        superuser && job.filter().is_empty() && catalog.timescale.version.is_none(),
     )
     .await?;
     events.note(

@@ -439,15 +439,25 @@ pub(crate) async fn drop_chunks_gone_from_source(
     Ok(dropped)
 }
 
-/// At cutover, once the target holds every change: refreshes its
+/// At cutover, once the target holds every change: makes what TimescaleDB
+/// made on the source meanwhile without a trace in the stream (continuous
+/// aggregates, compression settings, jobs), refreshes the target's
 /// continuous aggregates and schedules each job as the source schedules
 /// it. Returns how many aggregates and jobs it refreshed and scheduled.
 pub(crate) async fn finish_on_target(
     job: &Job,
     source: &Client,
     target: &Client,
+    events: &dyn Events,
 ) -> Result<(usize, usize)> {
-    let both = both_sides(job, source, target).await?;
+    let mut both = both_sides(job, source, target).await?;
+    if follow_source_objects(&both, target, events).await? {
+        both = both_sides(job, source, target).await?;
+    }
+    // Jobs after the aggregates they may run for.
+    if create_jobs(&both, target, events).await? > 0 {
+        both = both_sides(job, source, target).await?;
+    }
     refresh(target, &both.target.continuous_aggregates).await?;
     let mut scheduled = 0;
     for (source_job, target_job) in &both.pairs {
@@ -460,6 +470,71 @@ pub(crate) async fn finish_on_target(
         }
     }
     Ok((both.target.continuous_aggregates.len(), scheduled))
+}
+
+/// Makes on the target what the source made while the migration ran
+/// through commands that fire no event trigger (so the capture of schema
+/// changes never saw them): continuous aggregates (empty: the refresh
+/// after materializes them) and compression settings of hypertables both
+/// sides have. Whether it made anything.
+async fn follow_source_objects(
+    both: &BothSides,
+    target: &Client,
+    events: &dyn Events,
+) -> Result<bool> {
+    let mut made = false;
+    for aggregate in &both.source.continuous_aggregates {
+        if both
+            .target
+            .continuous_aggregates
+            .iter()
+            .any(|c| c.name == aggregate.name)
+        {
+            continue;
+        }
+        target
+            .batch_execute(&aggregate.create_sql())
+            .await
+            .doing_with(|| {
+                format!(
+                    "creating continuous aggregate {} on the target",
+                    aggregate.name
+                )
+            })?;
+        events.note(
+            Step::Cutover,
+            format!("TimescaleDB: continuous aggregate {} (made on the source meanwhile) created on the target", aggregate.name),
+        );
+        made = true;
+    }
+    for hypertable in &both.source.hypertables {
+        let Some(there) = both
+            .target
+            .hypertables
+            .iter()
+            .find(|t| t.name == hypertable.name)
+        else {
+            continue;
+        };
+        if there.compression == hypertable.compression {
+            continue;
+        }
+        let Some(sql) = hypertable.compression_sql() else {
+            continue;
+        };
+        target.batch_execute(&sql).await.doing_with(|| {
+            format!(
+                "setting the compression of {} on the target",
+                hypertable.name
+            )
+        })?;
+        events.note(
+            Step::Cutover,
+            format!("TimescaleDB: compression settings of {} (changed on the source meanwhile) set on the target", hypertable.name),
+        );
+        made = true;
+    }
+    Ok(made)
 }
 
 /// Materializes all of each of `aggregates` on the target.

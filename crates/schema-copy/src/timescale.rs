@@ -78,21 +78,27 @@ impl Hypertable {
                 (_, None, None) => {}
             }
         }
-        if let Some(c) = &self.compression {
-            sql.push_str(&format!(
-                "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = {}",
-                self.name.quoted(),
-                quote_literal(&c.segment_by)
-            ));
-            if !c.order_by.is_empty() {
-                sql.push_str(&format!(
-                    ", timescaledb.compress_orderby = {}",
-                    quote_literal(&c.order_by)
-                ));
-            }
-            sql.push_str(");\n");
-        }
+        sql.push_str(&self.compression_sql().unwrap_or_default());
         sql
+    }
+
+    /// The statement that gives the table its compression settings, when
+    /// it has any.
+    pub fn compression_sql(&self) -> Option<String> {
+        let c = self.compression.as_ref()?;
+        let mut sql = format!(
+            "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = {}",
+            self.name.quoted(),
+            quote_literal(&c.segment_by)
+        );
+        if !c.order_by.is_empty() {
+            sql.push_str(&format!(
+                ", timescaledb.compress_orderby = {}",
+                quote_literal(&c.order_by)
+            ));
+        }
+        sql.push_str(");\n");
+        Some(sql)
     }
 }
 

@@ -291,6 +291,72 @@ fn schema_changes_are_replayed_in_stream_order() {
         "INSERT INTO fresh (v, note) VALUES ('after', 'n2')",
     );
 
+    // A column added with a default computed once (`now()`): the rows that
+    // existed hold the source's value, which the target would compute
+    // anew. Apply stops; replayed by hand with the source's value, skipped.
+    one_query(
+        &source,
+        "ALTER TABLE fresh ADD COLUMN stamped timestamptz DEFAULT now(); INSERT INTO fresh (v) VALUES ('stamped')",
+    );
+    let pending = wait_for_schema_change(&target, "ddlcap", "ALTER TABLE", "pending", &mut migrate);
+    assert!(
+        pending["problem"].as_str().unwrap().contains("\"stamped\""),
+        "{pending:#}"
+    );
+    let stamped = cluster
+        .psql(
+            &src,
+            "SELECT attmissingval::text::timestamptz[] FROM pg_attribute
+              WHERE attrelid = 'fresh'::regclass AND attname = 'stamped'",
+        )
+        .unwrap();
+    let stamped = stamped
+        .trim()
+        .trim_matches(|c| c == '{' || c == '}' || c == '"');
+    cluster
+        .psql(
+            &dst,
+            &format!(
+                "ALTER TABLE fresh ADD COLUMN stamped timestamptz DEFAULT '{stamped}';
+                 ALTER TABLE fresh ALTER COLUMN stamped SET DEFAULT now();"
+            ),
+        )
+        .unwrap();
+    let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
+    assert!(decided.status.success(), "{}", util::text(&decided));
+
+    // One computed per row (`random()`) rewrote the table on the source:
+    // apply stops; the target gets the source's values by hand, skipped.
+    one_query(
+        &source,
+        "ALTER TABLE fresh ADD COLUMN r float8 DEFAULT random()",
+    );
+    let pending = wait_for_schema_change(&target, "ddlcap", "ALTER TABLE", "pending", &mut migrate);
+    assert!(
+        pending["problem"]
+            .as_str()
+            .unwrap()
+            .contains("value per row"),
+        "{pending:#}"
+    );
+    let values = cluster
+        .psql(
+            &src,
+            "SELECT string_agg(format('(%s, %s::float8)', id, r), ', ') FROM fresh",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            &dst,
+            &format!(
+                "ALTER TABLE fresh ADD COLUMN r float8 DEFAULT random();
+                 UPDATE fresh SET r = v.r FROM (VALUES {values}) v(id, r) WHERE fresh.id = v.id;"
+            ),
+        )
+        .unwrap();
+    let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
+    assert!(decided.status.success(), "{}", util::text(&decided));
+
     let rows = workload.stop();
     assert!(rows > 0, "the workload wrote nothing");
     let status = status_json(&target, "ddlcap");

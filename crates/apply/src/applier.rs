@@ -527,14 +527,21 @@ impl Applier {
         };
         txn.replayed_ddl = true;
         let command = run.clone().unwrap_or_else(|| captured.query.clone());
+        // After `retry`, the target's own default values are accepted.
+        let check_tables = match decision {
+            Some(DdlDecision::Retry) => Vec::new(),
+            _ => captured.altered_tables(),
+        };
         self.batch.push_ddl(DdlStep {
             lsn,
             position,
+            missing: captured.missing_values(),
             tag: captured.tag,
             command,
             run,
             role: captured.role,
             search_path: captured.search_path,
+            check_tables,
         });
         // Now, so that the Relation messages after it describe the target
         // as the command left it.

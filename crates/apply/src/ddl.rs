@@ -127,6 +127,11 @@ pub(crate) struct Captured {
     objects: Vec<TouchedObject>,
     #[serde(default)]
     dropped: Vec<DroppedObject>,
+    /// The values the rows that existed got in columns of the altered
+    /// tables that have one (`pg_attribute.attmissingval`, a column added
+    /// with a default computed once).
+    #[serde(default)]
+    missing: Vec<MissingValue>,
     /// Set when the trigger could not describe the command.
     #[serde(default)]
     pub error: Option<String>,
@@ -141,6 +146,18 @@ struct TouchedObject {
     identity: Option<String>,
     #[serde(default)]
     in_extension: bool,
+}
+
+/// The value existing rows have in a column added with a default (see
+/// [`Captured`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub(crate) struct MissingValue {
+    /// The table, as `pg_event_trigger_ddl_commands` identifies it.
+    pub table: String,
+    /// The column.
+    pub column: String,
+    /// `attmissingval` as text.
+    pub value: String,
 }
 
 /// An object a command dropped.
@@ -199,6 +216,24 @@ impl Captured {
             .filter(|o| o.kind.as_deref() == Some("table"))
             .filter_map(|o| o.identity.as_deref())
             .collect()
+    }
+
+    /// The tables the command altered (as identified on the source), whose
+    /// new columns' values for existing rows are compared after it runs.
+    pub fn altered_tables(&self) -> Vec<String> {
+        if self.tag != "ALTER TABLE" {
+            return Vec::new();
+        }
+        self.objects
+            .iter()
+            .filter(|o| o.kind.as_deref() == Some("table"))
+            .filter_map(|o| o.identity.clone())
+            .collect()
+    }
+
+    /// See [`Captured::missing`].
+    pub fn missing_values(&self) -> Vec<MissingValue> {
+        self.missing.clone()
     }
 
     /// What to do with the command, the `ordinal`-th with its tag in its
@@ -343,7 +378,25 @@ pub(crate) struct DdlStep {
     pub run: Option<String>,
     pub role: Option<String>,
     pub search_path: Option<String>,
+    /// Tables whose columns added by the command are checked: existing
+    /// rows must get the values they got on the source (empty: no check,
+    /// as after `pglive ddl retry`).
+    pub check_tables: Vec<String>,
+    /// The values existing rows got on the source.
+    pub missing: Vec<MissingValue>,
 }
+
+/// A table's columns on the target: (table as identified, column, the
+/// value existing rows have if the column has one, whether it has a
+/// default).
+const COLUMNS_SQL: &str = "
+    SELECT i, a.attname::text,
+           CASE WHEN a.atthasmissing THEN a.attmissingval::text END,
+           EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef d
+                    WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum)
+      FROM unnest($1::text[]) i
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = pg_catalog.to_regclass(i)
+     WHERE a.attnum > 0 AND NOT a.attisdropped";
 
 impl DdlStep {
     /// Runs the command inside the open target transaction under its role
@@ -376,6 +429,13 @@ impl DdlStep {
             if !prelude.is_empty() {
                 client.batch_execute(&prelude).await.map_err(failed)?;
             }
+            let before = match self.check_tables.is_empty() {
+                true => Vec::new(),
+                false => client
+                    .query(COLUMNS_SQL, &[&self.check_tables])
+                    .await
+                    .map_err(failed)?,
+            };
             client
                 .execute(statement.as_str(), &[])
                 .await
@@ -384,6 +444,9 @@ impl DdlStep {
                 .batch_execute("RESET ROLE; SET search_path = pg_catalog")
                 .await
                 .map_err(failed)?;
+            if !self.check_tables.is_empty() {
+                self.check_new_columns(client, &before).await?;
+            }
         }
         let outcome = if self.run.is_some() {
             "replayed"
@@ -407,6 +470,73 @@ impl DdlStep {
             )
             .await
             .map_err(target("recording a replayed schema change"))?;
+        Ok(())
+    }
+}
+
+impl DdlStep {
+    /// Stops apply when a column the command added got, in rows that
+    /// existed, other values on the target than on the source: a default
+    /// computed once (`now()`) was computed anew, or one computed per row
+    /// (`random()`, a sequence) rewrote the table on both sides, whose
+    /// values the stream does not carry.
+    async fn check_new_columns(
+        &self,
+        client: &Client,
+        before: &[tokio_postgres::Row],
+    ) -> Result<()> {
+        let existed = |table: &str, column: &str| {
+            before
+                .iter()
+                .any(|r| r.get::<_, &str>(0) == table && r.get::<_, &str>(1) == column)
+        };
+        let after = client
+            .query(COLUMNS_SQL, &[&self.check_tables])
+            .await
+            .map_err(target("reading the columns a schema change added"))?;
+        for row in &after {
+            let (table, column): (&str, &str) = (row.get(0), row.get(1));
+            let (value, has_default): (Option<String>, bool) = (row.get(2), row.get(3));
+            if existed(table, column) || !has_default {
+                continue;
+            }
+            let on_source = self
+                .missing
+                .iter()
+                .find(|m| m.table == table && m.column == column)
+                .map(|m| m.value.as_str());
+            if on_source.is_some() && on_source == value.as_deref() {
+                continue;
+            }
+            let has_rows: bool = client
+                .query_one(
+                    // An identity of pg_event_trigger_ddl_commands is SQL.
+                    &format!("SELECT EXISTS (SELECT 1 FROM {table} LIMIT 1)"),
+                    &[],
+                )
+                .await
+                .map_err(target("looking for rows in an altered table"))?
+                .get(0);
+            if !has_rows {
+                continue;
+            }
+            let source_values = match on_source {
+                Some(v) => format!("all got {v} on the source"),
+                None => "got a value per row on the source (the table was rewritten)".to_owned(),
+            };
+            return Err(Error::DdlNotReplayed {
+                pending: PendingDdl {
+                    lsn: self.lsn,
+                    position: self.position,
+                    tag: self.tag.clone(),
+                    command: self.command.clone(),
+                    problem: format!(
+                        "the rows {table} held before it get their value of the new column {column:?} from its default, computed again on the target ({}), and {source_values}, which the stream does not carry: replay it by hand so that they match (for a default computed once: add the column with that value as its default, then SET DEFAULT back) and `pglive ddl skip`, or `pglive ddl retry` to keep the target's values",
+                        value.as_deref().unwrap_or("a value per row")
+                    ),
+                },
+            });
+        }
         Ok(())
     }
 }

@@ -106,10 +106,6 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
-    // Indexes made on the source's hypertables meanwhile (no event trigger
-    // fires for them).
-    crate::timescale::follow_source_hypertable_indexes(source, target, events, Step::Cutover)
-        .await?;
     let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
     if dropped > 0 {
         events.note(

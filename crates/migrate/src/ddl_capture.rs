@@ -165,6 +165,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     objects jsonb;
     dropped jsonb := '[]';
+    missing jsonb;
     payload jsonb;
 BEGIN
     payload := pg_catalog.jsonb_build_object(
@@ -181,9 +182,20 @@ BEGIN
             dropped := coalesce(NULLIF(
                 pg_catalog.current_setting('pglive.dropped', true), ''), '[]')::jsonb;
         END IF;
+        -- What rows that existed got in columns added with a default
+        -- computed once: the target must give them the same.
+        SELECT coalesce(pg_catalog.jsonb_agg(DISTINCT pg_catalog.jsonb_build_object(
+                   'table', d.object_identity, 'column', a.attname,
+                   'value', a.attmissingval::text)), '[]')
+          INTO missing
+          FROM pg_catalog.pg_event_trigger_ddl_commands() d
+          JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.objid
+         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND d.object_type OPERATOR(pg_catalog.=) 'table'
+           AND a.atthasmissing AND NOT a.attisdropped;
         PERFORM pglive.{publish}();
         payload := payload OPERATOR(pg_catalog.||)
-            pg_catalog.jsonb_build_object('objects', objects, 'dropped', dropped);
+            pg_catalog.jsonb_build_object('objects', objects, 'dropped', dropped, 'missing', missing);
     EXCEPTION WHEN OTHERS THEN
         -- Never the application's command that fails: apply stops here.
         payload := payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('error', SQLERRM);

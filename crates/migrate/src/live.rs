@@ -81,8 +81,7 @@ pub(crate) async fn connect(
     options.sessions = job.options.apply_sessions;
     let source = connect_sql(&job.source).await?;
     // Indexes made on the source's hypertables meanwhile.
-    crate::timescale::follow_source_hypertable_indexes(&source, &target, events, Step::Streaming)
-        .await?;
+    crate::timescale::follow_source_hypertable_indexes(&source, &target, events, false).await?;
     drop(target);
     let timescale = crate::timescale::chunked_tables(&source).await?;
     // Captured schema changes travel as logical messages too.
@@ -169,9 +168,19 @@ pub(crate) async fn stream(
         {
             Ok(Stretch::ApplyWaits(Waits {
                 message,
-                applied,
+                mut applied,
                 ddl,
             })) => {
+                // Everything before the change's transaction applied (the
+                // batch it stopped in held earlier ones too): what is run
+                // by hand on the target then comes after every row from
+                // before the change.
+                if let Some(pending) = ddl.as_ref().filter(|p| applied < p.lsn) {
+                    let mut session = connect(job, record, &ignored, events.as_ref()).await?;
+                    pause_at(&mut session, pending.lsn, events.as_ref()).await?;
+                    applied = session.applier.applied_lsn();
+                    session.stream.stop().await.ok();
+                }
                 let again = said
                     .as_ref()
                     .is_some_and(|(m, at)| *m == message && *at == applied);

@@ -45,13 +45,21 @@ pub(crate) async fn chunked_tables(
 /// and the target lacks: TimescaleDB runs `CREATE INDEX` on a hypertable
 /// without firing event triggers, so the capture of schema changes never
 /// sees it. Indexes backing constraints come with the schema; hypertables
-/// that are not hypertables on the target are left alone.
+/// that are not hypertables on the target are left alone. Before the
+/// target holds every change (`caught_up` false: at a stream start), an
+/// index on what the target does not have yet (a column added since) is
+/// left for the cutover, which calls this again once caught up.
 pub(crate) async fn follow_source_hypertable_indexes(
     source: &Client,
     target: &Client,
     events: &dyn Events,
-    step: Step,
+    caught_up: bool,
 ) -> Result<()> {
+    let step = if caught_up {
+        Step::Cutover
+    } else {
+        Step::Streaming
+    };
     let on_source: Vec<QualifiedName> = pglive_schema::hypertable_names(source)
         .await
         .doing("reading the source's hypertables")?
@@ -88,10 +96,22 @@ pub(crate) async fn follow_source_hypertable_indexes(
             if there.contains(&index) {
                 continue;
             }
-            target
-                .batch_execute(&definition)
-                .await
-                .doing_with(|| format!("building index {index:?} of {name} on the target"))?;
+            match target.batch_execute(&definition).await {
+                Ok(()) => {}
+                // Undefined column, table or object: not on the target yet.
+                Err(e)
+                    if !caught_up
+                        && e.code()
+                            .is_some_and(|c| matches!(c.code(), "42703" | "42P01" | "42704")) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e).doing_with(|| {
+                        format!("building index {index:?} of {name} on the target")
+                    });
+                }
+            }
             events.note(
                 step,
                 format!("index {index:?} of hypertable {name} (made on the source without an event trigger) built on the target"),
@@ -440,8 +460,9 @@ pub(crate) async fn drop_chunks_gone_from_source(
 }
 
 /// At cutover, once the target holds every change: makes what TimescaleDB
-/// made on the source meanwhile without a trace in the stream (continuous
-/// aggregates, compression settings, jobs), refreshes the target's
+/// made on the source meanwhile without a trace in the stream (indexes of
+/// hypertables, continuous aggregates, compression settings, jobs),
+/// refreshes the target's
 /// continuous aggregates and schedules each job as the source schedules
 /// it. Returns how many aggregates and jobs it refreshed and scheduled.
 pub(crate) async fn finish_on_target(
@@ -450,6 +471,7 @@ pub(crate) async fn finish_on_target(
     target: &Client,
     events: &dyn Events,
 ) -> Result<(usize, usize)> {
+    follow_source_hypertable_indexes(source, target, events, true).await?;
     let mut both = both_sides(job, source, target).await?;
     if follow_source_objects(&both, target, events).await? {
         both = both_sides(job, source, target).await?;

@@ -89,8 +89,10 @@ pub enum Error {
         table: String,
     },
     /// A schema change captured on the source is not replayed by pglive
-    /// (not on its list, or run inside a function): apply stops before it,
-    /// to go on after `pglive ddl retry|skip` ([`crate::decide_ddl`]).
+    /// (not on its list, run inside a function, ambiguous in its query
+    /// string, or giving existing rows other values on the target than on
+    /// the source): apply stops before it, to go on after `pglive ddl
+    /// retry|skip` ([`crate::decide_ddl`]).
     #[error(
         "schema change {} in the source transaction committed at {} is not replayed: {}. The command: {}",
         pending.tag, pending.lsn, pending.problem, pending.command

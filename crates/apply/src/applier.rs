@@ -270,6 +270,12 @@ impl Applier {
         self.txn.is_some() || self.intake.in_block()
     }
 
+    /// The commit LSN of the source transaction being received, if one is:
+    /// after an error, the transaction that met it.
+    pub fn current_transaction_lsn(&self) -> Option<Lsn> {
+        self.txn.as_ref().map(|t| t.final_lsn)
+    }
+
     /// Whether complete source transactions wait for [`Applier::commit`].
     pub fn has_uncommitted(&self) -> bool {
         self.batch.commit_point().is_some()

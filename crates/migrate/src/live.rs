@@ -170,14 +170,15 @@ pub(crate) async fn stream(
                 message,
                 mut applied,
                 ddl,
+                stopped_in,
             })) => {
-                // Everything before the change's transaction applied (the
-                // batch it stopped in held earlier ones too): what is run
-                // by hand on the target then comes after every row from
-                // before the change.
-                if let Some(pending) = ddl.as_ref().filter(|p| applied < p.lsn) {
+                // Everything before the transaction it stopped in applied
+                // (the batch it stopped in held earlier ones too): what is
+                // run by hand on the target then comes after every row
+                // from before the change.
+                if let Some(lsn) = stopped_in.filter(|lsn| applied < *lsn) {
                     let mut session = connect(job, record, &ignored, events.as_ref()).await?;
-                    pause_at(&mut session, pending.lsn, events.as_ref()).await?;
+                    pause_at(&mut session, lsn, events.as_ref()).await?;
                     applied = session.applier.applied_lsn();
                     session.stream.stop().await.ok();
                 }
@@ -276,6 +277,9 @@ struct Waits {
     applied: Lsn,
     /// The schema change, when that is what apply waits at.
     ddl: Option<PendingDdl>,
+    /// The commit LSN of the transaction apply stopped in, when known:
+    /// every transaction before it is applied before apply waits.
+    stopped_in: Option<Lsn>,
 }
 
 /// Why apply waits, if that is what stopped `error`: a source table's
@@ -425,6 +429,10 @@ async fn session(
                     return Ok(Stretch::ApplyWaits(Waits {
                         message: error.to_string(),
                         applied: applier.applied_lsn(),
+                        stopped_in: error
+                            .pending_ddl()
+                            .map(|p| p.lsn)
+                            .or(applier.current_transaction_lsn()),
                         ddl: error.pending_ddl().cloned(),
                     }));
                 }
@@ -470,6 +478,7 @@ async fn session(
                         return Ok(Stretch::ApplyWaits(Waits {
                             message,
                             applied,
+                            stopped_in: ddl.as_ref().map(|p| p.lsn),
                             ddl,
                         }));
                     }
@@ -504,6 +513,10 @@ async fn session(
                             return Ok(Stretch::ApplyWaits(Waits {
                                 message,
                                 applied: applier.applied_lsn(),
+                                stopped_in: ddl
+                                    .as_ref()
+                                    .map(|p| p.lsn)
+                                    .or(applier.current_transaction_lsn()),
                                 ddl,
                             }));
                         }

@@ -123,6 +123,10 @@ pub(crate) struct Captured {
     /// same query string in one transaction.
     #[serde(default)]
     pub at: String,
+    /// The session's `standard_conforming_strings`: the query is read
+    /// (split, replayed) as `on` has it.
+    #[serde(default)]
+    standard_conforming_strings: Option<String>,
     #[serde(default)]
     objects: Vec<TouchedObject>,
     #[serde(default)]
@@ -295,6 +299,12 @@ impl Captured {
             return Disposition::NotReplayed {
                 reason: "its rows also arrive through the stream, so replaying it would copy them twice: create the table on the target without rows (`CREATE TABLE … AS … WITH NO DATA`), then `pglive ddl skip`".to_owned(),
                 statement,
+            };
+        }
+        if self.standard_conforming_strings.as_deref() == Some("off") {
+            return Disposition::NotReplayed {
+                reason: "it ran with standard_conforming_strings = off, under which backslashes in its strings mean what pglive's reading of the text does not: replay it by hand and `pglive ddl skip`".to_owned(),
+                statement: None,
             };
         }
         if !REPLAYED_TAGS.contains(&self.tag.as_str()) {
@@ -714,6 +724,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(dropped.disposition(0, &[]), Disposition::Ignore);
+    }
+
+    #[test]
+    fn text_read_another_way_is_not_replayed() {
+        let c = Captured::parse(
+            br#"{"tag": "COMMENT", "query": "COMMENT ON TABLE t IS 'a\\'; DROP TABLE u; --'", "standard_conforming_strings": "off", "objects": [{"schema": "public"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.disposition(0, &[]),
+            Disposition::NotReplayed {
+                statement: None,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -171,7 +171,8 @@ BEGIN
     payload := pg_catalog.jsonb_build_object(
         'tag', tg_tag, 'query', coalesce(pg_catalog.current_query(), ''),
         'role', current_user, 'search_path', pg_catalog.current_setting('search_path'),
-        'at', pg_catalog.statement_timestamp());
+        'at', pg_catalog.statement_timestamp(),
+        'standard_conforming_strings', pg_catalog.current_setting('standard_conforming_strings'));
     BEGIN
         SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                    'schema', schema_name, 'in_extension', in_extension,

@@ -541,7 +541,7 @@ impl Applier {
         self.batch.push_ddl(DdlStep {
             lsn,
             position,
-            missing: captured.missing_values(),
+            missing: captured.missing,
             tag: captured.tag,
             command,
             run,

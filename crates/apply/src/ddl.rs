@@ -135,7 +135,7 @@ pub(crate) struct Captured {
     /// tables that have one (`pg_attribute.attmissingval`, a column added
     /// with a default computed once).
     #[serde(default)]
-    missing: Vec<MissingValue>,
+    pub missing: Vec<MissingValue>,
     /// Set when the trigger could not describe the command.
     #[serde(default)]
     pub error: Option<String>,
@@ -211,21 +211,19 @@ impl Captured {
     /// stream before it (the trigger fires at the command's end), so a
     /// table with rows is already carried when it arrives (see
     /// [`crate::Error::TableMissing`]); an empty one is not.
-    pub fn tables_made_with_rows(&self) -> Vec<&str> {
-        if !matches!(self.tag.as_str(), "CREATE TABLE AS" | "SELECT INTO") {
-            return Vec::new();
-        }
-        self.objects
-            .iter()
-            .filter(|o| o.kind.as_deref() == Some("table"))
-            .filter_map(|o| o.identity.as_deref())
-            .collect()
+    pub fn tables_made_with_rows(&self) -> Vec<String> {
+        self.tables_if(&["CREATE TABLE AS", "SELECT INTO"])
     }
 
     /// The tables the command altered (as identified on the source), whose
     /// new columns' values for existing rows are compared after it runs.
     pub fn altered_tables(&self) -> Vec<String> {
-        if self.tag != "ALTER TABLE" {
+        self.tables_if(&["ALTER TABLE"])
+    }
+
+    /// The tables the command touched, when its tag is one of `tags`.
+    fn tables_if(&self, tags: &[&str]) -> Vec<String> {
+        if !tags.contains(&self.tag.as_str()) {
             return Vec::new();
         }
         self.objects
@@ -233,11 +231,6 @@ impl Captured {
             .filter(|o| o.kind.as_deref() == Some("table"))
             .filter_map(|o| o.identity.clone())
             .collect()
-    }
-
-    /// See [`Captured::missing`].
-    pub fn missing_values(&self) -> Vec<MissingValue> {
-        self.missing.clone()
     }
 
     /// What to do with the command, the `ordinal`-th with its tag in its

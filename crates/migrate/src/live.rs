@@ -80,10 +80,26 @@ pub(crate) async fn connect(
     options.ignored_tables = ignored.clone();
     options.sessions = job.options.apply_sessions;
     let source = connect_sql(&job.source).await?;
-    // Indexes made on the source's hypertables meanwhile.
-    crate::timescale::follow_source_hypertable_indexes(&source, &target, events, false).await?;
-    drop(target);
     let timescale = crate::timescale::chunked_tables(&source).await?;
+    if let Some((chunked, _)) = &timescale {
+        // Indexes made on the source's hypertables meanwhile.
+        let on_target = pglive_schema::hypertable_names(&target)
+            .await
+            .doing("reading the target's hypertables")?;
+        let on_both: Vec<QualifiedName> = chunked
+            .iter()
+            .map(|c| c.table.clone())
+            .filter(|name| on_target.contains(name))
+            .collect();
+        crate::timescale::follow_source_hypertable_indexes(
+            (&source, &target),
+            &on_both,
+            events,
+            false,
+        )
+        .await?;
+    }
+    drop(target);
     // Captured schema changes travel as logical messages too.
     let messages =
         timescale.is_some() || crate::ddl_capture::installed(&source, job.name()).await?;

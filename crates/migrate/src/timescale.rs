@@ -41,17 +41,17 @@ pub(crate) async fn chunked_tables(
     Ok(Some((chunked, layout.internal_schemas)))
 }
 
-/// Builds on the target each index of a hypertable that the source has
-/// and the target lacks: TimescaleDB runs `CREATE INDEX` on a hypertable
-/// without firing event triggers, so the capture of schema changes never
-/// sees it. Indexes backing constraints come with the schema; hypertables
-/// that are not hypertables on the target are left alone. Before the
-/// target holds every change (`caught_up` false: at a stream start), an
-/// index on what the target does not have yet (a column added since) is
-/// left for the cutover, which calls this again once caught up.
+/// Builds on the target each index of `hypertables` (hypertables on both
+/// sides) that the source has and the target lacks: TimescaleDB runs
+/// `CREATE INDEX` on a hypertable without firing event triggers, so the
+/// capture of schema changes never sees it. Indexes backing constraints
+/// come with the schema. Before the target holds every change (`caught_up`
+/// false: at a stream start), an index on what the target does not have
+/// yet (a column added since) is left for the cutover, which calls this
+/// again once caught up.
 pub(crate) async fn follow_source_hypertable_indexes(
-    source: &Client,
-    target: &Client,
+    (source, target): (&Client, &Client),
+    hypertables: &[QualifiedName],
     events: &dyn Events,
     caught_up: bool,
 ) -> Result<()> {
@@ -60,19 +60,7 @@ pub(crate) async fn follow_source_hypertable_indexes(
     } else {
         Step::Streaming
     };
-    let on_source: Vec<QualifiedName> = pglive_schema::hypertable_names(source)
-        .await
-        .doing("reading the source's hypertables")?
-        .into_iter()
-        .filter(|name| !name.schema.starts_with("_timescaledb"))
-        .collect();
-    if on_source.is_empty() {
-        return Ok(());
-    }
-    let on_target = pglive_schema::hypertable_names(target)
-        .await
-        .doing("reading the target's hypertables")?;
-    for hypertable in on_source.iter().filter(|h| on_target.contains(h)) {
+    for hypertable in hypertables {
         let name = hypertable.quoted();
         // Indexes that back no constraint (constraints come with the schema).
         let indexes = "SELECT c.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid)
@@ -139,15 +127,7 @@ pub(crate) async fn create_on_target(
             .doing_with(|| format!("making {} a hypertable on the target", hypertable.name))?;
     }
     for aggregate in &timescale.continuous_aggregates {
-        target
-            .batch_execute(&aggregate.create_sql())
-            .await
-            .doing_with(|| {
-                format!(
-                    "creating continuous aggregate {} on the target",
-                    aggregate.name
-                )
-            })?;
+        create_aggregate(target, aggregate).await?;
     }
     if !timescale.hypertables.is_empty() {
         events.note(
@@ -160,6 +140,22 @@ pub(crate) async fn create_on_target(
         );
     }
     Ok(())
+}
+
+/// Creates `aggregate` on the target, empty (a refresh materializes it).
+async fn create_aggregate(
+    target: &Client,
+    aggregate: &pglive_schema::ContinuousAggregate,
+) -> Result<()> {
+    target
+        .batch_execute(&aggregate.create_sql())
+        .await
+        .doing_with(|| {
+            format!(
+                "creating continuous aggregate {} on the target",
+                aggregate.name
+            )
+        })
 }
 
 /// TimescaleDB settings every session of the source must have while a
@@ -471,8 +467,15 @@ pub(crate) async fn finish_on_target(
     target: &Client,
     events: &dyn Events,
 ) -> Result<(usize, usize)> {
-    follow_source_hypertable_indexes(source, target, events, true).await?;
     let mut both = both_sides(job, source, target).await?;
+    let on_both: Vec<QualifiedName> = both
+        .source
+        .hypertables
+        .iter()
+        .filter(|h| both.target.hypertables.iter().any(|t| t.name == h.name))
+        .map(|h| h.name.clone())
+        .collect();
+    follow_source_hypertable_indexes((source, target), &on_both, events, true).await?;
     if follow_source_objects(&both, target, events).await? {
         both = both_sides(job, source, target).await?;
     }
@@ -514,15 +517,7 @@ async fn follow_source_objects(
         {
             continue;
         }
-        target
-            .batch_execute(&aggregate.create_sql())
-            .await
-            .doing_with(|| {
-                format!(
-                    "creating continuous aggregate {} on the target",
-                    aggregate.name
-                )
-            })?;
+        create_aggregate(target, aggregate).await?;
         events.note(
             Step::Cutover,
             format!("TimescaleDB: continuous aggregate {} (made on the source meanwhile) created on the target", aggregate.name),

@@ -97,6 +97,12 @@ fn one_query(conninfo: &str, sql: &str) {
     });
 }
 
+/// `pglive ddl <choice>` for the schema change migration `name` waits at.
+fn decide(target: &str, name: &str, choice: &str) {
+    let decided = run(&["ddl", choice, "--target", target, "--name", name]);
+    assert!(decided.status.success(), "{}", util::text(&decided));
+}
+
 /// The `pglive status --json` of migration `name`.
 fn status_json(target: &str, name: &str) -> serde_json::Value {
     let output = run(&["status", "--target", target, "--name", name, "--json"]);
@@ -248,8 +254,7 @@ fn schema_changes_are_replayed_in_stream_order() {
         cluster
             .psql(&dst, &format!("CREATE TABLE {table} (id int PRIMARY KEY)"))
             .unwrap();
-        let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
-        assert!(decided.status.success(), "{}", util::text(&decided));
+        decide(&target, "ddlcap", "skip");
     }
 
     // Not on the list: stops until `retry` replays it as captured.
@@ -264,8 +269,7 @@ fn schema_changes_are_replayed_in_stream_order() {
         "pending",
         &mut migrate,
     );
-    let decided = run(&["ddl", "retry", "--target", &target, "--name", "ddlcap"]);
-    assert!(decided.status.success(), "{}", util::text(&decided));
+    decide(&target, "ddlcap", "retry");
     wait_for_schema_change(
         &target,
         "ddlcap",
@@ -284,8 +288,7 @@ fn schema_changes_are_replayed_in_stream_order() {
     cluster
         .psql(&dst, "ALTER TABLE fresh ADD COLUMN note text")
         .unwrap();
-    let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
-    assert!(decided.status.success(), "{}", util::text(&decided));
+    decide(&target, "ddlcap", "skip");
     one_query(
         &source,
         "INSERT INTO fresh (v, note) VALUES ('after', 'n2')",
@@ -322,8 +325,7 @@ fn schema_changes_are_replayed_in_stream_order() {
             ),
         )
         .unwrap();
-    let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
-    assert!(decided.status.success(), "{}", util::text(&decided));
+    decide(&target, "ddlcap", "skip");
 
     // One computed per row (`random()`) rewrote the table on the source:
     // apply stops; the target gets the source's values by hand, skipped.
@@ -354,8 +356,7 @@ fn schema_changes_are_replayed_in_stream_order() {
             ),
         )
         .unwrap();
-    let decided = run(&["ddl", "skip", "--target", &target, "--name", "ddlcap"]);
-    assert!(decided.status.success(), "{}", util::text(&decided));
+    decide(&target, "ddlcap", "skip");
 
     let rows = workload.stop();
     assert!(rows > 0, "the workload wrote nothing");

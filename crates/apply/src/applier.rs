@@ -181,6 +181,8 @@ pub struct Applier {
     target_open: bool,
     /// The prefix of this stream's captured schema changes.
     ddl_prefix: String,
+    /// The open target transaction replayed a schema change.
+    schema_change_in_batch: bool,
     /// Decisions about schema changes apply stopped at before.
     ddl_decisions: HashMap<(Lsn, u32), DdlDecision>,
     stats: ApplyStats,
@@ -243,6 +245,7 @@ impl Applier {
             txn: None,
             target_open: false,
             ddl_prefix,
+            schema_change_in_batch: false,
             ddl_decisions,
             stats,
         })
@@ -393,7 +396,12 @@ impl Applier {
                 let checks_foreign_keys = !self.stats.replica_role;
                 if self
                     .relations
-                    .describe(&relation, self.sessions.first(), checks_foreign_keys)
+                    .describe(
+                        &relation,
+                        self.sessions.first(),
+                        checks_foreign_keys,
+                        self.schema_change_in_batch,
+                    )
                     .await?
                 {
                     self.batch.spread.relation_redescribed();
@@ -532,6 +540,7 @@ impl Applier {
             }
         };
         txn.replayed_ddl = true;
+        self.schema_change_in_batch = true;
         let command = run.clone().unwrap_or_else(|| captured.query.clone());
         // After `retry`, the target's own default values are accepted.
         let check_tables = match decision {
@@ -690,6 +699,7 @@ impl Applier {
         self.target_open = commit.is_none();
         if commit.is_some() {
             self.batch.committed();
+            self.schema_change_in_batch = false;
         }
         Ok(())
     }

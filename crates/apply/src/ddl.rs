@@ -390,13 +390,15 @@ pub(crate) struct DdlStep {
 }
 
 /// A table's columns on the target: (table as identified, column, the
-/// value existing rows have if the column has one, whether it has a
-/// default).
+/// value existing rows have if the column has one, whether rows get a
+/// value of their own: a default or an identity; a generated column's is
+/// computed from the row, alike on both sides).
 const COLUMNS_SQL: &str = "
     SELECT i, a.attname::text,
            CASE WHEN a.atthasmissing THEN a.attmissingval::text END,
-           EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef d
-                    WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum)
+           a.attidentity <> ''
+           OR (a.attgenerated = '' AND EXISTS (SELECT 1 FROM pg_catalog.pg_attrdef d
+                                               WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum))
       FROM unnest($1::text[]) i
       JOIN pg_catalog.pg_attribute a ON a.attrelid = pg_catalog.to_regclass(i)
      WHERE a.attnum > 0 AND NOT a.attisdropped";

@@ -407,8 +407,9 @@ pub(crate) async fn allow_identity_values(
     client: &Client,
     table: &QualifiedName,
     columns: &[String],
+    own_transaction: bool,
 ) -> Result<()> {
-    let mut sql = String::from("BEGIN;");
+    let mut sql = String::from(if own_transaction { "BEGIN;" } else { "" });
     for column in columns {
         let _ = std::fmt::Write::write_fmt(
             &mut sql,
@@ -422,7 +423,9 @@ pub(crate) async fn allow_identity_values(
             ),
         );
     }
-    sql.push_str("COMMIT");
+    if own_transaction {
+        sql.push_str("COMMIT");
+    }
     client.batch_execute(&sql).await.map_err(target(format!(
         "making the identity columns of {table} accept the source's values"
     )))
@@ -452,7 +455,7 @@ pub(crate) async fn allow_identity_values_of(
     for row in rows {
         let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
         let columns: Vec<String> = row.get(2);
-        allow_identity_values(client, &table, &columns).await?;
+        allow_identity_values(client, &table, &columns, true).await?;
     }
     Ok(())
 }

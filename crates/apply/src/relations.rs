@@ -116,13 +116,16 @@ impl Relations {
 
     /// Resolves `relation` against the target (through `client`) and
     /// prepares its table the first time it is met; `checks_foreign_keys`
-    /// when the sessions cannot silence triggers. True when the relation
+    /// when the sessions cannot silence triggers; `after_schema_change`:
+    /// the open batch's transaction replayed a schema change, which only
+    /// it sees. True when the relation
     /// had been described before.
     pub async fn describe(
         &mut self,
         relation: &Relation,
         client: &Client,
         checks_foreign_keys: bool,
+        after_schema_change: bool,
     ) -> Result<bool> {
         let again = self.by_id.contains_key(&relation.id);
         // A chunk's changes go to its table, which routes them to the
@@ -148,16 +151,24 @@ impl Relations {
             extra_target_columns: self.extra_target_columns,
         };
         let map = TableMap::resolve(client, relation, &shapes, checks_foreign_keys).await?;
-        if self.prepared.insert(map.name.clone()) {
-            if checks_foreign_keys {
-                progress::disable_user_triggers(client, &map.name).await?;
-            }
-            if !map.identity_always.is_empty() {
+        let first = self.prepared.insert(map.name.clone());
+        if first && checks_foreign_keys {
+            progress::disable_user_triggers(client, &map.name).await?;
+        }
+        if !map.identity_always.is_empty() {
+            if after_schema_change {
+                // Made or changed by a schema change replayed in the open
+                // batch (a table created, an identity column added): only
+                // its transaction sees that, and holds the table's lock.
+                progress::allow_identity_values(client, &map.name, &map.identity_always, false)
+                    .await?;
+            } else if first {
                 // A session of its own: the apply sessions may be in a
                 // batch's transaction, which would hold the table's lock
                 // until the batch commits.
                 let session = connect_sql(&self.target).await?;
-                progress::allow_identity_values(&session, &map.name, &map.identity_always).await?;
+                progress::allow_identity_values(&session, &map.name, &map.identity_always, true)
+                    .await?;
             }
         }
         self.by_id.insert(relation.id, Arc::new(map));

@@ -226,6 +226,102 @@ fn the_source_restarting_mid_stream_loses_nothing() {
     assert_same_rows(&source_cluster, &src, target_cluster, &dst);
 }
 
+/// A backlog applied while the source writes nothing more: "when ready" is
+/// when every row is applied, not when the source next writes. The source's
+/// last WAL (a checkpoint, a snapshot of running transactions: nothing
+/// decoding sends) arrives while apply waits for a table a target session
+/// holds, as on a production target; then the source is quiet (autovacuum
+/// off) and the target free. Source and target on separate servers: on one
+/// server the target's own WAL keeps the source's stream moving.
+#[test]
+fn a_backlog_on_a_quiet_source_is_cut_over_when_ready() {
+    let source_cluster =
+        Cluster::start(ClusterOptions::new().setting("autovacuum", "off")).unwrap();
+    let target_cluster = Cluster::shared();
+    let src = source_cluster.create_database("quiet_src").unwrap();
+    let dst = target_cluster.create_database("quiet_dst").unwrap();
+    source_cluster.psql(&src, SCHEMA).unwrap();
+    source_cluster.psql(&src, &load(1_000)).unwrap();
+    let (source, target) = (source_cluster.conninfo(&src), target_cluster.conninfo(&dst));
+    let migrate = util::migrate_until_streaming(&source, &target, "quiet", &[]);
+    let stopped = util::interrupt(migrate);
+    assert_eq!(stopped.status.code(), Some(5), "{}", text(&stopped));
+    for from in (0..100_000).step_by(10_000) {
+        source_cluster
+            .psql(
+                &src,
+                &format!(
+                    "INSERT INTO events SELECT g, date '2026-01-01' + g % 1000, 'backlog'
+                       FROM generate_series({}, {}) g",
+                    1_000_000 + from,
+                    1_000_000 + from + 9_999
+                ),
+            )
+            .unwrap();
+    }
+    source_cluster.psql(&src, "VACUUM").unwrap();
+    source_cluster.psql(&src, "CHECKPOINT").unwrap();
+    let locker_db = dst.clone();
+    let locker = std::thread::spawn(move || {
+        target_cluster.psql(
+            &locker_db,
+            "SET application_name = 'locker'; BEGIN; LOCK TABLE events_b; SELECT pg_sleep(600);",
+        )
+    });
+    let target_sql = |sql: &str| target_cluster.psql(&dst, sql).unwrap();
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("the target table is held", &|| {
+        target_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'locker' AND wait_event = 'PgSleep'",
+        ) == "1"
+    });
+    let mut migrate = spawn(&[
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "quiet",
+        "--cutover-when-ready",
+    ]);
+    until("apply waits for the held table", &|| {
+        target_sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        ) != "0"
+    });
+    // What the source still writes on its own after writes (the background
+    // writer's snapshot of running transactions, at most 15 s later) comes
+    // while apply waits; then pglive has been sent everything.
+    std::thread::sleep(Duration::from_secs(16));
+    until("the source sent its whole WAL", &|| {
+        source_cluster
+            .psql(
+                &src,
+                "SELECT count(*) FROM pg_stat_replication WHERE write_lsn >= pg_current_wal_lsn()",
+            )
+            .unwrap()
+            == "1"
+    });
+    assert!(migrate.try_wait().unwrap().is_none());
+    target_sql(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'locker'",
+    );
+    assert!(
+        locker.join().unwrap().is_err(),
+        "the lock was held until cancelled"
+    );
+    let log = util::finish_within(migrate, Duration::from_secs(60));
+    assert!(log.contains("switch your application now"), "{log}");
+    assert_same_rows(&source_cluster, &src, target_cluster, &dst);
+}
+
 #[test]
 fn non_superuser_roles_over_verify_full_tls() {
     let cluster = Cluster::start(ClusterOptions::new().ssl(true).password_auth(true)).unwrap();

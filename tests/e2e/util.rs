@@ -253,6 +253,21 @@ pub fn finish(child: Child) -> String {
     text(&output)
 }
 
+/// Waits up to `limit` for a child and asserts it succeeded; one still
+/// running then is killed and fails the test with what it printed.
+pub fn finish_within(mut child: Child, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            child.kill().ok();
+            let output = child.wait_with_output().unwrap();
+            panic!("pglive still ran after {limit:?}:\n{}", text(&output));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    finish(child)
+}
+
 /// Waits until a `migrate` holds the migration's lock (status says running).
 pub fn wait_until_running(target: &str, name: &str, child: &mut Child, limit: Duration) {
     let deadline = Instant::now() + limit;

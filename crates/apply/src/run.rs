@@ -138,6 +138,12 @@ async fn run_until(
             }
             waiting_for_position |= applier.is_idle();
         }
+        // A position the server told while apply was busy is not taken
+        // (only an idle applier may confirm it), and the server tells it
+        // again only when it sends more: on a source that writes nothing
+        // more, apply would never count as caught up. Ask again.
+        waiting_for_position |=
+            applier.is_idle() && applier.confirmable_lsn() < feedback.server_wal_end();
         // Ask the server for a keepalive, which tells where it is; at most
         // every PING so an idle stream does not become a ping-pong.
         if waiting_for_position && last_ping.is_none_or(|t: Instant| t.elapsed() >= PING) {

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 /// are no bars.
 const COPY_LINE_EVERY: Duration = Duration::from_secs(5);
 const STREAM_LINE_EVERY: Duration = Duration::from_secs(10);
+/// How often the streaming progress bar's text is renewed.
+const STREAM_BAR_EVERY: Duration = Duration::from_millis(100);
 
 /// How lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,6 +293,17 @@ impl Renderer {
             None => display.last = Some((now, rows)),
             _ => {}
         }
+        // Called for every message: the text is made only when shown.
+        let every = match self.bars {
+            Some(_) => STREAM_BAR_EVERY,
+            None => STREAM_LINE_EVERY,
+        };
+        if display
+            .last_line
+            .is_some_and(|t| now.duration_since(t) < every)
+        {
+            return;
+        }
         let text = format!(
             "lag {} / {:.1}s · {} rows/s · applied {} · {} rows, {} txns",
             bytes(progress.lag_bytes),
@@ -301,6 +314,7 @@ impl Renderer {
             count(progress.stats.transactions)
         );
         if let Some(bars) = &self.bars {
+            display.last_line = Some(now);
             let bar = display.bar.get_or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new_spinner());
                 bar.set_style(
@@ -310,12 +324,6 @@ impl Renderer {
                 bar
             });
             bar.set_message(text);
-            return;
-        }
-        if display
-            .last_line
-            .is_some_and(|t| now.duration_since(t) < STREAM_LINE_EVERY)
-        {
             return;
         }
         display.last_line = Some(now);

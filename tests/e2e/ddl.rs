@@ -71,12 +71,27 @@ fn apply_waits_for_the_target_to_match_a_changed_table() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    util::cutover_ok(
-        &[
-            "cutover", "--source", &source, "--target", &target, "--name", "shape",
-        ],
-        &mut migrate,
-    );
+    // A nullable column dropped on the source: rows without it are valid
+    // on the target (as when the target is changed first), so apply goes
+    // on; the cutover refuses until the target matches.
+    cluster
+        .psql(
+            &src,
+            "ALTER TABLE t DROP COLUMN a; INSERT INTO t (id, n) VALUES (2003, 3);",
+        )
+        .unwrap();
+    let cutover = [
+        "cutover", "--source", &source, "--target", &target, "--name", "shape",
+    ];
+    let refused = run(&cutover);
+    let said = util::text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("the source no longer has \"a\""), "{said}");
+    let (_, fix) = said.split_once("run on the target: ").expect("the fix");
+    let fix = &fix[..fix.find(" then run").expect("the fix's end")];
+    assert_eq!(fix, "ALTER TABLE \"public\".\"t\" DROP COLUMN \"a\";");
+    cluster.psql(&dst, fix).unwrap();
+    util::cutover_ok(&cutover, &mut migrate);
     let log = finish(migrate);
     assert!(log.contains("apply goes on"), "{log}");
     util::assert_table_equal(cluster, &src, cluster, &dst, "t");

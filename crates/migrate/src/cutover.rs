@@ -106,6 +106,17 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
+    let differences = crate::columns::differences(source, target, &job.filter()).await?;
+    if !differences.is_empty() {
+        return Err(Error::ColumnsDiffer {
+            differences: differences.iter().map(|d| d.describe()).collect(),
+            fix: differences
+                .iter()
+                .map(|d| d.fix())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
     let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
     if dropped > 0 {
         events.note(

@@ -209,6 +209,18 @@ pub enum Error {
         /// Why they could not be set.
         reason: String,
     },
+    /// Carried tables whose columns differ on the target (a column dropped
+    /// on the source while schema changes were not captured).
+    #[error(
+        "the target's columns differ from the source's: {}; the slot is kept so nothing is lost: run on the target: {fix} then run `pglive cutover` again",
+        differences.join("; ")
+    )]
+    ColumnsDiffer {
+        /// Each table's differences.
+        differences: Vec<String>,
+        /// The SQL that makes the target match.
+        fix: String,
+    },
     /// Row counts differ after the catch-up.
     #[error(
         "row counts differ on {} table(s) ({}); the slot is kept so nothing is lost: investigate, then run `pglive cutover` again",

@@ -64,6 +64,7 @@
 
 mod adopt;
 mod clean;
+mod columns;
 mod control;
 mod cutover;
 mod ddl_capture;

@@ -565,6 +565,10 @@ fn schema_changes_of_a_hypertable_are_replayed() {
            WITH NO DATA;
          SELECT add_continuous_aggregate_policy('m_daily', start_offset => NULL,
            end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour');",
+        // Captured commands on what TimescaleDB made without a trace: the
+        // aggregate must be on the target before they replay.
+        "CREATE VIEW m_daily_top AS SELECT day, max(top) AS top FROM m_daily GROUP BY day;
+         COMMENT ON VIEW m_daily IS 'daily maxima';",
         "ALTER TABLE m SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
          SELECT add_compression_policy('m', compress_after => INTERVAL '3000 days');
          INSERT INTO m VALUES ('2026-05-01', 1, 9, 'C');",
@@ -609,6 +613,12 @@ fn schema_changes_of_a_hypertable_are_replayed() {
         cluster.psql(&dst, fresh).unwrap(),
         cluster.psql(&dst, aggregate).unwrap(),
         "the continuous aggregate made mid-run equals its query on the target"
+    );
+    let dependents =
+        "SELECT pg_get_viewdef('m_daily_top'::regclass), obj_description('m_daily'::regclass)";
+    assert_eq!(
+        cluster.psql(&src, dependents).unwrap(),
+        cluster.psql(&dst, dependents).unwrap()
     );
     let shape = "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
                    FROM pg_attribute WHERE attrelid = 'm'::regclass AND attnum > 0 AND NOT attisdropped;

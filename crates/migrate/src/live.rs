@@ -165,6 +165,9 @@ pub(crate) async fn stream(
         state::set_apply_waiting(&target, job.name(), None).await?;
     }
     let mut said: Option<(String, Lsn)> = None;
+    // The schema change before which TimescaleDB's untraced objects were
+    // last followed.
+    let mut followed_for: Option<Lsn> = None;
     loop {
         // A cutover past its checks that lost a connection is finished.
         if let Some(summary) = finish_if_recorded(job, events.as_ref()).await? {
@@ -187,6 +190,7 @@ pub(crate) async fn stream(
                 mut applied,
                 ddl,
                 stopped_in,
+                wants_object,
             })) => {
                 // Everything before the transaction it stopped in applied
                 // (the batch it stopped in held earlier ones too): what is
@@ -197,6 +201,17 @@ pub(crate) async fn stream(
                     pause_at(&mut session, lsn, events.as_ref()).await?;
                     applied = session.applier.applied_lsn();
                     session.stream.stop().await.ok();
+                }
+                // What TimescaleDB made on the source without a trace may
+                // be what the command wants: made, the command is replayed
+                // again at once (once per command).
+                if let Some(pending) = ddl.as_ref().filter(|_| wants_object) {
+                    if followed_for != Some(pending.lsn) {
+                        followed_for = Some(pending.lsn);
+                        if crate::timescale::follow_before_replay(job, events.as_ref()).await? {
+                            continue;
+                        }
+                    }
                 }
                 let again = said
                     .as_ref()
@@ -296,6 +311,20 @@ struct Waits {
     /// The commit LSN of the transaction apply stopped in, when known:
     /// every transaction before it is applied before apply waits.
     stopped_in: Option<Lsn>,
+    /// A schema change failed on the target for want of a table or an
+    /// object (one TimescaleDB may have made on the source untraced).
+    wants_object: bool,
+}
+
+/// Whether `error` is a schema change that failed on the target because a
+/// table or another object it names does not exist there.
+fn wants_object(error: &pglive_apply::Error) -> bool {
+    match error {
+        pglive_apply::Error::DdlFailed { source, .. } => source
+            .code()
+            .is_some_and(|c| matches!(c.code(), "42P01" | "42704")),
+        _ => false,
+    }
 }
 
 /// Why apply waits, if that is what stopped `error`: a source table's
@@ -450,6 +479,7 @@ async fn session(
                             .map(|p| p.lsn)
                             .or(applier.current_transaction_lsn()),
                         ddl: error.pending_ddl().cloned(),
+                        wants_object: wants_object(&error),
                     }));
                 }
                 Err(error) => return Err(error.into()),
@@ -496,6 +526,7 @@ async fn session(
                             applied,
                             stopped_in: ddl.as_ref().map(|p| p.lsn),
                             ddl,
+                            wants_object: false,
                         }));
                     }
                     return Ok(Stretch::CutoverWithdrawn);
@@ -534,6 +565,7 @@ async fn session(
                                     .map(|p| p.lsn)
                                     .or(applier.current_transaction_lsn()),
                                 ddl,
+                                wants_object: false,
                             }));
                         }
                     }

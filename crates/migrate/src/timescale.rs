@@ -48,18 +48,19 @@ pub(crate) async fn chunked_tables(
 /// come with the schema. Before the target holds every change (`caught_up`
 /// false: at a stream start), an index on what the target does not have
 /// yet (a column added since) is left for the cutover, which calls this
-/// again once caught up.
+/// again once caught up. Returns how many it built.
 pub(crate) async fn follow_source_hypertable_indexes(
     (source, target): (&Client, &Client),
     hypertables: &[QualifiedName],
     events: &dyn Events,
     caught_up: bool,
-) -> Result<()> {
+) -> Result<usize> {
     let step = if caught_up {
         Step::Cutover
     } else {
         Step::Streaming
     };
+    let mut built = 0;
     for hypertable in hypertables {
         let name = hypertable.quoted();
         // Indexes that back no constraint (constraints come with the schema).
@@ -104,9 +105,10 @@ pub(crate) async fn follow_source_hypertable_indexes(
                 step,
                 format!("index {index:?} of hypertable {name} (made on the source without an event trigger) built on the target"),
             );
+            built += 1;
         }
     }
-    Ok(())
+    Ok(built)
 }
 
 /// Makes the source's hypertables (with their compression settings) and
@@ -320,6 +322,18 @@ struct BothSides {
     pairs: Vec<(pglive_schema::Job, pglive_schema::Job)>,
 }
 
+impl BothSides {
+    /// The source's hypertables that are hypertables on the target too.
+    fn hypertables_on_both(&self) -> Vec<QualifiedName> {
+        self.source
+            .hypertables
+            .iter()
+            .filter(|h| self.target.hypertables.iter().any(|t| t.name == h.name))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+}
+
 async fn both_sides(job: &Job, source: &Client, target: &Client) -> Result<BothSides> {
     let source = Catalog::read(source, &job.filter())
         .await
@@ -468,15 +482,9 @@ pub(crate) async fn finish_on_target(
     events: &dyn Events,
 ) -> Result<(usize, usize)> {
     let mut both = both_sides(job, source, target).await?;
-    let on_both: Vec<QualifiedName> = both
-        .source
-        .hypertables
-        .iter()
-        .filter(|h| both.target.hypertables.iter().any(|t| t.name == h.name))
-        .map(|h| h.name.clone())
-        .collect();
-    follow_source_hypertable_indexes((source, target), &on_both, events, true).await?;
-    if follow_source_objects(&both, target, events).await? {
+    follow_source_hypertable_indexes((source, target), &both.hypertables_on_both(), events, true)
+        .await?;
+    if follow_source_objects(&both, target, events, Step::Cutover).await? {
         both = both_sides(job, source, target).await?;
     }
     // Jobs after the aggregates they may run for.
@@ -497,6 +505,27 @@ pub(crate) async fn finish_on_target(
     Ok((both.target.continuous_aggregates.len(), scheduled))
 }
 
+/// Before a captured schema change that failed on the target for want of
+/// an object is replayed again: makes on the target what TimescaleDB made
+/// on the source without a trace in the stream (indexes of hypertables,
+/// continuous aggregates, compression settings), so that a view, comment
+/// or grant on a continuous aggregate made meanwhile replays at its place.
+/// Whether it made anything (nothing for a source without TimescaleDB).
+pub(crate) async fn follow_before_replay(job: &Job, events: &dyn Events) -> Result<bool> {
+    let source = pglive_postgres::connect_sql(&job.source).await?;
+    let target = pglive_postgres::connect_sql(&job.target).await?;
+    let both = both_sides(job, &source, &target).await?;
+    let indexes = follow_source_hypertable_indexes(
+        (&source, &target),
+        &both.hypertables_on_both(),
+        events,
+        false,
+    )
+    .await?;
+    let objects = follow_source_objects(&both, &target, events, Step::Streaming).await?;
+    Ok(indexes > 0 || objects)
+}
+
 /// Makes on the target what the source made while the migration ran
 /// through commands that fire no event trigger (so the capture of schema
 /// changes never saw them): continuous aggregates (empty: the refresh
@@ -506,6 +535,7 @@ async fn follow_source_objects(
     both: &BothSides,
     target: &Client,
     events: &dyn Events,
+    step: Step,
 ) -> Result<bool> {
     let mut made = false;
     for aggregate in &both.source.continuous_aggregates {
@@ -519,7 +549,7 @@ async fn follow_source_objects(
         }
         create_aggregate(target, aggregate).await?;
         events.note(
-            Step::Cutover,
+            step,
             format!("TimescaleDB: continuous aggregate {} (made on the source meanwhile) created on the target", aggregate.name),
         );
         made = true;
@@ -546,7 +576,7 @@ async fn follow_source_objects(
             )
         })?;
         events.note(
-            Step::Cutover,
+            step,
             format!("TimescaleDB: compression settings of {} (changed on the source meanwhile) set on the target", hypertable.name),
         );
         made = true;

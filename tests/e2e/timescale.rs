@@ -54,6 +54,12 @@ CREATE MATERIALIZED VIEW metrics_hourly WITH (timescaledb.continuous) AS
     FROM metrics GROUP BY 1, 2 WITH DATA;
 SELECT add_continuous_aggregate_policy('metrics_hourly', start_offset => NULL,
   end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour');
+DO $$ BEGIN CREATE ROLE ts_analyst LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+DO $$ BEGIN CREATE ROLE ts_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+GRANT SELECT ON metrics TO ts_analyst;
+ALTER MATERIALIZED VIEW metrics_hourly OWNER TO ts_analyst;
+GRANT SELECT ON metrics_hourly TO ts_reader;
+COMMENT ON VIEW metrics_hourly IS 'hourly means per device';
 ";
 
 /// One statement of the workload: inserts into new time ranges (new
@@ -167,10 +173,12 @@ fn timescale_settings(cluster: &Cluster, db: &str) -> String {
              SELECT hypertable_schema, hypertable_name, attname, segmentby_column_index,
                     orderby_column_index, orderby_asc, orderby_nullsfirst
                FROM timescaledb_information.compression_settings ORDER BY 1, 2, 3;
-             SELECT view_schema, view_name, materialized_only, view_definition
+             SELECT view_schema, view_name, materialized_only, view_definition, view_owner,
+                    (SELECT relacl FROM pg_class WHERE oid = format('%I.%I', view_schema, view_name)::regclass),
+                    obj_description(format('%I.%I', view_schema, view_name)::regclass, 'pg_class')
                FROM timescaledb_information.continuous_aggregates ORDER BY 1, 2;
              SELECT proc_name, coalesce(hypertable_name, ''), schedule_interval,
-                    config - 'hypertable_id' - 'mat_hypertable_id'
+                    config - 'hypertable_id' - 'mat_hypertable_id', owner
                FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY 1, 2",
         )
         .unwrap()
@@ -568,7 +576,9 @@ fn schema_changes_of_a_hypertable_are_replayed() {
         // Captured commands on what TimescaleDB made without a trace: the
         // aggregate must be on the target before they replay.
         "CREATE VIEW m_daily_top AS SELECT day, max(top) AS top FROM m_daily GROUP BY day;
-         COMMENT ON VIEW m_daily IS 'daily maxima';",
+         COMMENT ON VIEW m_daily IS 'daily maxima';
+         GRANT SELECT ON m_daily TO PUBLIC;
+         ALTER MATERIALIZED VIEW m_daily SET (timescaledb.materialized_only = false);",
         "ALTER TABLE m SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
          SELECT add_compression_policy('m', compress_after => INTERVAL '3000 days');
          INSERT INTO m VALUES ('2026-05-01', 1, 9, 'C');",

@@ -421,7 +421,7 @@ async fn schema_pre_data(
     if !job.options.reuse_schema {
         let target = connect_sql(&job.target).await?;
         if job.options.hypertables && !catalog.timescale.hypertables.is_empty() {
-            crate::timescale::create_on_target(&target, &catalog.timescale, events).await?;
+            crate::timescale::create_on_target(job, &target, &catalog.timescale, events).await?;
         }
         if !job.options.new_hypertables.is_empty() {
             target

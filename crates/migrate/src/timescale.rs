@@ -116,6 +116,7 @@ pub(crate) async fn follow_source_hypertable_indexes(
 /// empty. Jobs come after post-data ([`create_jobs`]): a reorder policy
 /// needs its index.
 pub(crate) async fn create_on_target(
+    job: &Job,
     target: &Client,
     timescale: &Timescale,
     events: &dyn Events,
@@ -129,7 +130,7 @@ pub(crate) async fn create_on_target(
             .doing_with(|| format!("making {} a hypertable on the target", hypertable.name))?;
     }
     for aggregate in &timescale.continuous_aggregates {
-        create_aggregate(target, aggregate).await?;
+        create_aggregate(job, target, aggregate).await?;
     }
     if !timescale.hypertables.is_empty() {
         events.note(
@@ -144,20 +145,26 @@ pub(crate) async fn create_on_target(
     Ok(())
 }
 
-/// Creates `aggregate` on the target, empty (a refresh materializes it).
+/// Creates `aggregate` on the target, empty (a refresh materializes it),
+/// with its owner and privileges as the job keeps them, and its comment
+/// (`pg_dump` leaves continuous aggregates out, so nothing else does).
 async fn create_aggregate(
+    job: &Job,
     target: &Client,
     aggregate: &pglive_schema::ContinuousAggregate,
 ) -> Result<()> {
-    target
-        .batch_execute(&aggregate.create_sql())
-        .await
-        .doing_with(|| {
+    let settings = &job.options.settings;
+    let statements = std::iter::once(aggregate.create_sql())
+        .chain(aggregate.attributes_sql(settings.keep_owners, settings.keep_privileges));
+    for statement in statements {
+        target.batch_execute(&statement).await.doing_with(|| {
             format!(
-                "creating continuous aggregate {} on the target",
+                "creating continuous aggregate {} on the target ({statement})",
                 aggregate.name
             )
-        })
+        })?;
+    }
+    Ok(())
 }
 
 /// TimescaleDB settings every session of the source must have while a
@@ -484,7 +491,7 @@ pub(crate) async fn finish_on_target(
     let mut both = both_sides(job, source, target).await?;
     follow_source_hypertable_indexes((source, target), &both.hypertables_on_both(), events, true)
         .await?;
-    if follow_source_objects(&both, target, events, Step::Cutover).await? {
+    if follow_source_objects(job, &both, target, events, Step::Cutover).await? {
         both = both_sides(job, source, target).await?;
     }
     // Jobs after the aggregates they may run for.
@@ -522,7 +529,7 @@ pub(crate) async fn follow_before_replay(job: &Job, events: &dyn Events) -> Resu
         false,
     )
     .await?;
-    let objects = follow_source_objects(&both, &target, events, Step::Streaming).await?;
+    let objects = follow_source_objects(job, &both, &target, events, Step::Streaming).await?;
     Ok(indexes > 0 || objects)
 }
 
@@ -532,6 +539,7 @@ pub(crate) async fn follow_before_replay(job: &Job, events: &dyn Events) -> Resu
 /// after materializes them) and compression settings of hypertables both
 /// sides have. Whether it made anything.
 async fn follow_source_objects(
+    job: &Job,
     both: &BothSides,
     target: &Client,
     events: &dyn Events,
@@ -539,15 +547,28 @@ async fn follow_source_objects(
 ) -> Result<bool> {
     let mut made = false;
     for aggregate in &both.source.continuous_aggregates {
-        if both
+        let there = both
             .target
             .continuous_aggregates
             .iter()
-            .any(|c| c.name == aggregate.name)
-        {
+            .find(|c| c.name == aggregate.name);
+        if let Some(there) = there {
+            // `ALTER MATERIALIZED VIEW … SET (timescaledb.materialized_only)`
+            // fires no event trigger either.
+            if there.materialized_only != aggregate.materialized_only {
+                target
+                    .batch_execute(&aggregate.materialized_only_sql())
+                    .await
+                    .doing_with(|| format!("setting {} on the target", aggregate.name))?;
+                events.note(
+                    step,
+                    format!("TimescaleDB: materialized_only of {} (changed on the source meanwhile) set on the target", aggregate.name),
+                );
+                made = true;
+            }
             continue;
         }
-        create_aggregate(target, aggregate).await?;
+        create_aggregate(job, target, aggregate).await?;
         events.note(
             step,
             format!("TimescaleDB: continuous aggregate {} (made on the source meanwhile) created on the target", aggregate.name),

@@ -13,7 +13,7 @@ use tokio_postgres::GenericClient;
 
 use crate::catalog::Table;
 use crate::error::{Result, query};
-use pglive_postgres::{QualifiedName, quote_literal};
+use pglive_postgres::{QualifiedName, quote_ident, quote_literal};
 
 /// One partitioning dimension of a TimescaleDB hypertable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,9 +122,40 @@ pub struct ContinuousAggregate {
     pub query: String,
     /// Whether it shows only materialized rows (no real-time aggregation).
     pub materialized_only: bool,
+    /// The role that owns it.
+    pub owner: String,
+    /// The `GRANT` statements of its privileges other than its owner's,
+    /// as the source's server spelled them.
+    pub grants: Vec<String>,
+    /// Its comment.
+    pub comment: Option<String>,
 }
 
 impl ContinuousAggregate {
+    /// What `pg_dump` would have restored for it, had it been able to:
+    /// its owner (with `owner`), its privileges (with `privileges`) and
+    /// its comment, to run once it exists on the target.
+    pub fn attributes_sql(&self, owner: bool, privileges: bool) -> Vec<String> {
+        let name = self.name.quoted();
+        let mut statements = Vec::new();
+        if owner {
+            statements.push(format!(
+                "ALTER MATERIALIZED VIEW {name} OWNER TO {}",
+                quote_ident(&self.owner)
+            ));
+        }
+        if privileges {
+            statements.extend(self.grants.iter().cloned());
+        }
+        if let Some(comment) = &self.comment {
+            statements.push(format!(
+                "COMMENT ON VIEW {name} IS {}",
+                quote_literal(comment)
+            ));
+        }
+        statements
+    }
+
     /// The statement that creates it, empty, on the target.
     pub fn create_sql(&self) -> String {
         format!(
@@ -133,6 +164,15 @@ impl ContinuousAggregate {
             self.name.quoted(),
             self.materialized_only,
             self.query.trim().trim_end_matches(';')
+        )
+    }
+
+    /// The statement that gives it the source's `materialized_only`.
+    pub fn materialized_only_sql(&self) -> String {
+        format!(
+            "ALTER MATERIALIZED VIEW {} SET (timescaledb.materialized_only = {})",
+            self.name.quoted(),
+            self.materialized_only
         )
     }
 
@@ -537,9 +577,19 @@ async fn read_continuous_aggregates(
         .query(
             "SELECT c.user_view_schema::text, c.user_view_name::text, \
                     pg_catalog.pg_get_viewdef(format('%I.%I', c.direct_view_schema, c.direct_view_name)::regclass), \
-                    c.materialized_only, h.schema_name::text, h.table_name::text \
+                    c.materialized_only, h.schema_name::text, h.table_name::text, \
+                    pg_catalog.pg_get_userbyid(v.relowner)::text, \
+                    ARRAY(SELECT pg_catalog.format('GRANT %s ON %s TO %s%s', a.privilege_type, v.oid::regclass, \
+                                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+                                          ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END, \
+                                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) \
+                            FROM pg_catalog.aclexplode(v.relacl) a \
+                           WHERE a.grantee <> v.relowner ORDER BY 1), \
+                    pg_catalog.obj_description(v.oid, 'pg_class') \
                FROM _timescaledb_catalog.continuous_agg c \
                JOIN _timescaledb_catalog.hypertable h ON h.id = c.raw_hypertable_id \
+               JOIN pg_catalog.pg_class v \
+                 ON v.oid = pg_catalog.format('%I.%I', c.user_view_schema, c.user_view_name)::regclass \
               ORDER BY c.mat_hypertable_id",
             &[],
         )
@@ -560,6 +610,9 @@ async fn read_continuous_aggregates(
                     name: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
                     query: r.get(2),
                     materialized_only: r.get(3),
+                    owner: r.get(6),
+                    grants: r.get(7),
+                    comment: r.get(8),
                 },
                 QualifiedName::new(r.get::<_, String>(4), r.get::<_, String>(5)),
             )

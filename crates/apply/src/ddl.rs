@@ -261,11 +261,18 @@ impl Captured {
             return Disposition::Ignore;
         }
         let all = statements::split(&self.query);
-        let candidates: Vec<&str> = all
-            .iter()
-            .copied()
-            .filter(|s| statements::has_tag(s, &self.tag) && statements::fires_ddl_triggers(s))
-            .collect();
+        let with_tag = |tag: &str| -> Vec<&str> {
+            all.iter()
+                .copied()
+                .filter(|s| statements::has_tag(s, tag) && statements::fires_ddl_triggers(s))
+                .collect()
+        };
+        let mut candidates = with_tag(&self.tag);
+        // TimescaleDB drops a continuous aggregate (`DROP MATERIALIZED
+        // VIEW`, which it handles itself) through a `DROP VIEW` of its own.
+        if candidates.is_empty() && self.tag == "DROP VIEW" {
+            candidates = with_tag("DROP MATERIALIZED VIEW");
+        }
         let statement = candidates
             .get(ordinal)
             .map(|s| statements::without_concurrently(s));
@@ -421,7 +428,22 @@ impl DdlStep {
             source,
         };
         if let Some(statement) = &self.run {
+            // Event triggers do not fire under session_replication_role =
+            // replica, and an extension may keep its catalog by them
+            // (TimescaleDB forgets a dropped continuous aggregate or
+            // hypertable in one): the command runs as it ran on the source.
+            let replica: bool = client
+                .query_one(
+                    "SELECT pg_catalog.current_setting('session_replication_role') = 'replica'",
+                    &[],
+                )
+                .await
+                .map_err(failed)?
+                .get(0);
             let mut prelude = String::new();
+            if replica {
+                prelude.push_str("SET session_replication_role = origin;");
+            }
             if let Some(path) = &self.search_path {
                 prelude.push_str(&format!(
                     "SELECT pg_catalog.set_config('search_path', {}, false);",
@@ -445,10 +467,13 @@ impl DdlStep {
                 .execute(statement.as_str(), &[])
                 .await
                 .map_err(failed)?;
-            client
-                .batch_execute("RESET ROLE; SET search_path = pg_catalog")
-                .await
-                .map_err(failed)?;
+            let restore = match replica {
+                true => {
+                    "RESET ROLE; SET search_path = pg_catalog; SET session_replication_role = replica"
+                }
+                false => "RESET ROLE; SET search_path = pg_catalog",
+            };
+            client.batch_execute(restore).await.map_err(failed)?;
             if !self.check_tables.is_empty() {
                 self.check_new_columns(client, &before).await?;
             }
@@ -734,6 +759,25 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_continuous_aggregate_dropped_by_timescaledb_is_dropped_as_written() {
+        // TimescaleDB reports it as a DROP VIEW of the aggregate's view.
+        let c = Captured::parse(
+            br#"{"tag": "DROP VIEW", "query": "DROP MATERIALIZED VIEW m_daily CASCADE;", "dropped": [{"schema": "public"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.disposition(0, &[]),
+            Disposition::Replay("DROP MATERIALIZED VIEW m_daily CASCADE".into())
+        );
+        // A DROP VIEW of its own is still the view's.
+        let c = captured("DROP VIEW", "DROP MATERIALIZED VIEW mv; DROP VIEW v;");
+        assert_eq!(
+            c.disposition(0, &[]),
+            Disposition::Replay("DROP VIEW v".into())
+        );
     }
 
     #[test]

@@ -576,10 +576,15 @@ async fn continue_from(
         let temporary = temporary_slot(&mut replication, job.name()).await?;
         let snapshot = exported_snapshot(&temporary)?;
         if record.stage == Stage::Schema {
+            // An extension's own tables (TimescaleDB's catalog) are no
+            // sign that pre-data was restored.
             let tables_exist = target
                 .query_opt(
                     "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pglive') AND n.nspname !~ '^pg_' AND c.relkind IN ('r', 'p') LIMIT 1",
+                      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pglive') AND n.nspname !~ '^pg_' AND c.relkind IN ('r', 'p')
+                        AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                         WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+                      LIMIT 1",
                     &[],
                 )
                 .await?

@@ -6,11 +6,11 @@
 //! difference is final, so it is named with the SQL that makes the target
 //! match.
 
-use pglive_postgres::{QualifiedName, quote_ident};
-use pglive_schema::{Catalog, ObjectFilter, Table};
-use tokio_postgres::Client;
+use pglive_postgres::{ConnectConfig, QualifiedName, connect_sql, quote_ident};
+use pglive_schema::{Catalog, Table};
 
 use crate::error::{Doing, Result};
+use crate::job::Job;
 
 /// How one table's columns differ between the source and the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,19 +115,23 @@ impl ColumnDifference {
     }
 }
 
-/// The carried tables (those `filter` selects on the source) whose columns
-/// differ on the target.
-pub(crate) async fn differences(
-    source: &Client,
-    target: &Client,
-    filter: &ObjectFilter,
-) -> Result<Vec<ColumnDifference>> {
-    let on_source = Catalog::read(source, filter)
-        .await
-        .doing("reading the source's columns")?;
-    let on_target = Catalog::read(target, filter)
-        .await
-        .doing("reading the target's columns")?;
+/// The carried tables (those the job's filter selects on the source) whose
+/// columns differ on the target. Types are spelled with `search_path`
+/// set to `pg_catalog` on both sides: a type outside it is always
+/// schema-qualified, whatever the databases' or roles' own settings.
+pub(crate) async fn differences(job: &Job) -> Result<Vec<ColumnDifference>> {
+    let read = async |config: &ConnectConfig, side: &str| -> Result<Catalog> {
+        let client = connect_sql(config).await?;
+        client
+            .batch_execute("SET search_path = pg_catalog")
+            .await
+            .doing_with(|| format!("setting search_path on the {side}"))?;
+        Catalog::read(&client, &job.filter())
+            .await
+            .doing_with(|| format!("reading the {side}'s columns"))
+    };
+    let (on_source, on_target) =
+        tokio::try_join!(read(&job.source, "source"), read(&job.target, "target"))?;
     Ok(on_source
         .tables
         .iter()

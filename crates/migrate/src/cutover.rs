@@ -106,17 +106,6 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, source, target).await?;
-    let differences = crate::columns::differences(source, target, &job.filter()).await?;
-    if !differences.is_empty() {
-        return Err(Error::ColumnsDiffer {
-            differences: differences.iter().map(|d| d.describe()).collect(),
-            fix: differences
-                .iter()
-                .map(|d| d.fix())
-                .collect::<Vec<_>>()
-                .join(" "),
-        });
-    }
     let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
     if dropped > 0 {
         events.note(
@@ -164,6 +153,19 @@ async fn check(
     );
     // What arrived meanwhile is applied before the fence, not under it.
     live::catch_up(&mut session, source_lsn(source).await?, events).await?;
+    // Caught up, the target has every schema change the stream carries:
+    // a column that still differs is one no change in the stream can mend.
+    let differences = crate::columns::differences(job).await?;
+    if !differences.is_empty() {
+        return Err(Error::ColumnsDiffer {
+            differences: differences.iter().map(|d| d.describe()).collect(),
+            fix: differences
+                .iter()
+                .map(|d| d.fix())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
     let refreshed = refresh_materialized_views(target).await?;
     let applied_at_refresh = rows_applied(session.applier.stats());
     if refreshed > 0 {
@@ -255,6 +257,13 @@ async fn check(
         events.note(
             Step::Cutover,
             format!("cutover: {restored} target trigger(s) enabled again"),
+        );
+    }
+    let released = crate::event_triggers::release(source, target).await?;
+    if released > 0 {
+        events.note(
+            Step::Cutover,
+            format!("cutover: {released} event trigger(s) enabled again"),
         );
     }
     let identities = pglive_apply::restore_identity_columns(target).await?;

@@ -167,7 +167,7 @@ pub(crate) async fn stream(
     let mut said: Option<(String, Lsn)> = None;
     // The schema change before which TimescaleDB's untraced objects were
     // last followed.
-    let mut followed_for: Option<Lsn> = None;
+    let mut followed_for: Option<(Lsn, u32)> = None;
     loop {
         // A cutover past its checks that lost a connection is finished.
         if let Some(summary) = finish_if_recorded(job, events.as_ref()).await? {
@@ -206,10 +206,22 @@ pub(crate) async fn stream(
                 // be what the command wants: made, the command is replayed
                 // again at once (once per command).
                 if let Some(pending) = ddl.as_ref().filter(|_| wants_object) {
-                    if followed_for != Some(pending.lsn) {
-                        followed_for = Some(pending.lsn);
-                        if crate::timescale::follow_before_replay(job, events.as_ref()).await? {
-                            continue;
+                    let at = Some((pending.lsn, pending.position));
+                    if followed_for != at {
+                        followed_for = at;
+                        // Made from the source's catalog as it is now, which
+                        // may be ahead of the stream: if that fails, apply
+                        // waits at the command as it would have.
+                        match crate::timescale::follow_before_replay(job, events.as_ref()).await {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            Err(error) => events.warn(
+                                Step::Streaming,
+                                format!(
+                                    "making what TimescaleDB made on the source before the schema change failed: {}",
+                                    chain(&error)
+                                ),
+                            ),
                         }
                     }
                 }

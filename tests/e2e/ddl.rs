@@ -178,7 +178,13 @@ fn schema_changes_are_replayed_in_stream_order() {
          INSERT INTO t SELECT g, 'a' || g, g, 'x' FROM generate_series(1, 1000) g;
          CREATE SEQUENCE workload_ids START 100000;
          DO $$ BEGIN CREATE ROLE ddl_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE ddl_writer; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+         DO $$ BEGIN CREATE ROLE ddl_writer; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         -- The application's own DDL audit: its rows arrive through the
+         -- stream, so its copy on the target must not add them again.
+         CREATE TABLE ddl_audit (id bigserial PRIMARY KEY, tag text);
+         CREATE FUNCTION audit_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+           $f$ BEGIN INSERT INTO public.ddl_audit (tag) VALUES (tg_tag); END $f$;
+         CREATE EVENT TRIGGER audit_ddl ON ddl_command_end EXECUTE FUNCTION audit_ddl();",
     );
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let mut migrate = util::migrate_until_streaming(&source, &target, "ddlcap", &[]);
@@ -385,6 +391,9 @@ fn schema_changes_are_replayed_in_stream_order() {
         !log.contains("scratch"),
         "a temporary table's change was replayed: {log}"
     );
+    // The audit's rows up to here; the cutover's removal of the capture
+    // from the source adds its own after the final point.
+    let audited = cluster.psql(&src, "SELECT max(id) FROM ddl_audit").unwrap();
     util::cutover_ok(
         &[
             "cutover", "--source", &source, "--target", &target, "--name", "ddlcap",
@@ -405,6 +414,24 @@ fn schema_changes_are_replayed_in_stream_order() {
     ] {
         util::assert_table_equal(cluster, &src, cluster, &dst, table);
     }
+    let audit = format!(
+        "SELECT count(*) || ' ' || md5(string_agg(id || ' ' || tag, ',' ORDER BY id)) FROM ddl_audit WHERE id <= {audited};
+         SELECT count(*) FROM ddl_audit WHERE id > {audited}"
+    );
+    let (on_source, on_target) = (
+        cluster.psql(&src, &audit).unwrap(),
+        cluster.psql(&dst, &audit).unwrap(),
+    );
+    assert_eq!(
+        on_source.lines().next(),
+        on_target.lines().next(),
+        "the DDL audit: its rows arrived once"
+    );
+    assert_eq!(
+        on_target.lines().nth(1),
+        Some("0"),
+        "nothing audited on the target itself"
+    );
     assert_eq!(schema_entries(cluster, &src), schema_entries(cluster, &dst));
     // The capture is gone from the source with the migration.
     let left = cluster

@@ -60,6 +60,13 @@ GRANT SELECT ON metrics TO ts_analyst;
 ALTER MATERIALIZED VIEW metrics_hourly OWNER TO ts_analyst;
 GRANT SELECT ON metrics_hourly TO ts_reader;
 COMMENT ON VIEW metrics_hourly IS 'hourly means per device';
+CREATE MATERIALIZED VIEW metrics_daily WITH (timescaledb.continuous) AS
+  SELECT time_bucket('1 day', bucket) AS day, device, sum(n) AS n FROM metrics_hourly GROUP BY 1, 2
+  WITH NO DATA;
+CREATE VIEW busiest AS SELECT day, max(n) AS n FROM metrics_daily GROUP BY day;
+CREATE VIEW busiest_week AS SELECT time_bucket('7 days', day) AS week, max(n) AS n FROM busiest GROUP BY 1;
+COMMENT ON VIEW busiest IS 'busiest device per day';
+GRANT SELECT ON busiest TO ts_reader;
 ";
 
 /// One statement of the workload: inserts into new time ranges (new
@@ -302,6 +309,26 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
         jobs_scheduled(cluster, &src),
         jobs_scheduled(cluster, &dst),
         "the jobs run on the target after cutover"
+    );
+    // Views on aggregates (made after them on the target), a hierarchical
+    // aggregate equal to its query over the aggregate below it.
+    let views =
+        "SELECT c.relname, pg_get_viewdef(c.oid), c.relacl, obj_description(c.oid, 'pg_class')
+                   FROM pg_class c WHERE c.relname IN ('busiest', 'busiest_week') ORDER BY 1";
+    assert_eq!(
+        cluster.psql(&src, views).unwrap(),
+        cluster.psql(&dst, views).unwrap()
+    );
+    let fresh_daily =
+        "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (
+                         SELECT time_bucket('1 day', bucket) AS day, device, sum(n) AS n
+                           FROM metrics_hourly GROUP BY 1, 2) r";
+    let daily = "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM (
+                   SELECT day, device, n FROM metrics_daily) r";
+    assert_eq!(
+        cluster.psql(&dst, fresh_daily).unwrap(),
+        cluster.psql(&dst, daily).unwrap(),
+        "the aggregate on an aggregate equals its query on the target"
     );
     let output = run(&["status", "--target", &target, "--name", "tsdb"]);
     assert!(output.status.success(), "{}", util::text(&output));

@@ -323,6 +323,15 @@ impl Captured {
     }
 }
 
+/// The target's event triggers that are no extension's and not disabled,
+/// with how they are enabled (`O`, `R`, `A`).
+const USER_EVENT_TRIGGERS: &str = "SELECT e.evtname::text, e.evtenabled::text
+       FROM pg_catalog.pg_event_trigger e
+      WHERE e.evtenabled <> 'D'
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                         WHERE d.classid = 'pg_catalog.pg_event_trigger'::pg_catalog.regclass
+                           AND d.objid = e.oid AND d.deptype = 'e')";
+
 /// A decision about a command apply stopped at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DdlDecision {
@@ -440,9 +449,34 @@ impl DdlStep {
                 .await
                 .map_err(failed)?
                 .get(0);
+            // The user's own event triggers (restored with the schema) are
+            // held off meanwhile: what they did on the source (an audit
+            // row) arrives through the stream.
+            let held: Vec<(String, String)> = match replica {
+                false => Vec::new(),
+                true => client
+                    .query(USER_EVENT_TRIGGERS, &[])
+                    .await
+                    .map_err(failed)?
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect(),
+            };
             let mut prelude = String::new();
+            let mut restore = String::from("RESET ROLE; SET search_path = pg_catalog;");
             if replica {
                 prelude.push_str("SET session_replication_role = origin;");
+                restore.push_str("SET session_replication_role = replica;");
+            }
+            for (name, enabled) in &held {
+                let name = quote_ident(name);
+                prelude.push_str(&format!("ALTER EVENT TRIGGER {name} DISABLE;"));
+                let how = match enabled.as_str() {
+                    "R" => " REPLICA",
+                    "A" => " ALWAYS",
+                    _ => "",
+                };
+                restore.push_str(&format!("ALTER EVENT TRIGGER {name} ENABLE{how};"));
             }
             if let Some(path) = &self.search_path {
                 prelude.push_str(&format!(
@@ -467,13 +501,7 @@ impl DdlStep {
                 .execute(statement.as_str(), &[])
                 .await
                 .map_err(failed)?;
-            let restore = match replica {
-                true => {
-                    "RESET ROLE; SET search_path = pg_catalog; SET session_replication_role = replica"
-                }
-                false => "RESET ROLE; SET search_path = pg_catalog",
-            };
-            client.batch_execute(restore).await.map_err(failed)?;
+            client.batch_execute(&restore).await.map_err(failed)?;
             if !self.check_tables.is_empty() {
                 self.check_new_columns(client, &before).await?;
             }

@@ -69,6 +69,7 @@ mod control;
 mod cutover;
 mod ddl_capture;
 mod error;
+mod event_triggers;
 mod events;
 mod fence;
 pub mod human;

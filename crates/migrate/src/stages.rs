@@ -622,6 +622,13 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
+        let held = crate::event_triggers::hold(target).await?;
+        if held > 0 {
+            events.note(
+                Step::PostData,
+                format!("post-data: {held} event trigger(s) held off on the target until cutover"),
+            );
+        }
         let started = Instant::now();
         let analyzed = analyze(target, catalog).await?;
         events.note(

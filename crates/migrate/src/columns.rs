@@ -6,8 +6,10 @@
 //! difference is final, so it is named with the SQL that makes the target
 //! match.
 
+use std::collections::HashMap;
+
 use pglive_postgres::{ConnectConfig, QualifiedName, connect_sql, quote_ident};
-use pglive_schema::{Catalog, Table};
+use pglive_schema::Catalog;
 
 use crate::error::{Doing, Result};
 use crate::job::Job;
@@ -25,33 +27,33 @@ pub(crate) struct ColumnDifference {
 }
 
 impl ColumnDifference {
-    /// Compares the columns of `source` and `target` (one table, both
-    /// sides) as sets of names; `None` when they match.
-    fn between(source: &Table, target: &Table) -> Option<ColumnDifference> {
+    /// Compares the columns (name, type) of one table on the source and
+    /// the target as sets of names; `None` when they match.
+    fn between(
+        table: &QualifiedName,
+        source: &[(String, String)],
+        target: &[(String, String)],
+    ) -> Option<ColumnDifference> {
         let mut difference = ColumnDifference {
-            table: source.name.clone(),
+            table: table.clone(),
             missing: Vec::new(),
             extra: Vec::new(),
             retyped: Vec::new(),
         };
-        for column in &source.columns {
-            match target.columns.iter().find(|c| c.name == column.name) {
-                None => difference
-                    .missing
-                    .push((column.name.clone(), column.type_name.clone())),
-                Some(there) if there.type_name != column.type_name => {
-                    difference.retyped.push((
-                        column.name.clone(),
-                        column.type_name.clone(),
-                        there.type_name.clone(),
-                    ));
+        for (name, type_name) in source {
+            match target.iter().find(|(n, _)| n == name) {
+                None => difference.missing.push((name.clone(), type_name.clone())),
+                Some((_, there)) if there != type_name => {
+                    difference
+                        .retyped
+                        .push((name.clone(), type_name.clone(), there.clone()));
                 }
                 Some(_) => {}
             }
         }
-        for column in &target.columns {
-            if !source.columns.iter().any(|c| c.name == column.name) {
-                difference.extra.push(column.name.clone());
+        for (name, _) in target {
+            if !source.iter().any(|(n, _)| n == name) {
+                difference.extra.push(name.clone());
             }
         }
         let matches = difference.missing.is_empty()
@@ -115,78 +117,94 @@ impl ColumnDifference {
     }
 }
 
+/// Each table's columns (name, type), by table. Types are spelled with
+/// `search_path` set to `pg_catalog`: a type outside it is always
+/// schema-qualified, whatever the database's or role's own setting.
+const COLUMNS: &str = "SELECT n.nspname::text, c.relname::text, a.attname::text,
+            pg_catalog.format_type(a.atttypid, a.atttypmod)
+       FROM pg_catalog.pg_attribute a
+       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE (n.nspname, c.relname) IN (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])))
+        AND a.attnum > 0 AND NOT a.attisdropped
+      ORDER BY 1, 2, a.attnum";
+
+async fn columns(
+    config: &ConnectConfig,
+    side: &str,
+    tables: &[&QualifiedName],
+) -> Result<HashMap<QualifiedName, Vec<(String, String)>>> {
+    let client = connect_sql(config).await?;
+    client
+        .batch_execute("SET search_path = pg_catalog")
+        .await
+        .doing_with(|| format!("setting search_path on the {side}"))?;
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let mut by_table: HashMap<QualifiedName, Vec<(String, String)>> = HashMap::new();
+    for row in client
+        .query(COLUMNS, &[&schemas, &names])
+        .await
+        .doing_with(|| format!("reading the {side}'s columns"))?
+    {
+        by_table
+            .entry(QualifiedName::new(
+                row.get::<_, String>(0),
+                row.get::<_, String>(1),
+            ))
+            .or_default()
+            .push((row.get(2), row.get(3)));
+    }
+    Ok(by_table)
+}
+
 /// The carried tables (those the job's filter selects on the source) whose
-/// columns differ on the target. Types are spelled with `search_path`
-/// set to `pg_catalog` on both sides: a type outside it is always
-/// schema-qualified, whatever the databases' or roles' own settings.
+/// columns differ on the target.
 pub(crate) async fn differences(job: &Job) -> Result<Vec<ColumnDifference>> {
-    let read = async |config: &ConnectConfig, side: &str| -> Result<Catalog> {
-        let client = connect_sql(config).await?;
-        client
-            .batch_execute("SET search_path = pg_catalog")
+    let catalog = {
+        let source = connect_sql(&job.source).await?;
+        Catalog::read(&source, &job.filter())
             .await
-            .doing_with(|| format!("setting search_path on the {side}"))?;
-        Catalog::read(&client, &job.filter())
-            .await
-            .doing_with(|| format!("reading the {side}'s columns"))
+            .doing("reading the source's tables")?
     };
-    let (on_source, on_target) =
-        tokio::try_join!(read(&job.source, "source"), read(&job.target, "target"))?;
-    Ok(on_source
-        .tables
-        .iter()
+    let tables: Vec<&QualifiedName> = catalog.tables.iter().map(|t| &t.name).collect();
+    let (on_source, on_target) = tokio::try_join!(
+        columns(&job.source, "source", &tables),
+        columns(&job.target, "target", &tables)
+    )?;
+    Ok(tables
+        .into_iter()
         .filter_map(|table| {
-            let there = on_target.tables.iter().find(|t| t.name == table.name)?;
-            ColumnDifference::between(table, there)
+            let there = on_target.get(table)?;
+            ColumnDifference::between(table, on_source.get(table)?, there)
         })
         .collect())
 }
 
 #[cfg(test)]
 mod tests {
-    use pglive_schema::Column;
-
     use super::*;
 
-    fn table(columns: &[(&str, &str)]) -> Table {
-        Table {
-            oid: 1,
-            name: QualifiedName::new("public", "t"),
-            kind: pglive_schema::TableKind::Ordinary,
-            unlogged: false,
-            estimated_rows: None,
-            bytes: 0,
-            primary_key: Vec::new(),
-            replica_identity: pglive_schema::ReplicaIdentity::Default,
-            identity_columns: Vec::new(),
-            columns: columns
-                .iter()
-                .map(|(name, type_name)| Column {
-                    name: (*name).to_owned(),
-                    type_name: (*type_name).to_owned(),
-                    not_null: false,
-                    generated: false,
-                    binary_safe: true,
-                })
-                .collect(),
-            partition_of: None,
-            leaves: Vec::new(),
-            hypertable: false,
-        }
+    fn columns(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect()
     }
 
     #[test]
     fn the_same_columns_in_another_order_match() {
-        let source = table(&[("id", "integer"), ("a", "text")]);
-        let target = table(&[("a", "text"), ("id", "integer")]);
-        assert_eq!(ColumnDifference::between(&source, &target), None);
+        let table = QualifiedName::new("public", "t");
+        let source = columns(&[("id", "integer"), ("a", "text")]);
+        let target = columns(&[("a", "text"), ("id", "integer")]);
+        assert_eq!(ColumnDifference::between(&table, &source, &target), None);
     }
 
     #[test]
     fn each_difference_is_named_and_mended_by_one_statement() {
-        let source = table(&[("id", "bigint"), ("Added", "numeric(10,2)")]);
-        let target = table(&[("id", "integer"), ("gone", "text")]);
-        let difference = ColumnDifference::between(&source, &target).unwrap();
+        let table = QualifiedName::new("public", "t");
+        let source = columns(&[("id", "bigint"), ("Added", "numeric(10,2)")]);
+        let target = columns(&[("id", "integer"), ("gone", "text")]);
+        let difference = ColumnDifference::between(&table, &source, &target).unwrap();
         assert_eq!(
             difference.describe(),
             "\"public\".\"t\": the target lacks \"Added\" numeric(10,2); the source no longer has \"gone\"; \

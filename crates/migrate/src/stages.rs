@@ -422,6 +422,16 @@ async fn schema_pre_data(
         let target = connect_sql(&job.target).await?;
         if job.options.hypertables && !catalog.timescale.hypertables.is_empty() {
             crate::timescale::create_on_target(job, &target, &catalog.timescale, events).await?;
+            let restored = schema
+                .restore_after_aggregates()
+                .await
+                .doing("restoring the views built on continuous aggregates")?;
+            if restored > 0 {
+                events.note(
+                    Step::Schema,
+                    format!("schema: {restored} object(s) built on continuous aggregates created after them"),
+                );
+            }
         }
         if !job.options.new_hypertables.is_empty() {
             target

@@ -135,6 +135,9 @@ fn building(line: &str) -> Option<(&str, &str)> {
 struct Dumped {
     pre_data: PathBuf,
     pre_entries: Vec<TocEntry>,
+    /// Pre-data entries restored after the target made the continuous
+    /// aggregates they read.
+    after_aggregates: Vec<TocEntry>,
     post_data: PathBuf,
     post_entries: Vec<TocEntry>,
     keys: KeyObjects,
@@ -365,9 +368,12 @@ impl SchemaCopy {
             pre_entries = toc::without_extensions(pre_entries);
         }
         let post_entries = toc::without_pglive_event_triggers(post_entries);
+        let (pre_entries, after_aggregates) =
+            toc::split_relations(pre_entries, &adjustments.after_aggregates);
         self.dumped = Some(Dumped {
             pre_data,
             pre_entries,
+            after_aggregates,
             post_data,
             post_entries,
             keys,
@@ -498,22 +504,60 @@ impl SchemaCopy {
             args.push("--clean".to_owned());
             args.push("--if-exists".to_owned());
         }
-        if !self.options.keep_owners && !self.options.keep_privileges {
-            let list = self.work.join("pre-data.list");
-            write(&list, &toc::list_file(&dumped.pre_entries))?;
-            args.push("--single-transaction".to_owned());
-            self.pg_restore(&dumped.pre_data, &list, &args, "pre-data", &mut |_| {})
-                .await?;
-        } else {
-            let (script, skipped) = self.pre_data_script(dumped, &args).await?;
-            self.psql(&script, "restoring pre-data").await?;
-            self.left_for_superuser = skipped;
-        }
+        let entries = dumped.pre_entries.clone();
+        self.restore_pre_data_entries(&entries, &args, "pre-data")
+            .await?;
         Ok(RestoreReport {
-            entries: dumped.pre_entries.len(),
+            entries: entries.len(),
             elapsed: started.elapsed(),
             ..RestoreReport::default()
         })
+    }
+
+    /// Restores the pre-data objects that read TimescaleDB continuous
+    /// aggregates (views on them), once the target has made the
+    /// aggregates; how many entries (none without such objects).
+    pub async fn restore_after_aggregates(&mut self) -> Result<usize> {
+        if self.options.reuse_schema {
+            return Ok(0);
+        }
+        self.ensure_dumped().await?;
+        let entries = self
+            .dumped
+            .as_ref()
+            .expect("dumped above")
+            .after_aggregates
+            .clone();
+        if !entries.is_empty() {
+            self.restore_pre_data_entries(&entries, &[], "pre-data after aggregates")
+                .await?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Restores `entries` of the pre-data archive in one transaction: by
+    /// `pg_restore` without owners and privileges, else as one script
+    /// (see [`SchemaCopy::pre_data_script`]).
+    async fn restore_pre_data_entries(
+        &mut self,
+        entries: &[TocEntry],
+        args: &[String],
+        what: &str,
+    ) -> Result<()> {
+        let archive = self.dumped.as_ref().expect("dumped").pre_data.clone();
+        if !self.options.keep_owners && !self.options.keep_privileges {
+            let list = self.work.join(format!("{}.list", what.replace(' ', "-")));
+            write(&list, &toc::list_file(entries))?;
+            let mut args = args.to_vec();
+            args.push("--single-transaction".to_owned());
+            self.pg_restore(&archive, &list, &args, what, &mut |_| {})
+                .await?;
+        } else {
+            let (script, skipped) = self.pre_data_script(&archive, entries, args).await?;
+            self.psql(&script, &format!("restoring {what}")).await?;
+            self.left_for_superuser.extend(skipped);
+        }
+        Ok(())
     }
 
     /// Restores the post-data section: keys first, then the rest in
@@ -648,11 +692,11 @@ impl SchemaCopy {
     /// GRANT would not be allowed to own an object there yet.
     async fn pre_data_script(
         &self,
-        dumped: &Dumped,
+        archive: &Path,
+        entries: &[TocEntry],
         extra: &[String],
     ) -> Result<(String, Vec<String>)> {
-        let (mut acl, objects): (Vec<TocEntry>, Vec<TocEntry>) = dumped
-            .pre_entries
+        let (mut acl, objects): (Vec<TocEntry>, Vec<TocEntry>) = entries
             .iter()
             .cloned()
             .partition(|e| e.rest.starts_with("ACL ") || e.rest.starts_with("DEFAULT ACL "));
@@ -671,7 +715,7 @@ impl SchemaCopy {
                 let list = self.work.join("pre-data-system-acl.list");
                 write(&list, &toc::list_file(&system))?;
                 let text = self
-                    .restore_script(&dumped.pre_data, &list, &["--no-owner".to_owned()])
+                    .restore_script(archive, &list, &["--no-owner".to_owned()])
                     .await?;
                 skipped.extend(statements(&text));
             }
@@ -683,7 +727,7 @@ impl SchemaCopy {
         let mut no_owner = extra.clone();
         no_owner.push("--no-owner".to_owned());
         let without_owners = self
-            .restore_script(&dumped.pre_data, &objects_list, &no_owner)
+            .restore_script(archive, &objects_list, &no_owner)
             .await?;
         let mut script = without_owners.clone();
         if self.options.keep_privileges && !acl.is_empty() {
@@ -691,14 +735,12 @@ impl SchemaCopy {
             write(&acl_list, &toc::list_file(&acl))?;
             script.push_str(
                 &self
-                    .restore_script(&dumped.pre_data, &acl_list, &["--no-owner".to_owned()])
+                    .restore_script(archive, &acl_list, &["--no-owner".to_owned()])
                     .await?,
             );
         }
         if self.options.keep_owners {
-            let with_owners = self
-                .restore_script(&dumped.pre_data, &objects_list, &extra)
-                .await?;
+            let with_owners = self.restore_script(archive, &objects_list, &extra).await?;
             for line in added_lines(&with_owners, &without_owners).lines() {
                 // Before PostgreSQL 15 the public schema belonged to the
                 // bootstrap superuser; a newer target gives it to

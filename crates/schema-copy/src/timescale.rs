@@ -359,12 +359,14 @@ impl Timescale {
         let selected = |name: &QualifiedName| tables.iter().any(|t| &t.name == name);
         let mut hypertables = read_hypertables(client).await?;
         hypertables.retain(|h| selected(&h.name));
-        let continuous_aggregates = read_continuous_aggregates(client)
-            .await?
-            .into_iter()
-            .filter(|(_, source)| selected(source))
-            .map(|(cagg, _)| cagg)
-            .collect::<Vec<_>>();
+        // An aggregate on a selected hypertable, or on such an aggregate
+        // (those come first).
+        let mut continuous_aggregates: Vec<ContinuousAggregate> = Vec::new();
+        for (aggregate, source) in read_continuous_aggregates(client).await? {
+            if selected(&source) || continuous_aggregates.iter().any(|c| c.name == source) {
+                continuous_aggregates.push(aggregate);
+            }
+        }
         let mut jobs = read_jobs(client).await?;
         jobs.retain(|j| match &j.relation {
             Some(r) => selected(r) || continuous_aggregates.iter().any(|c| &c.name == r),
@@ -449,7 +451,36 @@ pub(crate) struct DumpAdjustments {
     /// `pg_dump` arguments that leave out TimescaleDB's chunks and internal
     /// relations and the views of continuous aggregates.
     pub exclusions: Vec<String>,
+    /// Views and materialized views built on continuous aggregates (also
+    /// through other views): `pg_class` OID, schema and name. Restored
+    /// after the aggregates, which the target makes itself.
+    pub after_aggregates: Vec<(u32, String, String)>,
 }
+
+/// The relations whose rules read a continuous aggregate's view, directly
+/// or through other such relations.
+const AFTER_AGGREGATES: &str = "
+WITH RECURSIVE aggregate AS (
+    SELECT pg_catalog.format('%I.%I', user_view_schema, user_view_name)::pg_catalog.regclass::pg_catalog.oid AS oid
+      FROM _timescaledb_catalog.continuous_agg
+), reader(oid) AS (
+    SELECT r.ev_class
+      FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.refobjid IN (SELECT oid FROM aggregate)
+    UNION
+    SELECT r.ev_class
+      FROM reader p
+      JOIN pg_catalog.pg_depend d ON d.refobjid = p.oid
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+)
+SELECT DISTINCT c.oid::pg_catalog.int8, n.nspname::text, c.relname::text
+  FROM reader x JOIN pg_catalog.pg_class c ON c.oid = x.oid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid NOT IN (SELECT oid FROM aggregate)";
 
 /// The [`DumpAdjustments`] of the database `client` is connected to (none
 /// without the extension).
@@ -488,7 +519,17 @@ pub(crate) async fn dump_adjustments(client: &impl GenericClient) -> Result<Dump
             crate::filter::literal_pattern(row.get(1))
         ));
     }
-    Ok(DumpAdjustments { exclusions })
+    let after_aggregates = client
+        .query(AFTER_AGGREGATES, &[])
+        .await
+        .map_err(query("reading the views built on continuous aggregates"))?
+        .iter()
+        .map(|r| (r.get::<_, i64>(0) as u32, r.get(1), r.get(2)))
+        .collect();
+    Ok(DumpAdjustments {
+        exclusions,
+        after_aggregates,
+    })
 }
 
 /// TimescaleDB's own schemas (`_timescaledb_internal`, where chunks go by
@@ -577,7 +618,9 @@ async fn read_continuous_aggregates(
         .query(
             "SELECT c.user_view_schema::text, c.user_view_name::text, \
                     pg_catalog.pg_get_viewdef(format('%I.%I', c.direct_view_schema, c.direct_view_name)::regclass), \
-                    c.materialized_only, h.schema_name::text, h.table_name::text, \
+                    c.materialized_only, \
+                    coalesce(p.user_view_schema, h.schema_name)::text, \
+                    coalesce(p.user_view_name, h.table_name)::text, \
                     pg_catalog.pg_get_userbyid(v.relowner)::text, \
                     ARRAY(SELECT pg_catalog.format('GRANT %s ON %s TO %s%s', a.privilege_type, v.oid::regclass, \
                                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
@@ -588,6 +631,7 @@ async fn read_continuous_aggregates(
                     pg_catalog.obj_description(v.oid, 'pg_class') \
                FROM _timescaledb_catalog.continuous_agg c \
                JOIN _timescaledb_catalog.hypertable h ON h.id = c.raw_hypertable_id \
+               LEFT JOIN _timescaledb_catalog.continuous_agg p ON p.mat_hypertable_id = c.raw_hypertable_id \
                JOIN pg_catalog.pg_class v \
                  ON v.oid = pg_catalog.format('%I.%I', c.user_view_schema, c.user_view_name)::regclass \
               ORDER BY c.mat_hypertable_id",

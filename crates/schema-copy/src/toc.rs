@@ -65,6 +65,26 @@ pub(crate) fn without_extensions(entries: Vec<TocEntry>) -> Vec<TocEntry> {
         .collect()
 }
 
+/// Splits off the entries of `relations` (`pg_class` OID, schema, name),
+/// with their privileges and comments: (the others, those).
+pub(crate) fn split_relations(
+    entries: Vec<TocEntry>,
+    relations: &[(u32, String, String)],
+) -> (Vec<TocEntry>, Vec<TocEntry>) {
+    entries.into_iter().partition(|e| {
+        !relations.iter().any(|(oid, schema, name)| {
+            (e.catalog == PG_CLASS && e.oid == *oid)
+                || e.rest.starts_with(&format!("ACL {schema} TABLE {name} "))
+                || e.rest
+                    .starts_with(&format!("COMMENT {schema} VIEW {name} "))
+                || e.rest
+                    .starts_with(&format!("COMMENT {schema} MATERIALIZED VIEW {name} "))
+                || e.rest
+                    .starts_with(&format!("COMMENT {schema} COLUMN {name}."))
+        })
+    })
+}
+
 /// Drops pglive's own event triggers (which capture a migration's schema
 /// changes on the source and call functions in its `pglive` schema, which
 /// is never copied).

@@ -388,6 +388,49 @@ fn a_target_without_timescaledb_is_refused_before_anything_changes() {
     );
 }
 
+/// `--hypertables none` into a target without TimescaleDB: the
+/// hypertables arrive as plain tables, row by row; the continuous
+/// aggregate and the view built on it cannot, and the migration says so.
+#[test]
+fn hypertables_copied_as_plain_tables_say_what_is_left_behind() {
+    let source_cluster = cluster();
+    let src = source_cluster.create_database("tsdb_plain_src").unwrap();
+    source_cluster
+        .psql(
+            &src,
+            "CREATE EXTENSION timescaledb;
+             CREATE TABLE m (ts timestamptz NOT NULL, device int NOT NULL, v float8, PRIMARY KEY (device, ts));
+             SELECT create_hypertable('m', by_range('ts', INTERVAL '1 day'));
+             INSERT INTO m SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g % 3, g
+               FROM generate_series(1, 300) g;
+             CREATE MATERIALIZED VIEW m_daily WITH (timescaledb.continuous) AS
+               SELECT time_bucket('1 day', ts) AS day, max(v) AS top FROM m GROUP BY 1 WITH NO DATA;
+             CREATE VIEW m_peaks AS SELECT day FROM m_daily WHERE top > 100;",
+        )
+        .unwrap();
+    let target_cluster = Cluster::shared();
+    let dst = target_cluster.create_database("tsdb_plain_dst").unwrap();
+    let output = run(&[
+        "migrate",
+        "--source",
+        &source_cluster.conninfo(&src),
+        "--target",
+        &target_cluster.conninfo(&dst),
+        "--name",
+        "plain",
+        "--hypertables",
+        "none",
+        "--cutover-when-ready",
+    ]);
+    let said = util::text(&output);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("1 continuous aggregate(s) and 1 object(s) built on them"),
+        "{said}"
+    );
+    util::assert_table_equal(source_cluster, &src, target_cluster, &dst, "m");
+}
+
 /// A plain PostgreSQL table made a hypertable on the target with
 /// `--hypertable`: refused first for a table whose key lacks the time
 /// column; then, under a workload, every row arrives in the target's

@@ -144,6 +144,11 @@ impl Job {
         options.reuse_schema = self.options.reuse_schema;
         options.keep_owners = self.options.settings.keep_owners;
         options.keep_privileges = self.options.settings.keep_privileges;
+        // Copied as plain tables, hypertables need no TimescaleDB on the
+        // target (one that does not preload it could not create it).
+        if !self.options.hypertables {
+            options.without_extensions = vec!["timescaledb".to_owned()];
+        }
         options
     }
 }

@@ -432,6 +432,15 @@ async fn schema_pre_data(
                     format!("schema: {restored} object(s) built on continuous aggregates created after them"),
                 );
             }
+        } else if !catalog.timescale.continuous_aggregates.is_empty() {
+            events.warn(
+                Step::Schema,
+                format!(
+                    "--hypertables none: the source's {} continuous aggregate(s) and {} object(s) built on them                      (views, their privileges and comments) are not created on the target",
+                    catalog.timescale.continuous_aggregates.len(),
+                    schema.after_aggregates()
+                ),
+            );
         }
         if !job.options.new_hypertables.is_empty() {
             target

@@ -488,6 +488,10 @@ pub(crate) async fn finish_on_target(
     target: &Client,
     events: &dyn Events,
 ) -> Result<(usize, usize)> {
+    // Hypertables copied as plain tables: nothing of TimescaleDB's is made.
+    if !job.options.hypertables {
+        return Ok((0, 0));
+    }
     let mut both = both_sides(job, source, target).await?;
     follow_source_hypertable_indexes((source, target), &both.hypertables_on_both(), events, true)
         .await?;
@@ -519,6 +523,9 @@ pub(crate) async fn finish_on_target(
 /// or grant on a continuous aggregate made meanwhile replays at its place.
 /// Whether it made anything (nothing for a source without TimescaleDB).
 pub(crate) async fn follow_before_replay(job: &Job, events: &dyn Events) -> Result<bool> {
+    if !job.options.hypertables {
+        return Ok(false);
+    }
     let source = pglive_postgres::connect_sql(&job.source).await?;
     let target = pglive_postgres::connect_sql(&job.target).await?;
     let both = both_sides(job, &source, &target).await?;

@@ -56,6 +56,9 @@ pub struct SchemaOptions {
     /// Leave out `CREATE EXTENSION` (for targets where the provider installs
     /// extensions). Default: off.
     pub skip_extensions: bool,
+    /// Extensions (by name) left out of the restore, with their comments.
+    /// Default: none.
+    pub without_extensions: Vec<String>,
     /// Drop the objects of the pre-data section before creating them
     /// (`--clean --if-exists`), for a fresh restart on a target that holds
     /// an earlier attempt. Foreign keys between the selected tables are
@@ -79,6 +82,7 @@ impl Default for SchemaOptions {
             keep_owners: true,
             keep_privileges: true,
             skip_extensions: false,
+            without_extensions: Vec::new(),
             drop_if_exists: false,
             reuse_schema: false,
             add_to_existing: false,
@@ -367,6 +371,7 @@ impl SchemaCopy {
         if self.options.skip_extensions {
             pre_entries = toc::without_extensions(pre_entries);
         }
+        pre_entries = toc::without_named_extensions(pre_entries, &self.options.without_extensions);
         let post_entries = toc::without_pglive_event_triggers(post_entries);
         let (pre_entries, after_aggregates) =
             toc::split_relations(pre_entries, &adjustments.after_aggregates);
@@ -512,6 +517,15 @@ impl SchemaCopy {
             elapsed: started.elapsed(),
             ..RestoreReport::default()
         })
+    }
+
+    /// How many pre-data entries wait for the target's continuous
+    /// aggregates (see [`SchemaCopy::restore_after_aggregates`]); 0 before
+    /// [`SchemaCopy::dump`].
+    pub fn after_aggregates(&self) -> usize {
+        self.dumped
+            .as_ref()
+            .map_or(0, |dumped| dumped.after_aggregates.len())
     }
 
     /// Restores the pre-data objects that read TimescaleDB continuous

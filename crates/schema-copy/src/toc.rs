@@ -65,6 +65,19 @@ pub(crate) fn without_extensions(entries: Vec<TocEntry>) -> Vec<TocEntry> {
         .collect()
 }
 
+/// Drops the extensions named in `names` (and their comments).
+pub(crate) fn without_named_extensions(entries: Vec<TocEntry>, names: &[String]) -> Vec<TocEntry> {
+    entries
+        .into_iter()
+        .filter(|e| {
+            !names.iter().any(|name| {
+                e.rest.starts_with(&format!("EXTENSION - {name} "))
+                    || e.rest.starts_with(&format!("COMMENT - EXTENSION {name} "))
+            })
+        })
+        .collect()
+}
+
 /// Splits off the entries of `relations` (`pg_class` OID, schema, name),
 /// with their privileges and comments: (the others, those).
 pub(crate) fn split_relations(

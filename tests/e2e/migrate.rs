@@ -600,6 +600,49 @@ fn filters_are_kept_and_clean_removes_only_its_own_migration() {
     no_leftovers(cluster, &src);
 }
 
+/// The source's event triggers reach the target at cutover, as the source
+/// has them (enabled, always, disabled, with their tags and comment):
+/// before, pglive's own schema work there would fire them.
+#[test]
+fn event_triggers_reach_the_target_at_cutover() {
+    let cluster = Cluster::shared();
+    let (src, dst) = util::databases(
+        cluster,
+        "evt",
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$ BEGIN END $f$;
+         CREATE EVENT TRIGGER evt_on ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+           EXECUTE FUNCTION note_ddl();
+         COMMENT ON EVENT TRIGGER evt_on IS 'audit';
+         CREATE EVENT TRIGGER evt_always ON sql_drop EXECUTE FUNCTION note_ddl();
+         ALTER EVENT TRIGGER evt_always ENABLE ALWAYS;
+         CREATE EVENT TRIGGER evt_off ON ddl_command_start EXECUTE FUNCTION note_ddl();
+         ALTER EVENT TRIGGER evt_off DISABLE;",
+    );
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let states = "SELECT coalesce(string_agg(evtname || ' ' || evtevent || ' ' || evtenabled::text || ' '
+                                  || coalesce(evttags::text, '') || ' ' || coalesce(obj_description(oid, 'pg_event_trigger'), ''),
+                                  ', ' ORDER BY evtname), 'none')
+                    FROM pg_event_trigger WHERE evtname LIKE 'evt_%'";
+    let mut migrate = util::migrate_until_streaming(&source, &target, "evt", &[]);
+    assert_eq!(cluster.psql(&dst, states).unwrap(), "none");
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "evt",
+        ],
+        &mut migrate,
+    );
+    let log = finish(migrate);
+    assert!(
+        log.contains("3 event trigger(s) of the source created"),
+        "{log}"
+    );
+    assert_eq!(
+        cluster.psql(&dst, states).unwrap(),
+        cluster.psql(&src, states).unwrap()
+    );
+}
+
 /// Both sides of `tables`, row by row.
 fn assert_tables_equal(cluster: &Cluster, src: &str, dst: &str, tables: &[&str]) {
     for table in tables {

@@ -64,7 +64,9 @@ CREATE MATERIALIZED VIEW metrics_daily WITH (timescaledb.continuous) AS
   SELECT time_bucket('1 day', bucket) AS day, device, sum(n) AS n FROM metrics_hourly GROUP BY 1, 2
   WITH NO DATA;
 CREATE VIEW busiest AS SELECT day, max(n) AS n FROM metrics_daily GROUP BY day;
-CREATE VIEW busiest_week AS SELECT time_bucket('7 days', day) AS week, max(n) AS n FROM busiest GROUP BY 1;
+CREATE VIEW \"Busiest Week\" AS SELECT time_bucket('7 days', day) AS week, max(n) AS n FROM busiest GROUP BY 1;
+COMMENT ON VIEW \"Busiest Week\" IS 'weekly';
+GRANT SELECT (week) ON \"Busiest Week\" TO ts_reader;
 COMMENT ON VIEW busiest IS 'busiest device per day';
 GRANT SELECT ON busiest TO ts_reader;
 ";
@@ -314,7 +316,9 @@ fn a_timescaledb_source_migrates_into_timescaledb_under_load() {
     // aggregate equal to its query over the aggregate below it.
     let views =
         "SELECT c.relname, pg_get_viewdef(c.oid), c.relacl, obj_description(c.oid, 'pg_class')
-                   FROM pg_class c WHERE c.relname IN ('busiest', 'busiest_week') ORDER BY 1";
+                   FROM pg_class c WHERE c.relname IN ('busiest', 'Busiest Week') ORDER BY 1;
+                 SELECT attname, attacl FROM pg_attribute
+                  WHERE attrelid = '\"Busiest Week\"'::regclass AND attacl IS NOT NULL";
     assert_eq!(
         cluster.psql(&src, views).unwrap(),
         cluster.psql(&dst, views).unwrap()

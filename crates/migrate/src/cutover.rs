@@ -259,13 +259,6 @@ async fn check(
             format!("cutover: {restored} target trigger(s) enabled again"),
         );
     }
-    let released = crate::event_triggers::release(source, target).await?;
-    if released > 0 {
-        events.note(
-            Step::Cutover,
-            format!("cutover: {released} event trigger(s) enabled again"),
-        );
-    }
     let identities = pglive_apply::restore_identity_columns(target).await?;
     if identities > 0 {
         events.note(
@@ -458,6 +451,16 @@ async fn complete(
     }
     crate::ddl_capture::remove(source, job.name()).await?;
     publication::drop(source, &record.publication).await?;
+    // Last of the target's schema: nothing of pglive's fires them.
+    let made =
+        crate::event_triggers::create_on_target(source, target, job.options.settings.keep_owners)
+            .await?;
+    if made > 0 {
+        events.note(
+            Step::Cutover,
+            format!("cutover: {made} event trigger(s) of the source created on the target"),
+        );
+    }
     state::finish(target, job.name(), summary).await?;
     events.note(
         Step::Cutover,

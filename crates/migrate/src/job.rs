@@ -144,6 +144,8 @@ impl Job {
         options.reuse_schema = self.options.reuse_schema;
         options.keep_owners = self.options.settings.keep_owners;
         options.keep_privileges = self.options.settings.keep_privileges;
+        // Made at cutover (see `event_triggers`).
+        options.without_event_triggers = true;
         // Copied as plain tables, hypertables need no TimescaleDB on the
         // target (one that does not preload it could not create it).
         if !self.options.hypertables {

@@ -412,12 +412,6 @@ async fn schema_pre_data(
             started.elapsed().as_secs_f64()
         ),
     );
-    for skipped in schema.left_for_superuser() {
-        events.warn(
-            Step::Schema,
-            format!("not restored, as only a superuser may run it on the target: {skipped}"),
-        );
-    }
     if !job.options.reuse_schema {
         let target = connect_sql(&job.target).await?;
         if job.options.hypertables && !catalog.timescale.hypertables.is_empty() {
@@ -461,6 +455,12 @@ async fn schema_pre_data(
                 ),
             );
         }
+    }
+    for skipped in schema.left_for_superuser() {
+        events.warn(
+            Step::Schema,
+            format!("not restored, as only a superuser may run it on the target: {skipped}"),
+        );
     }
     Ok(())
 }
@@ -641,13 +641,6 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
-        let held = crate::event_triggers::hold(target).await?;
-        if held > 0 {
-            events.note(
-                Step::PostData,
-                format!("post-data: {held} event trigger(s) held off on the target until cutover"),
-            );
-        }
         let started = Instant::now();
         let analyzed = analyze(target, catalog).await?;
         events.note(

@@ -59,6 +59,9 @@ pub struct SchemaOptions {
     /// Extensions (by name) left out of the restore, with their comments.
     /// Default: none.
     pub without_extensions: Vec<String>,
+    /// Leave the event triggers out of post-data (the caller makes them
+    /// later). Default: off.
+    pub without_event_triggers: bool,
     /// Drop the objects of the pre-data section before creating them
     /// (`--clean --if-exists`), for a fresh restart on a target that holds
     /// an earlier attempt. Foreign keys between the selected tables are
@@ -83,6 +86,7 @@ impl Default for SchemaOptions {
             keep_privileges: true,
             skip_extensions: false,
             without_extensions: Vec::new(),
+            without_event_triggers: false,
             drop_if_exists: false,
             reuse_schema: false,
             add_to_existing: false,
@@ -372,7 +376,10 @@ impl SchemaCopy {
             pre_entries = toc::without_extensions(pre_entries);
         }
         pre_entries = toc::without_named_extensions(pre_entries, &self.options.without_extensions);
-        let post_entries = toc::without_pglive_event_triggers(post_entries);
+        let mut post_entries = toc::without_pglive_event_triggers(post_entries);
+        if self.options.without_event_triggers {
+            post_entries = toc::without_event_triggers(post_entries);
+        }
         let (pre_entries, after_aggregates) =
             toc::split_relations(pre_entries, &adjustments.after_aggregates);
         self.dumped = Some(Dumped {

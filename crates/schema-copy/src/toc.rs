@@ -65,6 +65,17 @@ pub(crate) fn without_extensions(entries: Vec<TocEntry>) -> Vec<TocEntry> {
         .collect()
 }
 
+/// Drops every event trigger (and its comment).
+pub(crate) fn without_event_triggers(entries: Vec<TocEntry>) -> Vec<TocEntry> {
+    entries
+        .into_iter()
+        .filter(|e| {
+            !e.rest.starts_with("EVENT TRIGGER - ")
+                && !e.rest.starts_with("COMMENT - EVENT TRIGGER ")
+        })
+        .collect()
+}
+
 /// Drops the extensions named in `names` (and their comments).
 pub(crate) fn without_named_extensions(entries: Vec<TocEntry>, names: &[String]) -> Vec<TocEntry> {
     entries
@@ -86,14 +97,20 @@ pub(crate) fn split_relations(
 ) -> (Vec<TocEntry>, Vec<TocEntry>) {
     entries.into_iter().partition(|e| {
         !relations.iter().any(|(oid, schema, name)| {
+            // Tags of comments and privileges quote names that need it.
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
             (e.catalog == PG_CLASS && e.oid == *oid)
-                || e.rest.starts_with(&format!("ACL {schema} TABLE {name} "))
-                || e.rest
-                    .starts_with(&format!("COMMENT {schema} VIEW {name} "))
-                || e.rest
-                    .starts_with(&format!("COMMENT {schema} MATERIALIZED VIEW {name} "))
-                || e.rest
-                    .starts_with(&format!("COMMENT {schema} COLUMN {name}."))
+                || [name.as_str(), quoted.as_str()].iter().any(|name| {
+                    [
+                        format!("ACL {schema} TABLE {name} "),
+                        format!("ACL {schema} COLUMN {name}."),
+                        format!("COMMENT {schema} VIEW {name} "),
+                        format!("COMMENT {schema} MATERIALIZED VIEW {name} "),
+                        format!("COMMENT {schema} COLUMN {name}."),
+                    ]
+                    .iter()
+                    .any(|prefix| e.rest.starts_with(prefix))
+                })
         })
     })
 }

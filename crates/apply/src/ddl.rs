@@ -324,11 +324,13 @@ impl Captured {
 }
 
 /// The target's event triggers that are no extension's, not pglive's (a
-/// target that is another migration's source captures what is replayed)
-/// and not disabled, with how they are enabled (`O`, `R`, `A`).
+/// target that is another migration's source captures what is replayed),
+/// not disabled and the session's to alter (a platform's own are left
+/// alone), with how they are enabled (`O`, `R`, `A`).
 const USER_EVENT_TRIGGERS: &str = "SELECT e.evtname::text, e.evtenabled::text
        FROM pg_catalog.pg_event_trigger e
       WHERE e.evtenabled <> 'D' AND e.evtname !~ '^pglive_'
+        AND pg_catalog.pg_has_role(e.evtowner, 'MEMBER')
         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                          WHERE d.classid = 'pg_catalog.pg_event_trigger'::pg_catalog.regclass
                            AND d.objid = e.oid AND d.deptype = 'e')";

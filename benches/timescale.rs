@@ -43,27 +43,25 @@ SELECT create_hypertable('ht', by_range('ts', INTERVAL '1 day'));";
 /// The hypertable's key.
 const KEY: &str = "ALTER TABLE ht ADD PRIMARY KEY (device, ts)";
 
-fn main() {
-    let cluster = Cluster::start(
+/// A throwaway TimescaleDB server tuned for bulk work.
+fn timescaledb_server() -> Cluster {
+    Cluster::start(
         ClusterOptions::bulk()
             .timescaledb(true)
             .setting("shared_buffers", "512MB")
             .setting("checkpoint_timeout", "1h")
             .setting("autovacuum", "off"),
     )
-    .expect("start a TimescaleDB cluster");
+    .expect("start a TimescaleDB cluster")
+}
+
+fn main() {
+    let cluster = timescaledb_server();
     let mut lines = Vec::new();
     for megabytes in sizes("PGLIVE_TS_COPY_MB", "200,800") {
         lines.push(copy(&cluster, megabytes));
     }
-    let target_server = Cluster::start(
-        ClusterOptions::bulk()
-            .timescaledb(true)
-            .setting("shared_buffers", "512MB")
-            .setting("checkpoint_timeout", "1h")
-            .setting("autovacuum", "off"),
-    )
-    .expect("start a second TimescaleDB cluster");
+    let target_server = timescaledb_server();
     for rows in sizes("PGLIVE_TS_BACKLOG_ROWS", "300000,1200000") {
         lines.push(backlog((&cluster, &target_server), rows));
     }

@@ -557,6 +557,7 @@ impl Applier {
             role: captured.role,
             search_path: captured.search_path,
             check_tables,
+            replica: self.stats.replica_role,
         });
         // Now, so that the Relation messages after it describe the target
         // as the command left it.

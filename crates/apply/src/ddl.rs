@@ -406,6 +406,9 @@ pub(crate) struct DdlStep {
     pub check_tables: Vec<String>,
     /// The values existing rows got on the source.
     pub missing: Vec<MissingValue>,
+    /// Whether the session runs with `session_replication_role = replica`
+    /// (then switched to `origin` for the command).
+    pub replica: bool,
 }
 
 /// A table's columns on the target: (table as identified, column, the
@@ -444,17 +447,10 @@ impl DdlStep {
             // replica, and an extension may keep its catalog by them
             // (TimescaleDB forgets a dropped continuous aggregate or
             // hypertable in one): the command runs as it ran on the source.
-            let replica: bool = client
-                .query_one(
-                    "SELECT pg_catalog.current_setting('session_replication_role') = 'replica'",
-                    &[],
-                )
-                .await
-                .map_err(failed)?
-                .get(0);
-            // The user's own event triggers (restored with the schema) are
-            // held off meanwhile: what they did on the source (an audit
-            // row) arrives through the stream.
+            let replica = self.replica;
+            // The target's own event triggers (an embedder's schema may
+            // have the source's) are held off meanwhile: what they did on
+            // the source (an audit row) arrives through the stream.
             let held: Vec<(String, String)> = match replica {
                 false => Vec::new(),
                 true => client

@@ -430,7 +430,8 @@ async fn schema_pre_data(
             events.warn(
                 Step::Schema,
                 format!(
-                    "--hypertables none: the source's {} continuous aggregate(s) and {} object(s) built on them                      (views, their privileges and comments) are not created on the target",
+                    "--hypertables none: the source's {} continuous aggregate(s) and {} object(s) built on them \
+                     (views, their privileges and comments) are not created on the target",
                     catalog.timescale.continuous_aggregates.len(),
                     schema.after_aggregates()
                 ),

@@ -59,34 +59,26 @@ pub(crate) fn parse(listing: &str) -> Vec<TocEntry> {
 
 /// Drops extensions and their comments.
 pub(crate) fn without_extensions(entries: Vec<TocEntry>) -> Vec<TocEntry> {
-    entries
-        .into_iter()
-        .filter(|e| !e.kind_is("EXTENSION") && !e.rest.starts_with("COMMENT - EXTENSION "))
-        .collect()
+    without_prefixed(entries, &["EXTENSION ", "COMMENT - EXTENSION "])
 }
 
 /// Drops every event trigger (and its comment).
 pub(crate) fn without_event_triggers(entries: Vec<TocEntry>) -> Vec<TocEntry> {
-    entries
-        .into_iter()
-        .filter(|e| {
-            !e.rest.starts_with("EVENT TRIGGER - ")
-                && !e.rest.starts_with("COMMENT - EVENT TRIGGER ")
-        })
-        .collect()
+    without_prefixed(entries, &["EVENT TRIGGER - ", "COMMENT - EVENT TRIGGER "])
 }
 
 /// Drops the extensions named in `names` (and their comments).
 pub(crate) fn without_named_extensions(entries: Vec<TocEntry>, names: &[String]) -> Vec<TocEntry> {
-    entries
-        .into_iter()
-        .filter(|e| {
-            !names.iter().any(|name| {
-                e.rest.starts_with(&format!("EXTENSION - {name} "))
-                    || e.rest.starts_with(&format!("COMMENT - EXTENSION {name} "))
-            })
+    let prefixes: Vec<String> = names
+        .iter()
+        .flat_map(|name| {
+            [
+                format!("EXTENSION - {name} "),
+                format!("COMMENT - EXTENSION {name} "),
+            ]
         })
-        .collect()
+        .collect();
+    without_prefixed(entries, &prefixes)
 }
 
 /// Splits off the entries of `relations` (`pg_class` OID, schema, name),
@@ -119,9 +111,15 @@ pub(crate) fn split_relations(
 /// changes on the source and call functions in its `pglive` schema, which
 /// is never copied).
 pub(crate) fn without_pglive_event_triggers(entries: Vec<TocEntry>) -> Vec<TocEntry> {
+    without_prefixed(entries, &["EVENT TRIGGER - pglive_"])
+}
+
+/// Drops the entries whose kind and name (as `pg_restore -l` prints them)
+/// start with one of `prefixes`.
+fn without_prefixed(entries: Vec<TocEntry>, prefixes: &[impl AsRef<str>]) -> Vec<TocEntry> {
     entries
         .into_iter()
-        .filter(|e| !e.rest.starts_with("EVENT TRIGGER - pglive_"))
+        .filter(|e| !prefixes.iter().any(|p| e.rest.starts_with(p.as_ref())))
         .collect()
 }
 

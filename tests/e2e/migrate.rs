@@ -340,6 +340,21 @@ fn non_superuser_roles_over_verify_full_tls() {
     cluster
         .psql_as(&source, Some(&role.password), &load(2_000))
         .unwrap();
+    // An event trigger a superuser made on the source: a target role that is
+    // none cannot make it, which the cutover says without failing.
+    cluster
+        .psql_as(
+            &source,
+            Some(&role.password),
+            "CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$ BEGIN END $f$",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            &src,
+            "CREATE EVENT TRIGGER audit ON ddl_command_end EXECUTE FUNCTION note_ddl()",
+        )
+        .unwrap();
     let workload = Workload::start(source.clone(), workload_sql);
     let mut migrate = util::migrate_until_streaming(&source, &target, "tls", &[]);
     std::thread::sleep(Duration::from_secs(1));
@@ -373,6 +388,12 @@ fn non_superuser_roles_over_verify_full_tls() {
     assert!(!cutover.contains(&role.password), "no password in output");
     let log = finish(migrate);
     assert!(!log.contains(&role.password), "no password in output");
+    assert!(
+        log.contains(
+            "not created, as only a superuser may run it on the target: CREATE EVENT TRIGGER"
+        ),
+        "{log}"
+    );
     run_ok(&["verify", "--source", &source, "--target", &target, "--full"]);
     assert_same_rows(&cluster, &src, &cluster, &dst);
     let output = run(&["status", "--target", &target, "--name", "tls", "--json"]);
@@ -765,6 +786,12 @@ fn a_table_created_mid_run_outside_the_publication_is_carried() {
     assert!(!cutover.contains(&role.password), "no password in output");
     let log = finish(migrate);
     assert!(!log.contains(&role.password), "no password in output");
+    assert!(
+        log.contains(
+            "not created, as only a superuser may run it on the target: CREATE EVENT TRIGGER"
+        ),
+        "{log}"
+    );
     assert_tables_equal(&cluster, &src, &dst, &["a", "late"]);
 }
 

@@ -452,13 +452,19 @@ async fn complete(
     crate::ddl_capture::remove(source, job.name()).await?;
     publication::drop(source, &record.publication).await?;
     // Last of the target's schema: nothing of pglive's fires them.
-    let made =
+    let (made, left) =
         crate::event_triggers::create_on_target(source, target, job.options.settings.keep_owners)
             .await?;
     if made > 0 {
         events.note(
             Step::Cutover,
             format!("cutover: {made} event trigger(s) of the source created on the target"),
+        );
+    }
+    for statements in left {
+        events.warn(
+            Step::Cutover,
+            format!("not created, as only a superuser may run it on the target: {statements}"),
         );
     }
     state::finish(target, job.name(), summary).await?;

@@ -109,31 +109,45 @@ async fn event_triggers(client: &Client, side: &str) -> Result<Vec<EventTrigger>
 }
 
 /// Makes on the target each event trigger of the source it lacks (by
-/// name), enabled as on the source; how many. Run when nothing more of
-/// pglive's changes the target's schema.
+/// name), enabled as on the source. Run when nothing more of pglive's
+/// changes the target's schema. Returns how many it made, and the
+/// statements of those only a superuser may make (a target role that is
+/// none), for the caller to report: the cutover is past its point of no
+/// return, so they do not stop it.
 pub(crate) async fn create_on_target(
     source: &Client,
     target: &Client,
     keep_owners: bool,
-) -> Result<usize> {
+) -> Result<(usize, Vec<String>)> {
     let there: Vec<String> = event_triggers(target, "target")
         .await?
         .into_iter()
         .map(|t| t.name)
         .collect();
     let mut made = 0;
+    let mut left = Vec::new();
     for trigger in event_triggers(source, "source").await? {
         if there.contains(&trigger.name) {
             continue;
         }
         let statements = trigger.create_sql(keep_owners).join("; ");
-        target
+        match target
             .batch_execute(&format!("BEGIN; {statements}; COMMIT"))
             .await
-            .doing_with(|| format!("creating event trigger {:?} on the target", trigger.name))?;
-        made += 1;
+        {
+            Ok(()) => made += 1,
+            Err(e) if e.code().is_some_and(|c| c.code() == "42501") => {
+                target.batch_execute("ROLLBACK").await.ok();
+                left.push(format!("{statements};"));
+            }
+            Err(e) => {
+                return Err(e).doing_with(|| {
+                    format!("creating event trigger {:?} on the target", trigger.name)
+                });
+            }
+        }
     }
-    Ok(made)
+    Ok((made, left))
 }
 
 #[cfg(test)]

@@ -723,3 +723,98 @@ fn schema_changes_of_a_hypertable_are_replayed() {
         cluster.psql(&dst, shape).unwrap()
     );
 }
+
+/// Downsampling, TimescaleDB's common pattern: a retention policy drops
+/// raw chunks while continuous aggregates keep their buckets. Those buckets
+/// cannot be computed again from the target's raw data, so they come from
+/// the source's materialization; a chunk the source drops mid-run keeps its
+/// buckets too. Pass = both aggregates (one on the other) equal the
+/// source's, brought up to date over the raw data it still has.
+#[test]
+fn continuous_aggregate_buckets_older_than_the_raw_data_are_kept() {
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        "tsdb_history",
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE conditions (ts timestamptz NOT NULL, device int NOT NULL, temp float8,
+                                  PRIMARY KEY (device, ts));
+         SELECT create_hypertable('conditions', by_range('ts', INTERVAL '1 day'));
+         INSERT INTO conditions SELECT '2026-01-01'::timestamptz + g * INTERVAL '15 minutes', g % 3, g % 40
+           FROM generate_series(0, 20 * 96 - 1) g;
+         CREATE MATERIALIZED VIEW conditions_daily WITH (timescaledb.continuous) AS
+           SELECT time_bucket('1 day', ts) AS day, device, avg(temp) AS mean, count(*) AS n
+             FROM conditions GROUP BY 1, 2 WITH DATA;
+         CREATE MATERIALIZED VIEW conditions_weekly WITH (timescaledb.continuous) AS
+           SELECT time_bucket('7 days', day) AS week, device, sum(n) AS n
+             FROM conditions_daily GROUP BY 1, 2 WITH DATA;
+         SELECT drop_chunks('conditions', older_than => '2026-01-11'::timestamptz);",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let history = "SELECT count(*) FROM conditions_daily WHERE day < '2026-01-11'";
+    let kept = cluster.psql(&src, history).unwrap();
+    assert_ne!(
+        kept, "0",
+        "the source's aggregate keeps days without raw data"
+    );
+
+    let mut migrate = util::migrate_until_streaming(&source, &target, "tsdb_history", &[]);
+    for n in 0..60 {
+        source_ok(
+            cluster,
+            &src,
+            &format!(
+                "INSERT INTO conditions VALUES ('2026-01-21'::timestamptz + {n} * INTERVAL '1 hour', {}, {n});
+                 UPDATE conditions SET temp = temp + 1 WHERE ts = '2026-01-15'::timestamptz + {n} * INTERVAL '15 minutes'",
+                n % 3
+            ),
+        );
+        if n == 30 {
+            // Retention goes on while the migration runs.
+            source_ok(
+                cluster,
+                &src,
+                "SELECT drop_chunks('conditions', older_than => '2026-01-12'::timestamptz)",
+            );
+        }
+    }
+    util::cutover_ok(
+        &[
+            "cutover",
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "--name",
+            "tsdb_history",
+        ],
+        &mut migrate,
+    );
+    finish(migrate);
+    util::assert_table_equal(cluster, &src, cluster, &dst, "conditions");
+    // The source's aggregates brought up to date where it has raw data.
+    cluster
+        .psql(
+            &src,
+            "CALL refresh_continuous_aggregate('conditions_daily', '2026-01-12'::timestamptz, NULL)",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            &src,
+            "CALL refresh_continuous_aggregate('conditions_weekly', NULL, NULL)",
+        )
+        .unwrap();
+    assert_eq!(cluster.psql(&dst, history).unwrap(), kept);
+    for aggregate in ["conditions_daily", "conditions_weekly"] {
+        let rows = format!(
+            "SELECT count(*) || ' ' || md5(string_agg(r::text, ',' ORDER BY r::text)) FROM {aggregate} r"
+        );
+        assert_eq!(
+            cluster.psql(&src, &rows).unwrap(),
+            cluster.psql(&dst, &rows).unwrap(),
+            "{aggregate} on the target equals the source's"
+        );
+    }
+}

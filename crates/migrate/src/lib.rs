@@ -63,6 +63,7 @@
 #![deny(missing_docs)]
 
 mod adopt;
+mod aggregate_history;
 mod clean;
 mod columns;
 mod control;

@@ -381,6 +381,7 @@ async fn start(
     if !copy(job, catalog, &snapshot, events, control).await? {
         return Ok(None);
     }
+    copy_aggregate_history(job, catalog, &snapshot, events.as_ref()).await?;
     // The snapshot is no longer needed.
     replication.close().await.ok();
     state::set_stage(target, job.name(), Stage::PostData).await?;
@@ -536,6 +537,38 @@ async fn copy(
     Ok(true)
 }
 
+/// Under the copy's snapshot, once the tables are in: the buckets of the
+/// source's continuous aggregates whose raw data is gone
+/// ([`crate::aggregate_history`]).
+async fn copy_aggregate_history(
+    job: &Job,
+    catalog: &Catalog,
+    snapshot: &Snapshot,
+    events: &dyn Events,
+) -> Result<()> {
+    if !job.options.hypertables || catalog.timescale.continuous_aggregates.is_empty() {
+        return Ok(());
+    }
+    let rows = crate::aggregate_history::copy_from_source(
+        (&job.source, &job.target),
+        &snapshot.name,
+        &catalog.timescale.continuous_aggregates,
+        events,
+    )
+    .await
+    .doing("copying the history of continuous aggregates")?;
+    if rows > 0 {
+        events.note(
+            Step::Copy,
+            format!(
+                "copy: TimescaleDB: {} materialized row(s) of continuous aggregates over raw data the source no longer has",
+                human::count(rows)
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// After this process's workers found no part left to claim: waits for
 /// the parts processes that joined the copy are copying (taking over any
 /// a stopped one left), then returns this process's summary; `None` when
@@ -617,6 +650,7 @@ async fn continue_from(
         if !copy(job, catalog, &snapshot, events, control).await? {
             return Ok(Outcome::Stopped);
         }
+        copy_aggregate_history(job, catalog, &snapshot, events.as_ref()).await?;
         replication.close().await.ok();
         state::set_stage(target, job.name(), Stage::PostData).await?;
         record.stage = Stage::PostData;

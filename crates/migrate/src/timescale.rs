@@ -502,7 +502,7 @@ pub(crate) async fn finish_on_target(
     if create_jobs(&both, target, events).await? > 0 {
         both = both_sides(job, source, target).await?;
     }
-    refresh(target, &both.target.continuous_aggregates).await?;
+    crate::aggregate_history::refresh_on_target(target, &both.target.continuous_aggregates).await?;
     let mut scheduled = 0;
     for (source_job, target_job) in &both.pairs {
         if source_job.scheduled && !target_job.scheduled {
@@ -612,17 +612,6 @@ async fn follow_source_objects(
     Ok(made)
 }
 
-/// Materializes all of each of `aggregates` on the target.
-async fn refresh(target: &Client, aggregates: &[pglive_schema::ContinuousAggregate]) -> Result<()> {
-    for aggregate in aggregates {
-        target
-            .batch_execute(&aggregate.refresh_sql())
-            .await
-            .doing_with(|| format!("refreshing continuous aggregate {}", aggregate.name))?;
-    }
-    Ok(())
-}
-
 /// After post-data: materializes the target's continuous aggregates once
 /// the copy is in (what streams later is refreshed at cutover from its
 /// invalidations) and makes the jobs ([`create_jobs`]). Returns how many
@@ -634,7 +623,7 @@ pub(crate) async fn after_post_data(
     events: &dyn Events,
 ) -> Result<(usize, usize)> {
     let both = both_sides(job, source, target).await?;
-    refresh(target, &both.target.continuous_aggregates).await?;
+    crate::aggregate_history::refresh_on_target(target, &both.target.continuous_aggregates).await?;
     let jobs = create_jobs(&both, target, events).await?;
     Ok((both.target.continuous_aggregates.len(), jobs))
 }

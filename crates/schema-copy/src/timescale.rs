@@ -176,10 +176,12 @@ impl ContinuousAggregate {
         )
     }
 
-    /// The statement that materializes all of it.
-    pub fn refresh_sql(&self) -> String {
+    /// The statement that materializes it from `start` (an SQL expression
+    /// of its time type) on: the buckets wholly after `start` are computed
+    /// from the data below it, those before are left as they are.
+    pub fn refresh_sql(&self, start: &str) -> String {
         format!(
-            "CALL refresh_continuous_aggregate({}, NULL, NULL)",
+            "CALL refresh_continuous_aggregate({}, {start}, NULL)",
             quote_literal(&self.name.quoted())
         )
     }

@@ -1,12 +1,10 @@
 //! The workers: one source and one target session each, streaming parts.
 
 use std::collections::HashMap;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
 use pglive_postgres::{
     ConnectConfig, Lsn, QualifiedName, SnapshotError, connect_sql, quote_ident,
     read_only_transaction,
@@ -17,13 +15,6 @@ use pglive_schema::Table;
 use crate::error::{Error, Result, source, target};
 use crate::plan::{Part, PartRange, PlanOptions, plan};
 use crate::state::{self, Claimed};
-
-/// Bytes of COPY data between two [`CopyEvent::Progress`] events of a part.
-const PROGRESS_EVERY: u64 = 8 << 20;
-
-/// COPY data is forwarded to the target in batches of about this size: the
-/// most a part holds in memory beside the client's socket buffers.
-const BATCH_BYTES: usize = 64 << 10;
 
 /// Large objects are read and written in pieces of this size.
 const LARGE_OBJECT_CHUNK: i32 = 1 << 20;
@@ -526,9 +517,7 @@ impl Worker {
     }
 
     /// Streams one part from the source's `COPY TO` into the target's `COPY
-    /// FROM` in batches of [`BATCH_BYTES`]: memory stays bounded because each
-    /// batch is awaited into the target's sink (whose channel holds one
-    /// message) before more is read, and a slow target stops the reads.
+    /// FROM` ([`crate::pipe::pipe`]).
     async fn copy_part(
         &self,
         source_tx: &tokio_postgres::Transaction<'_>,
@@ -563,45 +552,16 @@ impl Worker {
             .copy_in::<_, Bytes>(&table.copy_from(freeze))
             .await
             .map_err(target(format!("writing {what}")))?;
-        let mut stream = pin!(stream);
-        let mut sink = pin!(sink);
-        let (mut bytes, mut messages, mut reported) = (0u64, 0u64, 0u64);
-        // The server sends one message per row; rows are gathered into
-        // batches so the target's connection task wakes once per batch.
-        let mut batch = BytesMut::with_capacity(BATCH_BYTES * 2);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(source(format!("reading {what}")))?;
-            bytes += chunk.len() as u64;
-            messages += 1;
-            batch.extend_from_slice(&chunk);
-            if batch.len() < BATCH_BYTES {
-                continue;
-            }
-            sink.feed(batch.split().freeze())
-                .await
-                .map_err(target(format!("writing {what}")))?;
-            if bytes - reported >= PROGRESS_EVERY {
-                reported = bytes;
-                (self.events)(CopyEvent::Progress {
-                    worker: self.number,
-                    table: part.table.clone(),
-                    part: part.number,
-                    rows: messages,
-                    bytes,
-                });
-            }
-        }
-        if !batch.is_empty() {
-            sink.feed(batch.split().freeze())
-                .await
-                .map_err(target(format!("writing {what}")))?;
-        }
-        let rows = sink
-            .as_mut()
-            .finish()
-            .await
-            .map_err(target(format!("writing {what}")))?;
-        Ok((rows, bytes))
+        crate::pipe::pipe(stream, sink, &what, |rows, bytes| {
+            (self.events)(CopyEvent::Progress {
+                worker: self.number,
+                table: part.table.clone(),
+                part: part.number,
+                rows,
+                bytes,
+            });
+        })
+        .await
     }
 
     /// Copies every large object the snapshot sees, in pieces, keeping the

@@ -72,10 +72,12 @@
 
 mod copier;
 mod error;
+mod pipe;
 mod plan;
 mod state;
 
 pub use copier::{Copier, CopyEvent, CopyOptions, CopyPlan, CopySummary, Snapshot, vacuum_analyze};
 pub use error::{Error, Result};
+pub use pipe::pipe;
 pub use plan::{Part, PartRange, PlanOptions, TimeType, key_ranges, largest_first, plan};
 pub use state::{PartStatus, copied_at, reset, status};

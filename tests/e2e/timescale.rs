@@ -635,7 +635,9 @@ fn schema_changes_of_a_hypertable_are_replayed() {
            SELECT time_bucket('7 days', ts) AS week, count(*) AS n FROM m GROUP BY 1;
          CREATE TABLE retired (ts timestamptz NOT NULL, n int);
          SELECT create_hypertable('retired', by_range('ts', INTERVAL '1 day'));
-         INSERT INTO retired SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g FROM generate_series(1, 100) g;",
+         INSERT INTO retired SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g FROM generate_series(1, 100) g;
+         CREATE TABLE retained (ts timestamptz NOT NULL, n int);
+         INSERT INTO retained VALUES ('2026-01-01', 1);",
     );
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let mut migrate = util::migrate_until_streaming(&source, &target, "tsddl", &[]);
@@ -671,17 +673,20 @@ fn schema_changes_of_a_hypertable_are_replayed() {
             .unwrap();
     }
     // A table in a publication cannot become a hypertable (TimescaleDB
-    // refuses it), and the migration's publication holds every table:
-    // the refusal is what the source's application meets meanwhile.
-    let refused = cluster.psql(
-        &src,
-        "BEGIN; CREATE TABLE n (ts timestamptz NOT NULL); SELECT create_hypertable('n', by_range('ts')); COMMIT;",
-    );
+    // refuses it): one of the migration's tables is refused, a new one is
+    // not (it waits out of the publications to be adopted).
+    let refused = cluster.psql(&src, "SELECT create_hypertable('retained', by_range('ts'))");
     assert!(
         refused
             .as_ref()
             .is_err_and(|e| e.to_string().contains("part of a publication")),
         "{refused:?}"
+    );
+    source_ok(
+        cluster,
+        &src,
+        "BEGIN; CREATE TABLE n (ts timestamptz NOT NULL); SELECT create_hypertable('n', by_range('ts')); COMMIT;
+         INSERT INTO n SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 day' FROM generate_series(1, 30) g;",
     );
     util::cutover_ok(
         &[
@@ -691,6 +696,7 @@ fn schema_changes_of_a_hypertable_are_replayed() {
     );
     finish(migrate);
     util::assert_table_equal(cluster, &src, cluster, &dst, "m");
+    util::assert_table_equal(cluster, &src, cluster, &dst, "n");
     assert_eq!(
         timescale_settings(cluster, &src),
         timescale_settings(cluster, &dst)
@@ -817,4 +823,89 @@ fn continuous_aggregate_buckets_older_than_the_raw_data_are_kept() {
             "{aggregate} on the target equals the source's"
         );
     }
+}
+
+/// A deployment while the migration streams: a new table made a
+/// hypertable at once (TimescaleDB refuses `create_hypertable()` on a table
+/// in a publication, and the capture used to publish every new table in
+/// its `CREATE`'s transaction, so the application's deployment failed),
+/// and a new plain table. Both are carried: the hypertable adopted as soon
+/// as streaming sees it, the plain table at cutover, each with the rows
+/// written before and after.
+#[test]
+fn tables_created_while_streaming_may_still_become_hypertables() {
+    new_tables_while_streaming("tsdb_new_tables", &[]);
+}
+
+/// The same without the capture of schema changes: streaming finds the new
+/// tables itself, and makes them on the target from the source's schema.
+#[test]
+fn tables_created_while_streaming_may_still_become_hypertables_without_capture() {
+    new_tables_while_streaming("tsdb_new_uncaptured", &["--ddl", "stop"]);
+}
+
+fn new_tables_while_streaming(name: &str, options: &[&str]) {
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        name,
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE m (ts timestamptz NOT NULL, v int);
+         SELECT create_hypertable('m', by_range('ts', INTERVAL '1 day'));
+         INSERT INTO m SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g FROM generate_series(1, 100) g;",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let mut migrate = util::migrate_until_streaming(&source, &target, name, options);
+    source_ok(
+        cluster,
+        &src,
+        "BEGIN;
+         CREATE TABLE fresh (ts timestamptz NOT NULL, device int NOT NULL, v float8, PRIMARY KEY (device, ts));
+         SELECT create_hypertable('fresh', by_range('ts', INTERVAL '1 day'));
+         COMMIT;
+         INSERT INTO fresh SELECT '2026-02-01'::timestamptz + g * INTERVAL '20 minutes', g % 4, g
+           FROM generate_series(1, 500) g;
+         CREATE TABLE plain_new (id int PRIMARY KEY, note text);
+         INSERT INTO plain_new SELECT g, 'n' || g FROM generate_series(1, 50) g;",
+    );
+    for n in 0..40 {
+        source_ok(
+            cluster,
+            &src,
+            &format!(
+                "INSERT INTO fresh VALUES ('2026-03-01'::timestamptz + {n} * INTERVAL '1 hour', {}, {n});
+                 UPDATE fresh SET v = v + 0.5 WHERE ts = '2026-02-01'::timestamptz + {} * INTERVAL '20 minutes';
+                 DELETE FROM fresh WHERE ts = '2026-02-01'::timestamptz + {} * INTERVAL '20 minutes';
+                 UPDATE plain_new SET note = note || '+' WHERE id = {};
+                 INSERT INTO plain_new VALUES ({}, 'late');
+                 INSERT INTO m VALUES ('2026-01-10'::timestamptz + {n} * INTERVAL '1 minute', {n})",
+                n % 4,
+                n * 7 + 1,
+                n * 11 + 2,
+                n + 1,
+                n + 1000
+            ),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(migrate.try_wait().unwrap().is_none(), "{}", finish(migrate));
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", name,
+        ],
+        &mut migrate,
+    );
+    let said = finish(migrate);
+    for table in ["m", "fresh", "plain_new"] {
+        util::assert_table_equal(cluster, &src, cluster, &dst, table);
+    }
+    let shape = "SELECT hypertable_name, num_dimensions FROM timescaledb_information.hypertables ORDER BY 1;
+                 SELECT column_name, time_interval FROM timescaledb_information.dimensions ORDER BY 1, 2;
+                 SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('fresh', 'plain_new') ORDER BY 1";
+    assert_eq!(
+        cluster.psql(&src, shape).unwrap(),
+        cluster.psql(&dst, shape).unwrap(),
+        "{said}"
+    );
 }

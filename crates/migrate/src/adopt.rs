@@ -34,11 +34,18 @@ use crate::stages;
 use crate::state::{self, Record};
 
 /// Publishes, creates, copies and indexes `tables` (see the module
-/// documentation).
+/// documentation). `replayed` tables were made on the target by their
+/// captured, replayed `CREATE` (a TimescaleDB source's capture leaves new
+/// tables out of the publications): their indexes and later changes come
+/// by replay too, so only their rows are copied — once the target has
+/// replayed every change of their columns up to now (until then this
+/// adopts nothing, and is asked again) — and a hypertable on the source is
+/// made one on the target first.
 pub(crate) async fn adopt(
     job: &Job,
     record: &Record,
     tables: &[QualifiedName],
+    replayed: bool,
     events: &dyn Events,
 ) -> Result<()> {
     let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
@@ -53,6 +60,22 @@ pub(crate) async fn adopt(
     filter.include_tables = tables.iter().map(QualifiedName::quoted).collect();
     let source = connect_sql(&job.source).await?;
     let catalog = Catalog::read(&source, &filter).await?;
+    if replayed {
+        let listed: Vec<&QualifiedName> = tables.iter().collect();
+        let differing = crate::columns::differing(job, &listed).await?;
+        if !differing.is_empty() {
+            let described: Vec<String> = differing.iter().map(|d| d.describe()).collect();
+            events.note(
+                Step::Adopt,
+                format!(
+                    "new table(s) {}: adopted once apply has replayed the changes of their columns ({})",
+                    names.join(", "),
+                    described.join("; ")
+                ),
+            );
+            return Ok(());
+        }
+    }
     publication::add(&source, &record.publication, &catalog).await?;
 
     let mut replication = ReplicationClient::connect(&job.source).await?;
@@ -74,7 +97,7 @@ pub(crate) async fn adopt(
     let mut options = job.schema_options();
     options.reuse_schema = false;
     options.add_to_existing = true;
-    if !missing.is_empty() {
+    if !missing.is_empty() && !replayed {
         let mut create = options.clone();
         create.filter.include_tables = missing;
         let mut pre_data = SchemaCopy::new(job.source.clone(), job.target.clone(), create).await?;
@@ -87,9 +110,13 @@ pub(crate) async fn adopt(
             .await
             .doing("creating the new tables on the target")?;
     }
+    // Empty on the target: made a hypertable there now if it is one here.
+    crate::timescale::make_new_hypertables(&target, &catalog.timescale, events).await?;
     options.filter = filter;
     let mut schema = SchemaCopy::new(job.source.clone(), job.target.clone(), options).await?;
-    state::set_adopting(&target, job.name(), tables, false).await?;
+    if !replayed {
+        state::set_adopting(&target, job.name(), tables, false).await?;
+    }
     // Updates of an adopted keyless table before its copy are in the copy.
     let keyless = publication::keyless_changes(&source, &catalog).await?;
     state::add_keyless_baseline(&target, job.name(), &keyless).await?;
@@ -105,6 +132,18 @@ pub(crate) async fn adopt(
     .await
     .doing("copying the new tables")?;
     replication.close().await.ok();
+    if replayed {
+        events.note(
+            Step::Adopt,
+            format!(
+                "new table(s) {} copied ({} rows as of {}) and streamed from there",
+                names.join(", "),
+                summary.rows,
+                slot.consistent_point
+            ),
+        );
+        return Ok(());
+    }
     // Foreign keys may refer to rows the stream has not applied yet (apply
     // stopped before the copy's point): then the post-data is retried at
     // the next check, after apply went on.

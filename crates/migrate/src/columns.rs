@@ -168,13 +168,22 @@ pub(crate) async fn differences(job: &Job) -> Result<Vec<ColumnDifference>> {
             .doing("reading the source's tables")?
     };
     let tables: Vec<&QualifiedName> = catalog.tables.iter().map(|t| &t.name).collect();
+    differing(job, &tables).await
+}
+
+/// Those of `tables` whose columns differ on the target (a table the
+/// target lacks is not among them).
+pub(crate) async fn differing(
+    job: &Job,
+    tables: &[&QualifiedName],
+) -> Result<Vec<ColumnDifference>> {
     let (on_source, on_target) = tokio::try_join!(
-        columns(&job.source, "source", &tables),
-        columns(&job.target, "target", &tables)
+        columns(&job.source, "source", tables),
+        columns(&job.target, "target", tables)
     )?;
     Ok(tables
-        .into_iter()
-        .filter_map(|table| {
+        .iter()
+        .filter_map(|&table| {
             let there = on_target.get(table)?;
             ColumnDifference::between(table, on_source.get(table)?, there)
         })

@@ -105,7 +105,7 @@ async fn check(
     raised: &mut Option<fence::Raised>,
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
-    refuse_tables_not_carried(job, source, target).await?;
+    refuse_tables_not_carried(job, record, source, target).await?;
     let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
     if dropped > 0 {
         events.note(
@@ -226,7 +226,7 @@ async fn check(
     );
 
     // A table created between the check before the fence and the fence.
-    refuse_tables_not_carried(job, source, target).await?;
+    refuse_tables_not_carried(job, record, source, target).await?;
     let sequences = pglive_schema::sync_sequences(source, target, &job.filter())
         .await
         .doing("synchronizing sequences")?;
@@ -501,8 +501,19 @@ pub(crate) async fn finish_recorded(
 
 /// Fails when the source has selected tables this migration's copy does not
 /// hold: `migrate` adopts them while it streams, and must run again.
-async fn refuse_tables_not_carried(job: &Job, source: &Client, target: &Client) -> Result<()> {
-    let tables = publication::tables_not_carried(source, target, job.name(), &job.filter()).await?;
+async fn refuse_tables_not_carried(
+    job: &Job,
+    record: &Record,
+    source: &Client,
+    target: &Client,
+) -> Result<()> {
+    let tables = publication::tables_not_carried(
+        source,
+        target,
+        (job.name(), &record.publication),
+        &job.filter(),
+    )
+    .await?;
     if tables.is_empty() {
         Ok(())
     } else {

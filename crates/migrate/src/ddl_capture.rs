@@ -14,7 +14,10 @@
 //!   nothing outside an event trigger) to keep the publication of UPDATEs and DELETEs
 //!   right: a table created or given a key joins it in the same
 //!   transaction, so none of its changes is missed; a table that lost its
-//!   key leaves it, so the source never refuses its updates;
+//!   key leaves it, so the source never refuses its updates. On a
+//!   TimescaleDB source a table created meanwhile joins none (TimescaleDB
+//!   refuses `create_hypertable()` on a published table): streaming adopts
+//!   it later, with a copy of its rows;
 //! - shared by every capturing migration, the `sql_drop` trigger
 //!   `pglive_dropped`, which notes the objects a command dropped (to tell
 //!   temporary tables' drops, never replayed, from others).
@@ -87,8 +90,18 @@ pub(crate) async fn why_not_allowed(source: &Client) -> Result<Option<String>> {
 }
 
 /// Installs `name`'s capture on the source (see the module documentation);
-/// `publication` is the migration's first publication.
-pub(crate) async fn install(source: &Client, name: &str, publication: &str) -> Result<()> {
+/// `publication` is the migration's first publication. With
+/// `leave_new_tables` (a source with TimescaleDB, which refuses
+/// `create_hypertable()` on a table in a publication), a table created
+/// meanwhile is left out of the publications: streaming adopts it once it
+/// is a hypertable, or after a while as a plain table (see
+/// [`crate::publication::left_for_adoption`]).
+pub(crate) async fn install(
+    source: &Client,
+    name: &str,
+    publication: &str,
+    leave_new_tables: bool,
+) -> Result<()> {
     let prefix = pglive_apply::ddl_message_prefix(name);
     let capture = quote_ident(&format!("capture_{name}"));
     let publish = quote_ident(&format!("publish_{name}"));
@@ -128,6 +141,11 @@ BEGIN
                AND n.nspname NOT LIKE 'pg\_%' AND n.nspname NOT LIKE '\_timescaledb\_%'
                AND n.nspname NOT IN ('information_schema', 'pglive', 'timescaledb_information',
                                      'timescaledb_experimental'));
+        -- Not in the migration yet: left for adoption.
+        CONTINUE WHEN {leave_new_tables} AND NOT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_publication_rel r
+              JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+             WHERE p.pubname = {publication_literal} AND r.prrelid = t);
         SELECT CASE c.relreplident
                  WHEN 'f' THEN true
                  WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i
@@ -215,6 +233,7 @@ DROP EVENT TRIGGER IF EXISTS {trigger};
 CREATE EVENT TRIGGER {trigger} ON ddl_command_end EXECUTE FUNCTION pglive.{capture}();
 "#,
         changes_literal = quote_literal(&changes),
+        leave_new_tables = leave_new_tables,
         publication_literal = quote_literal(publication),
         prefix_literal = quote_literal(&prefix),
         dropped_literal = quote_literal(DROPPED_TRIGGER),

@@ -41,12 +41,23 @@ enum Reason {
     /// A `pglive verify` asks apply to hold.
     VerifyHold,
     /// Source tables the migration does not carry yet (see
-    /// `publication::tables_not_carried`).
+    /// `publication::tables_not_carried`), or, when it captures schema
+    /// changes, tables left for adoption (`publication::left_for_adoption`).
     NotCarried(Vec<QualifiedName>),
 }
 
+/// The latest value one task leaves for another (none yet at first).
+type Latest<T> = Arc<Mutex<Option<T>>>;
+
 /// How often streaming looks for tables created on the source.
 const NEW_TABLES_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a plain table created on a TimescaleDB source stays out of the
+/// migration (and its publications), so that the application may still
+/// make it a hypertable: a deployment runs `CREATE TABLE` and
+/// `create_hypertable()` one after the other. A hypertable is adopted at
+/// once, every waiting table at a cutover.
+const PLAIN_TABLE_GRACE: Duration = Duration::from_secs(120);
 
 /// A connected applier and stream, ready to run.
 pub(crate) struct Session {
@@ -160,6 +171,8 @@ pub(crate) async fn stream(
     // Where a table's shape stopped apply, while the target does not match
     // (a wait recorded by an earlier run is found again if it still holds).
     let mut waiting: Option<Lsn> = None;
+    // Tables left for adoption, since when this process saw them.
+    let mut left_since: HashMap<QualifiedName, tokio::time::Instant> = HashMap::new();
     {
         let target = connect_sql(&job.target).await?;
         state::set_apply_waiting(&target, job.name(), None).await?;
@@ -181,7 +194,7 @@ pub(crate) async fn stream(
             events,
             control,
             cutover_when_ready,
-            (&mut ignored, &mut waiting),
+            (&mut ignored, &mut waiting, &mut left_since),
         ))
         .await
         {
@@ -395,12 +408,25 @@ async fn session(
     events: &Arc<dyn Events>,
     control: &Control,
     cutover_when_ready: bool,
-    (ignored, waiting): (&mut HashSet<QualifiedName>, &mut Option<Lsn>),
+    (ignored, waiting, left_since): (
+        &mut HashSet<QualifiedName>,
+        &mut Option<Lsn>,
+        &mut HashMap<QualifiedName, tokio::time::Instant>,
+    ),
 ) -> Result<Stretch> {
     let state_client = connect_sql(&job.target).await?;
     let source_client = connect_sql(&job.source).await?;
     // Captured, a table created on the source arrives through its CREATE.
     let capturing = crate::ddl_capture::installed(&source_client, job.name()).await?;
+    // On a TimescaleDB source new tables are adopted after a while, so
+    // that they may still become hypertables.
+    let timescale_source = source_client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'timescaledb'",
+            &[],
+        )
+        .await?
+        .is_some();
     // Each round connects an applier and a stream; a round ends for good,
     // or after tables created on the source were added to the migration.
     'connect: loop {
@@ -410,15 +436,15 @@ async fn session(
             protocol_version,
         } = connect(job, record, ignored, events.as_ref()).await?;
         loop {
-            let latest: Arc<Mutex<Option<Progress>>> = Arc::new(Mutex::new(None));
-            let reason: Arc<Mutex<Option<Reason>>> = Arc::new(Mutex::new(None));
+            let latest: Latest<Progress> = Arc::new(Mutex::new(None));
+            let reason: Latest<Reason> = Arc::new(Mutex::new(None));
             let stop = watch_requests(
                 [&state_client, &source_client],
-                job,
+                (job, &record.publication),
                 control,
-                (cutover_when_ready, capturing, &mut *waiting),
-                Arc::clone(&latest),
-                Arc::clone(&reason),
+                (cutover_when_ready, capturing, timescale_source),
+                (&mut *waiting, &mut *left_since),
+                (Arc::clone(&latest), Arc::clone(&reason)),
                 events.as_ref(),
             );
             let ran = pglive_apply::run(
@@ -459,7 +485,7 @@ async fn session(
                     let new = publication::tables_not_carried(
                         &source_client,
                         &state_client,
-                        job.name(),
+                        (job.name(), &record.publication),
                         &job.filter(),
                     )
                     .await?;
@@ -473,7 +499,7 @@ async fn session(
                         true => vec![table],
                         false => new,
                     };
-                    crate::adopt::adopt(job, record, &new, events.as_ref()).await?;
+                    crate::adopt::adopt(job, record, &new, false, events.as_ref()).await?;
                     continue 'connect;
                 }
                 Err(error)
@@ -586,7 +612,9 @@ async fn session(
                     stream.stop().await.ok();
                     drop(applier);
                     events.event(Event::StreamingFinished);
-                    crate::adopt::adopt(job, record, &tables, events.as_ref()).await?;
+                    // Capturing, these are tables the capture left for
+                    // adoption, made on the target by their replayed CREATE.
+                    crate::adopt::adopt(job, record, &tables, capturing, events.as_ref()).await?;
                     continue 'connect;
                 }
                 (Stopped::Shutdown, _) => {
@@ -607,11 +635,14 @@ async fn session(
 /// source's.
 async fn watch_requests(
     [state_client, source_client]: [&tokio_postgres::Client; 2],
-    job: &Job,
+    (job, publication): (&Job, &str),
     control: &Control,
-    (cutover_when_ready, capturing, waiting): (bool, bool, &mut Option<Lsn>),
-    latest: Arc<Mutex<Option<Progress>>>,
-    reason: Arc<Mutex<Option<Reason>>>,
+    (cutover_when_ready, capturing, timescale_source): (bool, bool, bool),
+    (waiting, left_since): (
+        &mut Option<Lsn>,
+        &mut HashMap<QualifiedName, tokio::time::Instant>,
+    ),
+    (latest, reason): (Latest<Progress>, Latest<Reason>),
     events: &dyn Events,
 ) {
     let name = job.name();
@@ -621,7 +652,7 @@ async fn watch_requests(
     let mut next_table_check = tokio::time::Instant::now() + NEW_TABLES_EVERY;
     let mut next_slot_check = tokio::time::Instant::now();
     let mut warned_at_risk = false;
-    loop {
+    'watch: loop {
         if tokio::time::Instant::now() >= next_slot_check {
             next_slot_check += NEW_TABLES_EVERY;
             // The slot's WAL, for status, and a warning before it is lost.
@@ -642,63 +673,151 @@ async fn watch_requests(
                 warned_at_risk = wal.at_risk();
             }
         }
-        if !capturing && tokio::time::Instant::now() >= next_table_check {
+        if tokio::time::Instant::now() >= next_table_check {
             next_table_check += NEW_TABLES_EVERY;
-            if let Ok(tables) = publication::tables_not_carried(
-                source_client,
-                state_client,
-                job.name(),
-                &job.filter(),
-            )
-            .await
-            {
-                if !tables.is_empty() {
+            if !capturing && !timescale_source {
+                if let Ok(tables) = publication::tables_not_carried(
+                    source_client,
+                    state_client,
+                    (name, publication),
+                    &job.filter(),
+                )
+                .await
+                {
+                    if !tables.is_empty() {
+                        return set(Reason::NotCarried(tables));
+                    }
+                }
+            } else if timescale_source {
+                let due = due_for_adoption(
+                    [state_client, source_client],
+                    (job, publication),
+                    (capturing, false),
+                    left_since,
+                    events,
+                );
+                if let Some(tables) = due.await {
                     return set(Reason::NotCarried(tables));
                 }
             }
         }
-        tokio::select! {
-            () = control.stopped() => return set(Reason::Stop),
-            fence = control.cutover_requested() => return set(Reason::Cutover { fence }),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        let progress = latest.lock().expect("not poisoned").clone();
-        if let Some(p) = &progress {
-            let _ = state::save_progress(state_client, name, p).await;
-            // Past where a table's shape stopped it: the target matched.
-            if waiting.is_some_and(|at| p.stats.applied_lsn > at)
-                && state::set_apply_waiting(state_client, name, None)
-                    .await
-                    .is_ok()
-            {
-                *waiting = None;
-                events.note(Step::Streaming, "apply goes on past where it waited");
+        let fence = 'cutover: {
+            tokio::select! {
+                () = control.stopped() => return set(Reason::Stop),
+                fence = control.cutover_requested() => break 'cutover fence,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
-                return set(Reason::Cutover { fence: false });
-            }
-        }
-        if let Ok(Some(m)) = state::load(state_client, name).await {
-            if m.cutover_requested {
-                return set(Reason::Cutover { fence: m.fence });
-            }
-            // A fence no cutover stands behind (one that failed could not
-            // lift it then): lifted as soon as the source answers.
-            if m.fence_raised && m.stage == Stage::Streaming {
-                // Rare, and a large future: on the heap.
-                let lift = Box::pin(fence::lift_recorded(&job.source, state_client, name));
-                if let Ok(true) = lift.await {
-                    events.note(
-                        Step::Streaming,
-                        "lifted the fence a cutover that did not finish left on the source: it is writable again",
-                    );
+            let progress = latest.lock().expect("not poisoned").clone();
+            if let Some(p) = &progress {
+                let _ = state::save_progress(state_client, name, p).await;
+                // Past where a table's shape stopped it: the target matched.
+                if waiting.is_some_and(|at| p.stats.applied_lsn > at)
+                    && state::set_apply_waiting(state_client, name, None)
+                        .await
+                        .is_ok()
+                {
+                    *waiting = None;
+                    events.note(Step::Streaming, "apply goes on past where it waited");
+                }
+                if cutover_when_ready && p.lag_bytes < 1 << 20 && p.lag_seconds < 1.0 {
+                    break 'cutover false;
                 }
             }
-            if m.verify_request == Some(VerifyRequest::Hold) {
-                return set(Reason::VerifyHold);
+            if let Ok(Some(m)) = state::load(state_client, name).await {
+                if m.cutover_requested {
+                    break 'cutover m.fence;
+                }
+                // A fence no cutover stands behind (one that failed could not
+                // lift it then): lifted as soon as the source answers.
+                if m.fence_raised && m.stage == Stage::Streaming {
+                    // Rare, and a large future: on the heap.
+                    let lift = Box::pin(fence::lift_recorded(&job.source, state_client, name));
+                    if let Ok(true) = lift.await {
+                        events.note(
+                            Step::Streaming,
+                            "lifted the fence a cutover that did not finish left on the source: it is writable again",
+                        );
+                    }
+                }
+                if m.verify_request == Some(VerifyRequest::Hold) {
+                    return set(Reason::VerifyHold);
+                }
+            }
+            continue 'watch;
+        };
+        // Before a cutover, every table left for adoption is adopted (the
+        // request stands, and is taken again after).
+        if timescale_source {
+            let due = due_for_adoption(
+                [state_client, source_client],
+                (job, publication),
+                (capturing, true),
+                left_since,
+                events,
+            );
+            if let Some(tables) = due.await {
+                return set(Reason::NotCarried(tables));
             }
         }
+        return set(Reason::Cutover { fence });
     }
+}
+
+/// On a TimescaleDB source, the new tables due for adoption: those left
+/// for it (`publication::left_for_adoption` when `capturing`, else every
+/// table not carried) that are hypertables, plain tables waiting longer
+/// than [`PLAIN_TABLE_GRACE`], or, with `all`, every one. `left_since`
+/// keeps when each was first seen (and is told of it); `None` when none is
+/// due or the source cannot be read now (the next check tries again).
+async fn due_for_adoption(
+    [state_client, source_client]: [&tokio_postgres::Client; 2],
+    (job, publication): (&Job, &str),
+    (capturing, all): (bool, bool),
+    left_since: &mut HashMap<QualifiedName, tokio::time::Instant>,
+    events: &dyn Events,
+) -> Option<Vec<QualifiedName>> {
+    let names = (job.name(), publication);
+    let left = if capturing {
+        publication::left_for_adoption(source_client, state_client, names, &job.filter())
+            .await
+            .ok()?
+    } else {
+        let tables =
+            publication::tables_not_carried(source_client, state_client, names, &job.filter())
+                .await
+                .ok()?;
+        let hypertables = pglive_schema::hypertable_names(source_client).await.ok()?;
+        tables
+            .into_iter()
+            .map(|name| publication::LeftTable {
+                hypertable: hypertables.contains(&name),
+                name,
+            })
+            .collect()
+    };
+    let now = tokio::time::Instant::now();
+    left_since.retain(|table, _| left.iter().any(|l| &l.name == table));
+    let mut due = Vec::new();
+    for table in left {
+        let since = *left_since.entry(table.name.clone()).or_insert_with(|| {
+            if !table.hypertable && !all {
+                events.note(
+                    Step::Streaming,
+                    format!(
+                        "new table {} on the source: it joins the migration once it is a hypertable, \
+                         or in {} s as a plain table (TimescaleDB refuses create_hypertable() on a table in a publication)",
+                        table.name,
+                        PLAIN_TABLE_GRACE.as_secs()
+                    ),
+                );
+            }
+            now
+        });
+        if all || table.hypertable || now.duration_since(since) >= PLAIN_TABLE_GRACE {
+            due.push(table.name);
+        }
+    }
+    (!due.is_empty()).then_some(due)
 }
 
 /// How long apply stays paused at a verification's point for it to take

@@ -331,8 +331,9 @@ pub(crate) async fn run(plan: &Plan<'_>) -> Result<(Findings, Client, Client, Ca
         if catalog.timescale.version.is_some() {
             found.warnings.push(
                 "while this migration runs, TimescaleDB refuses create_hypertable() on the source for the \
-                 migration's tables, also those created meanwhile (\"part of a publication\"); make new \
-                 hypertables before it starts or after cutover"
+                 migration's tables (\"part of a publication\"): a table created meanwhile may become a \
+                 hypertable within two minutes of its creation (the migration adopts it then); make others \
+                 before it starts or after cutover"
                     .to_owned(),
             );
         }

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Doing, Result};
-use pglive_postgres::quote_ident;
+use pglive_postgres::{QualifiedName, quote_ident};
 use pglive_schema::{Catalog, ReplicaIdentity, Table};
 use tokio_postgres::Client;
 
@@ -174,29 +174,19 @@ pub(crate) async fn change_counts(
 pub(crate) async fn tables_not_carried(
     source: &Client,
     target: &Client,
-    migration: &str,
+    (migration, publication): (&str, &str),
     filter: &pglive_schema::ObjectFilter,
-) -> Result<Vec<pglive_postgres::QualifiedName>> {
+) -> Result<Vec<QualifiedName>> {
     let catalog = Catalog::read(source, filter).await?;
-    let copied = pglive_snapshot::copied_at(target, migration).await?;
-    let copied: std::collections::HashSet<String> =
-        copied.keys().map(|name| name.to_string()).collect();
-    // An adoption that stopped after the copy still owes the post-data.
     let unfinished = crate::state::adopting(target, migration).await?;
-    let not_copied: Vec<pglive_postgres::QualifiedName> = catalog
-        .tables
-        .iter()
-        .filter(|t| {
-            t.holds_rows()
-                && (!copied.contains(&t.name.to_string()) || unfinished.contains(&t.name))
-        })
-        .map(|t| t.name.clone())
-        .collect();
+    let not_copied = not_copied(&catalog, target, migration, &unfinished).await?;
     if not_copied.is_empty() || !crate::ddl_capture::installed(source, migration).await? {
         return Ok(not_copied);
     }
+    let left = unpublished(source, publication, &not_copied).await?;
     // Captured, a new table arrives through its own CREATE (and is in
-    // the publications from its first row): carried once the target has it.
+    // the publications from its first row, unless it was left for
+    // adoption): carried once the target has it.
     let names: Vec<String> = not_copied.iter().map(|n| n.quoted()).collect();
     let missing: Vec<String> = target
         .query(
@@ -210,7 +200,104 @@ pub(crate) async fn tables_not_carried(
         .collect();
     Ok(not_copied
         .into_iter()
-        .filter(|n| missing.contains(&n.quoted()) || unfinished.contains(n))
+        .filter(|n| missing.contains(&n.quoted()) || unfinished.contains(n) || left.contains(n))
+        .collect())
+}
+
+/// The selected tables whose rows no copy brought to the target (or whose
+/// adoption still owes its post-data).
+async fn not_copied(
+    catalog: &Catalog,
+    target: &Client,
+    migration: &str,
+    unfinished: &[QualifiedName],
+) -> Result<Vec<QualifiedName>> {
+    let copied = pglive_snapshot::copied_at(target, migration).await?;
+    let copied: std::collections::HashSet<String> =
+        copied.keys().map(|name| name.to_string()).collect();
+    Ok(catalog
+        .tables
+        .iter()
+        .filter(|t| {
+            t.holds_rows()
+                && (!copied.contains(&t.name.to_string()) || unfinished.contains(&t.name))
+        })
+        .map(|t| t.name.clone())
+        .collect())
+}
+
+/// Those of `tables` that `publication` does not publish (as listed, in a
+/// schema it lists, or `FOR ALL TABLES`).
+async fn unpublished(
+    source: &Client,
+    publication: &str,
+    tables: &[QualifiedName],
+) -> Result<Vec<QualifiedName>> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let published: Vec<QualifiedName> = source
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables
+              WHERE pubname = $1
+                AND (schemaname, tablename) IN (SELECT * FROM ROWS FROM (unnest($2::text[]), unnest($3::text[])))",
+            &[&publication, &schemas, &names],
+        )
+        .await
+        .doing_with(|| format!("reading publication {publication:?}"))?
+        .iter()
+        .map(|row| QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)))
+        .collect();
+    Ok(tables
+        .iter()
+        .filter(|t| !published.contains(t))
+        .cloned()
+        .collect())
+}
+
+/// A table created on a TimescaleDB source while a capturing migration
+/// streams, left out of the publications by the capture (TimescaleDB
+/// refuses `create_hypertable()` on a published table) and made on the
+/// target by its replayed `CREATE`: it waits to be adopted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeftTable {
+    /// The table.
+    pub name: QualifiedName,
+    /// Whether it is a hypertable on the source by now.
+    pub hypertable: bool,
+}
+
+/// The tables left for adoption ([`LeftTable`]): selected, not copied, not
+/// in `publication`, and on the target.
+pub(crate) async fn left_for_adoption(
+    source: &Client,
+    target: &Client,
+    (migration, publication): (&str, &str),
+    filter: &pglive_schema::ObjectFilter,
+) -> Result<Vec<LeftTable>> {
+    let catalog = Catalog::read(source, filter).await?;
+    let not_copied = not_copied(&catalog, target, migration, &[]).await?;
+    if not_copied.is_empty() {
+        return Ok(Vec::new());
+    }
+    let left = unpublished(source, publication, &not_copied).await?;
+    let names: Vec<String> = left.iter().map(QualifiedName::quoted).collect();
+    let on_target: Vec<String> = target
+        .query(
+            "SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NOT NULL",
+            &[&names],
+        )
+        .await
+        .doing("looking for new tables on the target")?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(left
+        .into_iter()
+        .filter(|t| on_target.contains(&t.quoted()))
+        .map(|name| LeftTable {
+            hypertable: catalog.timescale.hypertables.iter().any(|h| h.name == name),
+            name,
+        })
         .collect())
 }
 

@@ -330,7 +330,13 @@ async fn start(
     };
     if capture {
         // Before the slot: every command after its snapshot is captured.
-        crate::ddl_capture::install(source, job.name(), publication).await?;
+        crate::ddl_capture::install(
+            source,
+            job.name(),
+            publication,
+            catalog.timescale.version.is_some(),
+        )
+        .await?;
         events.note(
             Step::Schema,
             format!(

@@ -145,6 +145,38 @@ pub(crate) async fn create_on_target(
     Ok(())
 }
 
+/// Makes each of `timescale`'s hypertables one on the target where it is
+/// not yet (a table created on the source while the migration streams,
+/// which the target got by its replayed `CREATE`, empty). Returns how many.
+pub(crate) async fn make_new_hypertables(
+    target: &Client,
+    timescale: &Timescale,
+    events: &dyn Events,
+) -> Result<usize> {
+    let on_target = pglive_schema::hypertable_names(target)
+        .await
+        .doing("reading the target's hypertables")?;
+    let mut made = 0;
+    for hypertable in &timescale.hypertables {
+        if on_target.contains(&hypertable.name) {
+            continue;
+        }
+        target
+            .batch_execute(&hypertable.create_sql())
+            .await
+            .doing_with(|| format!("making {} a hypertable on the target", hypertable.name))?;
+        events.note(
+            Step::Adopt,
+            format!(
+                "TimescaleDB: {} (made a hypertable on the source meanwhile) made one on the target",
+                hypertable.name
+            ),
+        );
+        made += 1;
+    }
+    Ok(made)
+}
+
 /// Creates `aggregate` on the target, empty (a refresh materializes it),
 /// with its owner and privileges as the job keeps them, and its comment
 /// (`pg_dump` leaves continuous aggregates out, so nothing else does).

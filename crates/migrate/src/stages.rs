@@ -665,6 +665,21 @@ async fn continue_from(
         return Ok(Outcome::Stopped);
     }
     if record.stage == Stage::PostData {
+        let timescale = !catalog.timescale.hypertables.is_empty() && job.options.hypertables;
+        let started = Instant::now();
+        if timescale {
+            let source = connect_sql(&job.source).await?;
+            let aggregates = crate::timescale::materialize_aggregates(job, &source, target).await?;
+            if aggregates > 0 {
+                events.note(
+                    Step::PostData,
+                    format!(
+                        "post-data: TimescaleDB: {aggregates} continuous aggregate(s) materialized in {:.1}s",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+            }
+        }
         let started = Instant::now();
         let mut schema =
             SchemaCopy::new(job.source.clone(), job.target.clone(), job.schema_options()).await?;
@@ -691,18 +706,13 @@ async fn continue_from(
                 started.elapsed().as_secs_f64()
             ),
         );
-        if !catalog.timescale.hypertables.is_empty() && job.options.hypertables {
-            let started = Instant::now();
+        if timescale {
             let source = connect_sql(&job.source).await?;
-            let (aggregates, jobs) =
+            let jobs =
                 crate::timescale::after_post_data(job, &source, target, events.as_ref()).await?;
             events.note(
                 Step::PostData,
-                format!(
-                    "post-data: TimescaleDB: {aggregates} continuous aggregate(s) materialized, \
-                     {jobs} job(s) created (paused until cutover) in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                ),
+                format!("post-data: TimescaleDB: {jobs} job(s) created (paused until cutover)"),
             );
         }
         state::set_stage(target, job.name(), Stage::Streaming).await?;

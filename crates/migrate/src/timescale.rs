@@ -644,20 +644,29 @@ async fn follow_source_objects(
     Ok(made)
 }
 
-/// After post-data: materializes the target's continuous aggregates once
-/// the copy is in (what streams later is refreshed at cutover from its
-/// invalidations) and makes the jobs ([`create_jobs`]). Returns how many
-/// aggregates and jobs.
+/// Before post-data (a materialized view there may read them): materializes
+/// the target's continuous aggregates once the copy is in (what streams
+/// later is refreshed at cutover from its invalidations). Returns how many.
+pub(crate) async fn materialize_aggregates(
+    job: &Job,
+    source: &Client,
+    target: &Client,
+) -> Result<usize> {
+    let both = both_sides(job, source, target).await?;
+    crate::aggregate_history::refresh_on_target(target, &both.target.continuous_aggregates).await?;
+    Ok(both.target.continuous_aggregates.len())
+}
+
+/// After post-data (a reorder policy needs its index): makes the jobs
+/// ([`create_jobs`]). Returns how many.
 pub(crate) async fn after_post_data(
     job: &Job,
     source: &Client,
     target: &Client,
     events: &dyn Events,
-) -> Result<(usize, usize)> {
+) -> Result<usize> {
     let both = both_sides(job, source, target).await?;
-    crate::aggregate_history::refresh_on_target(target, &both.target.continuous_aggregates).await?;
-    let jobs = create_jobs(&both, target, events).await?;
-    Ok((both.target.continuous_aggregates.len(), jobs))
+    create_jobs(&both, target, events).await
 }
 
 /// Preflight, when the target is to have `wanted` hypertables: it must be

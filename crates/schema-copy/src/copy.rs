@@ -57,7 +57,9 @@ pub struct SchemaOptions {
     /// extensions). Default: off.
     pub skip_extensions: bool,
     /// Extensions (by name) left out of the restore, with their comments.
-    /// Default: none.
+    /// Without `timescaledb`, the objects built on continuous aggregates
+    /// are left out too (post-data's indexes on them included). Default:
+    /// none.
     pub without_extensions: Vec<String>,
     /// Leave the event triggers out of post-data (the caller makes them
     /// later). Default: off.
@@ -382,6 +384,24 @@ impl SchemaCopy {
         }
         let (pre_entries, after_aggregates) =
             toc::split_relations(pre_entries, &adjustments.after_aggregates);
+        if self
+            .options
+            .without_extensions
+            .iter()
+            .any(|e| e == "timescaledb")
+        {
+            // No aggregates on the target, so nothing built on them: what
+            // post-data would build on those views goes too.
+            let (indexes, others) = &adjustments.on_after_aggregates;
+            let relations: Vec<(u32, String, String)> = adjustments
+                .after_aggregates
+                .iter()
+                .chain(indexes)
+                .cloned()
+                .collect();
+            post_entries = toc::split_relations(post_entries, &relations).0;
+            post_entries.retain(|e| !others.contains(&(e.catalog, e.oid)));
+        }
         self.dumped = Some(Dumped {
             pre_data,
             pre_entries,

@@ -457,7 +457,22 @@ pub(crate) struct DumpAdjustments {
     /// through other views): `pg_class` OID, schema and name. Restored
     /// after the aggregates, which the target makes itself.
     pub after_aggregates: Vec<(u32, String, String)>,
+    /// What post-data builds on those: indexes (`pg_class` OID, schema,
+    /// name) and other objects, such as triggers (catalog and OID).
+    pub on_after_aggregates: (Vec<(u32, String, String)>, Vec<(u32, u32)>),
 }
+
+/// The objects that depend on the relations whose OIDs are `$1`, other
+/// than their own rules: indexes (with their schema and name) and others.
+const DEPENDENTS: &str = "
+SELECT d.classid::pg_catalog.int8, d.objid::pg_catalog.int8, n.nspname::text, c.relname::text
+  FROM pg_catalog.pg_depend d
+  LEFT JOIN pg_catalog.pg_class c ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.oid = d.objid
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+   AND d.refobjid = ANY ($1::pg_catalog.oid[])
+   AND d.classid <> 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+   AND d.classid <> 'pg_catalog.pg_type'::pg_catalog.regclass";
 
 /// The relations whose rules read a continuous aggregate's view, directly
 /// or through other such relations.
@@ -521,16 +536,28 @@ pub(crate) async fn dump_adjustments(client: &impl GenericClient) -> Result<Dump
             crate::filter::literal_pattern(row.get(1))
         ));
     }
-    let after_aggregates = client
+    let after_aggregates: Vec<(u32, String, String)> = client
         .query(AFTER_AGGREGATES, &[])
         .await
         .map_err(query("reading the views built on continuous aggregates"))?
         .iter()
         .map(|r| (r.get::<_, i64>(0) as u32, r.get(1), r.get(2)))
         .collect();
+    let oids: Vec<u32> = after_aggregates.iter().map(|(oid, _, _)| *oid).collect();
+    let mut on_after_aggregates = (Vec::new(), Vec::new());
+    for r in client.query(DEPENDENTS, &[&oids]).await.map_err(query(
+        "reading what is built on views of continuous aggregates",
+    ))? {
+        let (catalog, oid) = (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1) as u32);
+        match (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
+            (Some(schema), Some(name)) => on_after_aggregates.0.push((oid, schema, name)),
+            _ => on_after_aggregates.1.push((catalog, oid)),
+        }
+    }
     Ok(DumpAdjustments {
         exclusions,
         after_aggregates,
+        on_after_aggregates,
     })
 }
 

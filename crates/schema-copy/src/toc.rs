@@ -82,7 +82,8 @@ pub(crate) fn without_named_extensions(entries: Vec<TocEntry>, names: &[String])
 }
 
 /// Splits off the entries of `relations` (`pg_class` OID, schema, name),
-/// with their privileges and comments: (the others, those).
+/// with their privileges, comments and materialized views' data: (the
+/// others, those).
 pub(crate) fn split_relations(
     entries: Vec<TocEntry>,
     relations: &[(u32, String, String)],
@@ -99,6 +100,8 @@ pub(crate) fn split_relations(
                         format!("COMMENT {schema} VIEW {name} "),
                         format!("COMMENT {schema} MATERIALIZED VIEW {name} "),
                         format!("COMMENT {schema} COLUMN {name}."),
+                        format!("COMMENT {schema} INDEX {name} "),
+                        format!("MATERIALIZED VIEW DATA {schema} {name} "),
                     ]
                     .iter()
                     .any(|prefix| e.rest.starts_with(prefix))

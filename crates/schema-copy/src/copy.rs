@@ -392,14 +392,14 @@ impl SchemaCopy {
         {
             // No aggregates on the target, so nothing built on them: what
             // post-data would build on those views goes too.
-            let (indexes, others) = &adjustments.on_after_aggregates;
             let relations: Vec<(u32, String, String)> = adjustments
                 .after_aggregates
                 .iter()
-                .chain(indexes)
+                .chain(&adjustments.indexes_on_after_aggregates)
                 .cloned()
                 .collect();
             post_entries = toc::split_relations(post_entries, &relations).0;
+            let others = &adjustments.others_on_after_aggregates;
             post_entries.retain(|e| !others.contains(&(e.catalog, e.oid)));
         }
         self.dumped = Some(Dumped {

@@ -457,9 +457,11 @@ pub(crate) struct DumpAdjustments {
     /// through other views): `pg_class` OID, schema and name. Restored
     /// after the aggregates, which the target makes itself.
     pub after_aggregates: Vec<(u32, String, String)>,
-    /// What post-data builds on those: indexes (`pg_class` OID, schema,
-    /// name) and other objects, such as triggers (catalog and OID).
-    pub on_after_aggregates: (Vec<(u32, String, String)>, Vec<(u32, u32)>),
+    /// The indexes post-data builds on those (`pg_class` OID, schema, name).
+    pub indexes_on_after_aggregates: Vec<(u32, String, String)>,
+    /// Other objects post-data builds on those, such as triggers (catalog
+    /// and OID).
+    pub others_on_after_aggregates: Vec<(u32, u32)>,
 }
 
 /// The objects that depend on the relations whose OIDs are `$1`, other
@@ -544,20 +546,22 @@ pub(crate) async fn dump_adjustments(client: &impl GenericClient) -> Result<Dump
         .map(|r| (r.get::<_, i64>(0) as u32, r.get(1), r.get(2)))
         .collect();
     let oids: Vec<u32> = after_aggregates.iter().map(|(oid, _, _)| *oid).collect();
-    let mut on_after_aggregates = (Vec::new(), Vec::new());
+    let (mut indexes_on_after_aggregates, mut others_on_after_aggregates) =
+        (Vec::new(), Vec::new());
     for r in client.query(DEPENDENTS, &[&oids]).await.map_err(query(
         "reading what is built on views of continuous aggregates",
     ))? {
         let (catalog, oid) = (r.get::<_, i64>(0) as u32, r.get::<_, i64>(1) as u32);
         match (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
-            (Some(schema), Some(name)) => on_after_aggregates.0.push((oid, schema, name)),
-            _ => on_after_aggregates.1.push((catalog, oid)),
+            (Some(schema), Some(name)) => indexes_on_after_aggregates.push((oid, schema, name)),
+            _ => others_on_after_aggregates.push((catalog, oid)),
         }
     }
     Ok(DumpAdjustments {
         exclusions,
         after_aggregates,
-        on_after_aggregates,
+        indexes_on_after_aggregates,
+        others_on_after_aggregates,
     })
 }
 

@@ -766,7 +766,9 @@ fn continuous_aggregate_buckets_older_than_the_raw_data_are_kept() {
          CREATE MATERIALIZED VIEW conditions_weekly WITH (timescaledb.continuous) AS
            SELECT time_bucket('7 days', day) AS week, device, sum(n) AS n
              FROM conditions_daily GROUP BY 1, 2 WITH DATA;
-         SELECT drop_chunks('conditions', older_than => '2026-01-11'::timestamptz);",
+         SELECT drop_chunks('conditions', older_than => '2026-01-11'::timestamptz);
+         -- The target's chunks start elsewhere than the source's.
+         SELECT set_chunk_time_interval('conditions', INTERVAL '7 days');",
     );
     cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
@@ -864,7 +866,9 @@ fn new_tables_while_streaming(name: &str, options: &[&str]) {
         "CREATE EXTENSION timescaledb;
          CREATE TABLE m (ts timestamptz NOT NULL, v int);
          SELECT create_hypertable('m', by_range('ts', INTERVAL '1 day'));
-         INSERT INTO m SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g FROM generate_series(1, 100) g;",
+         INSERT INTO m SELECT '2026-01-01'::timestamptz + g * INTERVAL '1 hour', g FROM generate_series(1, 100) g;
+         CREATE TABLE swapped (id int PRIMARY KEY, v text);
+         INSERT INTO swapped SELECT g, 'old' FROM generate_series(1, 20) g;",
     );
     cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
@@ -879,8 +883,24 @@ fn new_tables_while_streaming(name: &str, options: &[&str]) {
          INSERT INTO fresh SELECT '2026-02-01'::timestamptz + g * INTERVAL '20 minutes', g % 4, g
            FROM generate_series(1, 500) g;
          CREATE TABLE plain_new (id int PRIMARY KEY, note text);
-         INSERT INTO plain_new SELECT g, 'n' || g FROM generate_series(1, 50) g;",
+         INSERT INTO plain_new SELECT g, 'n' || g FROM generate_series(1, 50) g;
+         CREATE TABLE orders (id int PRIMARY KEY, note text);
+         CREATE TABLE order_items (id int PRIMARY KEY, order_id int NOT NULL REFERENCES orders, qty int);
+         INSERT INTO orders SELECT g, 'o' || g FROM generate_series(1, 30) g;
+         INSERT INTO order_items SELECT g, g % 30 + 1, g FROM generate_series(1, 90) g;",
     );
+    if options.is_empty() {
+        // A table made again under the same name: a new table, copied afresh.
+        source_ok(
+            cluster,
+            &src,
+            "CREATE TABLE swapped_new (LIKE swapped INCLUDING ALL);
+             INSERT INTO swapped_new SELECT g, 'new' FROM generate_series(1, 40) g;
+             ALTER TABLE swapped RENAME TO swapped_old;
+             ALTER TABLE swapped_new RENAME TO swapped;
+             DROP TABLE swapped_old;",
+        );
+    }
     for n in 0..40 {
         source_ok(
             cluster,
@@ -891,12 +911,18 @@ fn new_tables_while_streaming(name: &str, options: &[&str]) {
                  DELETE FROM fresh WHERE ts = '2026-02-01'::timestamptz + {} * INTERVAL '20 minutes';
                  UPDATE plain_new SET note = note || '+' WHERE id = {};
                  INSERT INTO plain_new VALUES ({}, 'late');
-                 INSERT INTO m VALUES ('2026-01-10'::timestamptz + {n} * INTERVAL '1 minute', {n})",
+                 INSERT INTO m VALUES ('2026-01-10'::timestamptz + {n} * INTERVAL '1 minute', {n});
+                 INSERT INTO orders VALUES ({}, 'late'); INSERT INTO order_items VALUES ({}, {}, 1);
+                 UPDATE swapped SET v = v || '+' WHERE id = {}",
                 n % 4,
                 n * 7 + 1,
                 n * 11 + 2,
                 n + 1,
-                n + 1000
+                n + 1000,
+                n + 100,
+                n + 1000,
+                n + 100,
+                n % 20 + 1
             ),
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -909,7 +935,14 @@ fn new_tables_while_streaming(name: &str, options: &[&str]) {
         &mut migrate,
     );
     let said = finish(migrate);
-    for table in ["m", "fresh", "plain_new"] {
+    for table in [
+        "m",
+        "fresh",
+        "plain_new",
+        "orders",
+        "order_items",
+        "swapped",
+    ] {
         util::assert_table_equal(cluster, &src, cluster, &dst, table);
     }
     let shape = "SELECT hypertable_name, num_dimensions FROM timescaledb_information.hypertables ORDER BY 1;

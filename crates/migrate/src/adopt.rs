@@ -60,7 +60,19 @@ pub(crate) async fn adopt(
     filter.include_tables = tables.iter().map(QualifiedName::quoted).collect();
     let source = connect_sql(&job.source).await?;
     let catalog = Catalog::read(&source, &filter).await?;
+    let target = connect_sql(&job.target).await?;
+    // Recorded before they are published: until the adoption is done,
+    // streaming skips their changes (the copy has them) and takes the
+    // adoption up again whatever stopped it.
+    state::set_adopting(&target, job.name(), tables, false).await?;
+    publication::add(&source, &record.publication, &catalog).await?;
+
+    let mut replication = ReplicationClient::connect(&job.source).await?;
+    let slot = stages::temporary_slot(&mut replication, job.name()).await?;
+    let snapshot = stages::exported_snapshot(&slot)?;
     if replayed {
+        // Read after the snapshot: a change of their columns that apply
+        // has not replayed yet shows as a difference.
         let listed: Vec<&QualifiedName> = tables.iter().collect();
         let differing = crate::columns::differing(job, &listed).await?;
         if !differing.is_empty() {
@@ -73,16 +85,16 @@ pub(crate) async fn adopt(
                     described.join("; ")
                 ),
             );
+            replication.close().await.ok();
             return Ok(());
         }
+        // A table of the same name copied before (dropped and made again
+        // since) is copied afresh.
+        pglive_snapshot::reset_tables(&target, job.name(), tables)
+            .await
+            .doing("forgetting an earlier copy of the new tables")?;
     }
-    publication::add(&source, &record.publication, &catalog).await?;
-
-    let mut replication = ReplicationClient::connect(&job.source).await?;
-    let slot = stages::temporary_slot(&mut replication, job.name()).await?;
-    let snapshot = stages::exported_snapshot(&slot)?;
     // An adoption interrupted after it created a table goes on with it.
-    let target = connect_sql(&job.target).await?;
     let mut missing = Vec::new();
     for table in tables {
         let exists: bool = target
@@ -111,17 +123,17 @@ pub(crate) async fn adopt(
             .doing("creating the new tables on the target")?;
     }
     // Empty on the target: made a hypertable there now if it is one here.
-    crate::timescale::make_new_hypertables(&target, &catalog.timescale, events).await?;
+    if job.options.hypertables {
+        crate::timescale::make_new_hypertables(&target, &catalog.timescale, events).await?;
+    }
     options.filter = filter;
     let mut schema = SchemaCopy::new(job.source.clone(), job.target.clone(), options).await?;
-    if !replayed {
-        state::set_adopting(&target, job.name(), tables, false).await?;
-    }
     // Updates of an adopted keyless table before its copy are in the copy.
     let keyless = publication::keyless_changes(&source, &catalog).await?;
     state::add_keyless_baseline(&target, job.name(), &keyless).await?;
     let mut copy_options = job.copy_options();
     copy_options.plan.large_objects = false;
+    copy_options.into_existing = replayed;
     let summary = Copier::new(
         job.source.clone(),
         job.target.clone(),
@@ -133,6 +145,7 @@ pub(crate) async fn adopt(
     .doing("copying the new tables")?;
     replication.close().await.ok();
     if replayed {
+        state::set_adopting(&target, job.name(), tables, true).await?;
         events.note(
             Step::Adopt,
             format!(

@@ -2,12 +2,18 @@
 //! over raw data that is gone (a retention policy dropped its chunks while
 //! the aggregate kept them — TimescaleDB's way of downsampling). No query of
 //! the target's raw data can make them again, so they are copied from the
-//! source's materialization under the copy's snapshot, and every refresh
-//! pglive runs on the target starts at the target's oldest raw chunk, where
-//! a refresh from the beginning would delete them again.
+//! source's materialization under the copy's snapshot: the buckets before
+//! the source's oldest raw chunk then (the *cut*, recorded in
+//! `pglive.aggregate_history`). Every refresh pglive runs on the target
+//! starts at a cut, where a refresh from the beginning would delete them
+//! again: after the copy at the recorded one (the target still has every
+//! raw chunk the copy saw), at cutover at the source's oldest raw chunk
+//! then (the target dropped the chunks the source dropped meanwhile, and
+//! keeps their buckets as it materialized them).
 //!
-//! A bucket that straddles that chunk's start is history too: TimescaleDB
-//! refreshes only the buckets wholly inside a window.
+//! A bucket that straddles a cut is history too: TimescaleDB refreshes
+//! only the buckets wholly inside a window. Cuts are taken from the source
+//! only, whose chunk boundaries may differ from the target's.
 
 use pglive_postgres::{ConnectConfig, QualifiedName, SnapshotError, connect_sql};
 use pglive_schema::ContinuousAggregate;
@@ -50,6 +56,8 @@ struct SourceHistory {
     /// The condition on its rows that selects the history; `None`: all of
     /// it (the raw data has no chunk left).
     before_raw: Option<String>,
+    /// The cut (see the module documentation).
+    cut: Option<i64>,
     /// Finalized (TimescaleDB 2.7+): the target makes only such aggregates.
     finalized: bool,
 }
@@ -57,10 +65,11 @@ struct SourceHistory {
 /// Copies, under `snapshot`, each of `aggregates`' history from the
 /// source's materialization into the target's (made empty by
 /// `create_on_target`; emptied first, so that a copy started again does
-/// not double it). Returns how many rows.
+/// not double it), and records its cut for `migration`. Returns how many
+/// rows.
 pub(crate) async fn copy_from_source(
     (source, target): (&ConnectConfig, &ConnectConfig),
-    snapshot: &str,
+    (migration, snapshot): (&str, &str),
     aggregates: &[ContinuousAggregate],
     events: &dyn Events,
 ) -> Result<u64> {
@@ -140,6 +149,13 @@ pub(crate) async fn copy_from_source(
             .await
             .doing_with(|| format!("writing {what} on the target"))?;
         let (n, _) = pglive_snapshot::pipe(rows, sink, &what, |_, _| {}).await?;
+        tx.execute(
+            "INSERT INTO pglive.aggregate_history VALUES ($1, $2, $3, $4)
+             ON CONFLICT (migration, view_schema, view_name) DO UPDATE SET cut = EXCLUDED.cut",
+            &[&migration, &name.schema, &name.name, &history.cut],
+        )
+        .await
+        .doing_with(|| format!("recording where {what} ends"))?;
         tx.commit()
             .await
             .doing_with(|| format!("writing {what} on the target"))?;
@@ -176,6 +192,7 @@ async fn source_history(
         materialization: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
         columns: row.get(2),
         before_raw: oldest.map(|start| format!("{time_to_internal}({time_column}) < {start}")),
+        cut: oldest,
         finalized: row.get(5),
     }))
 }
@@ -203,37 +220,75 @@ async fn target_materialization(
     }))
 }
 
-/// Refreshes each of `aggregates` on the target from its raw data's oldest
-/// chunk on (in order: an aggregate on an aggregate after the one below),
-/// leaving the buckets before it — the history — as they are. An
-/// aggregate whose raw data has no chunk has nothing to compute.
+/// Which cut a refresh starts at (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// After the copy: the recorded one (else the source's).
+    Recorded,
+    /// At cutover: the source's oldest raw chunk now (never before the
+    /// recorded one).
+    SourceNow,
+}
+
+/// Refreshes each of `aggregates` on the target from its cut on (in order:
+/// an aggregate on an aggregate after the one below), leaving the buckets
+/// before it as they are. Without a cut (no raw chunk on the source, none
+/// at the copy) there is nothing to compute.
 pub(crate) async fn refresh_on_target(
-    target: &Client,
+    (source, target): (&Client, &Client),
+    migration: &str,
     aggregates: &[ContinuousAggregate],
+    cut: Cut,
 ) -> Result<()> {
-    let sql = format!(
+    let oldest_on_source = format!(
+        "SELECT {OLDEST_RAW_CHUNK} FROM _timescaledb_catalog.continuous_agg c JOIN {RAW_TIME_DIMENSION}
+          WHERE c.user_view_schema = $1 AND c.user_view_name = $2"
+    );
+    // The start as a value of the aggregate's time type on the target.
+    let start_sql = format!(
         "SELECT CASE d.column_type
                   WHEN 'timestamptz'::regtype
-                    THEN format('%L::timestamptz', _timescaledb_functions.to_timestamp(o.start))
+                    THEN format('%L::timestamptz', _timescaledb_functions.to_timestamp($3))
                   WHEN 'timestamp'::regtype
-                    THEN format('%L::timestamp', _timescaledb_functions.to_timestamp_without_timezone(o.start))
+                    THEN format('%L::timestamp', _timescaledb_functions.to_timestamp_without_timezone($3))
                   WHEN 'date'::regtype
-                    THEN format('%L::date', _timescaledb_functions.to_date(o.start))
-                  ELSE format('%s::%s', o.start, d.column_type::regtype)
+                    THEN format('%L::date', _timescaledb_functions.to_date($3))
+                  ELSE format('%s::%s', $3, d.column_type::regtype)
                 END
            FROM _timescaledb_catalog.continuous_agg c JOIN {RAW_TIME_DIMENSION}
-          CROSS JOIN LATERAL (SELECT {OLDEST_RAW_CHUNK} AS start) o
-          WHERE c.user_view_schema = $1 AND c.user_view_name = $2 AND o.start IS NOT NULL"
+          WHERE c.user_view_schema = $1 AND c.user_view_name = $2"
     );
     for aggregate in aggregates {
         let name = &aggregate.name;
-        let start = target
-            .query_opt(&sql, &[&name.schema, &name.name])
+        let recorded: Option<Option<i64>> = target
+            .query_opt(
+                "SELECT cut FROM pglive.aggregate_history
+                  WHERE migration = $1 AND view_schema = $2 AND view_name = $3",
+                &[&migration, &name.schema, &name.name],
+            )
+            .await
+            .doing_with(|| format!("reading where continuous aggregate {name}'s history ends"))?
+            .map(|row| row.get(0));
+        let now: Option<i64> = source
+            .query_opt(&oldest_on_source, &[&name.schema, &name.name])
             .await
             .doing_with(|| {
-                format!("reading where continuous aggregate {name}'s raw data starts on the target")
-            })?;
+                format!("reading where continuous aggregate {name}'s raw data starts on the source")
+            })?
+            .and_then(|row| row.get(0));
+        let start = match (cut, recorded) {
+            (Cut::Recorded, Some(recorded)) => recorded,
+            (Cut::Recorded, None) | (Cut::SourceNow, None) => now,
+            (Cut::SourceNow, Some(recorded)) => now.max(recorded),
+        };
         let Some(start) = start else { continue };
+        let Some(start) = target
+            .query_opt(&start_sql, &[&name.schema, &name.name, &start])
+            .await
+            .doing_with(|| format!("reading continuous aggregate {name} on the target"))?
+        else {
+            continue;
+        };
         let start: String = start.get(0);
         target
             .batch_execute(&aggregate.refresh_sql(&start))

@@ -106,12 +106,13 @@ async fn check(
     events: &dyn Events,
 ) -> Result<(String, ReplicationClient)> {
     refuse_tables_not_carried(job, record, source, target).await?;
-    let dropped = crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
-    if dropped > 0 {
+    let (chunks, rows) =
+        crate::timescale::drop_chunks_gone_from_source(job, source, target).await?;
+    if chunks > 0 || rows > 0 {
         events.note(
             Step::Cutover,
             format!(
-                "cutover: TimescaleDB: {dropped} chunk(s) the source dropped (retention) dropped on the target"
+                "cutover: TimescaleDB: {chunks} chunk(s) and {rows} more row(s) the source dropped (retention) dropped on the target"
             ),
         );
     }

@@ -76,10 +76,16 @@ pub(crate) async fn connect(
     events: &dyn Events,
 ) -> Result<Session> {
     let target = connect_sql(&job.target).await?;
-    let copied_at: HashMap<QualifiedName, Lsn> = pglive_snapshot::copied_at(&target, job.name())
-        .await?
-        .into_iter()
-        .collect();
+    let mut copied_at: HashMap<QualifiedName, Lsn> =
+        pglive_snapshot::copied_at(&target, job.name())
+            .await?
+            .into_iter()
+            .collect();
+    // A table being adopted whose copy is not done: its copy will hold
+    // every change the stream has of it until then.
+    for table in state::adopting(&target, job.name()).await? {
+        copied_at.entry(table).or_insert(Lsn(u64::MAX));
+    }
     let replication = ReplicationClient::connect(&job.source).await?;
     let proto = if replication.server_version_num().unwrap_or(0) >= 140000 {
         2

@@ -180,10 +180,13 @@ pub(crate) async fn tables_not_carried(
     let catalog = Catalog::read(source, filter).await?;
     let unfinished = crate::state::adopting(target, migration).await?;
     let not_copied = not_copied(&catalog, target, migration, &unfinished).await?;
-    if not_copied.is_empty() || !crate::ddl_capture::installed(source, migration).await? {
+    if !crate::ddl_capture::installed(source, migration).await? {
         return Ok(not_copied);
     }
-    let left = unpublished(source, publication, &not_copied).await?;
+    let left = left_out(&catalog, source, publication, &unfinished).await?;
+    if not_copied.is_empty() {
+        return Ok(left);
+    }
     // Captured, a new table arrives through its own CREATE (and is in
     // the publications from its first row, unless it was left for
     // adoption): carried once the target has it.
@@ -198,10 +201,35 @@ pub(crate) async fn tables_not_carried(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    Ok(not_copied
+    let mut not_carried: Vec<QualifiedName> = not_copied
         .into_iter()
-        .filter(|n| missing.contains(&n.quoted()) || unfinished.contains(n) || left.contains(n))
-        .collect())
+        .filter(|n| missing.contains(&n.quoted()) || unfinished.contains(n))
+        .collect();
+    for table in left {
+        if !not_carried.contains(&table) {
+            not_carried.push(table);
+        }
+    }
+    Ok(not_carried)
+}
+
+/// The tables a capturing migration left out of `publication` (see
+/// [`LeftTable`]): publishable selected tables it does not publish, and
+/// those whose adoption is `unfinished`.
+async fn left_out(
+    catalog: &Catalog,
+    source: &Client,
+    publication: &str,
+    unfinished: &[QualifiedName],
+) -> Result<Vec<QualifiedName>> {
+    let tables: Vec<QualifiedName> = publishable(catalog).map(|t| t.name.clone()).collect();
+    let mut left = unpublished(source, publication, &tables).await?;
+    for table in unfinished {
+        if tables.contains(table) && !left.contains(table) {
+            left.push(table.clone());
+        }
+    }
+    Ok(left)
 }
 
 /// The selected tables whose rows no copy brought to the target (or whose
@@ -266,8 +294,8 @@ pub(crate) struct LeftTable {
     pub hypertable: bool,
 }
 
-/// The tables left for adoption ([`LeftTable`]): selected, not copied, not
-/// in `publication`, and on the target.
+/// The tables left for adoption ([`LeftTable`]): selected and publishable,
+/// not in `publication` or with an unfinished adoption, and on the target.
 pub(crate) async fn left_for_adoption(
     source: &Client,
     target: &Client,
@@ -275,11 +303,11 @@ pub(crate) async fn left_for_adoption(
     filter: &pglive_schema::ObjectFilter,
 ) -> Result<Vec<LeftTable>> {
     let catalog = Catalog::read(source, filter).await?;
-    let not_copied = not_copied(&catalog, target, migration, &[]).await?;
-    if not_copied.is_empty() {
+    let unfinished = crate::state::adopting(target, migration).await?;
+    let left = left_out(&catalog, source, publication, &unfinished).await?;
+    if left.is_empty() {
         return Ok(Vec::new());
     }
-    let left = unpublished(source, publication, &not_copied).await?;
     let names: Vec<String> = left.iter().map(QualifiedName::quoted).collect();
     let on_target: Vec<String> = target
         .query(

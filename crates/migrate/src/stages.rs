@@ -557,7 +557,7 @@ async fn copy_aggregate_history(
     }
     let rows = crate::aggregate_history::copy_from_source(
         (&job.source, &job.target),
-        &snapshot.name,
+        (job.name(), &snapshot.name),
         &catalog.timescale.continuous_aggregates,
         events,
     )

@@ -139,7 +139,9 @@ impl Settings {
 /// The migration's tables, by version (see [`StateSchema`]).
 const STATE: StateSchema = StateSchema {
     component: "migrate",
-    steps: &[VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5],
+    steps: &[
+        VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5, VERSION_6,
+    ],
 };
 
 /// Version 1, which also brings the layouts made before versions were kept
@@ -190,6 +192,18 @@ ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS copy_snapshot_lsn pg_lsn;"
 /// Version 5: why apply waits (a source table's shape the target does not
 /// match yet).
 const VERSION_5: &str = "ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS apply_waiting text;";
+
+/// Version 6: where each continuous aggregate's history (copied from the
+/// source) ends: the source's oldest raw chunk start at the copy's
+/// snapshot, in TimescaleDB's internal time (NULL: it had no raw chunk).
+const VERSION_6: &str = "
+CREATE TABLE pglive.aggregate_history (
+    migration text NOT NULL,
+    view_schema text NOT NULL,
+    view_name text NOT NULL,
+    cut bigint,
+    PRIMARY KEY (migration, view_schema, view_name)
+);";
 
 /// Records (or, with `None`, clears) why apply waits.
 pub(crate) async fn set_apply_waiting(
@@ -764,7 +778,8 @@ pub(crate) async fn others(client: &Client, name: &str) -> Result<i64> {
 pub(crate) async fn remove(client: &Client, name: &str) -> Result<bool> {
     client
         .batch_execute(&format!(
-            "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}",
+            "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}; \
+             DELETE FROM pglive.aggregate_history WHERE migration = {0}",
             pglive_postgres::quote_literal(name)
         ))
         .await

@@ -462,14 +462,16 @@ async fn create_jobs(both: &BothSides, target: &Client, events: &dyn Events) -> 
 /// At cutover, before the counts: drops the target's chunks older than the
 /// oldest chunk the source still has, for each hypertable of both sides —
 /// retention policies and `drop_chunks` drop whole chunks on the source
-/// without a change in the stream. Returns how many chunks it dropped.
+/// without a change in the stream — and the rows before that chunk that the
+/// target's chunks (other boundaries) still hold. Returns how many chunks
+/// and rows it dropped.
 pub(crate) async fn drop_chunks_gone_from_source(
     job: &Job,
     source: &Client,
     target: &Client,
-) -> Result<i64> {
+) -> Result<(i64, u64)> {
     let both = both_sides(job, source, target).await?;
-    let mut dropped = 0;
+    let mut dropped = (0, 0);
     for hypertable in &both.source.hypertables {
         let (Some(time), true) = (
             hypertable.dimensions.first(),
@@ -503,7 +505,21 @@ pub(crate) async fn drop_chunks_gone_from_source(
             .await
             .doing_with(|| format!("dropping old chunks of {} on the target", hypertable.name))?
             .get(0);
-        dropped += n;
+        dropped.0 += n;
+        // The target's chunks may start elsewhere (the source changed its
+        // chunk interval since): rows before the source's oldest chunk
+        // that a remaining chunk of the target still holds.
+        let sql = format!(
+            "DELETE FROM {} WHERE {} < {}::{}",
+            hypertable.name.quoted(),
+            pglive_postgres::quote_ident(&time.column),
+            pglive_postgres::quote_literal(&oldest),
+            time.column_type
+        );
+        dropped.1 += target
+            .execute(&sql, &[])
+            .await
+            .doing_with(|| format!("deleting old rows of {} on the target", hypertable.name))?;
     }
     Ok(dropped)
 }
@@ -534,7 +550,13 @@ pub(crate) async fn finish_on_target(
     if create_jobs(&both, target, events).await? > 0 {
         both = both_sides(job, source, target).await?;
     }
-    crate::aggregate_history::refresh_on_target(target, &both.target.continuous_aggregates).await?;
+    crate::aggregate_history::refresh_on_target(
+        (source, target),
+        job.name(),
+        &both.target.continuous_aggregates,
+        crate::aggregate_history::Cut::SourceNow,
+    )
+    .await?;
     let mut scheduled = 0;
     for (source_job, target_job) in &both.pairs {
         if source_job.scheduled && !target_job.scheduled {
@@ -653,7 +675,13 @@ pub(crate) async fn materialize_aggregates(
     target: &Client,
 ) -> Result<usize> {
     let both = both_sides(job, source, target).await?;
-    crate::aggregate_history::refresh_on_target(target, &both.target.continuous_aggregates).await?;
+    crate::aggregate_history::refresh_on_target(
+        (source, target),
+        job.name(),
+        &both.target.continuous_aggregates,
+        crate::aggregate_history::Cut::Recorded,
+    )
+    .await?;
     Ok(both.target.continuous_aggregates.len())
 }
 

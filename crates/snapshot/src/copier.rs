@@ -53,6 +53,13 @@ pub struct CopyOptions {
     /// A name for this process in `claimed_by`. Default: host name and
     /// process id.
     pub process_name: String,
+    /// The target's tables already hold their constraints and triggers
+    /// (made by replayed schema changes): each is emptied with `DELETE`
+    /// rather than `TRUNCATE` (which other tables' foreign keys forbid), and
+    /// rows are written as a replica (`session_replication_role =
+    /// replica`: no foreign key checks, no triggers), as apply writes them.
+    /// Default: off.
+    pub into_existing: bool,
 }
 
 impl Default for CopyOptions {
@@ -67,6 +74,7 @@ impl Default for CopyOptions {
             workers: 4,
             plan: PlanOptions::default(),
             process_name: format!("{host}:{}", std::process::id()),
+            into_existing: false,
         }
     }
 }
@@ -344,6 +352,7 @@ impl Copier {
                 claimed_by: format!("{}/{worker}", self.options.process_name),
                 tables: Arc::clone(&tables),
                 events: Arc::clone(&events),
+                into_existing: self.options.into_existing,
             };
             let handle = workers.spawn(ctx.run());
             numbers.insert(handle.id(), worker);
@@ -423,6 +432,8 @@ struct Worker {
     claimed_by: String,
     tables: Arc<HashMap<QualifiedName, Arc<TableCopy>>>,
     events: Events,
+    /// See [`CopyOptions::into_existing`].
+    into_existing: bool,
 }
 
 impl Worker {
@@ -443,6 +454,14 @@ impl Worker {
             .batch_execute("SET synchronous_commit = off")
             .await
             .map_err(target("setting synchronous_commit"))?;
+        if self.into_existing {
+            target_client
+                .batch_execute("SET session_replication_role = replica")
+                .await
+                .map_err(target(
+                    "setting session_replication_role = replica (copying into tables that have their foreign keys needs a superuser target role)",
+                ))?;
+        }
         let (schemas, names): (Vec<String>, Vec<String>) = self
             .tables
             .keys()
@@ -537,10 +556,14 @@ impl Worker {
         let freeze = match &part.range {
             PartRange::Whole => {
                 let only = if table.hypertable { "" } else { "ONLY " };
-                tx.batch_execute(&format!("TRUNCATE {only}{}", table.name))
+                let empty = match self.into_existing {
+                    true => format!("DELETE FROM {only}{}", table.name),
+                    false => format!("TRUNCATE {only}{}", table.name),
+                };
+                tx.batch_execute(&empty)
                     .await
                     .map_err(target(format!("emptying {}", table.name)))?;
-                !table.hypertable
+                !table.hypertable && !self.into_existing
             }
             _ => false,
         };

@@ -80,4 +80,4 @@ pub use copier::{Copier, CopyEvent, CopyOptions, CopyPlan, CopySummary, Snapshot
 pub use error::{Error, Result};
 pub use pipe::pipe;
 pub use plan::{Part, PartRange, PlanOptions, TimeType, key_ranges, largest_first, plan};
-pub use state::{PartStatus, copied_at, reset, status};
+pub use state::{PartStatus, copied_at, reset, reset_tables, status};

@@ -468,6 +468,29 @@ pub async fn copied_at(
         .collect())
 }
 
+/// Forgets the copy state of `tables` in `migration` (the copied rows
+/// stay), so that a new copy plans them afresh.
+pub async fn reset_tables(
+    client: &impl GenericClient,
+    migration: &str,
+    tables: &[QualifiedName],
+) -> Result<()> {
+    if !state_exists(client).await? {
+        return Ok(());
+    }
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    client
+        .execute(
+            "DELETE FROM pglive.copy_parts WHERE migration = $1 \
+               AND (table_schema, table_name) IN (SELECT * FROM ROWS FROM (unnest($2::text[]), unnest($3::text[])))",
+            &[&migration, &schemas, &names],
+        )
+        .await
+        .map_err(target("deleting from pglive.copy_parts"))?;
+    Ok(())
+}
+
 /// Forgets the copy state of `migration` (the copied rows stay).
 pub async fn reset(client: &impl GenericClient, migration: &str) -> Result<()> {
     if state_exists(client).await? {

@@ -60,6 +60,8 @@ struct SourceHistory {
     cut: Option<i64>,
     /// Finalized (TimescaleDB 2.7+): the target makes only such aggregates.
     finalized: bool,
+    /// Whether the source role may read the materialization.
+    readable: bool,
 }
 
 /// Copies, under `snapshot`, each of `aggregates`' history from the
@@ -108,6 +110,17 @@ pub(crate) async fn copy_from_source(
                 format!(
                     "continuous aggregate {name} is in TimescaleDB's old (partial) format on the source: \
                      the target computes it anew from the raw data, and buckets whose raw data is gone are not carried"
+                ),
+            );
+            continue;
+        }
+        if !history.readable {
+            events.warn(
+                Step::Copy,
+                format!(
+                    "continuous aggregate {name}: the source role may not read its materialization, so buckets whose raw data is gone \
+                     are not carried (run GRANT SELECT ON {} TO <the source role> on the source, then copy again)",
+                    history.materialization
                 ),
             );
             continue;
@@ -175,7 +188,8 @@ async fn source_history(
                 (SELECT quote_ident(md.column_name) FROM _timescaledb_catalog.dimension md
                   WHERE md.hypertable_id = m.id ORDER BY md.id LIMIT 1),
                 {OLDEST_RAW_CHUNK},
-                coalesce((to_jsonb(c) ->> 'finalized')::bool, true)
+                coalesce((to_jsonb(c) ->> 'finalized')::bool, true),
+                has_table_privilege(format('%I.%I', m.schema_name, m.table_name), 'SELECT')
            FROM {MATERIALIZATION} JOIN {RAW_TIME_DIMENSION}
           WHERE c.user_view_schema = $1 AND c.user_view_name = $2"
     );
@@ -194,6 +208,7 @@ async fn source_history(
         before_raw: oldest.map(|start| format!("{time_to_internal}({time_column}) < {start}")),
         cut: oldest,
         finalized: row.get(5),
+        readable: row.get(6),
     }))
 }
 

@@ -197,7 +197,7 @@ const VERSION_5: &str = "ALTER TABLE pglive.migration ADD COLUMN IF NOT EXISTS a
 /// source) ends: the source's oldest raw chunk start at the copy's
 /// snapshot, in TimescaleDB's internal time (NULL: it had no raw chunk).
 const VERSION_6: &str = "
-CREATE TABLE pglive.aggregate_history (
+CREATE TABLE IF NOT EXISTS pglive.aggregate_history (
     migration text NOT NULL,
     view_schema text NOT NULL,
     view_name text NOT NULL,

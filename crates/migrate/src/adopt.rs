@@ -144,32 +144,21 @@ pub(crate) async fn adopt(
     .await
     .doing("copying the new tables")?;
     replication.close().await.ok();
-    if replayed {
-        state::set_adopting(&target, job.name(), tables, true).await?;
-        events.note(
-            Step::Adopt,
-            format!(
-                "new table(s) {} copied ({} rows as of {}) and streamed from there",
-                names.join(", "),
-                summary.rows,
-                slot.consistent_point
-            ),
-        );
-        return Ok(());
-    }
     // Foreign keys may refer to rows the stream has not applied yet (apply
     // stopped before the copy's point): then the post-data is retried at
-    // the next check, after apply went on.
-    if let Err(error) = schema.restore_post_data().await {
-        events.note(
-            Step::Adopt,
-            format!(
-                "new table(s) {}: indexes and constraints not built yet, retried shortly: {}",
-                names.join(", "),
-                chain(&error)
-            ),
-        );
-        return Ok(());
+    // the next check, after apply went on. Replayed tables have theirs.
+    if !replayed {
+        if let Err(error) = schema.restore_post_data().await {
+            events.note(
+                Step::Adopt,
+                format!(
+                    "new table(s) {}: indexes and constraints not built yet, retried shortly: {}",
+                    names.join(", "),
+                    chain(&error)
+                ),
+            );
+            return Ok(());
+        }
     }
     state::set_adopting(&target, job.name(), tables, true).await?;
     events.note(

@@ -190,20 +190,10 @@ pub(crate) async fn tables_not_carried(
     // Captured, a new table arrives through its own CREATE (and is in
     // the publications from its first row, unless it was left for
     // adoption): carried once the target has it.
-    let names: Vec<String> = not_copied.iter().map(|n| n.quoted()).collect();
-    let missing: Vec<String> = target
-        .query(
-            "SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NULL",
-            &[&names],
-        )
-        .await
-        .doing("looking for new tables on the target")?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let on_target = on_target(target, &not_copied).await?;
     let mut not_carried: Vec<QualifiedName> = not_copied
         .into_iter()
-        .filter(|n| missing.contains(&n.quoted()) || unfinished.contains(n))
+        .filter(|n| !on_target.contains(n) || unfinished.contains(n))
         .collect();
     for table in left {
         if !not_carried.contains(&table) {
@@ -230,6 +220,26 @@ async fn left_out(
         }
     }
     Ok(left)
+}
+
+/// Those of `tables` that the target has.
+async fn on_target(target: &Client, tables: &[QualifiedName]) -> Result<Vec<QualifiedName>> {
+    let names: Vec<String> = tables.iter().map(QualifiedName::quoted).collect();
+    let there: Vec<String> = target
+        .query(
+            "SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NOT NULL",
+            &[&names],
+        )
+        .await
+        .doing("looking for new tables on the target")?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(tables
+        .iter()
+        .filter(|t| there.contains(&t.quoted()))
+        .cloned()
+        .collect())
 }
 
 /// The selected tables whose rows no copy brought to the target (or whose
@@ -308,20 +318,10 @@ pub(crate) async fn left_for_adoption(
     if left.is_empty() {
         return Ok(Vec::new());
     }
-    let names: Vec<String> = left.iter().map(QualifiedName::quoted).collect();
-    let on_target: Vec<String> = target
-        .query(
-            "SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NOT NULL",
-            &[&names],
-        )
-        .await
-        .doing("looking for new tables on the target")?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let on_target = on_target(target, &left).await?;
     Ok(left
         .into_iter()
-        .filter(|t| on_target.contains(&t.quoted()))
+        .filter(|t| on_target.contains(t))
         .map(|name| LeftTable {
             hypertable: catalog.timescale.hypertables.iter().any(|h| h.name == name),
             name,

@@ -33,6 +33,56 @@ use crate::publication;
 use crate::stages;
 use crate::state::{self, Record};
 
+/// Whether the adoption of replayed `tables` waits because their columns
+/// differ on the target (apply has not replayed a change of them yet); it
+/// says so.
+async fn postponed(
+    job: &Job,
+    tables: &[&QualifiedName],
+    names: &[String],
+    events: &dyn Events,
+) -> Result<bool> {
+    let differing = crate::columns::differing(job, tables).await?;
+    if differing.is_empty() {
+        return Ok(false);
+    }
+    let described: Vec<String> = differing.iter().map(|d| d.describe()).collect();
+    events.note(
+        Step::Adopt,
+        format!(
+            "new table(s) {}: adopted once apply has replayed the changes of their columns ({})",
+            names.join(", "),
+            described.join("; ")
+        ),
+    );
+    Ok(true)
+}
+
+/// Runs `sql` on the target as a replica (no triggers, no foreign key
+/// actions) when the role may, else as it is.
+pub(crate) async fn as_replica(
+    target: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let replica = target
+        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+        .await;
+    if let Err(e) = replica {
+        target.batch_execute("ROLLBACK").await.ok();
+        if e.code() != Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            return Err(e);
+        }
+        return target.execute(sql, &[]).await;
+    }
+    match target.execute(sql, &[]).await {
+        Ok(n) => target.batch_execute("COMMIT").await.map(|()| n),
+        Err(e) => {
+            target.batch_execute("ROLLBACK").await.ok();
+            Err(e)
+        }
+    }
+}
+
 /// Publishes, creates, copies and indexes `tables` (see the module
 /// documentation). `replayed` tables were made on the target by their
 /// captured, replayed `CREATE` (a TimescaleDB source's capture leaves new
@@ -61,38 +111,40 @@ pub(crate) async fn adopt(
     let source = connect_sql(&job.source).await?;
     let catalog = Catalog::read(&source, &filter).await?;
     let target = connect_sql(&job.target).await?;
+    let listed: Vec<&QualifiedName> = tables.iter().collect();
+    if replayed && postponed(job, &listed, &names, events).await? {
+        return Ok(());
+    }
     // Recorded before they are published: until the adoption is done,
     // streaming skips their changes (the copy has them) and takes the
     // adoption up again whatever stopped it.
     state::set_adopting(&target, job.name(), tables, false).await?;
+    if replayed {
+        // Whatever an earlier copy left (of a table of the same name,
+        // dropped and made again since, or of this one, stopped midway) is
+        // forgotten and emptied: the copy starts afresh.
+        pglive_snapshot::reset_tables(&target, job.name(), tables)
+            .await
+            .doing("forgetting an earlier copy of the new tables")?;
+        for table in tables {
+            as_replica(&target, &format!("DELETE FROM {}", table.quoted()))
+                .await
+                .doing_with(|| format!("emptying {table} on the target"))?;
+        }
+    }
     publication::add(&source, &record.publication, &catalog).await?;
+    // Read again once published (TimescaleDB refuses create_hypertable()
+    // from now on): what is copied is what the snapshot will see.
+    let catalog = Catalog::read(&source, &filter).await?;
 
     let mut replication = ReplicationClient::connect(&job.source).await?;
     let slot = stages::temporary_slot(&mut replication, job.name()).await?;
     let snapshot = stages::exported_snapshot(&slot)?;
-    if replayed {
-        // Read after the snapshot: a change of their columns that apply
-        // has not replayed yet shows as a difference.
-        let listed: Vec<&QualifiedName> = tables.iter().collect();
-        let differing = crate::columns::differing(job, &listed).await?;
-        if !differing.is_empty() {
-            let described: Vec<String> = differing.iter().map(|d| d.describe()).collect();
-            events.note(
-                Step::Adopt,
-                format!(
-                    "new table(s) {}: adopted once apply has replayed the changes of their columns ({})",
-                    names.join(", "),
-                    described.join("; ")
-                ),
-            );
-            replication.close().await.ok();
-            return Ok(());
-        }
-        // A table of the same name copied before (dropped and made again
-        // since) is copied afresh.
-        pglive_snapshot::reset_tables(&target, job.name(), tables)
-            .await
-            .doing("forgetting an earlier copy of the new tables")?;
+    // Compared again after the snapshot: a change of their columns that
+    // apply has not replayed yet shows as a difference.
+    if replayed && postponed(job, &listed, &names, events).await? {
+        replication.close().await.ok();
+        return Ok(());
     }
     // An adoption interrupted after it created a table goes on with it.
     let mut missing = Vec::new();

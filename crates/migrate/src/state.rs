@@ -779,7 +779,8 @@ pub(crate) async fn remove(client: &Client, name: &str) -> Result<bool> {
     client
         .batch_execute(&format!(
             "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}; \
-             DELETE FROM pglive.aggregate_history WHERE migration = {0}",
+             DO $$ BEGIN IF to_regclass('pglive.aggregate_history') IS NOT NULL THEN \
+                 DELETE FROM pglive.aggregate_history WHERE migration = {0}; END IF; END $$",
             pglive_postgres::quote_literal(name)
         ))
         .await

@@ -27,6 +27,11 @@ pub(crate) struct ColumnDifference {
 }
 
 impl ColumnDifference {
+    /// The table.
+    pub(crate) fn table(&self) -> &QualifiedName {
+        &self.table
+    }
+
     /// Compares the columns (name, type) of one table on the source and
     /// the target as sets of names; `None` when they match.
     fn between(

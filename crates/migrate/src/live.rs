@@ -695,13 +695,14 @@ async fn watch_requests(
                     }
                 }
             } else if timescale_source {
-                let due = due_for_adoption(
+                // Rare, and a large future: on the heap.
+                let due = Box::pin(due_for_adoption(
                     [state_client, source_client],
                     (job, publication),
                     (capturing, false),
                     left_since,
                     events,
-                );
+                ));
                 if let Some(tables) = due.await {
                     return set(Reason::NotCarried(tables));
                 }
@@ -754,13 +755,14 @@ async fn watch_requests(
         // Before a cutover, every table left for adoption is adopted (the
         // request stands, and is taken again after).
         if timescale_source {
-            let due = due_for_adoption(
+            // Rare, and a large future: on the heap.
+            let due = Box::pin(due_for_adoption(
                 [state_client, source_client],
                 (job, publication),
                 (capturing, true),
                 left_since,
                 events,
-            );
+            ));
             if let Some(tables) = due.await {
                 return set(Reason::NotCarried(tables));
             }
@@ -822,6 +824,14 @@ async fn due_for_adoption(
         if all || table.hypertable || now.duration_since(since) >= PLAIN_TABLE_GRACE {
             due.push(table.name);
         }
+    }
+    if all && capturing {
+        // Before a cutover, a table whose columns the target does not match
+        // would be postponed again and again: the cutover is let through,
+        // to refuse it by name.
+        let listed: Vec<&QualifiedName> = due.iter().collect();
+        let differing = crate::columns::differing(job, &listed).await.ok()?;
+        due.retain(|t| !differing.iter().any(|d| d.table() == t));
     }
     (!due.is_empty()).then_some(due)
 }

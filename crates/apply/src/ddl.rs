@@ -170,6 +170,12 @@ struct DroppedObject {
     schema: Option<String>,
     #[serde(default)]
     temporary: bool,
+    /// Its kind (`view`, `table`, …), when the capture said.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    /// Its name, when the capture said.
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// What to do with a captured command.
@@ -272,6 +278,23 @@ impl Captured {
         // VIEW`, which it handles itself) through a `DROP VIEW` of its own.
         if candidates.is_empty() && self.tag == "DROP VIEW" {
             candidates = with_tag("DROP MATERIALIZED VIEW");
+            // Among several, the one that names the dropped view (a plain
+            // materialized view's drop has a DROP MATERIALIZED VIEW event
+            // of its own, and counts among these).
+            let named: Vec<&str> = candidates
+                .iter()
+                .copied()
+                .filter(|s| {
+                    self.dropped
+                        .iter()
+                        .filter(|d| d.kind.as_deref() == Some("view"))
+                        .filter_map(|d| d.name.as_deref())
+                        .any(|name| statements::names(s, name))
+                })
+                .collect();
+            if named.len() == 1 {
+                return Disposition::Replay(statements::without_concurrently(named[0]));
+            }
         }
         let statement = candidates
             .get(ordinal)
@@ -798,6 +821,17 @@ mod tests {
         assert_eq!(
             c.disposition(0, &[]),
             Disposition::Replay("DROP MATERIALIZED VIEW m_daily CASCADE".into())
+        );
+        // With a plain materialized view dropped first in the same string,
+        // the aggregate's own statement (told by the dropped view's name).
+        let c = Captured::parse(
+            br#"{"tag": "DROP VIEW", "query": "DROP MATERIALIZED VIEW plain_mv; DROP MATERIALIZED VIEW \"M_Daily\";",
+                 "dropped": [{"schema": "public", "type": "view", "name": "M_Daily"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.disposition(0, &[]),
+            Disposition::Replay("DROP MATERIALIZED VIEW \"M_Daily\"".into())
         );
         // A DROP VIEW of its own is still the view's.
         let c = captured("DROP VIEW", "DROP MATERIALIZED VIEW mv; DROP VIEW v;");

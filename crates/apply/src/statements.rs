@@ -238,6 +238,20 @@ pub(crate) fn has_tag(statement: &str, tag: &str) -> bool {
     tag_words.all(|t| rest.next().is_some_and(|w| w.eq_ignore_ascii_case(t)))
 }
 
+/// Whether `statement` names an object called `name` (as the catalog
+/// holds it): an unquoted word that folds to it, or the quoted identifier.
+pub(crate) fn names(statement: &str, name: &str) -> bool {
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    pieces(statement).into_iter().any(|(piece, range)| {
+        let text = &statement[range];
+        match piece {
+            Piece::Word => text.to_lowercase() == name,
+            Piece::Opaque => text == quoted,
+            _ => false,
+        }
+    })
+}
+
 /// The leading words of `statement`, lowercased.
 fn leading_words(statement: &str, count: usize) -> Vec<String> {
     pieces(statement)

@@ -116,7 +116,8 @@ LANGUAGE plpgsql AS $fn$
 BEGIN
     PERFORM pg_catalog.set_config('pglive.dropped', coalesce((
         SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                   'schema', schema_name, 'temporary', is_temporary))::text
+                   'schema', schema_name, 'temporary', is_temporary,
+                   'type', object_type, 'name', object_name))::text
           FROM pg_catalog.pg_event_trigger_dropped_objects()), '[]'), true);
 END
 $fn$;

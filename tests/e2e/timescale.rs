@@ -954,3 +954,91 @@ fn new_tables_while_streaming(name: &str, options: &[&str]) {
         "{said}"
     );
 }
+
+/// An adoption stopped between publishing a new table and copying it
+/// (pglive killed while its temporary slot waits for a transaction open on
+/// the source): the next run takes it up again, and the table arrives
+/// whole — its changes since it was published were skipped, the copy has
+/// them.
+#[test]
+fn an_adoption_killed_midway_is_taken_up_again() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        "tsdb_adopt_kill",
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE m (ts timestamptz NOT NULL, v int);
+         SELECT create_hypertable('m', by_range('ts', INTERVAL '1 day'));
+         -- The chunk exists: a transaction making one holds the publication
+         -- (TimescaleDB adds the chunk to it) until it ends.
+         INSERT INTO m VALUES ('2026-01-01 12:00', 1);",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let name = "tsdb_adopt_kill";
+    let mut migrate = util::migrate_until_streaming(&source, &target, name, &[]);
+    // A transaction open on the source: a slot's creation waits for it.
+    let mut open = Command::new(cluster.bin_dir().join("psql"))
+        .args(["-X", "-q", &source])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut session = open.stdin.take().unwrap();
+    session
+        .write_all(b"BEGIN; INSERT INTO m VALUES ('2026-01-01', 0);\n")
+        .unwrap();
+    session.flush().unwrap();
+    source_ok(
+        cluster,
+        &src,
+        "BEGIN;
+         CREATE TABLE fresh (ts timestamptz NOT NULL, device int NOT NULL, v int, PRIMARY KEY (device, ts));
+         SELECT create_hypertable('fresh', by_range('ts', INTERVAL '1 day'));
+         COMMIT;
+         INSERT INTO fresh SELECT '2026-02-01'::timestamptz + g * INTERVAL '1 hour', g % 3, g FROM generate_series(1, 200) g;",
+    );
+    // Published (and recorded as adopting), its copy waiting for the slot.
+    let published = "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'fresh'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while cluster.psql(&src, published).unwrap() == "0" {
+        if std::time::Instant::now() > deadline {
+            migrate.kill().ok();
+            panic!("fresh was never published: {}", finish(migrate));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    migrate.kill().unwrap();
+    migrate.wait().unwrap();
+    // Changes while nothing runs, and while the next run starts.
+    source_ok(
+        cluster,
+        &src,
+        "UPDATE fresh SET v = v + 1000 WHERE device = 1;
+         DELETE FROM fresh WHERE device = 2 AND v < 50;
+         INSERT INTO fresh VALUES ('2026-03-01', 1, 1)",
+    );
+    session.write_all(b"COMMIT;\n").unwrap();
+    drop(session);
+    open.wait().unwrap();
+    let mut migrate = util::migrate_until_streaming(&source, &target, name, &[]);
+    source_ok(
+        cluster,
+        &src,
+        "UPDATE fresh SET v = v + 1 WHERE device = 0; INSERT INTO fresh VALUES ('2026-03-02', 2, 2)",
+    );
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", name,
+        ],
+        &mut migrate,
+    );
+    let said = finish(migrate);
+    for table in ["m", "fresh"] {
+        util::assert_table_equal(cluster, &src, cluster, &dst, table);
+    }
+    assert!(said.contains("fresh"), "{said}");
+}

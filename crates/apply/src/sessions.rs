@@ -478,13 +478,8 @@ async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
         )
         .await
         .map_err(target("setting up the apply session"))?;
-    let replica_role = match client
-        .batch_execute("SET session_replication_role = replica")
+    let replica_role = pglive_postgres::set_replica_role(&client)
         .await
-    {
-        Ok(()) => true,
-        Err(e) if e.code().map(|c| c.code()) == Some("42501") => false,
-        Err(e) => return Err(target("setting session_replication_role")(e)),
-    };
+        .map_err(target("setting session_replication_role"))?;
     Ok((client, replica_role))
 }

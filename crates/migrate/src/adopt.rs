@@ -64,23 +64,14 @@ pub(crate) async fn as_replica(
     target: &tokio_postgres::Client,
     sql: &str,
 ) -> Result<u64, tokio_postgres::Error> {
-    let replica = target
-        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
-        .await;
-    if let Err(e) = replica {
-        target.batch_execute("ROLLBACK").await.ok();
-        if e.code() != Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            return Err(e);
-        }
-        return target.execute(sql, &[]).await;
+    let replica = pglive_postgres::set_replica_role(target).await?;
+    let done = target.execute(sql, &[]).await;
+    if replica {
+        target
+            .batch_execute("RESET session_replication_role")
+            .await?;
     }
-    match target.execute(sql, &[]).await {
-        Ok(n) => target.batch_execute("COMMIT").await.map(|()| n),
-        Err(e) => {
-            target.batch_execute("ROLLBACK").await.ok();
-            Err(e)
-        }
-    }
+    done
 }
 
 /// Publishes, creates, copies and indexes `tables` (see the module

@@ -60,7 +60,7 @@ pub use error::{Error, Result, is_transient_statement_error};
 pub use lsn::{Lsn, ParseLsnError};
 pub use name::QualifiedName;
 pub use quote::{quote_ident, quote_literal};
-pub use session::{SESSION_SETTINGS, session_options};
+pub use session::{SESSION_SETTINGS, session_options, set_replica_role};
 pub use snapshot::{SnapshotError, read_only_transaction};
 pub use sql::{connect_sql, tokio_postgres_config};
 pub use state_schema::{StateSchema, StateSchemaError};

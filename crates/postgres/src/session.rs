@@ -42,6 +42,25 @@ pub fn session_options() -> String {
         .join(" ")
 }
 
+/// Sets `session_replication_role = replica` on `client` (no triggers, no
+/// foreign key checks or actions) when its role may; whether it did. A role
+/// that may not (no superuser, no `SET` privilege on the parameter) is no
+/// error.
+pub async fn set_replica_role(
+    client: &tokio_postgres::Client,
+) -> Result<bool, tokio_postgres::Error> {
+    match client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

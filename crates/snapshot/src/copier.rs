@@ -456,15 +456,9 @@ impl Worker {
             .map_err(target("setting synchronous_commit"))?;
         if self.into_existing {
             // A role that may not (no superuser) copies with its checks.
-            match target_client
-                .batch_execute("SET session_replication_role = replica")
+            pglive_postgres::set_replica_role(&target_client)
                 .await
-            {
-                Err(e)
-                    if e.code()
-                        == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {}
-                other => other.map_err(target("setting session_replication_role = replica"))?,
-            }
+                .map_err(target("setting session_replication_role = replica"))?;
         }
         let (schemas, names): (Vec<String>, Vec<String>) = self
             .tables

@@ -53,10 +53,10 @@ const MATERIALIZATION_COLUMNS: &str =
 struct SourceHistory {
     materialization: QualifiedName,
     columns: Vec<String>,
-    /// The condition on its rows that selects the history; `None`: all of
-    /// it (the raw data has no chunk left).
-    before_raw: Option<String>,
-    /// The cut (see the module documentation).
+    /// Its time column, quoted.
+    time_column: String,
+    /// The cut (see the module documentation); `None`: all of it is
+    /// history (the raw data has no chunk left).
     cut: Option<i64>,
     /// Finalized (TimescaleDB 2.7+): the target makes only such aggregates.
     finalized: bool,
@@ -101,7 +101,7 @@ pub(crate) async fn copy_from_source(
     let mut copied = 0;
     for aggregate in aggregates {
         let name = &aggregate.name;
-        let Some(history) = source_history(&source_tx, name, &time_to_internal).await? else {
+        let Some(history) = source_history(&source_tx, name).await? else {
             continue;
         };
         if !history.finalized {
@@ -146,7 +146,10 @@ pub(crate) async fn copy_from_source(
             .copy_out(&format!(
                 "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT",
                 history.materialization.quoted(),
-                history.before_raw.as_deref().unwrap_or("true")
+                history.cut.map_or("true".to_owned(), |cut| format!(
+                    "{time_to_internal}({}) < {cut}",
+                    history.time_column
+                ))
             ))
             .await
             .doing_with(|| format!("reading {what} on the source"))?;
@@ -181,7 +184,6 @@ pub(crate) async fn copy_from_source(
 async fn source_history(
     source: &tokio_postgres::Transaction<'_>,
     name: &QualifiedName,
-    time_to_internal: &str,
 ) -> Result<Option<SourceHistory>> {
     let sql = format!(
         "SELECT m.schema_name::text, m.table_name::text, {MATERIALIZATION_COLUMNS},
@@ -200,13 +202,11 @@ async fn source_history(
     else {
         return Ok(None);
     };
-    let time_column: String = row.get(3);
-    let oldest: Option<i64> = row.get(4);
     Ok(Some(SourceHistory {
         materialization: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
         columns: row.get(2),
-        before_raw: oldest.map(|start| format!("{time_to_internal}({time_column}) < {start}")),
-        cut: oldest,
+        time_column: row.get(3),
+        cut: row.get(4),
         finalized: row.get(5),
         readable: row.get(6),
     }))

@@ -681,7 +681,19 @@ async fn watch_requests(
         }
         if tokio::time::Instant::now() >= next_table_check {
             next_table_check += NEW_TABLES_EVERY;
-            if !capturing && !timescale_source {
+            if timescale_source {
+                // Rare, and a large future: on the heap.
+                let due = Box::pin(due_for_adoption(
+                    [state_client, source_client],
+                    (job, publication),
+                    (capturing, false),
+                    left_since,
+                    events,
+                ));
+                if let Some(tables) = due.await {
+                    return set(Reason::NotCarried(tables));
+                }
+            } else if !capturing {
                 if let Ok(tables) = publication::tables_not_carried(
                     source_client,
                     state_client,
@@ -693,18 +705,6 @@ async fn watch_requests(
                     if !tables.is_empty() {
                         return set(Reason::NotCarried(tables));
                     }
-                }
-            } else if timescale_source {
-                // Rare, and a large future: on the heap.
-                let due = Box::pin(due_for_adoption(
-                    [state_client, source_client],
-                    (job, publication),
-                    (capturing, false),
-                    left_since,
-                    events,
-                ));
-                if let Some(tables) = due.await {
-                    return set(Reason::NotCarried(tables));
                 }
             }
         }

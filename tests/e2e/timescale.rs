@@ -1042,3 +1042,149 @@ fn an_adoption_killed_midway_is_taken_up_again() {
     }
     assert!(said.contains("fresh"), "{said}");
 }
+
+/// A hypertable with compressed chunks: chunks compressed under the
+/// hypertable's current settings (one of them partial: a row inserted
+/// after compression) arrive compressed, in the same chunks as on the
+/// source; chunks compressed under older settings arrive decompressed;
+/// changes in compressed chunks of more rows than TimescaleDB decompresses
+/// per statement by default are applied; every row equal at cutover.
+#[test]
+fn compressed_chunks_arrive_compressed() {
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        "tscompressed",
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE samples (ts timestamptz NOT NULL, sensor int NOT NULL, v float8, label text,
+                               PRIMARY KEY (sensor, ts));
+         SELECT create_hypertable('samples', by_range('ts', INTERVAL '2 days'));
+         ALTER TABLE samples SET (timescaledb.compress, timescaledb.compress_segmentby = 'sensor',
+                                  timescaledb.compress_orderby = 'ts DESC');
+         INSERT INTO samples SELECT '2026-01-01'::timestamptz + g * INTERVAL '2 seconds', g % 2, g,
+                                    'l' || (g % 7)
+           FROM generate_series(0, 5 * 86400 - 1) g;
+         SELECT compress_chunk(c) FROM show_chunks('samples', older_than => '2026-01-03'::timestamptz) c;
+         ALTER TABLE samples SET (timescaledb.compress_orderby = 'ts');
+         SELECT compress_chunk(c) FROM show_chunks('samples', older_than => '2026-01-09'::timestamptz) c;
+         INSERT INTO samples VALUES ('2026-01-04 12:00:00.5', 1, -1, 'partial');",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    // The source's chunks: range, compressed, compressed under the
+    // hypertable's settings now.
+    let source_chunks = cluster
+        .psql(
+            &src,
+            "SELECT c.range_start, c.range_end, c.is_compressed,
+                    coalesce((SELECT to_jsonb(s) - 'relid' - 'compress_relid'
+                                FROM _timescaledb_catalog.compression_settings s
+                               WHERE s.relid = format('%I.%I', c.chunk_schema, c.chunk_name)::regclass)
+                             = (SELECT to_jsonb(s) - 'relid' - 'compress_relid'
+                                  FROM _timescaledb_catalog.compression_settings s
+                                 WHERE s.relid = 'samples'::regclass), false)
+               FROM timescaledb_information.chunks c
+              WHERE c.hypertable_name = 'samples' ORDER BY 1",
+        )
+        .unwrap();
+    let source_rows: Vec<Vec<&str>> = source_chunks
+        .lines()
+        .map(|l| l.split('|').collect())
+        .collect();
+    assert!(
+        source_rows.iter().any(|r| r[2] == "t" && r[3] == "t")
+            && source_rows.iter().any(|r| r[2] == "t" && r[3] == "f")
+            && source_rows.iter().any(|r| r[2] == "f"),
+        "chunks of every kind on the source: {source_chunks}"
+    );
+
+    let mut migrate = util::migrate_until_streaming(&source, &target, "tscompressed", &[]);
+    let chunk_parts: i64 = cluster
+        .psql(
+            &dst,
+            "SELECT count(*) FROM pglive.copy_parts WHERE table_name = 'samples' AND kind = 'chunks'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        chunk_parts > 4,
+        "samples is copied chunk by chunk: {chunk_parts}"
+    );
+    // The target has the source's chunks; those compressed under today's
+    // settings are compressed there too, the others are not.
+    let expected: Vec<String> = source_rows
+        .iter()
+        .map(|r| format!("{}|{}|{}", r[0], r[1], r[2] == "t" && r[3] == "t"))
+        .collect();
+    let target_chunks = cluster
+        .psql(
+            &dst,
+            "SELECT range_start, range_end, is_compressed FROM timescaledb_information.chunks
+              WHERE hypertable_name = 'samples' ORDER BY 1",
+        )
+        .unwrap();
+    assert_eq!(
+        target_chunks
+            .lines()
+            .map(|l| l.replace("|t", "|true").replace("|f", "|false"))
+            .collect::<Vec<_>>(),
+        expected
+    );
+    // The partial chunk holds its row outside the compressed batches there
+    // too.
+    let partial = "SELECT count(*) FROM samples WHERE label = 'partial'";
+    assert_eq!(cluster.psql(&dst, partial).unwrap(), "1");
+
+    // Changes in compressed chunks (under both settings) and new rows.
+    for n in 0..40u64 {
+        let at = |day: u64| {
+            format!(
+                "'2026-01-01'::timestamptz + INTERVAL '{day} days' + {} * INTERVAL '2 seconds'",
+                n * 997
+            )
+        };
+        source_ok(
+            cluster,
+            &src,
+            &format!(
+                "UPDATE samples SET v = v + 0.5, label = 'upd' WHERE ts = {};
+                 DELETE FROM samples WHERE ts = {};
+                 UPDATE samples SET label = 'old' WHERE ts = {};
+                 INSERT INTO samples VALUES ('2026-02-01'::timestamptz + {n} * INTERVAL '1 hour', 3, {n}, 'new')",
+                at(4),
+                at(5),
+                at(0)
+            ),
+        );
+    }
+    util::cutover_ok(
+        &[
+            "cutover",
+            "--source",
+            &source,
+            "--target",
+            &target,
+            "--name",
+            "tscompressed",
+        ],
+        &mut migrate,
+    );
+    finish(migrate);
+    util::assert_table_equal(cluster, &src, cluster, &dst, "samples");
+    // Applying a change decompressed only what it touched, as on the
+    // source: a compressed chunk the workload left alone is still wholly
+    // compressed (not partial) on the target.
+    let partial = "SELECT i.range_start, c.status & 8 <> 0
+                     FROM timescaledb_information.chunks i
+                     JOIN _timescaledb_catalog.chunk c
+                       ON c.schema_name = i.chunk_schema AND c.table_name = i.chunk_name
+                    WHERE i.hypertable_name = 'samples' AND i.is_compressed ORDER BY 1";
+    let on_source = cluster.psql(&src, partial).unwrap();
+    let on_target = cluster.psql(&dst, partial).unwrap();
+    assert!(
+        on_target.lines().all(|l| on_source.lines().any(|s| s == l)),
+        "partial chunks on the target:\n{on_target}\non the source:\n{on_source}"
+    );
+    assert!(on_target.lines().any(|l| l.ends_with("|f")), "{on_target}");
+}

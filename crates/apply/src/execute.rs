@@ -114,6 +114,60 @@ fn text_of<'a>(table: &TableMap, value: &'a ColumnValue) -> Result<Option<&'a [u
     }
 }
 
+/// One value in its text form as a parameter of whatever type the
+/// statement gives it: a constant of that type in a custom plan.
+#[derive(Debug)]
+struct TypedText<'a>(&'a [u8]);
+
+impl ToSql for TypedText<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        out.put_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+/// The smallest and largest time value of keyed rows `keys` of a
+/// hypertable, when the table has a [`TimeKey`](crate::table::TimeKey)
+/// and they compare.
+fn time_bounds<'a>(
+    table: &TableMap,
+    keys: impl Iterator<Item = &'a Values>,
+) -> Result<Option<[TypedText<'a>; 2]>> {
+    let Some(time) = table.time_key else {
+        return Ok(None);
+    };
+    let values = keys
+        .map(|k| k.get(time.position).map_or(Ok(None), |v| text_of(table, v)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(time
+        .bounds(values.into_iter())
+        .map(|(low, high)| [TypedText(low), TypedText(high)]))
+}
+
+/// `params` followed by the time bounds, if any.
+fn with_bounds<'a, T: ToSql + Sync>(
+    params: &'a [T],
+    bounds: &'a Option<[TypedText<'_>; 2]>,
+) -> Vec<&'a (dyn ToSql + Sync)> {
+    let mut all = params_ref(params);
+    all.extend(bounds.iter().flatten().map(|b| b as &(dyn ToSql + Sync)));
+    all
+}
+
 /// Prepared statements by SQL text, for the life of one target session.
 #[derive(Default)]
 pub(crate) struct StatementCache {
@@ -186,13 +240,14 @@ pub(crate) async fn execute(
         Statement::Delete(keys) => {
             let key_positions: Vec<usize> = (0..table.key.len()).collect();
             let params = column_arrays(table, keys.iter(), &key_positions)?;
+            let bounds = time_bounds(table, keys.iter())?;
             let what = format!("deleting from {}", table.name);
             let matched = run(
                 client,
                 cache,
                 table,
-                &delete_sql(table),
-                &params_ref(&params),
+                &delete_sql(table, bounds.is_some()),
+                &with_bounds(&params, &bounds),
                 what,
             )
             .await?;
@@ -230,13 +285,14 @@ async fn update(
     let key_positions: Vec<usize> = (0..table.key.len()).collect();
     let mut params = column_arrays(table, rows.iter().map(|(k, _)| k), &key_positions)?;
     params.extend(column_arrays(table, rows.iter().map(|(_, n)| n), &set)?);
+    let bounds = time_bounds(table, rows.iter().map(|(k, _)| k))?;
     let what = format!("updating {}", table.name);
     run(
         client,
         cache,
         table,
-        &update_sql(table, mask),
-        &params_ref(&params),
+        &update_sql(table, mask, bounds.is_some()),
+        &with_bounds(&params, &bounds),
         what,
     )
     .await
@@ -443,7 +499,25 @@ fn key_match(table: &TableMap) -> String {
         .join(" AND ")
 }
 
-fn update_sql(table: &TableMap, mask: &[bool]) -> String {
+/// With `bounded`, also the time bounds as the two parameters after the
+/// first `params` ([`time_bounds`]).
+fn time_range(table: &TableMap, bounded: bool, params: usize) -> String {
+    match table.time_key.filter(|_| bounded) {
+        Some(time) => {
+            let column = &table.columns[table.key[time.position]];
+            format!(
+                " AND t.{column} >= ${low}::{ty} AND t.{column} <= ${high}::{ty}",
+                column = column.quoted,
+                ty = column.type_sql,
+                low = params + 1,
+                high = params + 2
+            )
+        }
+        None => String::new(),
+    }
+}
+
+fn update_sql(table: &TableMap, mask: &[bool], bounded: bool) -> String {
     let mut names: Vec<String> = (0..table.key.len()).map(|k| format!("k{k}")).collect();
     let mut set = Vec::new();
     for (i, column) in table.columns.iter().enumerate().filter(|(i, _)| mask[*i]) {
@@ -451,21 +525,23 @@ fn update_sql(table: &TableMap, mask: &[bool]) -> String {
         set.push(format!("{} = s.v{i}::{}", column.quoted, column.type_sql));
     }
     format!(
-        "UPDATE {} AS t SET {} FROM {} WHERE {}",
+        "UPDATE {} AS t SET {} FROM {} WHERE {}{}",
         table.quoted,
         set.join(", "),
         keyed_rows(table, &names),
-        key_match(table)
+        key_match(table),
+        time_range(table, bounded, names.len())
     )
 }
 
-fn delete_sql(table: &TableMap) -> String {
+fn delete_sql(table: &TableMap, bounded: bool) -> String {
     let names: Vec<String> = (0..table.key.len()).map(|k| format!("k{k}")).collect();
     format!(
-        "DELETE FROM {} AS t USING {} WHERE {}",
+        "DELETE FROM {} AS t USING {} WHERE {}{}",
         table.quoted,
         keyed_rows(table, &names),
-        key_match(table)
+        key_match(table),
+        time_range(table, bounded, names.len())
     )
 }
 

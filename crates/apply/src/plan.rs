@@ -373,6 +373,7 @@ mod tests {
             identity_always: Vec::new(),
             mismatch: None,
             hypertable: false,
+            time_key: None,
         }
     }
 

@@ -464,6 +464,10 @@ async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
     // and on the synchronous standbys the target waits for, if any (a
     // failover would lose them otherwise). `on` is both; remote_write
     // and remote_apply, chosen by the target's owner, are kept.
+    // On a TimescaleDB target, a change in a compressed chunk decompresses
+    // the batches holding it, however many rows they hold (the default
+    // limit would stop apply), and each statement is planned with its
+    // batch's time bounds as constants (see `TimeKey`).
     // Keyed statements find each row through the key's index, whatever
     // the table's size: a hash join would scan the whole table. JIT
     // compiles a batch's statement afresh whenever its estimated cost
@@ -474,7 +478,12 @@ async fn open_session(target_config: &ConnectConfig) -> Result<(Client, bool)> {
             "SET search_path = pg_catalog;
              SELECT pg_catalog.set_config('synchronous_commit', 'on', false)
               WHERE pg_catalog.current_setting('synchronous_commit') IN ('off', 'local');
-             SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off",
+             SET enable_hashjoin = off; SET enable_mergejoin = off; SET jit = off;
+             SELECT pg_catalog.set_config(name, setting, false)
+               FROM (VALUES ('timescaledb.max_tuples_decompressed_per_dml_transaction', '0'),
+                            ('plan_cache_mode', 'force_custom_plan')) AS s(name, setting)
+              WHERE pg_catalog.current_setting('timescaledb.max_tuples_decompressed_per_dml_transaction', true)
+                    IS NOT NULL",
         )
         .await
         .map_err(target("setting up the apply session"))?;

@@ -95,6 +95,134 @@ pub(crate) struct TableMap {
     /// A TimescaleDB hypertable on the target: its rows live in its chunks
     /// (it is truncated without `ONLY`, which TimescaleDB refuses).
     pub hypertable: bool,
+    /// A hypertable's time column when it is a key column: keyed updates
+    /// and deletes name the range of its values in a batch (see
+    /// [`TimeKey`]).
+    pub time_key: Option<TimeKey>,
+}
+
+/// A hypertable's time column among the key columns. A keyed `UPDATE` or
+/// `DELETE` of a batch also bounds it by the batch's smallest and largest
+/// value, as constants of a custom plan: TimescaleDB then leaves out the
+/// chunks outside them, and in a compressed chunk decompresses only the
+/// batches they overlap (a join alone decompresses the whole chunk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TimeKey {
+    /// Its position among the key columns.
+    pub position: usize,
+    /// How its values compare as pgoutput prints them.
+    pub order: TimeOrder,
+}
+
+/// How the text of a time column's values orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimeOrder {
+    /// Integers.
+    Integer,
+    /// ISO dates and timestamps as the pinned settings print them (`DateStyle
+    /// ISO`, `TimeZone UTC`), four-digit years: as strings, once checked.
+    Iso,
+}
+
+impl TimeKey {
+    /// The smallest and largest of `values`, or `None` when one is null or
+    /// does not print in the form this compares.
+    pub fn bounds<'a>(
+        &self,
+        values: impl Iterator<Item = Option<&'a [u8]>>,
+    ) -> Option<(&'a [u8], &'a [u8])> {
+        let values: Vec<&[u8]> = values.collect::<Option<_>>()?;
+        match self.order {
+            TimeOrder::Integer => {
+                let numbers: Vec<(i64, &[u8])> = values
+                    .iter()
+                    .map(|v| Some((std::str::from_utf8(v).ok()?.parse().ok()?, *v)))
+                    .collect::<Option<_>>()?;
+                Some((numbers.iter().min()?.1, numbers.iter().max()?.1))
+            }
+            TimeOrder::Iso if values.iter().all(|v| iso(v)) => {
+                Some((*values.iter().min()?, *values.iter().max()?))
+            }
+            TimeOrder::Iso => None,
+        }
+    }
+}
+
+/// Whether `value` is `YYYY-MM-DD`, optionally followed by ` HH:MM:SS`, a
+/// fraction and `+00`: the forms whose string order is their time order.
+fn iso(value: &[u8]) -> bool {
+    let digits = |range: std::ops::Range<usize>| {
+        value
+            .get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let date = value.len() >= 10
+        && digits(0..4)
+        && value[4] == b'-'
+        && digits(5..7)
+        && value[7] == b'-'
+        && digits(8..10);
+    if !date {
+        return false;
+    }
+    let mut rest = &value[10..];
+    if rest.is_empty() {
+        return true;
+    }
+    let time = rest.len() >= 9
+        && rest[0] == b' '
+        && rest[1..3].iter().all(u8::is_ascii_digit)
+        && rest[3] == b':'
+        && rest[4..6].iter().all(u8::is_ascii_digit)
+        && rest[6] == b':'
+        && rest[7..9].iter().all(u8::is_ascii_digit);
+    if !time {
+        return false;
+    }
+    rest = &rest[9..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &fraction[digits..];
+    }
+    rest.is_empty() || rest == b"+00"
+}
+
+/// The time column of hypertable `name` on the target and how its values
+/// order, if it is one of `columns` at `key`.
+async fn time_key(
+    client: &Client,
+    name: &QualifiedName,
+    columns: &[Column],
+    key: &[usize],
+) -> Result<Option<TimeKey>> {
+    let row = client
+        .query_opt(
+            "SELECT d.column_name::text, format_type(d.column_type, NULL) \
+               FROM _timescaledb_catalog.dimension d \
+               JOIN _timescaledb_catalog.hypertable h ON h.id = d.hypertable_id \
+              WHERE h.schema_name = $1 AND h.table_name = $2 AND d.interval_length IS NOT NULL \
+              ORDER BY d.id LIMIT 1",
+            &[&name.schema, &name.name],
+        )
+        .await
+        .map_err(target(format!("reading the time column of {name}")))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (column, type_name): (String, String) = (row.get(0), row.get(1));
+    let order = match type_name.as_str() {
+        "smallint" | "integer" | "bigint" => TimeOrder::Integer,
+        "date" | "timestamp with time zone" | "timestamp without time zone" => TimeOrder::Iso,
+        _ => return Ok(None),
+    };
+    let quoted = pglive_postgres::quote_ident(&column);
+    Ok(key
+        .iter()
+        .position(|&c| columns[c].quoted == quoted)
+        .map(|position| TimeKey { position, order }))
 }
 
 /// Whether `name` is a TimescaleDB hypertable on the target of `client`.
@@ -239,6 +367,9 @@ impl TableMap {
         let mut map = Self::from_target_columns(name, relation, &target_columns)?;
         map.mismatch = mismatch;
         map.hypertable = is_hypertable(client, &map.name).await?;
+        if map.hypertable {
+            map.time_key = time_key(client, &map.name, &map.columns, &map.key).await?;
+        }
         if map.identity == Identity::Key {
             let key_names: Vec<&str> = relation
                 .columns
@@ -309,6 +440,66 @@ impl TableMap {
             identity_always,
             mismatch: None,
             hypertable: false,
+            time_key: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds<'a>(order: TimeOrder, values: &[Option<&'a str>]) -> Option<(&'a str, &'a str)> {
+        let key = TimeKey { position: 0, order };
+        key.bounds(values.iter().map(|v| v.map(str::as_bytes)))
+            .map(|(low, high)| {
+                (
+                    std::str::from_utf8(low).unwrap(),
+                    std::str::from_utf8(high).unwrap(),
+                )
+            })
+    }
+
+    #[test]
+    fn time_bounds_follow_time_not_text() {
+        // Integers: by value, not as strings.
+        assert_eq!(
+            bounds(TimeOrder::Integer, &[Some("9"), Some("-12"), Some("100")]),
+            Some(("-12", "100"))
+        );
+        // Timestamps: a fraction sorts after the whole second, shorter
+        // fractions by their digits.
+        let stamps = [
+            Some("2026-01-02 00:05:00.5+00"),
+            Some("2026-01-02 00:05:00+00"),
+            Some("2026-01-02 00:05:00.25+00"),
+            Some("2025-12-31 23:59:59.999999+00"),
+        ];
+        assert_eq!(
+            bounds(TimeOrder::Iso, &stamps),
+            Some(("2025-12-31 23:59:59.999999+00", "2026-01-02 00:05:00.5+00"))
+        );
+        assert_eq!(
+            bounds(TimeOrder::Iso, &[Some("2026-01-02"), Some("2024-02-29")]),
+            Some(("2024-02-29", "2026-01-02"))
+        );
+        // What does not compare as text gives no bounds (the statement runs
+        // without them).
+        for odd in [
+            "infinity",
+            "2026-01-02 00:05:00 BC",
+            "12026-01-02 00:05:00+00",
+            "2026-01-02 00:05:00+02",
+            "2026-01-02 00:05:00.+00",
+        ] {
+            assert_eq!(
+                bounds(TimeOrder::Iso, &[Some("2026-01-02"), Some(odd)]),
+                None,
+                "{odd}"
+            );
+        }
+        assert_eq!(bounds(TimeOrder::Iso, &[Some("2026-01-02"), None]), None);
+        assert_eq!(bounds(TimeOrder::Integer, &[Some("1.5")]), None);
+        assert_eq!(bounds(TimeOrder::Integer, &[]), None);
     }
 }

@@ -167,12 +167,12 @@ type Events = Arc<dyn Fn(CopyEvent) + Send + Sync>;
 
 /// How one table is copied, derived from its catalog entry.
 #[derive(Debug)]
-struct TableCopy {
-    name: QualifiedName,
+pub(crate) struct TableCopy {
+    pub(crate) name: QualifiedName,
     /// Quoted non-generated columns, comma-separated (may be empty).
-    columns: String,
+    pub(crate) columns: String,
     /// Binary COPY unless some column's binary form embeds type OIDs.
-    binary: bool,
+    pub(crate) binary: bool,
     /// A TimescaleDB hypertable: read and written through its root.
     hypertable: bool,
 }
@@ -191,7 +191,7 @@ impl TableCopy {
         }
     }
 
-    fn column_list(&self) -> String {
+    pub(crate) fn column_list(&self) -> String {
         if self.columns.is_empty() {
             String::new()
         } else {
@@ -217,7 +217,7 @@ impl TableCopy {
         }
     }
 
-    fn copy_from(&self, freeze: bool) -> String {
+    pub(crate) fn copy_from(&self, freeze: bool) -> String {
         let format = if self.binary { "binary" } else { "text" };
         format!(
             "COPY {}{} FROM STDIN (FORMAT {format}{})",
@@ -276,15 +276,24 @@ impl Copier {
         let mut source_client = connect(&self.source).await?;
         let tx = begin_snapshot(&mut source_client, snapshot, &self.source).await?;
         let parts = plan(&tx, &self.tables, &self.options.plan).await?;
-        drop(tx);
         let mut target_client = connect(&self.target).await?;
+        let hypertables: Vec<&QualifiedName> = self
+            .tables
+            .iter()
+            .filter(|t| t.hypertable)
+            .map(|t| &t.name)
+            .collect();
         let restarted = state::seed(
             &mut target_client,
             &self.options.migration,
             &parts,
+            &hypertables,
             snapshot.lsn,
         )
         .await?;
+        let chunks = state::pending_chunks(&target_client, &self.options.migration).await?;
+        crate::chunks::make_target_chunks(&tx, &target_client, &chunks).await?;
+        drop(tx);
         Ok(CopyPlan { parts, restarted })
     }
 
@@ -495,10 +504,22 @@ impl Worker {
                 .ok_or_else(|| Error::UnknownTable {
                     table: part.table.clone(),
                 })?;
-            let (rows, bytes) = if part.range == PartRange::LargeObjects {
-                self.copy_large_objects(&source_tx, &tx, &part).await?
-            } else {
-                self.copy_part(&source_tx, &tx, table, &part).await?
+            let (rows, bytes) = match part.range {
+                PartRange::LargeObjects => self.copy_large_objects(&source_tx, &tx, &part).await?,
+                PartRange::Chunks { first, last } => {
+                    let progress = |rows, bytes| {
+                        (self.events)(CopyEvent::Progress {
+                            worker: self.number,
+                            table: part.table.clone(),
+                            part: part.number,
+                            rows,
+                            bytes,
+                        })
+                    };
+                    crate::chunks::copy_chunks(&source_tx, &tx, table, (first, last), progress)
+                        .await?
+                }
+                _ => self.copy_part(&source_tx, &tx, table, &part).await?,
             };
             state::finish(
                 &tx,

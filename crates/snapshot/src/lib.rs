@@ -70,6 +70,7 @@
 //! It never decodes WAL; that is `pglive-repl`'s job.
 #![deny(missing_docs)]
 
+mod chunks;
 mod copier;
 mod error;
 mod pipe;

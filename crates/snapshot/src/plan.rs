@@ -38,6 +38,10 @@ pub struct PlanOptions {
     pub part_size: i64,
     /// Copy large objects. Default: on.
     pub large_objects: bool,
+    /// Copy a TimescaleDB hypertable that has compressed chunks chunk by
+    /// chunk, each compressed one in its compressed form where the target
+    /// can take it (see [`crate::chunks`]). Default: on.
+    pub compressed_chunks: bool,
 }
 
 impl Default for PlanOptions {
@@ -46,6 +50,7 @@ impl Default for PlanOptions {
             split_threshold: 1 << 30,
             part_size: 256 << 20,
             large_objects: true,
+            compressed_chunks: true,
         }
     }
 }
@@ -87,6 +92,18 @@ pub enum PartRange {
         start: Option<i64>,
         /// Exclusive upper bound.
         end: Option<i64>,
+    },
+    /// Chunks of a TimescaleDB hypertable by their ids in the source's
+    /// chunk catalog (`_timescaledb_catalog.chunk.id`), each copied into the
+    /// same chunk on the target, in its compressed form when it is
+    /// compressed ([`crate::chunks`]). A hypertable's last part is open
+    /// above: chunks made after the plan's snapshot (ids are never reused)
+    /// are copied when a later snapshot holds them.
+    Chunks {
+        /// The first chunk's id.
+        first: i64,
+        /// The last chunk's id (`None`: every later one).
+        last: Option<i64>,
     },
 }
 
@@ -148,10 +165,12 @@ impl PartRange {
             PartRange::Blocks { .. } => "blocks",
             PartRange::LargeObjects => "large_objects",
             PartRange::Time { time_type, .. } => time_type.kind(),
+            PartRange::Chunks { .. } => "chunks",
         }
     }
 
-    /// The SQL condition selecting the part's rows, or `None` for all rows.
+    /// The SQL condition selecting the part's rows from its table, or
+    /// `None` for all rows (chunks are read one by one).
     pub fn condition(&self) -> Option<String> {
         let bounds =
             |expr: &str, start: &Option<i64>, end: &Option<i64>, wrap: &dyn Fn(i64) -> String| {
@@ -165,7 +184,7 @@ impl PartRange {
                 (!parts.is_empty()).then(|| parts.join(" AND "))
             };
         match self {
-            PartRange::Whole | PartRange::LargeObjects => None,
+            PartRange::Whole | PartRange::LargeObjects | PartRange::Chunks { .. } => None,
             PartRange::Key { column, start, end } => {
                 bounds(&pglive_postgres::quote_ident(column), start, end, &|v| {
                     v.to_string()
@@ -304,6 +323,24 @@ pub async fn plan(
         } else {
             1
         };
+        let chunks = match table.hypertable && options.compressed_chunks {
+            true => crate::chunks::plan(client, table).await?,
+            false => None,
+        };
+        if let Some(chunks) = chunks {
+            let after = chunks.iter().map(|c| c.id + 1).max().unwrap_or_default();
+            let ranges = chunks
+                .iter()
+                .map(|chunk| (chunk.id, Some(chunk.id), chunk.bytes))
+                .chain(std::iter::once((after, None, 0)));
+            parts.extend(ranges.enumerate().map(|(i, (first, last, bytes))| Part {
+                table: table.name.clone(),
+                number: i as i32,
+                range: PartRange::Chunks { first, last },
+                estimated_bytes: bytes,
+            }));
+            continue;
+        }
         let ranges = if table.hypertable && table.bytes > options.split_threshold {
             chunk_ranges(client, table, options.part_size).await?
         } else if pieces <= 1 {

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use pglive_postgres::{Lsn, QualifiedName, StateSchema};
 use tokio_postgres::GenericClient;
 
+use crate::chunks::HypertableChunks;
 use crate::error::{Error, Result, target};
 use crate::plan::{Part, PartRange};
 
@@ -32,7 +33,7 @@ const STATE_LOCK: i64 = 0x70_67_6c_69_76_65;
 /// The copy's table, by version (see [`StateSchema`]).
 pub(crate) const STATE: StateSchema = StateSchema {
     component: "snapshot",
-    steps: &[VERSION_1, VERSION_2, VERSION_3],
+    steps: &[VERSION_1, VERSION_2, VERSION_3, VERSION_4],
 };
 
 const VERSION_1: &str = "
@@ -75,14 +76,23 @@ ALTER TABLE pglive.copy_parts DROP CONSTRAINT IF EXISTS copy_parts_kind_check;
 ALTER TABLE pglive.copy_parts ADD CONSTRAINT copy_parts_kind_check
     CHECK (kind IN ('table', 'key', 'blocks', 'large_objects', 'timestamptz', 'timestamp', 'date'));";
 
+/// Version 4: parts of chunks of a TimescaleDB hypertable, by their ids on
+/// the source (`range_start` to `range_end`, inclusive).
+const VERSION_4: &str = "
+ALTER TABLE pglive.copy_parts DROP CONSTRAINT IF EXISTS copy_parts_kind_check;
+ALTER TABLE pglive.copy_parts ADD CONSTRAINT copy_parts_kind_check
+    CHECK (kind IN ('table', 'key', 'blocks', 'large_objects', 'timestamptz', 'timestamp', 'date',
+                    'chunks'));";
+
 /// Creates the state table if needed and records the parts of every table
 /// that has none yet (tables with parts keep theirs, whoever planned them),
-/// then resets tables left half-done under a snapshot other than `lsn`.
-/// Returns the tables reset.
+/// then resets tables left half-done under a snapshot other than `lsn`
+/// (`hypertables` are emptied with their chunks). Returns the tables reset.
 pub(crate) async fn seed(
     client: &mut tokio_postgres::Client,
     migration: &str,
     parts: &[Part],
+    hypertables: &[&QualifiedName],
     lsn: Lsn,
 ) -> Result<Vec<QualifiedName>> {
     STATE.upgrade(client).await?;
@@ -118,12 +128,14 @@ pub(crate) async fn seed(
             PartRange::Key { start, .. }
             | PartRange::Blocks { start, .. }
             | PartRange::Time { start, .. } => *start,
+            PartRange::Chunks { first, .. } => Some(*first),
             _ => None,
         }),
         column(&|p| match &p.range {
             PartRange::Key { end, .. }
             | PartRange::Blocks { end, .. }
-            | PartRange::Time { end, .. } => *end,
+            | PartRange::Time { end, .. }
+            | PartRange::Chunks { last: end, .. } => *end,
             _ => None,
         }),
     );
@@ -165,7 +177,14 @@ pub(crate) async fn seed(
     let mut reset = Vec::new();
     for row in stale {
         let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        tx.batch_execute(&format!("TRUNCATE ONLY {table}"))
+        // TimescaleDB refuses `ONLY` for a hypertable, whose rows are in
+        // its chunks.
+        let only = if hypertables.contains(&&table) {
+            ""
+        } else {
+            "ONLY "
+        };
+        tx.batch_execute(&format!("TRUNCATE {only}{table}"))
             .await
             .map_err(target(format!("emptying {table} to copy it again")))?;
         tx.execute(
@@ -298,6 +317,10 @@ pub(crate) async fn claim(
         },
         "blocks" => PartRange::Blocks { start, end },
         "large_objects" => PartRange::LargeObjects,
+        "chunks" => PartRange::Chunks {
+            first: start.unwrap_or_default(),
+            last: end,
+        },
         other => match crate::plan::TimeType::from_kind(other) {
             Some(time_type) => PartRange::Time {
                 column: row.get::<_, Option<String>>(4).unwrap_or_default(),
@@ -320,6 +343,35 @@ pub(crate) async fn claim(
         number,
         range,
     }))
+}
+
+/// The chunk parts of migration `migration` still pending: each
+/// hypertable with the id ranges of its chunks (see
+/// [`PartRange::Chunks`]).
+pub(crate) async fn pending_chunks(
+    client: &impl GenericClient,
+    migration: &str,
+) -> Result<Vec<HypertableChunks>> {
+    let rows = client
+        .query(
+            "SELECT table_schema, table_name, range_start, range_end \
+               FROM pglive.copy_parts \
+              WHERE migration = $1 AND kind = 'chunks' AND state = 'pending' \
+              ORDER BY 1, 2, 3",
+            &[&migration],
+        )
+        .await
+        .map_err(target("reading the chunks left to copy"))?;
+    let mut pending: Vec<HypertableChunks> = Vec::new();
+    for row in rows {
+        let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        let range = (row.get(2), row.get(3));
+        match pending.last_mut() {
+            Some((last, ranges)) if *last == table => ranges.push(range),
+            _ => pending.push((table, vec![range])),
+        }
+    }
+    Ok(pending)
 }
 
 /// Marks a claimed part done, in the transaction that copied its rows.

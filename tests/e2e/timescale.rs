@@ -1188,3 +1188,124 @@ fn compressed_chunks_arrive_compressed() {
     );
     assert!(on_target.lines().any(|l| l.ends_with("|f")), "{on_target}");
 }
+
+/// A copy of a hypertable with compressed chunks, in parts, stopped midway
+/// (pglive killed while its last part is held) is done again under the
+/// next run's snapshot: the half-copied hypertable is emptied with its
+/// chunks and copied whole, with a chunk made on the source between the
+/// two runs and a chunk compressed meanwhile.
+#[test]
+fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        "tskilled",
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE packed (ts timestamptz NOT NULL, device int NOT NULL, v float8,
+                              PRIMARY KEY (device, ts));
+         SELECT create_hypertable('packed', by_range('ts', INTERVAL '2 days'));
+         ALTER TABLE packed SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+         INSERT INTO packed SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 seconds', g % 3, g
+           FROM generate_series(0, 8 * 17280 - 1) g;
+         SELECT compress_chunk(c) FROM show_chunks('packed', older_than => '2026-01-05'::timestamptz) c;",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let args = [
+        "migrate",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--name",
+        "tskilled",
+        "--jobs",
+        "1",
+        "--part-size",
+        "1",
+    ];
+    let mut first = util::spawn(&args);
+    // Hold the part a worker takes last (the smallest): the copy does
+    // every other one, then waits for it.
+    let (held, is_held) = std::sync::mpsc::channel::<bool>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let conninfo = target.clone();
+    let holder = std::thread::spawn(move || {
+        util::block_on(async move {
+            let config = pglive_postgres::ConnectConfig::parse(&conninfo).unwrap();
+            let client = pglive_postgres::connect_sql(&config).await.unwrap();
+            for _ in 0..3000 {
+                client.batch_execute("BEGIN").await.unwrap();
+                let locked = client
+                    .query_opt(
+                        "SELECT state FROM pglive.copy_parts WHERE migration = 'tskilled'
+                          ORDER BY estimated_bytes, part DESC LIMIT 1 FOR UPDATE NOWAIT",
+                        &[],
+                    )
+                    .await;
+                match locked {
+                    Ok(Some(row)) => {
+                        held.send(row.get::<_, String>(0) == "pending").unwrap();
+                        released.recv().ok();
+                        client.batch_execute("COMMIT").await.unwrap();
+                        return;
+                    }
+                    _ => client.batch_execute("ROLLBACK").await.unwrap(),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            held.send(false).unwrap();
+        })
+    });
+    assert!(
+        is_held.recv().unwrap(),
+        "the last part was held before it was copied"
+    );
+    let pending = "SELECT count(*) FILTER (WHERE state = 'pending') || '/' || count(*)
+                     FROM pglive.copy_parts WHERE migration = 'tskilled'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let counts = cluster.psql(&dst, pending).unwrap();
+        if counts.starts_with("1/") {
+            assert!(counts != "1/1", "more than one part: {counts}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not reach its last part: {counts}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    // Meanwhile on the source: a new chunk, a chunk compressed.
+    source_ok(
+        cluster,
+        &src,
+        "INSERT INTO packed VALUES ('2026-03-01', 1, -1), ('2026-03-02', 2, -2);
+         SELECT compress_chunk(c) FROM show_chunks('packed', older_than => '2026-01-07'::timestamptz) c;",
+    );
+    let mut second = util::migrate_until_streaming(
+        &source,
+        &target,
+        "tskilled",
+        &["--jobs", "1", "--part-size", "1"],
+    );
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "tskilled",
+        ],
+        &mut second,
+    );
+    let log = finish(second);
+    assert!(log.contains("packed"), "{log}");
+    util::assert_table_equal(cluster, &src, cluster, &dst, "packed");
+    let chunks = "SELECT range_start, range_end, is_compressed FROM timescaledb_information.chunks
+                   WHERE hypertable_name = 'packed' ORDER BY 1";
+    assert_eq!(
+        cluster.psql(&src, chunks).unwrap(),
+        cluster.psql(&dst, chunks).unwrap()
+    );
+}

@@ -183,41 +183,37 @@ async fn timescale_version(
         .map(|r| r.get(0)))
 }
 
-/// Whether `table` is a hypertable on the target, and the compression
-/// settings its new compressed chunks get (JSON, as [`source_chunks`]
-/// reads a chunk's).
-async fn target_hypertable(
-    client: &impl GenericClient,
-    table: &QualifiedName,
-) -> Result<Option<Option<String>>> {
+/// Whether `table` is a hypertable on the target.
+async fn target_hypertable(client: &impl GenericClient, table: &QualifiedName) -> Result<bool> {
+    let context = || format!("reading whether {table} is a hypertable on the target");
     let timescale: bool = client
         .query_one(
             "SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(target("reading whether the target has TimescaleDB"))?
+        .map_err(target(context()))?
         .get(0);
     if !timescale {
-        return Ok(None);
+        return Ok(false);
     }
-    let row = client
-        .query_opt(
-            "SELECT (SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
-                       FROM _timescaledb_catalog.compression_settings cs \
-                      WHERE cs.relid = format('%I.%I', h.schema_name, h.table_name)::regclass) \
-               FROM _timescaledb_catalog.hypertable h \
-              WHERE h.schema_name = $1 AND h.table_name = $2",
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable \
+                             WHERE schema_name = $1 AND table_name = $2)",
             &[&table.schema, &table.name],
         )
         .await
-        .map_err(target(format!("reading whether {table} is a hypertable")))?;
-    Ok(row.map(|r| r.get(0)))
+        .map_err(target(context()))?
+        .get(0))
 }
 
-/// Makes the chunks in the id ranges of each hypertable on the target with the
-/// source's slices (where it is a hypertable), and compresses, empty, those
-/// the target can take in compressed form (see the module's doc). Done
+/// Makes the chunks in the id ranges of each hypertable on the target with
+/// the source's slices (where it is a hypertable), and compresses, empty,
+/// those the target can take in compressed form: compressed on the source
+/// by the same TimescaleDB version, with the settings the target gives
+/// them (compared once TimescaleDB has given them, so that defaults it
+/// chose count; a chunk whose settings differ is decompressed again). Done
 /// again after a restart, it changes nothing: existing chunks are kept and
 /// compressed ones stay as they are.
 pub(crate) async fn make_target_chunks(
@@ -239,33 +235,65 @@ pub(crate) async fn make_target_chunks(
         .map_err(source("reading the source's TimescaleDB version"))?;
     let same_version = source_version.as_deref() == Some(target_version.as_str());
     for (table, ranges) in chunks {
-        let Some(settings) = target_hypertable(target_client, table).await? else {
+        if !target_hypertable(target_client, table).await? {
             continue;
-        };
+        }
         let ids = chunk_ids(source_client, table, ranges).await?;
         let chunks = source_chunks(source_client, &ids).await?;
+        let context = || format!("making the chunks of {table} on the target");
         for batch in chunks.chunks(CHUNKS_PER_STATEMENT) {
             let slices: Vec<&str> = batch.iter().map(|c| c.slices.as_str()).collect();
             let compress: Vec<bool> = batch
                 .iter()
-                .map(|c| {
-                    same_version
-                        && c.compressed.is_some()
-                        && c.settings.is_some()
-                        && c.settings == settings
-                })
+                .map(|c| same_version && c.compressed.is_some() && c.settings.is_some())
                 .collect();
-            target_client
+            let made: Vec<String> = target_client
                 .query(
-                    "SELECT CASE WHEN s.compress \
+                    "SELECT format('%I.%I', c.schema_name, c.table_name), \
+                            CASE WHEN s.compress \
                                  THEN compress_chunk(format('%I.%I', c.schema_name, c.table_name)::regclass, true)::text \
                             END \
-                       FROM unnest($2::text[], $3::bool[]) AS s(slices, compress), \
-                            LATERAL _timescaledb_functions.create_chunk($1::text::regclass, s.slices::jsonb) c",
+                       FROM unnest($2::text[], $3::bool[]) WITH ORDINALITY AS s(slices, compress, n), \
+                            LATERAL _timescaledb_functions.create_chunk($1::text::regclass, s.slices::jsonb) c \
+                      ORDER BY s.n",
                     &[&table.to_string(), &slices, &compress],
                 )
                 .await
-                .map_err(target(format!("making the chunks of {table} on the target")))?;
+                .map_err(target(context()))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let settings: Vec<Option<String>> = target_client
+                .query(
+                    "SELECT (SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
+                               FROM _timescaledb_catalog.compression_settings cs \
+                              WHERE cs.relid = c.name::regclass) \
+                       FROM unnest($1::text[]) WITH ORDINALITY AS c(name, n) ORDER BY c.n",
+                    &[&made],
+                )
+                .await
+                .map_err(target(context()))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let differing: Vec<&String> = batch
+                .iter()
+                .zip(&compress)
+                .zip(made.iter().zip(&settings))
+                .filter(|((chunk, compressed), (_, settings))| {
+                    **compressed && chunk.settings != **settings
+                })
+                .map(|(_, (name, _))| name)
+                .collect();
+            if !differing.is_empty() {
+                target_client
+                    .query(
+                        "SELECT decompress_chunk(c::regclass, true) FROM unnest($1::text[]) c",
+                        &[&differing],
+                    )
+                    .await
+                    .map_err(target(context()))?;
+            }
         }
     }
     Ok(())
@@ -303,7 +331,7 @@ async fn target_chunk(
     table: &QualifiedName,
     slices: &str,
 ) -> Result<Option<TargetChunk>> {
-    if target_hypertable(tx, table).await?.is_none() {
+    if !target_hypertable(tx, table).await? {
         return Ok(None);
     }
     let row = tx

@@ -14,6 +14,9 @@
 //!   of an integer primary key or of heap blocks for tables above a size
 //!   threshold, largest first. Partitioned tables are copied through their
 //!   leaves; unlogged tables like any other; large objects as one more part.
+//!   A TimescaleDB hypertable is read through its root in runs of whole
+//!   chunks, or, when it has compressed chunks, chunk by chunk, compressed
+//!   ones in their compressed form (see `chunks.rs`).
 //! - **The target coordinates.** Parts live in `pglive.copy_parts` on the
 //!   target. A worker claims one with `SELECT … FOR UPDATE SKIP LOCKED`,
 //!   copies its rows and marks it done in that same transaction: a crash

@@ -1227,59 +1227,17 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
     let mut first = util::spawn(&args);
     // Hold the part a worker takes last (the smallest): the copy does
     // every other one, then waits for it.
-    let (held, is_held) = std::sync::mpsc::channel::<bool>();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let conninfo = target.clone();
-    let holder = std::thread::spawn(move || {
-        util::block_on(async move {
-            let config = pglive_postgres::ConnectConfig::parse(&conninfo).unwrap();
-            let client = pglive_postgres::connect_sql(&config).await.unwrap();
-            for _ in 0..3000 {
-                client.batch_execute("BEGIN").await.unwrap();
-                let locked = client
-                    .query_opt(
-                        "SELECT state FROM pglive.copy_parts WHERE migration = 'tskilled'
-                          ORDER BY estimated_bytes, part DESC LIMIT 1 FOR UPDATE NOWAIT",
-                        &[],
-                    )
-                    .await;
-                match locked {
-                    Ok(Some(row)) => {
-                        held.send(row.get::<_, String>(0) == "pending").unwrap();
-                        released.recv().ok();
-                        client.batch_execute("COMMIT").await.unwrap();
-                        return;
-                    }
-                    _ => client.batch_execute("ROLLBACK").await.unwrap(),
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            held.send(false).unwrap();
-        })
-    });
-    assert!(
-        is_held.recv().unwrap(),
-        "the last part was held before it was copied"
+    let hold = PartHold::take(
+        &target,
+        "SELECT state FROM pglive.copy_parts WHERE migration = 'tskilled'
+          ORDER BY estimated_bytes, part DESC LIMIT 1 FOR UPDATE NOWAIT",
     );
     let pending = "SELECT count(*) FILTER (WHERE state = 'pending') || '/' || count(*)
                      FROM pglive.copy_parts WHERE migration = 'tskilled'";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let counts = cluster.psql(&dst, pending).unwrap();
-        if counts.starts_with("1/") {
-            assert!(counts != "1/1", "more than one part: {counts}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the copy did not reach its last part: {counts}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_one_pending_part(cluster, &dst, pending);
     first.kill().unwrap();
     first.wait().unwrap();
-    release.send(()).unwrap();
-    holder.join().unwrap();
+    hold.release();
     // Meanwhile on the source: a new chunk, a chunk compressed.
     source_ok(
         cluster,
@@ -1308,4 +1266,151 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
         cluster.psql(&src, chunks).unwrap(),
         cluster.psql(&dst, chunks).unwrap()
     );
+}
+
+/// A copy part held locked on the target (workers skip it), until
+/// released.
+struct PartHold {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl PartHold {
+    /// Locks the row `select` (`… FOR UPDATE NOWAIT` of `pglive.copy_parts`,
+    /// its first column the part's state) as soon as the copy has planned
+    /// it; fails the test unless the part was still pending.
+    fn take(target: &str, select: &str) -> PartHold {
+        let (held, is_held) = std::sync::mpsc::channel::<bool>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (conninfo, select) = (target.to_owned(), select.to_owned());
+        let holder = std::thread::spawn(move || {
+            util::block_on(async move {
+                let config = pglive_postgres::ConnectConfig::parse(&conninfo).unwrap();
+                let client = pglive_postgres::connect_sql(&config).await.unwrap();
+                for _ in 0..3000 {
+                    client.batch_execute("BEGIN").await.unwrap();
+                    if let Ok(Some(row)) = client.query_opt(&select, &[]).await {
+                        held.send(row.get::<_, String>(0) == "pending").unwrap();
+                        released.recv().ok();
+                        client.batch_execute("COMMIT").await.unwrap();
+                        return;
+                    }
+                    client.batch_execute("ROLLBACK").await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                held.send(false).unwrap();
+            })
+        });
+        assert!(
+            is_held.recv().unwrap(),
+            "the part was held before it was copied"
+        );
+        PartHold { release, holder }
+    }
+
+    /// Lets the copy have the part.
+    fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}
+
+/// Waits until `pending` (`pending/all` parts) says one part of several is
+/// left.
+fn wait_for_one_pending_part(cluster: &Cluster, dst: &str, pending: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let counts = cluster.psql(dst, pending).unwrap();
+        if counts.starts_with("1/") {
+            assert!(counts != "1/1", "more than one part: {counts}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy did not reach its last part: {counts}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A compressed chunk decompressed on the source after the copy's
+/// snapshot, before its part is copied: its rows as of the snapshot cannot
+/// be read (TimescaleDB drops the compressed relation), so the copy stops
+/// and says so; the next run copies the table under a new snapshot, whole.
+#[test]
+fn a_chunk_decompressed_on_the_source_during_the_copy_is_not_lost() {
+    let cluster = cluster();
+    let (src, dst) = util::databases(
+        cluster,
+        "tsmoved",
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE moved (ts timestamptz NOT NULL, device int NOT NULL, v float8,
+                             PRIMARY KEY (device, ts));
+         SELECT create_hypertable('moved', by_range('ts', INTERVAL '2 days'));
+         ALTER TABLE moved SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+         INSERT INTO moved SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 seconds', g % 3, g
+           FROM generate_series(0, 8 * 17280 - 1) g;
+         SELECT compress_chunk(c) FROM show_chunks('moved', older_than => '2026-01-03'::timestamptz) c;",
+    );
+    cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
+    let compressed = cluster
+        .psql(
+            &src,
+            "SELECT c.id || ' ' || format('%I.%I', c.schema_name, c.table_name)
+               FROM _timescaledb_catalog.chunk c WHERE c.compressed_chunk_id IS NOT NULL",
+        )
+        .unwrap();
+    let (id, chunk) = compressed.split_once(' ').unwrap();
+    let args = [
+        "migrate", "--source", &source, "--target", &target, "--name", "tsmoved", "--jobs", "1",
+    ];
+    let mut first = util::spawn(&args);
+    let hold = PartHold::take(
+        &target,
+        &format!(
+            "SELECT state FROM pglive.copy_parts WHERE migration = 'tsmoved' AND range_end = {id}
+              FOR UPDATE NOWAIT"
+        ),
+    );
+    wait_for_one_pending_part(
+        cluster,
+        &dst,
+        "SELECT count(*) FILTER (WHERE state = 'pending') || '/' || count(*)
+           FROM pglive.copy_parts WHERE migration = 'tsmoved'",
+    );
+    source_ok(
+        cluster,
+        &src,
+        &format!("SELECT decompress_chunk('{chunk}')"),
+    );
+    hold.release();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while first.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            first.kill().ok();
+            let output = first.wait_with_output().unwrap();
+            panic!(
+                "the copy went on with the chunk decompressed:\n{}",
+                util::text(&output)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopped = first.wait_with_output().unwrap();
+    assert!(!stopped.status.success(), "{}", util::text(&stopped));
+    assert!(
+        util::text(&stopped).contains("was compressed, decompressed or rewritten on the source"),
+        "{}",
+        util::text(&stopped)
+    );
+    let mut second = util::migrate_until_streaming(&source, &target, "tsmoved", &["--jobs", "1"]);
+    util::cutover_ok(
+        &[
+            "cutover", "--source", &source, "--target", &target, "--name", "tsmoved",
+        ],
+        &mut second,
+    );
+    finish(second);
+    util::assert_table_equal(cluster, &src, cluster, &dst, "moved");
 }

@@ -1,33 +1,37 @@
-//! TimescaleDB hypertables with compressed chunks, copied chunk by chunk.
+//! TimescaleDB hypertables that may hold compressed chunks, copied chunk by
+//! chunk.
 //!
 //! Read through its hypertable, a compressed chunk is decompressed on the
 //! source, and the target compresses it again later: about six times the
 //! work of moving its compressed batches as they are (README, "Migrating
-//! TimescaleDB"). So a hypertable with compressed chunks is planned as one
-//! part per chunk ([`plan`]). Before any part runs, [`make_target_chunks`]
-//! makes each of them on the target with the source's slices — the
-//! target's chunks are then the source's, and no worker waits on
-//! TimescaleDB's chunk-creation lock, which its transaction would hold
+//! TimescaleDB"). So a hypertable with compression enabled is planned as
+//! parts of chunks by id ([`plan`]; the ranges leave no id out, so a chunk
+//! a later snapshot holds is always in one). Before any part runs,
+//! [`make_target_chunks`] makes each chunk on the target with the source's
+//! slices — the target's chunks are then the source's, and no worker waits
+//! on TimescaleDB's chunk-creation lock, which its transaction would hold
 //! until it commits — and compresses, still empty, those the target can
-//! take in compressed form: the same TimescaleDB version on both sides and
-//! the compression settings the chunk was compressed with (segmentby,
-//! orderby, sparse indexes) equal to the target hypertable's. A part
-//! ([`copy_chunk`]) then moves such a chunk's compressed batches into the
-//! target's compressed chunk and its uncompressed rows (a partial chunk's)
-//! into the chunk itself; any other chunk is read decompressed and written
-//! through the hypertable.
+//! take in compressed form: compressed on the source by the same
+//! TimescaleDB version, in order (not `unordered`), with the settings the
+//! target gives them. A part ([`copy_chunks`]) then moves such a chunk's
+//! compressed batches into the target's compressed chunk and its rows not
+//! yet compressed (a partial chunk's) through the hypertable; any other
+//! chunk is read decompressed and written through the hypertable.
 //!
-//! The snapshot's catalog may be older than the chunk: compressed,
-//! decompressed or dropped since. A chunk is read as it is now, in the
-//! relations TimescaleDB itself would read it from under the snapshot: a
-//! compressed chunk whose compressed relation is gone is read decompressed,
-//! a chunk that is gone has no rows to copy.
+//! TimescaleDB's own work on a chunk is not visible as of an older
+//! snapshot: compressing truncates the chunk and writes its batches frozen
+//! (visible to every snapshot), decompressing and recompressing drop the
+//! compressed relation. So a part locks its chunk and its compressed
+//! relation, then checks that neither was truncated, rewritten or dropped
+//! since the snapshot ([`Error::ChunkChanged`] otherwise: a new snapshot
+//! copies it); a chunk that is gone was dropped (retention), and the
+//! hypertable no longer holds its rows either.
 
 use pglive_postgres::{QualifiedName, quote_ident};
 use tokio_postgres::GenericClient;
 
 use crate::copier::TableCopy;
-use crate::error::{Result, source, target};
+use crate::error::{Error, Result, source, target};
 
 /// Chunk ids from the first to the last, inclusive (no last: every later
 /// one), as [`PartRange::Chunks`](crate::PartRange::Chunks) holds them.
@@ -39,6 +43,13 @@ pub(crate) type HypertableChunks = (QualifiedName, Vec<ChunkRange>);
 /// Chunks made (and compressed) on the target per statement.
 const CHUNKS_PER_STATEMENT: usize = 200;
 
+/// Leaves out the tombstones of dropped chunks that TimescaleDB before 2.26
+/// kept in its catalog (`dropped`), whatever the version's columns.
+const LIVE_CHUNK: &str = "coalesce((to_jsonb(c) ->> 'dropped')::bool, false) = false";
+
+/// Chunk status bit: the compressed batches overlap in their order.
+const STATUS_UNORDERED: i32 = 2;
+
 /// A chunk planned as a part of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PlannedChunk {
@@ -49,41 +60,48 @@ pub(crate) struct PlannedChunk {
 }
 
 /// The chunks of hypertable `table` as the snapshot of `client` sees them,
-/// oldest first, when at least one is compressed; `None` otherwise (the
-/// hypertable is copied in runs of chunks by time), or when the source
-/// has no chunks at all (a plain table made a hypertable on the target).
+/// in id order, when the hypertable has compression enabled; `None`
+/// otherwise (it is copied in runs of chunks by time), and when the source
+/// keeps no compression settings per chunk (TimescaleDB before 2.15), has
+/// chunks in tiered storage, or no chunks at all (a plain table made a
+/// hypertable on the target).
 pub(crate) async fn plan(
     client: &impl GenericClient,
     table: &pglive_schema::Table,
 ) -> Result<Option<Vec<PlannedChunk>>> {
-    let timescale: bool = client
+    let per_chunk_settings: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('_timescaledb_catalog.chunk') IS NOT NULL",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                             WHERE attrelid = pg_catalog.to_regclass('_timescaledb_catalog.compression_settings') \
+                               AND attname = 'compress_relid' AND NOT attisdropped)",
             &[],
         )
         .await
         .map_err(source("reading whether the source has TimescaleDB"))?
         .get(0);
-    if !timescale {
+    if !per_chunk_settings {
         return Ok(None);
     }
     let rows = client
         .query(
-            "SELECT c.id::int8, c.compressed_chunk_id IS NOT NULL, \
-                    (coalesce(pg_catalog.pg_total_relation_size( \
-                         pg_catalog.to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0) \
-                     + coalesce((SELECT pg_catalog.pg_total_relation_size( \
-                                          pg_catalog.to_regclass(format('%I.%I', z.schema_name, z.table_name))) \
-                                   FROM _timescaledb_catalog.chunk z WHERE z.id = c.compressed_chunk_id), 0))::int8 \
-               FROM _timescaledb_catalog.chunk c \
-               JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
-              WHERE h.schema_name = $1 AND h.table_name = $2 \
-              ORDER BY c.id",
+            &format!(
+                "SELECT c.id::int8, coalesce((to_jsonb(c) ->> 'osm_chunk')::bool, false), \
+                        (coalesce(pg_catalog.pg_total_relation_size( \
+                             pg_catalog.to_regclass(format('%I.%I', c.schema_name, c.table_name))), 0) \
+                         + coalesce((SELECT pg_catalog.pg_total_relation_size( \
+                                              pg_catalog.to_regclass(format('%I.%I', z.schema_name, z.table_name))) \
+                                       FROM _timescaledb_catalog.chunk z WHERE z.id = c.compressed_chunk_id), 0))::int8 \
+                   FROM _timescaledb_catalog.chunk c \
+                   JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
+                  WHERE h.schema_name = $1 AND h.table_name = $2 AND h.compression_state = 1 \
+                    AND {LIVE_CHUNK} \
+                  ORDER BY c.id"
+            ),
             &[&table.name.schema, &table.name.name],
         )
         .await
         .map_err(source(format!("reading the chunks of {}", table.name)))?;
-    if !rows.iter().any(|r| r.get::<_, bool>(1)) {
+    if rows.is_empty() || rows.iter().any(|r| r.get::<_, bool>(1)) {
         return Ok(None);
     }
     Ok(Some(
@@ -103,13 +121,16 @@ struct SourceChunk {
     compressed: Option<QualifiedName>,
     /// Its slices, as `_timescaledb_functions.create_chunk` takes them.
     slices: String,
+    /// The columns of its dimensions, sorted.
+    dimensions: Vec<String>,
     /// The compression settings it was compressed with (JSON), when known.
     settings: Option<String>,
+    /// Its compressed batches overlap in their order.
+    unordered: bool,
 }
 
-/// The ids of hypertable `table`'s chunks within `ranges` (first and last
-/// id, inclusive; no last: every later one) that the snapshot of `client`
-/// holds, in order.
+/// The ids of hypertable `table`'s chunks within `ranges` that the snapshot
+/// of `client` holds, in order.
 async fn chunk_ids(
     client: &impl GenericClient,
     table: &QualifiedName,
@@ -118,12 +139,14 @@ async fn chunk_ids(
     let (firsts, lasts): (Vec<i64>, Vec<Option<i64>>) = ranges.iter().copied().unzip();
     Ok(client
         .query(
-            "SELECT c.id::int8 FROM _timescaledb_catalog.chunk c \
-               JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
-              WHERE h.schema_name = $1 AND h.table_name = $2 \
-                AND EXISTS (SELECT 1 FROM unnest($3::int8[], $4::int8[]) r(first, last) \
-                             WHERE c.id >= r.first AND (r.last IS NULL OR c.id <= r.last)) \
-              ORDER BY c.id",
+            &format!(
+                "SELECT c.id::int8 FROM _timescaledb_catalog.chunk c \
+                   JOIN _timescaledb_catalog.hypertable h ON h.id = c.hypertable_id \
+                  WHERE h.schema_name = $1 AND h.table_name = $2 AND {LIVE_CHUNK} \
+                    AND EXISTS (SELECT 1 FROM unnest($3::int8[], $4::int8[]) r(first, last) \
+                                 WHERE c.id >= r.first AND (r.last IS NULL OR c.id <= r.last)) \
+                  ORDER BY c.id"
+            ),
             &[&table.schema, &table.name, &firsts, &lasts],
         )
         .await
@@ -137,17 +160,23 @@ async fn chunk_ids(
 async fn source_chunks(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<SourceChunk>> {
     let rows = client
         .query(
-            "SELECT c.id::int8, c.schema_name::text, c.table_name::text, \
+            "SELECT c.schema_name::text, c.table_name::text, \
                     z.schema_name::text, z.table_name::text, \
                     (SELECT jsonb_object_agg(d.column_name, \
-                                             jsonb_build_array(s.range_start, s.range_end)) \
+                                             jsonb_build_array(s.range_start, s.range_end))::text \
                        FROM _timescaledb_catalog.chunk_constraint cc \
                        JOIN _timescaledb_catalog.dimension_slice s ON s.id = cc.dimension_slice_id \
                        JOIN _timescaledb_catalog.dimension d ON d.id = s.dimension_id \
-                      WHERE cc.chunk_id = c.id)::text, \
+                      WHERE cc.chunk_id = c.id), \
+                    ARRAY(SELECT d.column_name::text \
+                            FROM _timescaledb_catalog.chunk_constraint cc \
+                            JOIN _timescaledb_catalog.dimension_slice s ON s.id = cc.dimension_slice_id \
+                            JOIN _timescaledb_catalog.dimension d ON d.id = s.dimension_id \
+                           WHERE cc.chunk_id = c.id ORDER BY 1), \
                     (SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
                        FROM _timescaledb_catalog.compression_settings cs \
-                      WHERE cs.relid = pg_catalog.to_regclass(format('%I.%I', c.schema_name, c.table_name))) \
+                      WHERE cs.relid = pg_catalog.to_regclass(format('%I.%I', c.schema_name, c.table_name))), \
+                    c.status \
                FROM _timescaledb_catalog.chunk c \
                LEFT JOIN _timescaledb_catalog.chunk z ON z.id = c.compressed_chunk_id \
               WHERE c.id = ANY($1::int8[]) \
@@ -159,13 +188,15 @@ async fn source_chunks(client: &impl GenericClient, ids: &[i64]) -> Result<Vec<S
     Ok(rows
         .iter()
         .map(|r| SourceChunk {
-            name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-            compressed: match (r.get::<_, Option<String>>(3), r.get::<_, Option<String>>(4)) {
+            name: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            compressed: match (r.get::<_, Option<String>>(2), r.get::<_, Option<String>>(3)) {
                 (Some(schema), Some(name)) => Some(QualifiedName::new(schema, name)),
                 _ => None,
             },
-            slices: r.get::<_, Option<String>>(5).unwrap_or_else(|| "{}".into()),
+            slices: r.get::<_, Option<String>>(4).unwrap_or_else(|| "{}".into()),
+            dimensions: r.get(5),
             settings: r.get(6),
+            unordered: r.get::<_, i32>(7) & STATUS_UNORDERED != 0,
         })
         .collect())
 }
@@ -183,39 +214,83 @@ async fn timescale_version(
         .map(|r| r.get(0)))
 }
 
-/// Whether `table` is a hypertable on the target.
-async fn target_hypertable(client: &impl GenericClient, table: &QualifiedName) -> Result<bool> {
+/// A hypertable on the target that chunks can be made in.
+struct TargetHypertable {
+    /// The columns of its dimensions, sorted.
+    dimensions: Vec<String>,
+    /// Compression is enabled.
+    compression: bool,
+}
+
+impl TargetHypertable {
+    /// Whether `chunk` can be made here with its slices.
+    fn fits(&self, chunk: &SourceChunk) -> bool {
+        self.dimensions == chunk.dimensions
+    }
+}
+
+/// `table` on the target, when it is a hypertable there and TimescaleDB
+/// makes chunks by their slices (`_timescaledb_functions.create_chunk`).
+async fn target_hypertable(
+    client: &impl GenericClient,
+    table: &QualifiedName,
+) -> Result<Option<TargetHypertable>> {
     let context = || format!("reading whether {table} is a hypertable on the target");
     let timescale: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('_timescaledb_catalog.hypertable') IS NOT NULL \
+                AND pg_catalog.to_regprocedure( \
+                      '_timescaledb_functions.create_chunk(regclass, jsonb, name, name, regclass)') \
+                    IS NOT NULL",
             &[],
         )
         .await
         .map_err(target(context()))?
         .get(0);
     if !timescale {
-        return Ok(false);
+        return Ok(None);
     }
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM _timescaledb_catalog.hypertable \
-                             WHERE schema_name = $1 AND table_name = $2)",
+    let row = client
+        .query_opt(
+            "SELECT h.compression_state = 1, \
+                    ARRAY(SELECT d.column_name::text FROM _timescaledb_catalog.dimension d \
+                           WHERE d.hypertable_id = h.id ORDER BY 1) \
+               FROM _timescaledb_catalog.hypertable h \
+              WHERE h.schema_name = $1 AND h.table_name = $2",
             &[&table.schema, &table.name],
         )
         .await
-        .map_err(target(context()))?
-        .get(0))
+        .map_err(target(context()))?;
+    Ok(row.map(|r| TargetHypertable {
+        compression: r.get(0),
+        dimensions: r.get(1),
+    }))
+}
+
+/// The compression settings of chunk `chunk` on a server (JSON, as
+/// [`source_chunks`] reads them), if it has any.
+async fn chunk_settings(
+    client: &impl GenericClient,
+    chunk: &str,
+) -> std::result::Result<Option<String>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
+               FROM _timescaledb_catalog.compression_settings cs \
+              WHERE cs.relid = $1::text::regclass",
+            &[&chunk],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// Makes the chunks in the id ranges of each hypertable on the target with
-/// the source's slices (where it is a hypertable), and compresses, empty,
-/// those the target can take in compressed form: compressed on the source
-/// by the same TimescaleDB version, with the settings the target gives
-/// them (compared once TimescaleDB has given them, so that defaults it
-/// chose count; a chunk whose settings differ is decompressed again). Done
-/// again after a restart, it changes nothing: existing chunks are kept and
-/// compressed ones stay as they are.
+/// the source's slices (where it is a hypertable of the same dimensions),
+/// and compresses, empty, those the target can take in compressed form
+/// (see the module's doc; the settings are compared once TimescaleDB has
+/// given them, so that defaults it chose count, and a chunk whose settings
+/// differ is decompressed again). Done again after a restart, it changes
+/// nothing: existing chunks are kept and compressed ones stay as they are.
 pub(crate) async fn make_target_chunks(
     source_client: &impl GenericClient,
     target_client: &impl GenericClient,
@@ -235,17 +310,27 @@ pub(crate) async fn make_target_chunks(
         .map_err(source("reading the source's TimescaleDB version"))?;
     let same_version = source_version.as_deref() == Some(target_version.as_str());
     for (table, ranges) in chunks {
-        if !target_hypertable(target_client, table).await? {
+        let Some(hypertable) = target_hypertable(target_client, table).await? else {
             continue;
-        }
+        };
         let ids = chunk_ids(source_client, table, ranges).await?;
-        let chunks = source_chunks(source_client, &ids).await?;
+        let chunks: Vec<SourceChunk> = source_chunks(source_client, &ids)
+            .await?
+            .into_iter()
+            .filter(|c| hypertable.fits(c))
+            .collect();
         let context = || format!("making the chunks of {table} on the target");
         for batch in chunks.chunks(CHUNKS_PER_STATEMENT) {
             let slices: Vec<&str> = batch.iter().map(|c| c.slices.as_str()).collect();
             let compress: Vec<bool> = batch
                 .iter()
-                .map(|c| same_version && c.compressed.is_some() && c.settings.is_some())
+                .map(|c| {
+                    same_version
+                        && hypertable.compression
+                        && c.compressed.is_some()
+                        && c.settings.is_some()
+                        && !c.unordered
+                })
                 .collect();
             let made: Vec<String> = target_client
                 .query(
@@ -263,28 +348,17 @@ pub(crate) async fn make_target_chunks(
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let settings: Vec<Option<String>> = target_client
-                .query(
-                    "SELECT (SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
-                               FROM _timescaledb_catalog.compression_settings cs \
-                              WHERE cs.relid = c.name::regclass) \
-                       FROM unnest($1::text[]) WITH ORDINALITY AS c(name, n) ORDER BY c.n",
-                    &[&made],
-                )
-                .await
-                .map_err(target(context()))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let differing: Vec<&String> = batch
-                .iter()
-                .zip(&compress)
-                .zip(made.iter().zip(&settings))
-                .filter(|((chunk, compressed), (_, settings))| {
-                    **compressed && chunk.settings != **settings
-                })
-                .map(|(_, (name, _))| name)
-                .collect();
+            let mut differing = Vec::new();
+            for ((chunk, compressed), name) in batch.iter().zip(&compress).zip(&made) {
+                if *compressed
+                    && chunk_settings(target_client, name)
+                        .await
+                        .map_err(target(context()))?
+                        != chunk.settings
+                {
+                    differing.push(name);
+                }
+            }
             if !differing.is_empty() {
                 target_client
                     .query(
@@ -317,50 +391,41 @@ async fn columns(
         .collect())
 }
 
-/// Where one chunk goes on the target.
-struct TargetChunk {
-    chunk: QualifiedName,
-    /// Its compressed relation, when it is compressed.
-    compressed: Option<QualifiedName>,
-}
-
-/// The target's chunk with `slices` of hypertable `table` (made when
-/// missing), or `None` when `table` is no hypertable there.
-async fn target_chunk(
+/// The target's compressed chunk `chunk` goes into, made when missing.
+/// `None` when it is not compressed there.
+async fn target_compressed_chunk(
     tx: &tokio_postgres::Transaction<'_>,
     table: &QualifiedName,
     slices: &str,
-) -> Result<Option<TargetChunk>> {
-    if !target_hypertable(tx, table).await? {
-        return Ok(None);
-    }
+) -> Result<Option<(String, QualifiedName)>> {
     let row = tx
         .query_one(
-            "SELECT c.schema_name::text, c.table_name::text, z.schema_name::text, z.table_name::text \
+            "SELECT format('%I.%I', c.schema_name, c.table_name), \
+                    z.schema_name::text, z.table_name::text \
                FROM _timescaledb_functions.create_chunk($1::text::regclass, $2::text::jsonb) n \
                JOIN _timescaledb_catalog.chunk c ON c.id = n.chunk_id \
                LEFT JOIN _timescaledb_catalog.chunk z ON z.id = c.compressed_chunk_id",
             &[&table.to_string(), &slices],
         )
         .await
-        .map_err(target(format!("finding the chunk {slices} of {table} on the target")))?;
-    Ok(Some(TargetChunk {
-        chunk: QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1)),
-        compressed: match (
+        .map_err(target(format!(
+            "finding the chunk {slices} of {table} on the target"
+        )))?;
+    Ok(
+        match (
+            row.get::<_, Option<String>>(1),
             row.get::<_, Option<String>>(2),
-            row.get::<_, Option<String>>(3),
         ) {
-            (Some(schema), Some(name)) => Some(QualifiedName::new(schema, name)),
+            (Some(schema), Some(name)) => Some((row.get(0), QualifiedName::new(schema, name))),
             _ => None,
         },
-    }))
+    )
 }
 
-/// Copies the chunks of hypertable `table` whose ids are in `range` (first
-/// and last, inclusive; no last: every later one) as the snapshot holds
-/// them, each into the same chunk on the target (see the module's doc);
-/// returns the rows and bytes moved. `progress` hears `(rows, bytes)` so
-/// far.
+/// Copies the chunks of hypertable `table` whose ids are in `range` as the
+/// snapshot holds them, each into the same chunk on the target (see the
+/// module's doc); returns the rows and bytes moved. `progress` hears
+/// `(rows, bytes)` so far.
 pub(crate) async fn copy_chunks(
     source_tx: &tokio_postgres::Transaction<'_>,
     tx: &tokio_postgres::Transaction<'_>,
@@ -378,6 +443,35 @@ pub(crate) async fn copy_chunks(
     Ok((rows, bytes))
 }
 
+/// Locks `relation` of the source (in the snapshot's transaction) until the
+/// copy ends, and says whether it is as the snapshot saw it: there, and
+/// neither truncated nor rewritten since (its file is the one the
+/// snapshot's catalog names).
+async fn lock_unchanged(
+    source_tx: &tokio_postgres::Transaction<'_>,
+    relation: &QualifiedName,
+) -> std::result::Result<bool, tokio_postgres::Error> {
+    let name = relation.to_string();
+    let present: bool = source_tx
+        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0);
+    if !present {
+        return Ok(false);
+    }
+    source_tx
+        .batch_execute(&format!("LOCK TABLE {relation} IN ACCESS SHARE MODE"))
+        .await?;
+    Ok(source_tx
+        .query_opt(
+            "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
+               FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+            &[&name],
+        )
+        .await?
+        .is_some_and(|r| r.get::<_, bool>(0)))
+}
+
 /// Copies chunk `id` of hypertable `table`.
 async fn copy_chunk(
     source_tx: &tokio_postgres::Transaction<'_>,
@@ -390,52 +484,45 @@ async fn copy_chunk(
         return Ok((0, 0));
     };
     let what = format!("chunk {} of {}", chunk.name, table.name);
-    let exists = |relation: &QualifiedName| {
-        let relation = relation.to_string();
-        async move {
-            source_tx
-                .query_one(
-                    "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-                    &[&relation],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-        }
-    };
-    // Dropped since the snapshot (retention): the hypertable no longer
-    // holds its rows either.
-    if !exists(&chunk.name)
+    let read_error = || source(format!("reading {what}"));
+    let gone: bool = source_tx
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NULL",
+            &[&chunk.name.to_string()],
+        )
         .await
-        .map_err(source(format!("looking for {what}")))?
-    {
+        .map_err(read_error())?
+        .get(0);
+    if gone {
         return Ok((0, 0));
     }
-    let destination = target_chunk(tx, &table.name, &chunk.slices).await?;
-    let compressed = match (&chunk.compressed, &destination) {
-        (
-            Some(from),
-            Some(TargetChunk {
-                compressed: Some(into),
-                ..
-            }),
-        ) => {
-            let present = exists(from)
-                .await
-                .map_err(source(format!("looking for {what}")))?;
-            let same = present
-                && columns(source_tx, from)
-                    .await
-                    .map_err(source(format!("reading the columns of {from}")))?
-                    == columns(tx, into)
-                        .await
-                        .map_err(target(format!("reading the columns of {into}")))?;
-            same.then(|| (from.clone(), into.clone()))
+    let changed = || Error::ChunkChanged {
+        table: table.name.clone(),
+        chunk: chunk.name.clone(),
+    };
+    if !lock_unchanged(source_tx, &chunk.name)
+        .await
+        .map_err(read_error())?
+    {
+        return Err(changed());
+    }
+    if let Some(compressed) = &chunk.compressed
+        && !lock_unchanged(source_tx, compressed)
+            .await
+            .map_err(read_error())?
+    {
+        return Err(changed());
+    }
+    let format = if table.binary { "binary" } else { "text" };
+    let batches = match &chunk.compressed {
+        Some(from) if !chunk.unordered && chunk.settings.is_some() => {
+            compressed_destination(source_tx, tx, table, &chunk, from).await?
         }
         _ => None,
     };
-    let format = if table.binary { "binary" } else { "text" };
-    let Some((from, into)) = compressed else {
-        // Decompressed, through the hypertable (into the chunk made above).
+    let Some((from, into)) = batches else {
+        // Decompressed, through the hypertable (into the chunk made by
+        // `make_target_chunks`, or routed).
         let read = format!(
             "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {format})",
             table.columns, chunk.name
@@ -450,11 +537,10 @@ async fn copy_chunk(
         )
         .await;
     };
-    let destination = destination.expect("a compressed target chunk");
     // The compressed batches as they are.
     let batch_columns: Vec<String> = columns(source_tx, &from)
         .await
-        .map_err(source(format!("reading the columns of {from}")))?
+        .map_err(read_error())?
         .into_iter()
         .map(|(name, _)| quote_ident(&name))
         .collect();
@@ -469,7 +555,8 @@ async fn copy_chunk(
     )
     .await?;
     // Rows not compressed yet (`COPY chunk TO` reads the chunk's own table
-    // only); TimescaleDB marks the target's chunk partial when there are.
+    // only), through the hypertable: TimescaleDB marks the target's chunk
+    // partial.
     let (rows, bytes) = copy_between(
         source_tx,
         tx,
@@ -478,13 +565,9 @@ async fn copy_chunk(
             chunk.name,
             table.column_list()
         ),
-        &format!(
-            "COPY {}{} FROM STDIN (FORMAT {format})",
-            destination.chunk,
-            table.column_list()
-        ),
+        &table.copy_from(false),
         &what,
-        &mut progress,
+        &mut |r, b| progress(r, batch_bytes + b),
     )
     .await?;
     // The rows in the compressed batches, as the batches count them.
@@ -497,6 +580,51 @@ async fn copy_chunk(
         .map_err(target(format!("counting the rows of {what}")))?
         .get(0);
     Ok((rows + compressed_rows as u64, bytes + batch_bytes))
+}
+
+/// Where `chunk`'s compressed batches (in `from` on the source) go on the
+/// target: `(from, into)` when the target's chunk is compressed by the
+/// same TimescaleDB version with the same settings and columns; `None`
+/// when the chunk must be read decompressed.
+async fn compressed_destination(
+    source_tx: &tokio_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &TableCopy,
+    chunk: &SourceChunk,
+    from: &QualifiedName,
+) -> Result<Option<(QualifiedName, QualifiedName)>> {
+    let what = || format!("chunk {} of {}", chunk.name, table.name);
+    let Some(hypertable) = target_hypertable(tx, &table.name).await? else {
+        return Ok(None);
+    };
+    if !hypertable.fits(chunk) {
+        return Ok(None);
+    }
+    let Some((target_chunk, into)) =
+        target_compressed_chunk(tx, &table.name, &chunk.slices).await?
+    else {
+        return Ok(None);
+    };
+    let versions = (
+        timescale_version(source_tx)
+            .await
+            .map_err(source(format!("reading {}", what())))?,
+        timescale_version(tx)
+            .await
+            .map_err(target(format!("writing {}", what())))?,
+    );
+    let settings = chunk_settings(tx, &target_chunk)
+        .await
+        .map_err(target(format!("writing {}", what())))?;
+    let same = versions.0 == versions.1
+        && settings == chunk.settings
+        && columns(source_tx, from)
+            .await
+            .map_err(source(format!("reading {}", what())))?
+            == columns(tx, &into)
+                .await
+                .map_err(target(format!("writing {}", what())))?;
+    Ok(same.then(|| (from.clone(), into)))
 }
 
 /// One `COPY` from the source's snapshot into the target's transaction.

@@ -78,6 +78,20 @@ pub enum Error {
         /// This process's snapshot LSN.
         ours: pglive_postgres::Lsn,
     },
+    /// A TimescaleDB chunk was compressed, decompressed or rewritten on the
+    /// source after the copy's snapshot was taken, before its part was
+    /// copied: TimescaleDB's own work there is not visible as of the
+    /// snapshot (it truncates, drops and writes frozen rows), so the chunk's
+    /// rows as of the snapshot cannot be read. A new snapshot can.
+    #[error(
+        "chunk {chunk} of {table} was compressed, decompressed or rewritten on the source after the copy's snapshot, before it was copied: its rows as of the snapshot cannot be read; run the migration again to copy {table} under a new snapshot (pausing the source's compression jobs while the copy runs avoids this)"
+    )]
+    ChunkChanged {
+        /// The hypertable.
+        table: QualifiedName,
+        /// The chunk.
+        chunk: QualifiedName,
+    },
     /// The catalog could not be read.
     #[error(transparent)]
     Catalog(#[from] pglive_schema::Error),

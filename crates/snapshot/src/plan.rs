@@ -38,9 +38,9 @@ pub struct PlanOptions {
     pub part_size: i64,
     /// Copy large objects. Default: on.
     pub large_objects: bool,
-    /// Copy a TimescaleDB hypertable that has compressed chunks chunk by
+    /// Copy a TimescaleDB hypertable with compression enabled chunk by
     /// chunk, each compressed one in its compressed form where the target
-    /// can take it (see [`crate::chunks`]). Default: on.
+    /// can take it. Default: on.
     pub compressed_chunks: bool,
 }
 
@@ -96,9 +96,9 @@ pub enum PartRange {
     /// Chunks of a TimescaleDB hypertable by their ids in the source's
     /// chunk catalog (`_timescaledb_catalog.chunk.id`), each copied into the
     /// same chunk on the target, in its compressed form when it is
-    /// compressed ([`crate::chunks`]). A hypertable's last part is open
-    /// above: chunks made after the plan's snapshot (ids are never reused)
-    /// are copied when a later snapshot holds them.
+    /// compressed. A hypertable's ranges leave no id out (the last is open
+    /// above), so chunks a later snapshot holds are copied when it copies
+    /// the table again.
     Chunks {
         /// The first chunk's id.
         first: i64,
@@ -328,17 +328,27 @@ pub async fn plan(
             false => None,
         };
         if let Some(chunks) = chunks {
-            let after = chunks.iter().map(|c| c.id + 1).max().unwrap_or_default();
-            let ranges = chunks
-                .iter()
-                .map(|chunk| (chunk.id, Some(chunk.id), chunk.bytes))
-                .chain(std::iter::once((after, None, 0)));
-            parts.extend(ranges.enumerate().map(|(i, (first, last, bytes))| Part {
-                table: table.name.clone(),
-                number: i as i32,
-                range: PartRange::Chunks { first, last },
-                estimated_bytes: bytes,
-            }));
+            // Ranges that leave no id out: a chunk whose id came before
+            // another's but that committed after this snapshot is in one
+            // when a later snapshot copies the table again.
+            let mut first = i64::MIN;
+            let mut ranges = Vec::with_capacity(chunks.len() + 1);
+            for chunk in &chunks {
+                ranges.push((first, Some(chunk.id), chunk.bytes));
+                first = chunk.id.saturating_add(1);
+            }
+            ranges.push((first, None, 0));
+            parts.extend(
+                ranges
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (first, last, bytes))| Part {
+                        table: table.name.clone(),
+                        number: i as i32,
+                        range: PartRange::Chunks { first, last },
+                        estimated_bytes: bytes,
+                    }),
+            );
             continue;
         }
         let ranges = if table.hypertable && table.bytes > options.split_threshold {

@@ -1189,6 +1189,22 @@ fn compressed_chunks_arrive_compressed() {
     assert!(on_target.lines().any(|l| l.ends_with("|f")), "{on_target}");
 }
 
+/// A source with hypertable `table`: eight days of rows in 2-day chunks,
+/// those before `compressed_before` compressed.
+fn eight_days_compressed(table: &str, compressed_before: &str) -> String {
+    format!(
+        "CREATE EXTENSION timescaledb;
+         CREATE TABLE {table} (ts timestamptz NOT NULL, device int NOT NULL, v float8,
+                               PRIMARY KEY (device, ts));
+         SELECT create_hypertable('{table}', by_range('ts', INTERVAL '2 days'));
+         ALTER TABLE {table} SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
+         INSERT INTO {table} SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 seconds', g % 3, g
+           FROM generate_series(0, 8 * 17280 - 1) g;
+         SELECT compress_chunk(c)
+           FROM show_chunks('{table}', older_than => '{compressed_before}'::timestamptz) c;"
+    )
+}
+
 /// A copy of a hypertable with compressed chunks, in parts, stopped midway
 /// (pglive killed while its last part is held) is done again under the
 /// next run's snapshot: the half-copied hypertable is emptied with its
@@ -1200,14 +1216,7 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
     let (src, dst) = util::databases(
         cluster,
         "tskilled",
-        "CREATE EXTENSION timescaledb;
-         CREATE TABLE packed (ts timestamptz NOT NULL, device int NOT NULL, v float8,
-                              PRIMARY KEY (device, ts));
-         SELECT create_hypertable('packed', by_range('ts', INTERVAL '2 days'));
-         ALTER TABLE packed SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
-         INSERT INTO packed SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 seconds', g % 3, g
-           FROM generate_series(0, 8 * 17280 - 1) g;
-         SELECT compress_chunk(c) FROM show_chunks('packed', older_than => '2026-01-05'::timestamptz) c;",
+        &eight_days_compressed("packed", "2026-01-05"),
     );
     cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
@@ -1343,14 +1352,7 @@ fn a_chunk_decompressed_on_the_source_during_the_copy_is_not_lost() {
     let (src, dst) = util::databases(
         cluster,
         "tsmoved",
-        "CREATE EXTENSION timescaledb;
-         CREATE TABLE moved (ts timestamptz NOT NULL, device int NOT NULL, v float8,
-                             PRIMARY KEY (device, ts));
-         SELECT create_hypertable('moved', by_range('ts', INTERVAL '2 days'));
-         ALTER TABLE moved SET (timescaledb.compress, timescaledb.compress_segmentby = 'device');
-         INSERT INTO moved SELECT '2026-01-01'::timestamptz + g * INTERVAL '5 seconds', g % 3, g
-           FROM generate_series(0, 8 * 17280 - 1) g;
-         SELECT compress_chunk(c) FROM show_chunks('moved', older_than => '2026-01-03'::timestamptz) c;",
+        &eight_days_compressed("moved", "2026-01-03"),
     );
     cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));

@@ -507,15 +507,7 @@ impl Worker {
             let (rows, bytes) = match part.range {
                 PartRange::LargeObjects => self.copy_large_objects(&source_tx, &tx, &part).await?,
                 PartRange::Chunks { first, last } => {
-                    let progress = |rows, bytes| {
-                        (self.events)(CopyEvent::Progress {
-                            worker: self.number,
-                            table: part.table.clone(),
-                            part: part.number,
-                            rows,
-                            bytes,
-                        })
-                    };
+                    let progress = self.progress(&part);
                     crate::chunks::copy_chunks(&source_tx, &tx, table, (first, last), progress)
                         .await?
                 }
@@ -552,6 +544,19 @@ impl Worker {
             .await
             .map_err(source("ending the snapshot transaction"))?;
         Ok(summary)
+    }
+
+    /// Reports `(rows, bytes)` so far of `part` as [`CopyEvent::Progress`].
+    fn progress<'a>(&'a self, part: &'a Claimed) -> impl FnMut(u64, u64) + 'a {
+        move |rows, bytes| {
+            (self.events)(CopyEvent::Progress {
+                worker: self.number,
+                table: part.table.clone(),
+                part: part.number,
+                rows,
+                bytes,
+            })
+        }
     }
 
     /// Streams one part from the source's `COPY TO` into the target's `COPY
@@ -594,16 +599,7 @@ impl Worker {
             .copy_in::<_, Bytes>(&table.copy_from(freeze))
             .await
             .map_err(target(format!("writing {what}")))?;
-        crate::pipe::pipe(stream, sink, &what, |rows, bytes| {
-            (self.events)(CopyEvent::Progress {
-                worker: self.number,
-                table: part.table.clone(),
-                part: part.number,
-                rows,
-                bytes,
-            });
-        })
-        .await
+        crate::pipe::pipe(stream, sink, &what, self.progress(part)).await
     }
 
     /// Copies every large object the snapshot sees, in pieces, keeping the

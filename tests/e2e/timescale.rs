@@ -1219,6 +1219,28 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
         &eight_days_compressed("packed", "2026-01-05"),
     );
     cluster.psql(&dst, "CREATE EXTENSION timescaledb").unwrap();
+    // Policies that would change chunks the copy has yet to read (or wait
+    // for those it read): paused while it runs.
+    source_ok(
+        cluster,
+        &src,
+        "SELECT add_compression_policy('packed', compress_after => INTERVAL '400 days');
+         SELECT add_retention_policy('packed', drop_after => INTERVAL '4000 days');",
+    );
+    let scheduled = || {
+        cluster
+            .psql(
+                &src,
+                "SELECT string_agg(proc_name || ' ' || scheduled, ', ' ORDER BY proc_name)
+                   FROM timescaledb_information.jobs WHERE hypertable_name = 'packed'",
+            )
+            .unwrap()
+    };
+    let (running, paused) = (
+        "policy_compression true, policy_retention true",
+        "policy_compression false, policy_retention false",
+    );
+    assert_eq!(scheduled(), running);
     let (source, target) = (cluster.conninfo(&src), cluster.conninfo(&dst));
     let args = [
         "migrate",
@@ -1244,9 +1266,11 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
     let pending = "SELECT count(*) FILTER (WHERE state = 'pending') || '/' || count(*)
                      FROM pglive.copy_parts WHERE migration = 'tskilled'";
     wait_for_one_pending_part(cluster, &dst, pending);
+    assert_eq!(scheduled(), paused, "the source's policies during the copy");
     first.kill().unwrap();
     first.wait().unwrap();
     hold.release();
+    assert_eq!(scheduled(), paused, "a crash leaves them recorded as paused");
     // Meanwhile on the source: a new chunk, a chunk compressed.
     source_ok(
         cluster,
@@ -1260,6 +1284,7 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
         "tskilled",
         &["--jobs", "1", "--part-size", "1"],
     );
+    assert_eq!(scheduled(), running, "scheduled again once copied");
     util::cutover_ok(
         &[
             "cutover", "--source", &source, "--target", &target, "--name", "tskilled",

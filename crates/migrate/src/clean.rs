@@ -97,6 +97,14 @@ pub async fn clean(
         .await?
         .is_some();
     if has_state {
+        let resumed =
+            crate::source_jobs::resume((&source, &target_state), name, &crate::events::Ignore)
+                .await?;
+        if resumed > 0 {
+            done.push(format!(
+                "scheduled again {resumed} TimescaleDB job(s) the copy paused on the source"
+            ));
+        }
         // The applier's trigger and identity-column records are not kept per
         // migration: they are undone only with the last migration.
         if state::others(&target_state, name).await? == 0 {

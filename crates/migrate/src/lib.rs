@@ -83,6 +83,7 @@ mod preflight;
 mod publication;
 mod schema_changes;
 mod slot;
+mod source_jobs;
 mod stages;
 mod state;
 mod status;

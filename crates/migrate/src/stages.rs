@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pglive_postgres::{ConnectConfig, connect_sql};
+use pglive_postgres::{ConnectConfig, QualifiedName, connect_sql};
 use pglive_repl::{CreatedSlot, ReplicationClient, SlotOptions, SnapshotAction};
 use pglive_schema::{Catalog, SchemaCopy};
 use pglive_snapshot::{Copier, CopyEvent, Snapshot};
@@ -508,6 +508,19 @@ async fn copy(
         workers: job.options.jobs,
     });
     let target = connect_sql(&job.target).await?;
+    let source = connect_sql(&job.source).await?;
+    let hypertables: Vec<&QualifiedName> = catalog
+        .tables_with_rows()
+        .filter(|t| t.hypertable)
+        .map(|t| &t.name)
+        .collect();
+    crate::source_jobs::pause(
+        (&source, &target),
+        job.name(),
+        &hypertables,
+        events.as_ref(),
+    )
+    .await?;
     let copied = async {
         let plan = copier.prepare(snapshot).await?;
         events.event(Event::Copy(CopyEvent::Planned {
@@ -524,6 +537,7 @@ async fn copy(
     }
     .await;
     let cleared = state::set_copy_snapshot(&target, job.name(), None).await;
+    resume_source_jobs(job, (&source, &target), events.as_ref()).await;
     events.event(Event::CopyFinished);
     let Some(summary) = copied.doing("copying the data")? else {
         return Ok(false);
@@ -541,6 +555,20 @@ async fn copy(
         ),
     );
     Ok(true)
+}
+
+/// Schedules again the source's jobs a copy of migration `job` paused
+/// ([`crate::source_jobs`]); a failure is a warning (the next run and
+/// `pglive clean` schedule them).
+async fn resume_source_jobs(job: &Job, (source, target): (&Client, &Client), events: &dyn Events) {
+    if let Err(e) = crate::source_jobs::resume((source, target), job.name(), events).await {
+        events.warn(
+            Step::Copy,
+            format!(
+                "TimescaleDB: the source's jobs paused for the copy are still paused ({e}); the next run or pglive clean schedules them again"
+            ),
+        );
+    }
 }
 
 /// Under the copy's snapshot, once the tables are in: the buckets of the
@@ -627,6 +655,11 @@ async fn continue_from(
     control: &Control,
     cutover_when_ready: bool,
 ) -> Result<Outcome> {
+    if record.stage > Stage::Copy {
+        // Jobs a copy that stopped left paused.
+        let source = connect_sql(&job.source).await?;
+        resume_source_jobs(job, (&source, target), events.as_ref()).await;
+    }
     if record.stage <= Stage::Copy {
         // The exported snapshot died with the process that made it: copy
         // what is left under a new one from a temporary slot, whose later

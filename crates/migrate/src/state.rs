@@ -140,7 +140,7 @@ impl Settings {
 const STATE: StateSchema = StateSchema {
     component: "migrate",
     steps: &[
-        VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5, VERSION_6,
+        VERSION_1, VERSION_2, VERSION_3, VERSION_4, VERSION_5, VERSION_6, VERSION_7,
     ],
 };
 
@@ -203,6 +203,15 @@ CREATE TABLE IF NOT EXISTS pglive.aggregate_history (
     view_name text NOT NULL,
     cut bigint,
     PRIMARY KEY (migration, view_schema, view_name)
+);";
+
+/// Version 7: the source's TimescaleDB jobs a copy paused, until it
+/// schedules them again (see `source_jobs`).
+const VERSION_7: &str = "
+CREATE TABLE IF NOT EXISTS pglive.paused_source_jobs (
+    migration text NOT NULL,
+    job_id integer NOT NULL,
+    PRIMARY KEY (migration, job_id)
 );";
 
 /// Records (or, with `None`, clears) why apply waits.
@@ -780,7 +789,9 @@ pub(crate) async fn remove(client: &Client, name: &str) -> Result<bool> {
         .batch_execute(&format!(
             "DELETE FROM pglive.migration WHERE name = {0}; DELETE FROM pglive.adopting WHERE migration = {0}; \
              DO $$ BEGIN IF to_regclass('pglive.aggregate_history') IS NOT NULL THEN \
-                 DELETE FROM pglive.aggregate_history WHERE migration = {0}; END IF; END $$",
+                 DELETE FROM pglive.aggregate_history WHERE migration = {0}; END IF; \
+                 IF to_regclass('pglive.paused_source_jobs') IS NOT NULL THEN \
+                 DELETE FROM pglive.paused_source_jobs WHERE migration = {0}; END IF; END $$",
             pglive_postgres::quote_literal(name)
         ))
         .await

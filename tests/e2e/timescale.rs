@@ -1270,7 +1270,11 @@ fn a_hypertable_copy_killed_midway_is_copied_again_under_the_next_snapshot() {
     first.kill().unwrap();
     first.wait().unwrap();
     hold.release();
-    assert_eq!(scheduled(), paused, "a crash leaves them recorded as paused");
+    assert_eq!(
+        scheduled(),
+        paused,
+        "a crash leaves them recorded as paused"
+    );
     // Meanwhile on the source: a new chunk, a chunk compressed.
     source_ok(
         cluster,

@@ -267,21 +267,24 @@ async fn target_hypertable(
     }))
 }
 
-/// The compression settings of chunk `chunk` on a server (JSON, as
+/// The compression settings of each of `chunks` on a server (JSON, as
 /// [`source_chunks`] reads them), if it has any.
 async fn chunk_settings(
     client: &impl GenericClient,
-    chunk: &str,
-) -> std::result::Result<Option<String>, tokio_postgres::Error> {
+    chunks: &[&str],
+) -> std::result::Result<Vec<Option<String>>, tokio_postgres::Error> {
     Ok(client
-        .query_opt(
-            "SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
-               FROM _timescaledb_catalog.compression_settings cs \
-              WHERE cs.relid = $1::text::regclass",
-            &[&chunk],
+        .query(
+            "SELECT (SELECT (to_jsonb(cs) - 'relid' - 'compress_relid')::text \
+                       FROM _timescaledb_catalog.compression_settings cs \
+                      WHERE cs.relid = c.name::regclass) \
+               FROM unnest($1::text[]) WITH ORDINALITY AS c(name, n) ORDER BY c.n",
+            &[&chunks],
         )
         .await?
-        .map(|r| r.get(0)))
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Makes the chunks in the id ranges of each hypertable on the target with
@@ -348,17 +351,19 @@ pub(crate) async fn make_target_chunks(
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let mut differing = Vec::new();
-            for ((chunk, compressed), name) in batch.iter().zip(&compress).zip(&made) {
-                if *compressed
-                    && chunk_settings(target_client, name)
-                        .await
-                        .map_err(target(context()))?
-                        != chunk.settings
-                {
-                    differing.push(name);
-                }
-            }
+            let names: Vec<&str> = made.iter().map(String::as_str).collect();
+            let settings = chunk_settings(target_client, &names)
+                .await
+                .map_err(target(context()))?;
+            let differing: Vec<&str> = batch
+                .iter()
+                .zip(&compress)
+                .zip(names.iter().zip(&settings))
+                .filter(|((chunk, compressed), (_, settings))| {
+                    **compressed && chunk.settings != **settings
+                })
+                .map(|(_, (name, _))| *name)
+                .collect();
             if !differing.is_empty() {
                 target_client
                     .query(
@@ -434,9 +439,10 @@ pub(crate) async fn copy_chunks(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(u64, u64)> {
     let (mut rows, mut bytes) = (0, 0);
-    for id in chunk_ids(source_tx, &table.name, &[range]).await? {
+    let ids = chunk_ids(source_tx, &table.name, &[range]).await?;
+    for chunk in source_chunks(source_tx, &ids).await? {
         let mut report = |r, b| progress(rows + r, bytes + b);
-        let (r, b) = copy_chunk(source_tx, tx, table, id, &mut report).await?;
+        let (r, b) = copy_chunk(source_tx, tx, table, &chunk, &mut report).await?;
         rows += r;
         bytes += b;
     }
@@ -444,79 +450,72 @@ pub(crate) async fn copy_chunks(
 }
 
 /// Locks `relation` of the source (in the snapshot's transaction) until the
-/// copy ends, and says whether it is as the snapshot saw it: there, and
-/// neither truncated nor rewritten since (its file is the one the
-/// snapshot's catalog names).
+/// copy ends, and says whether it is as the snapshot saw it: `None` when it
+/// is gone, else whether it was neither truncated nor rewritten since (its
+/// file is the one the snapshot's catalog names).
 async fn lock_unchanged(
     source_tx: &tokio_postgres::Transaction<'_>,
     relation: &QualifiedName,
-) -> std::result::Result<bool, tokio_postgres::Error> {
+) -> std::result::Result<Option<bool>, tokio_postgres::Error> {
     let name = relation.to_string();
     let present: bool = source_tx
         .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&name])
         .await?
         .get(0);
     if !present {
-        return Ok(false);
+        return Ok(None);
     }
     source_tx
         .batch_execute(&format!("LOCK TABLE {relation} IN ACCESS SHARE MODE"))
         .await?;
-    Ok(source_tx
-        .query_opt(
-            "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
-               FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
-            &[&name],
-        )
-        .await?
-        .is_some_and(|r| r.get::<_, bool>(0)))
+    Ok(Some(
+        source_tx
+            .query_opt(
+                "SELECT c.relfilenode = pg_catalog.pg_relation_filenode(c.oid) \
+                   FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+                &[&name],
+            )
+            .await?
+            .is_some_and(|r| r.get::<_, bool>(0)),
+    ))
 }
 
-/// Copies chunk `id` of hypertable `table`.
+/// Copies `chunk` of hypertable `table`.
 async fn copy_chunk(
     source_tx: &tokio_postgres::Transaction<'_>,
     tx: &tokio_postgres::Transaction<'_>,
     table: &TableCopy,
-    id: i64,
+    chunk: &SourceChunk,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(u64, u64)> {
-    let Some(chunk) = source_chunks(source_tx, &[id]).await?.into_iter().next() else {
-        return Ok((0, 0));
-    };
     let what = format!("chunk {} of {}", chunk.name, table.name);
     let read_error = || source(format!("reading {what}"));
-    let gone: bool = source_tx
-        .query_one(
-            "SELECT pg_catalog.to_regclass($1) IS NULL",
-            &[&chunk.name.to_string()],
-        )
-        .await
-        .map_err(read_error())?
-        .get(0);
-    if gone {
-        return Ok((0, 0));
-    }
     let changed = || Error::ChunkChanged {
         table: table.name.clone(),
         chunk: chunk.name.clone(),
     };
-    if !lock_unchanged(source_tx, &chunk.name)
+    match lock_unchanged(source_tx, &chunk.name)
         .await
         .map_err(read_error())?
     {
-        return Err(changed());
+        // Dropped since the snapshot (retention): the hypertable no longer
+        // holds its rows either.
+        None => return Ok((0, 0)),
+        Some(false) => return Err(changed()),
+        Some(true) => {}
     }
     if let Some(compressed) = &chunk.compressed
-        && !lock_unchanged(source_tx, compressed)
+        && lock_unchanged(source_tx, compressed)
             .await
             .map_err(read_error())?
+            != Some(true)
     {
         return Err(changed());
     }
     let format = if table.binary { "binary" } else { "text" };
     let batches = match &chunk.compressed {
         Some(from) if !chunk.unordered && chunk.settings.is_some() => {
-            compressed_destination(source_tx, tx, table, &chunk, from).await?
+            compressed_destination(source_tx, tx, table, chunk, from).await?
         }
         _ => None,
     };
@@ -613,11 +612,11 @@ async fn compressed_destination(
             .await
             .map_err(target(format!("writing {}", what())))?,
     );
-    let settings = chunk_settings(tx, &target_chunk)
+    let settings = chunk_settings(tx, &[&target_chunk])
         .await
         .map_err(target(format!("writing {}", what())))?;
     let same = versions.0 == versions.1
-        && settings == chunk.settings
+        && settings.first() == Some(&chunk.settings)
         && columns(source_tx, from)
             .await
             .map_err(source(format!("reading {}", what())))?

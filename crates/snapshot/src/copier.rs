@@ -210,7 +210,7 @@ impl TableCopy {
             (condition, hypertable) => format!(
                 "COPY (SELECT {} FROM {}{}{}) TO STDOUT (FORMAT {format})",
                 self.columns,
-                if hypertable { "" } else { "ONLY " },
+                only(hypertable),
                 self.name,
                 condition.map(|c| format!(" WHERE {c}")).unwrap_or_default(),
             ),
@@ -226,6 +226,13 @@ impl TableCopy {
             if freeze { ", FREEZE" } else { "" }
         )
     }
+}
+
+/// `ONLY ` before a table's name in a statement that must not reach its
+/// inheritance children, or nothing for a TimescaleDB hypertable, whose
+/// rows are all in its chunks (TimescaleDB refuses `ONLY` for some).
+pub(crate) fn only(hypertable: bool) -> &'static str {
+    if hypertable { "" } else { "ONLY " }
 }
 
 /// Copies tables from a source to a target under an exported snapshot, with
@@ -579,7 +586,7 @@ impl Worker {
         // emptied as a whole first (see `state`).
         let freeze = match &part.range {
             PartRange::Whole => {
-                let only = if table.hypertable { "" } else { "ONLY " };
+                let only = only(table.hypertable);
                 let empty = match self.into_existing {
                     true => format!("DELETE FROM {only}{}", table.name),
                     false => format!("TRUNCATE {only}{}", table.name),

@@ -177,13 +177,7 @@ pub(crate) async fn seed(
     let mut reset = Vec::new();
     for row in stale {
         let table = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
-        // TimescaleDB refuses `ONLY` for a hypertable, whose rows are in
-        // its chunks.
-        let only = if hypertables.contains(&&table) {
-            ""
-        } else {
-            "ONLY "
-        };
+        let only = crate::copier::only(hypertables.contains(&&table));
         tx.batch_execute(&format!("TRUNCATE {only}{table}"))
             .await
             .map_err(target(format!("emptying {table} to copy it again")))?;
